@@ -1,0 +1,3 @@
+from qflare.cli.app import main
+
+main()

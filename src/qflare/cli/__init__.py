@@ -1,0 +1,1 @@
+"""The ``qflare`` command line (Typer): one module per command group."""

@@ -1,0 +1,46 @@
+"""The ``qflare`` entry point: wires the command groups together and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from qflare.cli import edge_cmd, server_cmd, simulate_cmd
+from qflare.errors import (
+    AuthenticationError,
+    ConfigError,
+    PermissionDenied,
+    QFlareError,
+)
+
+app = typer.Typer(
+    name="qflare",
+    help="QFLARE: quantum-safe federated learning for fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # never print locals: they may hold keys
+    add_completion=False,
+)
+app.command("server")(server_cmd.server)
+app.command("edge")(edge_cmd.edge)
+app.command("simulate")(simulate_cmd.simulate)
+
+# Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
+EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (
+    (ConfigError, 3),
+    (AuthenticationError, 4),
+    (PermissionDenied, 5),
+    (QFlareError, 10),
+)
+
+_err = Console(stderr=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except QFlareError as exc:
+        _err.print(f"[bold red]error[/] [{exc.reason}] {exc.message}")
+        code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+        sys.exit(code)

@@ -1,0 +1,42 @@
+"""``qflare edge``: run one edge node."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qflare.config import load_device_config
+from qflare.errors import ConfigError
+
+
+def edge(
+    config: Annotated[Path, typer.Option("--config", "-c", help="device_config.yaml")],
+    device_id: Annotated[str | None, typer.Option(help="overrides device_id in the config")] = None,
+    server_url: Annotated[str | None, typer.Option(help="overrides server_url in the config")] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="stop after training this many rounds")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Poll the server for tasks, train on local data, upload updates, repeat."""
+    from qflare.edge.client import DeviceClient
+    from qflare.edge.node import EdgeNode
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_device_config(config)
+    updates = {k: v for k, v in {"device_id": device_id, "server_url": server_url}.items() if v is not None}
+    if updates:
+        cfg = cfg.model_copy(update=updates)
+    if not cfg.credentials_file:
+        raise ConfigError(f"{config}: credentials_file: required (the device's credential)")
+    cred = Path(cfg.credentials_file)
+    if not cred.is_absolute():
+        cred = config.parent / cred
+    try:
+        token = cred.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{config}: credentials_file: cannot read {cred} ({exc.strerror})") from None
+    with DeviceClient(cfg.server_url, cfg.device_id, token, timeout=cfg.request_timeout_seconds) as client:
+        stats = EdgeNode(cfg, client).run(max_rounds=max_rounds)
+    logging.getLogger("qflare.edge").info("%s finished: %s", cfg.device_id, stats)

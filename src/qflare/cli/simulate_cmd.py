@@ -1,0 +1,85 @@
+"""``qflare simulate``: a real server and N edge nodes on this machine, with live progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qflare.config import TrainConfig
+
+console = Console(stderr=True)
+
+
+def simulate(
+    clients: Annotated[int, typer.Option(min=1, max=200, help="number of edge nodes")] = 10,
+    rounds: Annotated[int, typer.Option(min=1, help="training rounds")] = 20,
+    task: Annotated[str, typer.Option(help="digits | traffic | pollution")] = "digits",
+    partition: Annotated[str, typer.Option(help="dirichlet | iid")] = "dirichlet",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (label skew)")] = 0.5,
+    seed: Annotated[int, typer.Option()] = 0,
+    fraction: Annotated[float, typer.Option(help="fraction of active devices selected per round")] = 1.0,
+    deadline: Annotated[float, typer.Option(help="round deadline in seconds")] = 120.0,
+    epochs: Annotated[int | None, typer.Option(help="local epochs (default: the task's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="local learning rate (default: the task's)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="local batch size (default: the task's)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where runs/<timestamp>/ goes")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
+) -> None:
+    """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
+    from qflare.fl.tasks import get_task
+    from qflare.sim.runner import SimulationConfig, run_simulation
+
+    t = get_task(task)
+    base = dataclasses.asdict(t.default_train_config())
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    train = TrainConfig.model_validate({**base, **overrides})
+    sim = SimulationConfig(
+        task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
+        fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
+    )
+    console.print(
+        f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
+        + (f"({alpha})" if partition == "dirichlet" else "")
+        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size}"
+    )
+    with Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        overall = progress.add_task("rounds", total=rounds, info="starting server and edge nodes")
+        current = progress.add_task("round -", total=clients, info="")
+
+        def on_progress(status: dict[str, Any]) -> None:
+            metric = status["metric"]
+            latest = (status.get("latest_metrics") or {}).get(metric)
+            shown = f"{metric} {latest:.4f}" if isinstance(latest, float) else ""
+            progress.update(overall, completed=status["rounds_completed"], info=shown)
+            rnd = status.get("current_round")
+            if rnd is not None:
+                progress.update(current, description=f"round {rnd['round_id']}", total=len(rnd["selected"]),
+                                completed=status["current_round_updates"],
+                                info=f"updates accepted {status['accepted_updates']}, "
+                                f"rejected {status['rejected_updates']}")
+
+        summary = run_simulation(sim, on_progress=on_progress)
+        progress.update(overall, completed=summary["rounds_completed"])
+    _print_summary(summary, t.metric)
+    if json_out:
+        print(json.dumps(summary, sort_keys=True))
+
+
+def _print_summary(summary: dict[str, Any], metric: str) -> None:
+    table = Table(title="QFLARE run summary", show_header=False)
+    for key in ("task", "clients", "rounds_completed", f"final_{metric}", f"baseline_{metric}", "wall_seconds",
+                "accepted_updates", "rejected_updates", "run_dir"):
+        if key in summary and summary[key] is not None:
+            val = summary[key]
+            table.add_row(key, f"{val:.4f}" if isinstance(val, float) else str(val))
+    console.print(table)

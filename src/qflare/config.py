@@ -1,0 +1,198 @@
+"""Configuration files: ``global_config.yaml`` (server) and ``device_config.yaml`` (edge node).
+
+Both are validated with Pydantic, unknown keys are refused, and every failure becomes one
+:class:`~qflare.errors.ConfigError` whose message names the offending key path, e.g.
+``rounds.min_quorum: Input should be a valid integer (got 'three')``. Configuration is read once, at
+start-up, and then passed around as immutable objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qflare.errors import ConfigError
+
+__all__ = [
+    "AggregationConfig",
+    "DataConfig",
+    "DeviceConfig",
+    "EvaluationConfig",
+    "GlobalConfig",
+    "RetryConfig",
+    "RoundsConfig",
+    "ServerConfig",
+    "TrainConfig",
+    "dump_yaml",
+    "load_device_config",
+    "load_global_config",
+    "parse_config",
+]
+
+TaskName = Literal["digits", "traffic", "pollution"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class TrainConfig(_Strict):
+    """Local training settings the server sends to devices with each task."""
+
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=65536)
+    lr: float = Field(0.1, gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class RoundsConfig(_Strict):
+    """Round orchestration: how many rounds, who is selected, when a round closes."""
+
+    total: int = Field(20, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)
+    min_devices: int = Field(2, ge=1, description="active devices needed before a round starts")
+    min_quorum: int = Field(2, ge=1, description="updates needed to aggregate at the deadline")
+    deadline_seconds: float = Field(120.0, gt=0)
+    close_on_quorum: bool = Field(
+        False, description="close as soon as min_quorum updates arrived instead of waiting for all"
+    )
+    active_window_seconds: float = Field(30.0, gt=0, description="a device seen this recently is active")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> RoundsConfig:
+        if self.min_quorum > self.min_devices:
+            raise ValueError("min_quorum must not exceed min_devices")
+        return self
+
+
+class AggregationConfig(_Strict):
+    rule: Literal["fedavg"] = "fedavg"
+    max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
+
+
+class EvaluationConfig(_Strict):
+    enabled: bool = True
+    csv_path: str | None = None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    db_url: str = "sqlite:///qflare.db"
+    max_update_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(64 * 1024, ge=256, description="limit for small device requests")
+    admin_token: str | None = Field(None, min_length=16)
+    keep_update_blobs: bool = Field(False, description="keep raw updates after their round aggregated")
+
+
+class GlobalConfig(_Strict):
+    """The server's ``global_config.yaml``."""
+
+    task: TaskName = "digits"
+    seed: int = 0
+    server: ServerConfig = ServerConfig()
+    rounds: RoundsConfig = RoundsConfig()
+    training: TrainConfig = TrainConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+class DataConfig(_Strict):
+    """Where an edge node's local data comes from."""
+
+    task: TaskName = "digits"
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    num_partitions: int = Field(1, ge=1)
+    partition_index: int = Field(0, ge=0)
+    seed: int = 0
+    csv_path: str | None = None
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> DataConfig:
+        if self.partition_index >= self.num_partitions:
+            raise ValueError("partition_index must be smaller than num_partitions")
+        return self
+
+
+class RetryConfig(_Strict):
+    initial_seconds: float = Field(0.5, gt=0)
+    max_seconds: float = Field(10.0, gt=0)
+    give_up_after_seconds: float | None = Field(None, gt=0, description="None retries forever")
+
+
+class DeviceConfig(_Strict):
+    """An edge node's ``device_config.yaml``."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    server_url: str = "http://127.0.0.1:8000"
+    credentials_file: str | None = None
+    data: DataConfig = DataConfig()
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    request_timeout_seconds: float = Field(60.0, gt=0)
+    retry: RetryConfig = RetryConfig()
+    torch_threads: int = Field(1, ge=1)
+    exit_when_done: bool = True
+
+
+_C = TypeVar("_C", bound=BaseModel)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) or item["type"] == "missing" else f" (got {got!r})"
+        parts.append(f"{path}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def parse_config(model: type[_C], data: Any, *, source: str = "config") -> _C:
+    """Validate ``data`` as ``model``; raise :class:`ConfigError` naming every bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})", reason="config_unreadable") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})", reason="config_not_yaml") from None
+
+
+def load_global_config(path: str | Path | None) -> GlobalConfig:
+    """Load ``global_config.yaml``; ``None`` gives the defaults."""
+    if path is None:
+        return GlobalConfig()
+    return parse_config(GlobalConfig, _read_yaml(path), source=str(path))
+
+
+def load_device_config(path: str | Path) -> DeviceConfig:
+    """Load ``device_config.yaml``."""
+    return parse_config(DeviceConfig, _read_yaml(path), source=str(path))
+
+
+def dump_yaml(config: BaseModel, path: str | Path) -> None:
+    """Write a config object as YAML (used by ``qflare simulate`` to configure its nodes)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

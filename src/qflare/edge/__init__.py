@@ -1,0 +1,1 @@
+"""The edge node: local training and the client side of the QFLARE protocol."""

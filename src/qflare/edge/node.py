@@ -1,0 +1,150 @@
+"""The edge node loop: poll for a task, train on local data, upload, repeat; back off when the server is away."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qflare.config import DeviceConfig, TrainConfig
+from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError
+from qflare.edge.client import ServerUnavailable
+from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
+from qflare.fl.tasks import get_task
+from qflare.fl.train import get_arrays, set_arrays, train_local
+
+log = logging.getLogger("qflare.edge")
+
+
+class Client(Protocol):
+    def task(self) -> dict[str, Any]: ...
+
+    def download_model(self, version: int, expected_sha256: str) -> bytes: ...
+
+    def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]: ...
+
+
+@dataclass
+class NodeStats:
+    rounds_trained: int = 0
+    uploads_accepted: int = 0
+    uploads_refused: int = 0
+    retries: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+
+class GaveUp(QFlareError):
+    default_reason = "gave_up"
+
+
+class EdgeNode:
+    """One edge device taking part in federated training.
+
+    Parameters
+    ----------
+    config:
+        The device's configuration (identity, server, local data).
+    client:
+        The protocol client (see :class:`qflare.edge.client.DeviceClient`).
+    sleep, clock:
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        client: Client,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+        self.config = config
+        self.client = client
+        self.sleep = sleep
+        self.clock = clock
+        self.stats = NodeStats()
+        d = config.data
+        self.task = get_task(d.task)
+        self.dataset = self.task.client_dataset(
+            d.partition_index, d.num_partitions, partition=d.partition, alpha=d.alpha, seed=d.seed,
+            csv_path=d.csv_path,
+        )
+        self.model = self.task.build_model()
+        self.spec = ModelSpec.from_model(self.model)
+        self._rng = random.Random(config.device_id)
+
+    def train_round(self, task: dict[str, Any]) -> bytes:
+        """Load the announced global model, train locally, and return the update's bytes."""
+        round_id = int(task["round_id"])
+        blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
+        arrays, _ = load_arrays(blob, self.spec)
+        set_arrays(self.model, arrays)
+        tc = TrainConfig.model_validate(task.get("train_config") or {})
+        seed = self._rng.randrange(2**31)
+        result = train_local(
+            self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
+            optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
+        )
+        meta = {
+            "num_examples": str(result.num_examples),
+            "train_loss": repr(float(result.mean_loss)),
+            "round_id": str(round_id),
+            "device_id": self.config.device_id,
+        }
+        return dump_arrays(get_arrays(self.model), meta)
+
+    def step(self) -> str:
+        """One poll: returns the task status seen (``train``, ``wait`` or ``done``)."""
+        task = self.client.task()
+        status = str(task.get("status"))
+        if status == "train":
+            round_id = int(task["round_id"])
+            update = self.train_round(task)
+            try:
+                self.client.upload_update(round_id, update)
+                self.stats.uploads_accepted += 1
+                log.info("%s: round %d update accepted", self.config.device_id, round_id)
+            except Conflict as exc:  # late (round closed) or duplicate: drop it and carry on
+                self.stats.uploads_refused += 1
+                self.stats.refusals.append(exc.reason)
+                log.warning("%s: round %d update refused: %s", self.config.device_id, round_id, exc.message)
+            self.stats.rounds_trained += 1
+        elif status == "wait":
+            self.sleep(min(float(task.get("retry_after", 1.0)) or self.config.poll_interval_seconds,
+                           self.config.poll_interval_seconds))
+        return status
+
+    def run(self, *, max_rounds: int | None = None) -> NodeStats:
+        """Poll and train until the server says ``done`` (or ``max_rounds`` rounds were trained)."""
+        rc = self.config.retry
+        delay = rc.initial_seconds
+        down_since: float | None = None
+        while max_rounds is None or self.stats.rounds_trained < max_rounds:
+            try:
+                status = self.step()
+                delay, down_since = rc.initial_seconds, None
+            except ServerUnavailable as exc:
+                now = self.clock()
+                down_since = down_since if down_since is not None else now
+                if rc.give_up_after_seconds is not None and now - down_since > rc.give_up_after_seconds:
+                    raise GaveUp(f"server unavailable for {now - down_since:.0f} s: {exc.message}") from None
+                self.stats.retries += 1
+                wait = delay * (0.5 + self._rng.random())
+                log.info("%s: server unavailable (%s); retrying in %.1f s", self.config.device_id, exc.reason, wait)
+                self.sleep(wait)
+                delay = min(delay * 2, rc.max_seconds)
+                continue
+            except (AuthenticationError, PermissionDenied) as exc:
+                log.error("%s: refused by the server: %s", self.config.device_id, exc.message)
+                raise
+            if status == "done":
+                if self.config.exit_when_done:
+                    break
+                self.sleep(self.config.poll_interval_seconds)
+        return self.stats

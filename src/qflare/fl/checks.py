@@ -1,0 +1,53 @@
+"""Policy checks on a well-formed update (after :meth:`ModelSpec.validate` passed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from qflare.errors import ModelSpecMismatch, UpdateRejected
+
+__all__ = ["check_update_norm", "l2_norm"]
+
+
+def l2_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None = None) -> float:
+    """Global L2 norm over all tensors of ``arrays``, or of ``arrays - reference`` when given.
+
+    Computed in float64, one tensor at a time, so no flattened copy of the model is made.
+    """
+    if reference is not None and set(reference) != set(arrays):
+        missing = sorted(set(reference) ^ set(arrays))
+        raise ModelSpecMismatch(f"update and reference differ in tensors: {missing}", reason="missing_tensor")
+    total = 0.0
+    for name, array in arrays.items():
+        values = np.asarray(array, dtype=np.float64)
+        if reference is not None:
+            values = values - np.asarray(reference[name], dtype=np.float64)
+        total += float(np.dot(values.ravel(), values.ravel()))
+    return math.sqrt(total)
+
+
+def check_update_norm(
+    update: Mapping[str, np.ndarray],
+    max_norm: float | None,
+    *,
+    reference: Mapping[str, np.ndarray] | None = None,
+) -> float:
+    """Return the update's L2 norm; raise ``UpdateRejected`` (``norm_exceeded``) above ``max_norm``.
+
+    Parameters
+    ----------
+    update:
+        The client's arrays (full weights or a delta).
+    max_norm:
+        The bound, or ``None`` for no bound (the norm is still computed and returned).
+    reference:
+        When given (usually the global model the client started from), the norm of
+        ``update - reference`` is checked: that is the size of the client's step.
+    """
+    norm = l2_norm(update, reference)
+    if max_norm is not None and not norm <= max_norm:
+        raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}", reason="norm_exceeded")
+    return norm

@@ -1,0 +1,95 @@
+"""Handwritten digit classification with a small CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from qflare.errors import ConfigError
+from qflare.fl.data.digits import digits_split
+from qflare.fl.data.partition import dirichlet_partition, iid_partition
+from qflare.fl.models import TaskModel
+from qflare.fl.tasks.base import Task, check_partition_index
+from qflare.fl.train import TrainConfig
+
+__all__ = ["DigitsTask"]
+
+
+class DigitsTask(Task):
+    """``sklearn`` 8x8 digits, 10 classes, metric accuracy.
+
+    Parameters
+    ----------
+    min_partition_size:
+        Smallest client under a Dirichlet split.
+    test_fraction:
+        Share of each class held out for testing.
+    """
+
+    name = "digits"
+    metric = "accuracy"
+    higher_is_better = True
+    partitions = ("dirichlet", "iid")
+
+    def __init__(self, *, min_partition_size: int = 10, test_fraction: float = 0.2) -> None:
+        self.min_partition_size = min_partition_size
+        self.test_fraction = test_fraction
+
+    def default_train_config(self) -> TrainConfig:
+        """Five local epochs of plain SGD per round."""
+        return TrainConfig(epochs=5, batch_size=32, lr=0.05, optimizer="sgd", momentum=0.9)
+
+    def client_dataset(
+        self,
+        partition_index: int,
+        num_partitions: int,
+        *,
+        partition: str | None = None,
+        alpha: float = 0.5,
+        seed: int = 0,
+        csv_path: str | Path | None = None,
+    ) -> TensorDataset:
+        """Client ``partition_index``'s share of the training images (Dirichlet label skew by default)."""
+        check_partition_index(partition_index, num_partitions)
+        _no_csv(csv_path)
+        split = digits_split(seed, self.test_fraction)
+        if self._partition_kind(partition) == "iid":
+            parts = iid_partition(len(split.y_train), num_partitions, seed)
+        else:
+            parts = dirichlet_partition(
+                split.y_train, num_partitions, alpha, seed, min_size=self.min_partition_size
+            )
+        idx = parts[partition_index]
+        return TensorDataset(torch.from_numpy(split.x_train[idx]), torch.from_numpy(split.y_train[idx]))
+
+    def test_dataset(self, seed: int = 0, csv_path: str | Path | None = None) -> TensorDataset:
+        """The stratified held-out images."""
+        _no_csv(csv_path)
+        split = digits_split(seed, self.test_fraction)
+        return TensorDataset(torch.from_numpy(split.x_test.copy()), torch.from_numpy(split.y_test.copy()))
+
+    def evaluate(self, model: TaskModel, dataset: Dataset[Any]) -> dict[str, float]:
+        """``accuracy`` and mean cross-entropy ``loss``."""
+        images, labels = _tensors(dataset)
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(chunk) for chunk in images.split(512)])
+            loss = float(model.loss(logits, labels))
+        accuracy = float((logits.argmax(dim=1) == labels).double().mean())
+        return {"accuracy": accuracy, "loss": loss, "num_examples": float(len(labels))}
+
+
+def _no_csv(csv_path: str | Path | None) -> None:
+    if csv_path is not None:
+        raise ConfigError("the digits task reads no CSV file", reason="invalid_config")
+
+
+def _tensors(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+        return images, labels
+    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])

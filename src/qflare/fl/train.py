@@ -1,0 +1,181 @@
+"""Local training, and the bridge between torch modules and :data:`~qflare.types.NDArrays`.
+
+Batches are tuples ``(*inputs, target)``: a model is called as ``model(*inputs)`` and its loss as
+``model.loss(output, target)`` (see :class:`~qflare.fl.models.base.TaskModel`). Callers on a
+shared machine should ``torch.set_num_threads(1)`` first; this module does not touch threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from qflare.errors import ConfigError, ModelSpecMismatch
+from qflare.fl.spec import ModelSpec, TensorSpec
+from qflare.types import NDArrays
+
+__all__ = [
+    "LossFn",
+    "OptimizerName",
+    "TrainConfig",
+    "TrainResult",
+    "get_arrays",
+    "model_spec",
+    "set_arrays",
+    "train_local",
+]
+
+OptimizerName = Literal["sgd", "adam"]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one client's local training in one round.
+
+    Parameters
+    ----------
+    epochs:
+        Passes over the local data per round.
+    batch_size:
+        Samples per optimiser step (the last batch of an epoch may be smaller).
+    lr:
+        Learning rate.
+    optimizer:
+        ``"sgd"`` or ``"adam"``; a fresh optimiser every round (no state crosses rounds).
+    momentum:
+        SGD momentum (ignored by Adam).
+    weight_decay:
+        L2 penalty.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: OptimizerName = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`train_local`."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What local training reports: ``num_examples`` (the FedAvg weight) and the loss.
+
+    ``mean_loss`` is the sample-weighted mean training loss over the last epoch.
+    """
+
+    num_examples: int
+    mean_loss: float
+    num_steps: int
+
+
+def train_local(
+    model: nn.Module,
+    dataset: Dataset[Batch],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: OptimizerName = "sgd",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``dataset``; deterministic for a ``seed`` on one thread.
+
+    ``loss_fn`` defaults to ``model.loss``. Raises ``ConfigError`` for impossible settings or an
+    empty dataset.
+    """
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise ConfigError(
+            f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})", reason="invalid_train_config"
+        )
+    num_examples = len(dataset)  # type: ignore[arg-type]
+    if num_examples == 0:
+        raise ConfigError("cannot train on an empty dataset", reason="empty_dataset")
+    criterion = loss_fn or getattr(model, "loss", None)
+    if criterion is None:
+        raise ConfigError(f"{type(model).__name__} has no loss(); pass loss_fn", reason="invalid_train_config")
+    opt = _optimizer(model, optimizer, lr, momentum, weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        total = 0.0
+        for batch in _batches(dataset, batch_size, generator):
+            *inputs, target = batch
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(model(*inputs), target)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(target)
+            steps += 1
+    return TrainResult(num_examples=num_examples, mean_loss=total / num_examples, num_steps=steps)
+
+
+def get_arrays(model: nn.Module) -> NDArrays:
+    """float32 numpy copies of ``model.state_dict()``, in its order."""
+    arrays: NDArrays = {}
+    for name, tensor in model.state_dict().items():
+        _check_floating(name, tensor)
+        arrays[name] = tensor.detach().cpu().numpy().astype(np.float32, copy=True)
+    return arrays
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    """The :class:`ModelSpec` of what :func:`get_arrays` returns for ``model`` (without copying)."""
+    specs: dict[str, TensorSpec] = {}
+    for name, tensor in model.state_dict().items():
+        _check_floating(name, tensor)
+        specs[name] = TensorSpec(tuple(tensor.shape), "float32")
+    return ModelSpec(specs)
+
+
+def set_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load ``arrays`` into ``model`` after checking names, shapes, dtypes and finiteness."""
+    model_spec(model).validate(arrays)
+    state = {name: torch.from_numpy(np.array(array, copy=True)) for name, array in arrays.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def _check_floating(name: str, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise ModelSpecMismatch(
+            f"tensor {name!r}: only floating-point state can be aggregated, got {tensor.dtype}",
+            reason="dtype_mismatch",
+        )
+
+
+def _optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'", reason="invalid_train_config")
+
+
+def _batches(dataset: Dataset[Batch], batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    if isinstance(dataset, TensorDataset):
+        # Fast path: slice the tensors directly instead of collating sample by sample.
+        order = torch.randperm(len(dataset), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t[idx] for t in dataset.tensors)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+        for batch in loader:
+            yield tuple(batch)

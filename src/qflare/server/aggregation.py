@@ -1,0 +1,133 @@
+"""Where updates are validated and aggregated: the boundary that the enclave will own.
+
+The orchestrator never touches update tensors itself. It hands the raw bytes to an
+:class:`AggregationBackend`, which validates them against the round's model spec, keeps a running
+aggregate and produces the next global model. :class:`InProcessAggregator` runs this in the server
+process; the enclave backend runs the same steps behind the enclave boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qflare.errors import AggregationError, MalformedPayload, NotFound, UpdateRejected
+from qflare.fl.aggregate import FedAvgAccumulator
+from qflare.fl.serialize import ModelSpec, check_update_norm, dump_arrays, load_arrays, sha256_hex
+from qflare.types import NDArrays
+
+MAX_EXAMPLES_PER_UPDATE = 10_000_000
+
+
+@dataclass(frozen=True)
+class ValidatedUpdate:
+    """An update that passed validation; ``arrays`` stays on the backend's side of the boundary."""
+
+    round_id: int
+    num_examples: int
+    train_loss: float | None
+    sha256: str
+    size_bytes: int
+    arrays: NDArrays = field(repr=False, compare=False)
+
+
+class AggregationBackend(Protocol):
+    def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None: ...
+
+    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate: ...
+
+    def accumulate(self, update: ValidatedUpdate) -> None: ...
+
+    def finalize(self, round_id: int) -> bytes: ...
+
+    def abort_round(self, round_id: int) -> None: ...
+
+
+def parse_update_metadata(meta: dict[str, str]) -> tuple[int, float | None]:
+    """Read ``num_examples`` (required, positive) and ``train_loss`` (optional, finite) from metadata."""
+    raw = meta.get("num_examples")
+    if raw is None:
+        raise MalformedPayload("update metadata lacks num_examples", reason="missing_num_examples")
+    try:
+        num = int(raw)
+    except ValueError:
+        raise MalformedPayload(f"num_examples is not an integer: {raw[:32]!r}", reason="bad_num_examples") from None
+    if not 0 < num <= MAX_EXAMPLES_PER_UPDATE:
+        raise UpdateRejected(f"num_examples out of range: {num}", reason="bad_num_examples")
+    loss: float | None = None
+    if "train_loss" in meta:
+        try:
+            loss = float(meta["train_loss"])
+        except ValueError:
+            raise MalformedPayload("train_loss is not a number", reason="bad_train_loss") from None
+        if not math.isfinite(loss):
+            raise UpdateRejected("train_loss is not finite", reason="bad_train_loss")
+    return num, loss
+
+
+@dataclass
+class _RoundState:
+    spec: ModelSpec
+    acc: FedAvgAccumulator
+    base: NDArrays | None  # the round's global model, kept only when the norm bound needs it
+
+
+class InProcessAggregator:
+    """Validate and FedAvg-aggregate updates in this process, streaming (O(model) memory per round).
+
+    Parameters
+    ----------
+    max_update_norm:
+        Reject an update whose L2 norm over all tensors exceeds this bound; ``None`` disables the check.
+    """
+
+    def __init__(self, *, max_update_norm: float | None = None) -> None:
+        self._max_norm = max_update_norm
+        self._rounds: dict[int, _RoundState] = {}
+        self._lock = threading.Lock()
+
+    def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
+        with self._lock:
+            base = load_arrays(base_model, spec)[0] if self._max_norm is not None else None
+            self._rounds[round_id] = _RoundState(spec=spec, acc=FedAvgAccumulator(spec), base=base)
+
+    def _state(self, round_id: int) -> _RoundState:
+        state = self._rounds.get(round_id)
+        if state is None:
+            raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
+        return state
+
+    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
+        state = self._state(round_id)
+        arrays, meta = load_arrays(blob, state.spec)
+        num, loss = parse_update_metadata(meta)
+        if self._max_norm is not None:
+            # Bound the change the update makes to the global model, not the size of the weights.
+            check_update_norm(arrays, self._max_norm, reference=state.base)
+        return ValidatedUpdate(
+            round_id=round_id,
+            num_examples=num,
+            train_loss=loss,
+            sha256=sha256_hex(blob),
+            size_bytes=len(blob),
+            arrays=arrays,
+        )
+
+    def accumulate(self, update: ValidatedUpdate) -> None:
+        with self._lock:
+            self._state(update.round_id).acc.add(update.arrays, update.num_examples)
+
+    def finalize(self, round_id: int) -> bytes:
+        with self._lock:
+            state = self._state(round_id)
+            if state.acc.count == 0:
+                raise AggregationError(f"round {round_id} has no updates", reason="no_updates")
+            result = state.acc.result()
+            del self._rounds[round_id]
+        return dump_arrays(result, {"round_id": str(round_id)})
+
+    def abort_round(self, round_id: int) -> None:
+        with self._lock:
+            self._rounds.pop(round_id, None)

@@ -1,0 +1,277 @@
+"""Round orchestration: selection, deadlines, stragglers, quorum, aggregation, resume after restart.
+
+State lives in the :class:`~qflare.server.storage.Repository`; the in-memory part (the running
+aggregate) is rebuilt from stored updates on start-up, so a restart mid-round loses no accepted update.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from qflare.config import GlobalConfig
+from qflare.errors import AggregationError, DuplicateUpdate, NotFound, PermissionDenied, RoundClosed
+from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
+from qflare.fl.tasks import get_task
+from qflare.fl.train import get_arrays
+from qflare.server.aggregation import AggregationBackend, ValidatedUpdate
+from qflare.server.evaluation import Evaluator
+from qflare.server.storage import Repository, RoundRecord, UpdateRecord
+
+log = logging.getLogger("qflare.rounds")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a device is told to do next."""
+
+    status: Literal["train", "wait", "done"]
+    retry_after: float = 1.0
+    round_id: int | None = None
+    model_version: int | None = None
+    model_sha256: str | None = None
+    deadline_at: float | None = None
+    train_config: dict[str, Any] | None = None
+
+
+def initial_model_blob(task_name: str, seed: int) -> bytes:
+    """The version-0 global model: the task's model initialised from ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = get_task(task_name).build_model()
+    return dump_arrays(get_arrays(model), {"round_id": "0"})
+
+
+class Orchestrator:
+    """Runs training rounds over the registered devices.
+
+    Parameters
+    ----------
+    repo:
+        Persistent state.
+    config:
+        The server's global configuration.
+    backend:
+        Validates and aggregates updates (in-process or behind the enclave boundary).
+    clock:
+        Returns the current time in seconds; a parameter so that tests control deadlines.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        config: GlobalConfig,
+        backend: AggregationBackend,
+        *,
+        clock: Clock = time.time,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.backend = backend
+        self.clock = clock
+        self.evaluator = evaluator
+        self._lock = threading.RLock()
+        self._counts: dict[int, int] = {}
+        task = get_task(config.task)
+        self.metric: str = task.metric
+        self.spec: ModelSpec = ModelSpec.from_model(task.build_model())
+
+    # -- start-up --------------------------------------------------------------------------------
+    def bootstrap(self) -> None:
+        """Create model version 0 if needed and resume any round left open by a crash."""
+        with self._lock:
+            now = self.clock()
+            if self.repo.latest_model() is None:
+                blob = initial_model_blob(self.config.task, self.config.seed)
+                self.repo.add_model(
+                    0, blob=blob, sha256=sha256_hex(blob), spec_fingerprint=self.spec.fingerprint(),
+                    round_id=None, now=now,
+                )
+                self.repo.add_event("model_created", now=now, detail="version 0 (initial)")
+            for rnd in self.repo.open_rounds():
+                self._resume(rnd)
+
+    def _resume(self, rnd: RoundRecord) -> None:
+        self.backend.begin_round(rnd.round_id, self.repo.model_blob(rnd.base_version), self.spec)
+        count = 0
+        for _record, blob in self.repo.iter_update_blobs(rnd.round_id):
+            self.backend.accumulate(self.backend.validate(rnd.round_id, blob))
+            count += 1
+        self._counts[rnd.round_id] = count
+        self.repo.add_event("round_resumed", now=self.clock(), round_id=rnd.round_id, detail=f"{count} updates")
+        log.info("resumed round %d with %d accepted updates", rnd.round_id, count)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def current_round(self) -> RoundRecord | None:
+        rounds = self.repo.open_rounds()
+        return rounds[0] if rounds else None
+
+    def completed_rounds(self) -> int:
+        return self.repo.count_rounds("aggregated")
+
+    def finished(self) -> bool:
+        return self.completed_rounds() >= self.config.rounds.total
+
+    def task_for(self, device_id: str) -> Task:
+        rc = self.config.rounds
+        if self.finished():
+            return Task(status="done", retry_after=0)
+        rnd = self.current_round()
+        if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
+            return Task(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
+        model = self.repo.get_model(rnd.base_version)
+        if model is None:
+            raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")
+        return Task(
+            status="train",
+            retry_after=0,
+            round_id=rnd.round_id,
+            model_version=model.version,
+            model_sha256=model.sha256,
+            deadline_at=rnd.deadline_at,
+            train_config=self.config.training.model_dump(),
+        )
+
+    # -- updates ---------------------------------------------------------------------------------
+    def submit_update(self, device_id: str, round_id: int, blob: bytes) -> UpdateRecord:
+        """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal."""
+        rnd = self.repo.get_round(round_id)
+        if rnd is None:
+            raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+        if rnd.status != "open":
+            raise RoundClosed(f"round {round_id} is closed ({rnd.status})")
+        if self.clock() > rnd.deadline_at:
+            raise RoundClosed(f"round {round_id} passed its deadline", reason="deadline_passed")
+        if device_id not in rnd.selected:
+            raise PermissionDenied(f"device {device_id!r} is not selected for round {round_id}", reason="not_selected")
+        if self.repo.has_update(round_id, device_id):
+            raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
+        validated = self.backend.validate(round_id, blob)
+        with self._lock:
+            record = self._accept(device_id, validated, blob)
+            self._counts[round_id] = self._counts.get(round_id, 0) + 1
+            count = self._counts[round_id]
+            rc = self.config.rounds
+            if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
+                self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+                self._maybe_open_round()
+        return record
+
+    def _accept(self, device_id: str, update: ValidatedUpdate, blob: bytes) -> UpdateRecord:
+        # The database row first: its unique constraint decides duplicates atomically, and only an
+        # update that is durably recorded enters the running aggregate.
+        record = self.repo.add_update(
+            update.round_id,
+            device_id,
+            num_examples=update.num_examples,
+            train_loss=update.train_loss,
+            sha256=update.sha256,
+            blob=blob,
+            now=self.clock(),
+        )
+        self.backend.accumulate(update)
+        self.repo.add_event("update_accepted", now=self.clock(), device_id=device_id, round_id=update.round_id,
+                            detail=update.sha256)
+        return record
+
+    # -- the clock -------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Close a round at its deadline, and open the next round when enough devices are active."""
+        with self._lock:
+            rnd = self.current_round()
+            if rnd is not None and self.clock() >= rnd.deadline_at:
+                count = self._counts.get(rnd.round_id, 0)
+                if count >= self.config.rounds.min_quorum:
+                    self._aggregate(rnd, reason="deadline")
+                else:
+                    self._fail(rnd, reason="deadline_no_quorum")
+            self._maybe_open_round()
+
+    def _maybe_open_round(self) -> None:
+        if self.current_round() is not None or self.finished():
+            return
+        rc = self.config.rounds
+        now = self.clock()
+        active = self.repo.active_devices(since=now - rc.active_window_seconds)
+        if len(active) < rc.min_devices:
+            return
+        round_id = self.repo.last_round_id() + 1
+        k = max(rc.min_quorum, min(len(active), round(rc.fraction * len(active)) or 1))
+        rng = random.Random(f"{rc.seed}:{round_id}")
+        selected = sorted(rng.sample(active, k))
+        model = self.repo.latest_model()
+        assert model is not None, "bootstrap() creates version 0"
+        self.repo.open_round(
+            round_id, base_version=model.version, selected=selected, now=now,
+            deadline_at=now + rc.deadline_seconds,
+        )
+        self.backend.begin_round(round_id, self.repo.model_blob(model.version), self.spec)
+        self._counts[round_id] = 0
+        self.repo.add_event("round_opened", now=now, round_id=round_id, detail=",".join(selected))
+        log.info("round %d opened: %d of %d active devices selected", round_id, k, len(active))
+
+    def _aggregate(self, rnd: RoundRecord, *, reason: str) -> None:
+        started = time.perf_counter()
+        try:
+            blob = self.backend.finalize(rnd.round_id)
+        except AggregationError as exc:
+            self._fail(rnd, reason=exc.reason)
+            return
+        updates = self.repo.round_updates(rnd.round_id)
+        metrics: dict[str, Any] = {
+            "num_updates": len(updates),
+            "num_selected": len(rnd.selected),
+            "total_examples": sum(u.num_examples for u in updates),
+            "aggregation_seconds": time.perf_counter() - started,
+            "round_seconds": self.clock() - rnd.opened_at,
+        }
+        losses = [(u.train_loss, u.num_examples) for u in updates if u.train_loss is not None]
+        if losses:
+            metrics["train_loss"] = sum(lo * n for lo, n in losses) / sum(n for _, n in losses)
+        if self.evaluator is not None and self.config.evaluation.enabled:
+            metrics.update(self.evaluator.evaluate(blob))
+        latest = self.repo.latest_model()
+        version = (latest.version if latest is not None else 0) + 1
+        self.repo.close_round(
+            rnd.round_id,
+            status="aggregated",
+            reason=reason,
+            now=self.clock(),
+            new_model=(version, blob, sha256_hex(blob), self.spec.fingerprint()),
+            metrics=metrics,
+            drop_update_blobs=not self.config.server.keep_update_blobs,
+        )
+        self._counts.pop(rnd.round_id, None)
+        self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
+                            detail=f"version {version} ({reason}, {len(updates)} updates)")
+        log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
+                 version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+    def _fail(self, rnd: RoundRecord, *, reason: str) -> None:
+        self.backend.abort_round(rnd.round_id)
+        self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
+                              drop_update_blobs=True)
+        self._counts.pop(rnd.round_id, None)
+        self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason)
+        log.warning("round %d failed: %s", rnd.round_id, reason)
+
+    def load_model(self, version: int) -> bytes:
+        return self.repo.model_blob(version)
+
+    def verify_model(self, version: int) -> None:
+        """Check a stored model's bytes against its recorded SHA-256 and spec."""
+        blob = self.repo.model_blob(version)
+        rec = self.repo.get_model(version)
+        assert rec is not None
+        if sha256_hex(blob) != rec.sha256:
+            raise AggregationError(f"model version {version} does not match its SHA-256", reason="model_corrupt")
+        load_arrays(blob, self.spec)

@@ -1,0 +1,455 @@
+"""The storage layer: one :class:`Repository` over SQLAlchemy, returning plain frozen records.
+
+Nothing outside this package sees a SQLAlchemy object. Every method is one transaction, so a crash
+between two calls leaves the database in a state the orchestrator can resume from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qflare.errors import Conflict, DuplicateUpdate, NotFound
+from qflare.server.storage.tables import Base, Device, Event, ModelVersion, Round, Update
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    status: str
+    key_source: str
+    created_at: float
+    last_seen_at: float | None
+    revoked_at: float | None
+    token_hash: str | None = None
+    public_key: bytes | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.status == "revoked"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round_id: int
+    status: str
+    base_version: int
+    selected: tuple[str, ...]
+    opened_at: float
+    deadline_at: float
+    closed_at: float | None
+    close_reason: str | None
+    new_version: int | None
+    metrics: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    round_id: int
+    device_id: str
+    num_examples: int
+    train_loss: float | None
+    sha256: str
+    size_bytes: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    version: int
+    sha256: str
+    spec_fingerprint: str
+    round_id: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event_id: int
+    ts: float
+    kind: str
+    device_id: str | None
+    round_id: int | None
+    reason: str | None
+    detail: str | None
+
+
+def _device(row: Device) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row.device_id,
+        status=row.status,
+        key_source=row.key_source,
+        created_at=row.created_at,
+        last_seen_at=row.last_seen_at,
+        revoked_at=row.revoked_at,
+        token_hash=row.token_hash,
+        public_key=row.public_key,
+    )
+
+
+def _round(row: Round) -> RoundRecord:
+    return RoundRecord(
+        round_id=row.round_id,
+        status=row.status,
+        base_version=row.base_version,
+        selected=tuple(row.selected),
+        opened_at=row.opened_at,
+        deadline_at=row.deadline_at,
+        closed_at=row.closed_at,
+        close_reason=row.close_reason,
+        new_version=row.new_version,
+        metrics=dict(row.metrics) if row.metrics is not None else None,
+    )
+
+
+def _update(row: Update) -> UpdateRecord:
+    return UpdateRecord(
+        round_id=row.round_id,
+        device_id=row.device_id,
+        num_examples=row.num_examples,
+        train_loss=row.train_loss,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        received_at=row.received_at,
+    )
+
+
+def _model(row: ModelVersion) -> ModelRecord:
+    return ModelRecord(
+        version=row.version,
+        sha256=row.sha256,
+        spec_fingerprint=row.spec_fingerprint,
+        round_id=row.round_id,
+        created_at=row.created_at,
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers go on while a writer commits; FULL sync keeps accepted updates across power loss.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for a SQLite file or a PostgreSQL URL (``postgresql+psycopg://...``)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+class Repository:
+    """All persistent state of a QFLARE server.
+
+    Parameters
+    ----------
+    url:
+        SQLAlchemy database URL. ``sqlite:///path.db`` by default; ``postgresql://...`` also works.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- devices ---------------------------------------------------------------------------------
+    def add_device(
+        self,
+        device_id: str,
+        *,
+        now: float,
+        token_hash: str | None = None,
+        public_key: bytes | None = None,
+        key_source: str = "mlkem",
+    ) -> DeviceRecord:
+        try:
+            with self._tx() as s:
+                row = Device(
+                    device_id=device_id,
+                    status="active",
+                    token_hash=token_hash,
+                    public_key=public_key,
+                    key_source=key_source,
+                    created_at=now,
+                )
+                s.add(row)
+                s.flush()
+                return _device(row)
+        except IntegrityError:
+            raise Conflict(f"device {device_id!r} is already registered", reason="device_exists") from None
+
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        with self._tx() as s:
+            row = s.get(Device, device_id)
+            return _device(row) if row is not None else None
+
+    def list_devices(self) -> list[DeviceRecord]:
+        with self._tx() as s:
+            return [_device(r) for r in s.scalars(select(Device).order_by(Device.device_id))]
+
+    def revoke_device(self, device_id: str, *, now: float) -> DeviceRecord:
+        with self._tx() as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                raise NotFound(f"device {device_id!r} is not registered", reason="unknown_device")
+            if row.status != "revoked":
+                row.status = "revoked"
+                row.revoked_at = now
+            return _device(row)
+
+    def touch_device(self, device_id: str, *, now: float) -> None:
+        with self._tx() as s:
+            s.execute(update(Device).where(Device.device_id == device_id).values(last_seen_at=now))
+
+    def active_devices(self, *, since: float) -> list[str]:
+        with self._tx() as s:
+            q = (
+                select(Device.device_id)
+                .where(Device.status == "active", Device.last_seen_at >= since)
+                .order_by(Device.device_id)
+            )
+            return list(s.scalars(q))
+
+    # -- model versions --------------------------------------------------------------------------
+    def add_model(
+        self, version: int, *, blob: bytes, sha256: str, spec_fingerprint: str, round_id: int | None, now: float
+    ) -> ModelRecord:
+        with self._tx() as s:
+            row = ModelVersion(
+                version=version,
+                sha256=sha256,
+                spec_fingerprint=spec_fingerprint,
+                blob=blob,
+                round_id=round_id,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            return _model(row)
+
+    def latest_model(self) -> ModelRecord | None:
+        with self._tx() as s:
+            row = s.scalars(select(ModelVersion).order_by(ModelVersion.version.desc()).limit(1)).first()
+            return _model(row) if row is not None else None
+
+    def get_model(self, version: int) -> ModelRecord | None:
+        with self._tx() as s:
+            row = s.get(ModelVersion, version)
+            return _model(row) if row is not None else None
+
+    def model_blob(self, version: int) -> bytes:
+        with self._tx() as s:
+            blob = s.scalar(select(ModelVersion.blob).where(ModelVersion.version == version))
+            if blob is None:
+                raise NotFound(f"model version {version} does not exist", reason="unknown_model_version")
+            return bytes(blob)
+
+    def list_models(self) -> list[ModelRecord]:
+        with self._tx() as s:
+            return [_model(r) for r in s.scalars(select(ModelVersion).order_by(ModelVersion.version))]
+
+    # -- rounds ----------------------------------------------------------------------------------
+    def open_round(
+        self, round_id: int, *, base_version: int, selected: Sequence[str], now: float, deadline_at: float
+    ) -> RoundRecord:
+        with self._tx() as s:
+            row = Round(
+                round_id=round_id,
+                status="open",
+                base_version=base_version,
+                selected=list(selected),
+                opened_at=now,
+                deadline_at=deadline_at,
+            )
+            s.add(row)
+            s.flush()
+            return _round(row)
+
+    def get_round(self, round_id: int) -> RoundRecord | None:
+        with self._tx() as s:
+            row = s.get(Round, round_id)
+            return _round(row) if row is not None else None
+
+    def open_rounds(self) -> list[RoundRecord]:
+        with self._tx() as s:
+            return [_round(r) for r in s.scalars(select(Round).where(Round.status == "open"))]
+
+    def list_rounds(self) -> list[RoundRecord]:
+        with self._tx() as s:
+            return [_round(r) for r in s.scalars(select(Round).order_by(Round.round_id))]
+
+    def last_round_id(self) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.coalesce(func.max(Round.round_id), 0))) or 0)
+
+    def count_rounds(self, status: str) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Round).where(Round.status == status)) or 0)
+
+    def close_round(
+        self,
+        round_id: int,
+        *,
+        status: str,
+        reason: str,
+        now: float,
+        new_model: tuple[int, bytes, str, str] | None = None,
+        metrics: dict[str, Any] | None = None,
+        drop_update_blobs: bool = True,
+    ) -> RoundRecord:
+        """Close an open round; with ``new_model`` = (version, blob, sha256, spec) store it atomically."""
+        with self._tx() as s:
+            row = s.get(Round, round_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+            if row.status != "open":
+                raise Conflict(f"round {round_id} is already {row.status}", reason="round_closed")
+            row.status = status
+            row.close_reason = reason
+            row.closed_at = now
+            row.metrics = metrics
+            if new_model is not None:
+                version, blob, sha, spec = new_model
+                s.add(
+                    ModelVersion(
+                        version=version, sha256=sha, spec_fingerprint=spec, blob=blob, round_id=round_id, created_at=now
+                    )
+                )
+                row.new_version = version
+            if drop_update_blobs:
+                s.execute(update(Update).where(Update.round_id == round_id).values(blob=None))
+            s.flush()
+            return _round(row)
+
+    def set_round_metrics(self, round_id: int, metrics: dict[str, Any]) -> None:
+        with self._tx() as s:
+            row = s.get(Round, round_id)
+            if row is None:
+                raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+            row.metrics = {**(row.metrics or {}), **metrics}
+
+    # -- updates ---------------------------------------------------------------------------------
+    def add_update(
+        self,
+        round_id: int,
+        device_id: str,
+        *,
+        num_examples: int,
+        train_loss: float | None,
+        sha256: str,
+        blob: bytes,
+        now: float,
+    ) -> UpdateRecord:
+        """Record an accepted update; the (round, device) unique constraint makes duplicates atomic."""
+        try:
+            with self._tx() as s:
+                rnd = s.get(Round, round_id, with_for_update=True)
+                if rnd is None:
+                    raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+                if rnd.status != "open":
+                    raise Conflict(f"round {round_id} is {rnd.status}", reason="round_closed")
+                row = Update(
+                    round_id=round_id,
+                    device_id=device_id,
+                    num_examples=num_examples,
+                    train_loss=train_loss,
+                    sha256=sha256,
+                    size_bytes=len(blob),
+                    blob=blob,
+                    received_at=now,
+                )
+                s.add(row)
+                s.flush()
+                return _update(row)
+        except IntegrityError:
+            raise DuplicateUpdate(
+                f"device {device_id!r} already sent an update for round {round_id}"
+            ) from None
+
+    def has_update(self, round_id: int, device_id: str) -> bool:
+        with self._tx() as s:
+            q = select(Update.update_id).where(Update.round_id == round_id, Update.device_id == device_id)
+            return s.scalar(q) is not None
+
+    def round_updates(self, round_id: int) -> list[UpdateRecord]:
+        with self._tx() as s:
+            q = select(Update).where(Update.round_id == round_id).order_by(Update.update_id)
+            return [_update(r) for r in s.scalars(q)]
+
+    def iter_update_blobs(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
+        """Yield accepted updates with their bytes one at a time (used to resume after a restart)."""
+        ids = [r for r in self._update_ids(round_id)]
+        for update_id in ids:
+            with self._tx() as s:
+                row = s.get(Update, update_id)
+                if row is not None and row.blob is not None:
+                    yield _update(row), bytes(row.blob)
+
+    def _update_ids(self, round_id: int) -> list[int]:
+        with self._tx() as s:
+            q = select(Update.update_id).where(Update.round_id == round_id).order_by(Update.update_id)
+            return list(s.scalars(q))
+
+    def count_updates(self) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Update)) or 0)
+
+    # -- events ----------------------------------------------------------------------------------
+    def add_event(
+        self,
+        kind: str,
+        *,
+        now: float,
+        device_id: str | None = None,
+        round_id: int | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        with self._tx() as s:
+            s.add(
+                Event(
+                    ts=now,
+                    kind=kind,
+                    device_id=device_id,
+                    round_id=round_id,
+                    reason=reason,
+                    detail=(detail or "")[:2000] or None,
+                )
+            )
+
+    def list_events(self, *, kind: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        with self._tx() as s:
+            q = select(Event).order_by(Event.event_id.desc()).limit(limit)
+            if kind is not None:
+                q = q.where(Event.kind == kind)
+            return [
+                EventRecord(r.event_id, r.ts, r.kind, r.device_id, r.round_id, r.reason, r.detail)
+                for r in s.scalars(q)
+            ]
+
+    def count_events(self, kind: str) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Event).where(Event.kind == kind)) or 0)

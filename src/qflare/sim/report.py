@@ -1,0 +1,51 @@
+"""Run artefacts: per-round metrics CSV, a PNG plot and ``summary.json``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = (
+    "round_id", "status", "close_reason", "num_selected", "num_updates", "total_examples",
+    "accuracy", "mae", "baseline_mae", "loss", "train_loss", "round_seconds", "new_version",
+)
+
+
+def write_metrics_csv(rounds: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rounds:
+            m = r.get("metrics") or {}
+            w.writerow({**m, **{k: r.get(k) for k in ("round_id", "status", "close_reason", "new_version")}})
+
+
+def write_plot(rounds: Sequence[dict[str, Any]], metric: str, path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rounds if r.get("status") == "aggregated" and r.get("metrics")]
+    xs = [r["round_id"] for r in done]
+    ys = [r["metrics"].get(metric) for r in done]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(xs, ys, marker="o", label=f"federated global model ({metric})")
+    base = [r["metrics"].get(f"baseline_{metric}") for r in done]
+    if any(b is not None for b in base):
+        ax.plot(xs, base, linestyle="--", color="grey", label="naive last-value forecaster")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,261 @@
+"""Run a whole federation on this machine: one server process and N edge-node processes over real HTTP.
+
+Each participant is a separate ``python -m qflare`` process, speaking the same protocol as a deployed
+fleet; the only difference from production is that all of them listen on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qflare.config import DataConfig, DeviceConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig, dump_yaml
+from qflare.errors import QFlareError
+from qflare.fl.tasks import get_task
+from qflare.sim.report import write_metrics_csv, write_plot, write_summary
+
+
+class SimulationError(QFlareError):
+    default_reason = "simulation_failed"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What ``qflare simulate`` runs."""
+
+    task: str = "digits"
+    clients: int = 10
+    rounds: int = 20
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    seed: int = 0
+    fraction: float = 1.0
+    min_quorum: int | None = None
+    deadline_seconds: float = 120.0
+    train: TrainConfig | None = None
+    runs_dir: Path = Path("runs")
+    timeout_seconds: float = 3600.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_run_dir(base: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise SimulationError(f"cannot create a run directory under {base}")
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "qflare", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SimulationError(f"server exited with code {proc.returncode} before becoming healthy")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise SimulationError(f"server not healthy after {timeout:.0f} s")
+
+
+@dataclass
+class Federation:
+    """A running server (and its operator API) plus the edge processes started against it."""
+
+    run_dir: Path
+    url: str
+    admin_token: str
+    server: subprocess.Popen[bytes]
+    env: dict[str, str]
+    edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
+
+    def status(self) -> dict[str, Any]:
+        with self.admin() as c:
+            r = c.get("/v1/admin/status")
+            r.raise_for_status()
+            return dict(r.json())
+
+    def register(self, device_id: str) -> str:
+        with self.admin() as c:
+            r = c.post("/v1/admin/devices", json={"device_id": device_id})
+            if r.status_code != 201:
+                raise SimulationError(f"registering {device_id} failed: {r.status_code} {r.text[:200]}")
+            return str(r.json()["token"])
+
+    def start_edge(self, device: DeviceConfig, token: str) -> None:
+        dev_dir = self.run_dir / "devices"
+        dev_dir.mkdir(exist_ok=True)
+        cred = dev_dir / f"{device.device_id}.token"
+        fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        cfg = device.model_copy(update={"credentials_file": cred.name, "server_url": self.url})
+        path = dev_dir / f"{device.device_id}.yaml"
+        dump_yaml(cfg, path)
+        self.edges[device.device_id] = _spawn(
+            ["edge", "--config", str(path), "--log-level", "info"],
+            self.run_dir / "logs" / f"{device.device_id}.log", self.env,
+        )
+
+    def stop(self) -> None:
+        for proc in self.edges.values():
+            _stop(proc, grace=5)
+        _stop(self.server)
+
+
+@contextlib.contextmanager
+def start_server(config: GlobalConfig, run_dir: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[Federation]:
+    """Start ``qflare server`` for ``config`` in ``run_dir``; stop it (and any edges) on exit."""
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    env = {**os.environ, "QFLARE_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           **(extra_env or {})}
+    cfg_path = run_dir / "global_config.yaml"
+    dump_yaml(config, cfg_path)
+    url = f"http://{config.server.host}:{config.server.port}"
+    proc = _spawn(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log", env)
+    fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env)
+    try:
+        wait_healthy(url, proc)
+        yield fed
+    finally:
+        fed.stop()
+
+
+def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> GlobalConfig:
+    task = get_task(sim.task)
+    train = sim.train or TrainConfig.model_validate(dataclasses.asdict(task.default_train_config()))
+    quorum = sim.min_quorum or max(1, math.ceil(0.5 * sim.clients))
+    return GlobalConfig(
+        task=sim.task,  # type: ignore[arg-type]
+        seed=sim.seed,
+        server=ServerConfig(host="127.0.0.1", port=port, db_url=f"sqlite:///{(run_dir / 'qflare.db').resolve()}"),
+        rounds=RoundsConfig(
+            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients, min_quorum=min(quorum, sim.clients),
+            deadline_seconds=sim.deadline_seconds, seed=sim.seed,
+        ),
+        training=train,
+    )
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run a federation to completion and write its artefacts; returns the summary."""
+    started = time.monotonic()
+    run_dir = new_run_dir(sim.runs_dir)
+    config = build_global_config(sim, run_dir, free_port())
+    task = get_task(sim.task)
+    with start_server(config, run_dir, extra_env=sim.extra_env) as fed:
+        for i in range(sim.clients):
+            device_id = f"edge_{i + 1:02d}"
+            data = DataConfig(
+                task=sim.task,  # type: ignore[arg-type]
+                partition=sim.partition,  # type: ignore[arg-type]
+                alpha=sim.alpha, num_partitions=sim.clients, partition_index=i, seed=sim.seed,
+            )
+            fed.start_edge(DeviceConfig(device_id=device_id, data=data, poll_interval_seconds=0.5), fed.register(device_id))
+        status = _wait_finished(fed, sim, on_progress)
+        with fed.admin() as c:
+            rounds = c.get("/v1/admin/rounds").json()
+    wall = time.monotonic() - started
+    return _finish(sim, run_dir, task.metric, rounds, status, wall)
+
+
+def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: ProgressFn | None) -> dict[str, Any]:
+    deadline = time.monotonic() + sim.timeout_seconds
+    while True:
+        if fed.server.poll() is not None:
+            raise SimulationError(f"server exited with code {fed.server.returncode}; see {fed.run_dir}/logs")
+        status = fed.status()
+        if on_progress is not None:
+            on_progress(status)
+        if status["finished"]:
+            return status
+        if all(p.poll() is not None for p in fed.edges.values()):
+            raise SimulationError(f"every edge node exited before the run finished; see {fed.run_dir}/logs")
+        if time.monotonic() > deadline:
+            raise SimulationError(f"run did not finish within {sim.timeout_seconds:.0f} s")
+        time.sleep(0.25)
+
+
+def _finish(
+    sim: SimulationConfig, run_dir: Path, metric: str, rounds: list[dict[str, Any]], status: dict[str, Any],
+    wall: float,
+) -> dict[str, Any]:
+    write_metrics_csv(rounds, run_dir / "metrics.csv")
+    write_plot(rounds, metric, run_dir / f"{metric}.png",
+               title=f"QFLARE {sim.task}: {sim.clients} clients, {sim.partition}"
+               + (f"({sim.alpha})" if sim.partition == "dirichlet" else ""))
+    done = [r for r in rounds if r["status"] == "aggregated"]
+    final = (done[-1].get("metrics") or {}) if done else {}
+    summary: dict[str, Any] = {
+        "task": sim.task,
+        "clients": sim.clients,
+        "rounds": sim.rounds,
+        "rounds_completed": status["rounds_completed"],
+        "rounds_failed": status["rounds_failed"],
+        "partition": sim.partition,
+        "alpha": sim.alpha if sim.partition == "dirichlet" else None,
+        "seed": sim.seed,
+        f"final_{metric}": final.get(metric),
+        "final_loss": final.get("loss"),
+        "wall_seconds": round(wall, 2),
+        "accepted_updates": status["accepted_updates"],
+        "rejected_updates": status["rejected_updates"],
+        "rejected_requests": status["rejected_requests"],
+        "run_dir": str(run_dir),
+    }
+    if f"baseline_{metric}" in final:
+        summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
+    write_summary(summary, run_dir / "summary.json")
+    return summary

@@ -1,0 +1,95 @@
+"""The storage layer on SQLite and on PostgreSQL (127.0.0.1:5432, database ``test``, a schema per test)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from qflare.errors import Conflict, DuplicateUpdate, NotFound
+from qflare.server.storage import Repository
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_available() -> bool:
+    try:
+        with create_engine(PG_URL, connect_args={"connect_timeout": 2}).connect() as c:
+            c.execute(text("select 1"))
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    if request.param == "sqlite":
+        r = Repository(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        yield r
+        r.close()
+        return
+    if not _pg_available():
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+    schema = f"qflare_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    r = Repository(f"{PG_URL}?options=-csearch_path%3D{schema}")
+    try:
+        yield r
+    finally:
+        r.close()
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_devices_register_revoke_and_refuse_duplicates(repo: Repository) -> None:
+    repo.add_device("edge_01", now=1.0, token_hash="h")
+    with pytest.raises(Conflict) as info:
+        repo.add_device("edge_01", now=2.0)
+    assert info.value.reason == "device_exists"
+    repo.touch_device("edge_01", now=5.0)
+    assert repo.active_devices(since=4.0) == ["edge_01"]
+    rec = repo.revoke_device("edge_01", now=6.0)
+    assert rec.revoked and rec.revoked_at == 6.0
+    assert repo.active_devices(since=0.0) == []
+    with pytest.raises(NotFound):
+        repo.revoke_device("nobody", now=7.0)
+
+
+def test_updates_are_unique_per_round_and_device(repo: Repository) -> None:
+    repo.add_device("edge_01", now=1.0)
+    repo.open_round(1, base_version=0, selected=["edge_01"], now=1.0, deadline_at=9.0)
+    repo.add_update(1, "edge_01", num_examples=3, train_loss=0.1, sha256="a" * 64, blob=b"xyz", now=2.0)
+    with pytest.raises(DuplicateUpdate):
+        repo.add_update(1, "edge_01", num_examples=3, train_loss=0.1, sha256="b" * 64, blob=b"abc", now=3.0)
+    assert [u.sha256 for u in repo.round_updates(1)] == ["a" * 64]
+    assert [b for _, b in repo.iter_update_blobs(1)] == [b"xyz"]
+
+
+def test_closing_a_round_stores_the_model_atomically_and_drops_blobs(repo: Repository) -> None:
+    repo.add_device("edge_01", now=1.0)
+    repo.add_model(0, blob=b"m0", sha256="0" * 64, spec_fingerprint="f", round_id=None, now=0.0)
+    repo.open_round(1, base_version=0, selected=["edge_01"], now=1.0, deadline_at=9.0)
+    repo.add_update(1, "edge_01", num_examples=3, train_loss=None, sha256="a" * 64, blob=b"xyz", now=2.0)
+    rnd = repo.close_round(1, status="aggregated", reason="all_reported", now=3.0,
+                           new_model=(1, b"m1", "1" * 64, "f"), metrics={"accuracy": 0.5})
+    assert rnd.new_version == 1 and rnd.metrics == {"accuracy": 0.5}
+    assert repo.model_blob(1) == b"m1" and repo.latest_model().version == 1  # type: ignore[union-attr]
+    assert list(repo.iter_update_blobs(1)) == []
+    with pytest.raises(Conflict):
+        repo.close_round(1, status="failed", reason="x", now=4.0)
+    with pytest.raises(Conflict):
+        repo.add_update(1, "edge_01", num_examples=1, train_loss=None, sha256="c" * 64, blob=b"", now=5.0)
+
+
+def test_events_are_counted_by_kind(repo: Repository) -> None:
+    repo.add_event("update_rejected", now=1.0, device_id="d", reason="non_finite")
+    repo.add_event("update_rejected", now=2.0, reason="malformed_tensor")
+    repo.add_event("round_opened", now=3.0, round_id=1)
+    assert repo.count_events("update_rejected") == 2
+    assert [e.reason for e in repo.list_events(kind="update_rejected")] == ["malformed_tensor", "non_finite"]
