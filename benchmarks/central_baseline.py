@@ -21,7 +21,9 @@ from qflare.fl.train import train_local
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="digits")
-    parser.add_argument("--rounds", type=int, default=20, help="federated rounds to match (epochs = rounds x local epochs)")
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="federated rounds to match (epochs = rounds x local epochs)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the number of central epochs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -42,7 +44,9 @@ def main() -> None:
         result = train_local(model, train, **{**config.as_kwargs(), "epochs": chunk}, seed=args.seed * 100_000 + done)
         done += chunk
         metrics = task.evaluate(model, test)
-        print(f"epoch {done:4d}  train_loss={result.mean_loss:.4f}  {task.metric}={metrics[task.metric]:.4f}", flush=True)
+        print(
+            f"epoch {done:4d}  train_loss={result.mean_loss:.4f}  {task.metric}={metrics[task.metric]:.4f}", flush=True
+        )
     summary: dict[str, object] = {
         "task": task.name,
         "epochs": epochs,

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qflare.config import DataConfig, DeviceConfig
+from qflare.config import DataConfig
+from qflare.crypto.keyfile import read_public_key
 from qflare.edge.client import DeviceClient
 from qflare.edge.node import EdgeNode
 from qflare.sim.runner import SimulationConfig, build_global_config, free_port, start_server
@@ -45,8 +46,9 @@ def test_simulate_cli_three_edges_two_rounds(tmp_path: Path) -> None:
     assert (run_dir / "qflare.db").exists()
 
 
-def _register(fed, device_id: str) -> DeviceClient:  # type: ignore[no-untyped-def]
-    return DeviceClient(fed.url, device_id, fed.register(device_id), timeout=30)
+def _client(fed, device_id: str, key) -> DeviceClient:  # type: ignore[no-untyped-def]
+    server_pub = read_public_key(fed.server_key_file())
+    return DeviceClient(fed.url, device_id, key, server_pub, timeout=30)
 
 
 def test_server_killed_mid_round_resumes_with_no_accepted_update_lost(tmp_path: Path) -> None:
@@ -55,10 +57,11 @@ def test_server_killed_mid_round_resumes_with_no_accepted_update_lost(tmp_path: 
     config = build_global_config(sim, tmp_path, free_port())
     nodes: dict[str, EdgeNode] = {}
     with start_server(config, tmp_path) as fed:
-        clients = {d: _register(fed, d) for d in ("edge_01", "edge_02", "edge_03")}
+        keys = {d: fed.enroll(d) for d in ("edge_01", "edge_02", "edge_03")}
+        clients = {d: _client(fed, d, k) for d, k in keys.items()}
         for i, (d, c) in enumerate(clients.items()):
             data = DataConfig(task="digits", num_partitions=3, partition_index=i)
-            nodes[d] = EdgeNode(DeviceConfig(device_id=d, data=data), c)
+            nodes[d] = EdgeNode(fed.device_config(d, data), c)
             c.heartbeat()
         task = _wait_for_task(clients["edge_01"])
         # Two devices train and upload; the server then dies without warning.
@@ -74,9 +77,8 @@ def test_server_killed_mid_round_resumes_with_no_accepted_update_lost(tmp_path: 
         with httpx.Client(base_url=fed.url, headers={"Authorization": f"Bearer {fed.admin_token}"}) as admin:
             rnd = admin.get("/v1/admin/rounds").json()[0]
             assert rnd["status"] == "open" and rnd["round_id"] == task["round_id"]
-        # The device credentials survive the restart (they are in the database).
-        token3 = clients["edge_03"]._http.headers["Authorization"].split()[1]
-        with DeviceClient(fed.url, "edge_03", token3) as c3:
+        # Enrollments and the server key survive the restart (database and key directory).
+        with _client(fed, "edge_03", keys["edge_03"]) as c3:
             nodes["edge_03"].client = c3
             t3 = c3.task()
             assert t3["status"] == "train"

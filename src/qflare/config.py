@@ -89,6 +89,17 @@ class ServerConfig(_Strict):
     max_request_bytes: int = Field(64 * 1024, ge=256, description="limit for small device requests")
     admin_token: str | None = Field(None, min_length=16)
     keep_update_blobs: bool = Field(False, description="keep raw updates after their round aggregated")
+    key_dir: str = Field(".qflare/server-keys", description="the server's KEM and signing keys (made on first start)")
+    timestamp_window_seconds: float = Field(120.0, gt=0, le=3600, description="accepted request clock skew, +-")
+    enrollment_token_ttl_seconds: float = Field(3600.0, gt=0)
+    tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")
+    tls_key: str | None = Field(None, description="PEM private key for tls_cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class GlobalConfig(_Strict):
@@ -132,13 +143,33 @@ class DeviceConfig(_Strict):
 
     device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     server_url: str = "http://127.0.0.1:8000"
-    credentials_file: str | None = None
+    identity_key_file: str = Field(description="the device's private identity key (qflare device keygen)")
+    identity_key_passphrase_env: str | None = Field(
+        None, description="environment variable holding the identity key's passphrase"
+    )
+    server_public_key_file: str | None = Field(None, description="the server's pinned KEM public key")
+    server_key_fingerprint: str | None = Field(
+        None, description="pin: fetch the server key from the server and require this fingerprint"
+    )
+    key_source: Literal["mlkem", "qkd", "hybrid"] = "mlkem"
+    ca_file: str | None = Field(None, description="pinned CA for HTTPS (qflare init)")
     data: DataConfig = DataConfig()
     poll_interval_seconds: float = Field(1.0, gt=0)
     request_timeout_seconds: float = Field(60.0, gt=0)
     retry: RetryConfig = RetryConfig()
     torch_threads: int = Field(1, ge=1)
     exit_when_done: bool = True
+
+    @model_validator(mode="after")
+    def _server_key_pinned(self) -> DeviceConfig:
+        if self.server_public_key_file is None and self.server_key_fingerprint is None:
+            raise ValueError("pin the server key: set server_public_key_file or server_key_fingerprint")
+        return self
+
+    def resolve(self, path: str, base: Path) -> Path:
+        """A path from this config, relative to the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else base / p
 
 
 _C = TypeVar("_C", bound=BaseModel)

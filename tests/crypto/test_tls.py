@@ -70,9 +70,7 @@ def test_server_cert_verifies_against_ca(tmp_path: Path, ca: tuple[bytes, bytes]
 def test_mtls_client_cert(tmp_path: Path, ca: tuple[bytes, bytes]) -> None:
     ca_cert, ca_key = ca
     s_cert, s_key = issue_cert(ca_cert, ca_key, "qflare-server")
-    c_cert, c_key = issue_cert(
-        ca_cert, ca_key, "device-0001", server=False, client=True, dns_names=(), ip_addresses=()
-    )
+    c_cert, c_key = issue_cert(ca_cert, ca_key, "device-0001", server=False, client=True, dns_names=(), ip_addresses=())
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(*_files(tmp_path, "server", s_cert, s_key))
     server_ctx.verify_mode = ssl.CERT_REQUIRED

@@ -9,25 +9,57 @@ import pytest
 
 from qflare import errors as e
 from qflare.config import DeviceConfig, RetryConfig
+from qflare.crypto import SigningKey, XWingPrivateKey
+from qflare.crypto.envelope import decrypt_envelope, parse_envelope, verify_envelope_signature
 from qflare.edge.client import DeviceClient, ServerUnavailable
 from qflare.edge.node import EdgeNode, GaveUp
 from qflare.fl.serialize import sha256_hex
 
+SERVER_KEY = XWingPrivateKey.generate()
+DEVICE_KEY = SigningKey.generate()
+
 
 def _client(handler) -> DeviceClient:  # type: ignore[no-untyped-def]
-    return DeviceClient("http://test", "edge_01", "tok", transport=httpx.MockTransport(handler))
+    return DeviceClient("http://test", "edge_01", DEVICE_KEY, SERVER_KEY.public_key(),
+                        transport=httpx.MockTransport(handler))
 
 
-def test_requests_carry_identity_and_credential() -> None:
-    seen: list[httpx.Request] = []
+def _sealed(answer: bytes):  # type: ignore[no-untyped-def]
+    """A mock server that checks each envelope like the real one and seals ``answer``."""
+    seen: list[tuple[str, bytes]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        seen.append(req)
-        return httpx.Response(200, json={"device_id": "edge_01", "server_time": 1.0})
+        env = parse_envelope(req.content, max_size=1 << 20)
+        verify_envelope_signature(env, DEVICE_KEY.public_key())
+        payload, sealer = decrypt_envelope(env, SERVER_KEY, allowed_key_sources=("mlkem",))
+        assert env.path == req.url.path and env.device_id == "edge_01"
+        seen.append((env.path, payload))
+        return httpx.Response(200, content=sealer.seal(answer))
 
-    _client(handler).heartbeat()
-    assert seen[0].headers["X-QFLARE-Device"] == "edge_01"
-    assert seen[0].headers["Authorization"] == "Bearer tok"
+    return handler, seen
+
+
+def test_requests_are_sealed_signed_and_bound_to_their_path() -> None:
+    handler, seen = _sealed(b'{"device_id": "edge_01", "server_time": 1.0}')
+    assert _client(handler).heartbeat()["device_id"] == "edge_01"
+    client = _client(handler)
+    client.upload_update(7, b"update-bytes")
+    assert seen[-1] == ("/v1/device/rounds/7/update", b"update-bytes")
+
+
+def test_a_response_sealed_for_another_request_is_refused() -> None:
+    handler, _ = _sealed(b"{}")
+    stash: list[httpx.Response] = []
+
+    def replaying(req: httpx.Request) -> httpx.Response:
+        if not stash:
+            stash.append(handler(req))
+        return stash[0]
+
+    client = _client(replaying)
+    client.heartbeat()
+    with pytest.raises(e.QFlareError):
+        client.heartbeat()
 
 
 @pytest.mark.parametrize(
@@ -52,29 +84,38 @@ def test_transport_failure_is_server_unavailable() -> None:
 
 
 def test_model_download_checks_the_announced_hash() -> None:
-    client = _client(lambda req: httpx.Response(200, content=b"model-bytes"))
+    handler, _ = _sealed(b"model-bytes")
+    client = _client(handler)
     assert client.download_model(1, sha256_hex(b"model-bytes")) == b"model-bytes"
     with pytest.raises(e.InvalidInput) as info:
         client.download_model(1, "0" * 64)
     assert info.value.reason == "model_hash"
 
 
-def test_non_json_answer_is_malformed() -> None:
-    with pytest.raises(e.MalformedPayload):
+def test_unsealed_or_non_json_answers_are_refused() -> None:
+    with pytest.raises(e.QFlareError):
         _client(lambda req: httpx.Response(200, content=b"<html>")).task()
+    handler, _ = _sealed(b"<html>")
+    with pytest.raises(e.MalformedPayload):
+        _client(handler).task()
+
+
+def _cfg(**kw: object) -> DeviceConfig:
+    return DeviceConfig(device_id="edge_01", identity_key_file="k", server_key_fingerprint="x", **kw)  # type: ignore[arg-type]
 
 
 def test_node_backs_off_while_the_server_is_away_then_stops_when_done() -> None:
-    answers = [httpx.ConnectError("down")] * 3 + [httpx.Response(200, json={"status": "done", "retry_after": 0})]
+    done, _ = _sealed(b'{"status": "done", "retry_after": 0}')
+    answers: list[object] = [httpx.ConnectError("down")] * 3 + [done]
 
     def handler(req: httpx.Request) -> httpx.Response:
         nxt = answers.pop(0)
         if isinstance(nxt, Exception):
             raise nxt
-        return nxt
+        return nxt(req)  # type: ignore[operator]
 
     sleeps: list[float] = []
-    cfg = DeviceConfig(device_id="edge_01", retry=RetryConfig(initial_seconds=1.0, max_seconds=3.0))
+    cfg = _cfg(retry=RetryConfig(initial_seconds=1.0, max_seconds=3.0))
     node = EdgeNode(cfg, _client(handler), sleep=sleeps.append)
     stats = node.run()
     assert stats.retries == 3 and not answers
@@ -90,8 +131,7 @@ def test_node_gives_up_after_the_configured_time() -> None:
     def sleep(s: float) -> None:
         t[0] += s
 
-    cfg = DeviceConfig(device_id="edge_01", retry=RetryConfig(initial_seconds=1, max_seconds=2,
-                                                              give_up_after_seconds=10))
+    cfg = _cfg(retry=RetryConfig(initial_seconds=1, max_seconds=2, give_up_after_seconds=10))
     node = EdgeNode(cfg, _client(handler), sleep=sleep, clock=lambda: t[0])
     with pytest.raises(GaveUp):
         node.run()
@@ -99,6 +139,6 @@ def test_node_gives_up_after_the_configured_time() -> None:
 
 def test_node_stops_on_revocation() -> None:
     body = json.dumps({"error": {"reason": "device_revoked", "message": "revoked"}})
-    node = EdgeNode(DeviceConfig(device_id="edge_01"), _client(lambda req: httpx.Response(403, content=body)))
+    node = EdgeNode(_cfg(), _client(lambda req: httpx.Response(403, content=body)))
     with pytest.raises(e.PermissionDenied):
         node.run()

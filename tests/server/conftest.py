@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from qflare.config import GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
+from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.crypto.envelope import ResponseOpener, seal_request
+from qflare.crypto.keyfile import serialize_public_key
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.server.app import build_state, create_app
 from qflare.server.state import ServerState
@@ -28,14 +33,27 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(db_url: str, **rounds: object) -> GlobalConfig:
+def make_config(db_url: str, key_dir: str, **rounds: object) -> GlobalConfig:
     r = {"total": 2, "min_devices": 3, "min_quorum": 2, "deadline_seconds": 60.0, **rounds}
     return GlobalConfig(
         task="digits",
-        server=ServerConfig(db_url=db_url, max_update_bytes=256 * 1024, max_request_bytes=4096),
+        server=ServerConfig(db_url=db_url, key_dir=key_dir, max_update_bytes=256 * 1024, max_request_bytes=16384),
         rounds=RoundsConfig.model_validate(r),
         training=TrainConfig(epochs=1, batch_size=32, lr=0.05),
     )
+
+
+@dataclass
+class Reply:
+    """A device-route answer with the sealed body opened (as the edge client would)."""
+
+    status_code: int
+    content: bytes
+    text: str
+    raw: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 @dataclass
@@ -43,16 +61,35 @@ class Harness:
     client: TestClient
     state: ServerState
     clock: FakeClock
-    tokens: dict[str, str]
+    keys: dict[str, SigningKey]
 
-    def device_headers(self, device_id: str, token: str | None = None) -> dict[str, str]:
-        return {"X-QFLARE-Device": device_id, "Authorization": f"Bearer {token or self.tokens[device_id]}"}
+    @property
+    def server_pub(self) -> XWingPublicKey:
+        return self.state.gateway.opener.kem_public_key()
 
-    def post(self, device_id: str, path: str, content: bytes = b"", token: str | None = None):  # type: ignore[no-untyped-def]
-        return self.client.post(path, content=content, headers=self.device_headers(device_id, token))
+    def seal(
+        self, device_id: str, path: str, payload: bytes = b"", *, round_id: int | None = None,
+        key: SigningKey | None = None, now: float | None = None,
+    ) -> tuple[bytes, ResponseOpener]:
+        return seal_request(
+            key or self.keys[device_id], self.server_pub, device_id=device_id, method="POST", path=path,
+            round_id=round_id, payload=payload, now=self.clock() if now is None else now,
+        )
+
+    def send(self, path: str, envelope: bytes, opener: ResponseOpener | None = None) -> Reply:
+        resp = self.client.post(path, content=envelope)
+        body = opener.open(resp.content) if opener is not None and resp.status_code == 200 else resp.content
+        return Reply(resp.status_code, body, body.decode(errors="replace"), resp.content)
+
+    def post(self, device_id: str, path: str, content: bytes = b"", *, round_id: int | None = None,
+             key: SigningKey | None = None) -> Reply:
+        if round_id is None and "/rounds/" in path:
+            round_id = int(path.split("/rounds/")[1].split("/")[0])
+        envelope, opener = self.seal(device_id, path, content, round_id=round_id, key=key)
+        return self.send(path, envelope, opener)
 
     def poll_all(self) -> None:
-        for d in self.tokens:
+        for d in self.keys:
             assert self.post(d, "/v1/device/heartbeat").status_code == 200
 
     def open_round(self) -> int:
@@ -79,20 +116,34 @@ class Harness:
         return rounds, devices, repo.count_updates(), len(repo.list_models()), tuple(sorted(counts.items()))
 
 
-def make_harness(tmp_path: Path, **rounds: object) -> Iterator[Harness]:
+def config_for(tmp_path: Path, **rounds: object) -> GlobalConfig:
+    return make_config(f"sqlite:///{tmp_path / 'qflare.db'}", str(tmp_path / "server-keys"), **rounds)
+
+
+def enroll(client: TestClient, device_id: str, key: SigningKey, key_source: str = "mlkem") -> None:
+    pub = serialize_public_key(key.public_key()).decode()
+    r = client.post("/v1/admin/devices", json={"device_id": device_id, "public_key": pub, "key_source": key_source},
+                    headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 201, r.text
+
+
+def make_harness(tmp_path: Path, keys: dict[str, SigningKey] | None = None, *, enroll_devices: bool = True,
+                 **rounds: object) -> Iterator[Harness]:
     clock = FakeClock()
-    cfg = make_config(f"sqlite:///{tmp_path / 'qflare.db'}", **rounds)
-    state = build_state(cfg, admin_token=ADMIN, clock=clock)
+    state = build_state(config_for(tmp_path, **rounds), admin_token=ADMIN, clock=clock)
     app = create_app(state, run_ticker=False)
+    keys = keys if keys is not None else {f"edge_{i}": _KEYS[i] for i in range(3)}
     with TestClient(app) as client:
-        tokens = {}
-        for i in range(3):
-            r = client.post("/v1/admin/devices", json={"device_id": f"edge_{i}"},
-                            headers={"Authorization": f"Bearer {ADMIN}"})
-            assert r.status_code == 201, r.text
-            tokens[f"edge_{i}"] = r.json()["token"]
-        yield Harness(client=client, state=state, clock=clock, tokens=tokens)
+        if enroll_devices:
+            for device_id, key in keys.items():
+                enroll(client, device_id, key)
+        yield Harness(client=client, state=state, clock=clock, keys=keys)
     state.repo.close()
+
+
+# Key generation costs a few ms; the same identities serve every test (each test has its own server).
+_KEYS = [SigningKey.generate() for _ in range(4)]
+OUTSIDER_KEY = _KEYS[3]
 
 
 @pytest.fixture

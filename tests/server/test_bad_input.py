@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from qflare.fl.serialize import dump_arrays
-from tests.server.conftest import ADMIN, Harness
+from tests.server.conftest import ADMIN, OUTSIDER_KEY, Harness
 
 
-def _reason(resp) -> str:  # type: ignore[no-untyped-def]
+def _reason(resp) -> str:
+    if hasattr(resp, "raw"):
+        return str(json.loads(resp.raw)["error"]["reason"])  # type: ignore[no-untyped-def]
     return str(resp.json()["error"]["reason"])
 
 
@@ -23,7 +27,10 @@ def _assert_refused(h: Harness, resp, status: int, reason: str, before: tuple[ob
     assert h.snapshot() == before
 
 
-@pytest.mark.parametrize("blob", [b"", b"not a tensor file", b"\xff" * 64, b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json"])
+MALFORMED = [b"", b"not a tensor file", b"\xff" * 64, b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json"]
+
+
+@pytest.mark.parametrize("blob", MALFORMED)
 def test_malformed_bytes_are_refused(harness: Harness, blob: bytes) -> None:
     rid = harness.open_round()
     before = harness.snapshot()
@@ -38,7 +45,7 @@ def test_wrong_shape_is_refused(harness: Harness) -> None:
     before = harness.snapshot()
     resp = _upload(harness, rid, dump_arrays(arrays, {"num_examples": "5"}))
     _assert_refused(harness, resp, 422, "shape_mismatch", before)
-    assert name in resp.json()["error"]["message"]
+    assert name in json.loads(resp.raw)["error"]["message"]
 
 
 def test_wrong_dtype_is_refused(harness: Harness) -> None:
@@ -85,6 +92,13 @@ def test_oversized_update_is_refused_with_content_length(harness: Harness) -> No
     _assert_refused(harness, resp, 413, "payload_too_large", before)
 
 
+def test_oversized_small_request_is_refused(harness: Harness) -> None:
+    harness.open_round()
+    before = harness.snapshot()
+    resp = harness.post("edge_0", "/v1/device/task", b"x" * (harness.state.config.server.max_request_bytes + 1))
+    _assert_refused(harness, resp, 413, "payload_too_large", before)
+
+
 def test_oversized_update_is_refused_while_streaming(harness: Harness) -> None:
     """Without a Content-Length the limit is enforced chunk by chunk, before the body is all read."""
     rid = harness.open_round()
@@ -98,8 +112,7 @@ def test_oversized_update_is_refused_while_streaming(harness: Harness) -> None:
             yield b"\0" * 4096
 
     before = harness.snapshot()
-    resp = harness.client.post(f"/v1/device/rounds/{rid}/update", content=chunks(),
-                               headers=harness.device_headers("edge_0"))
+    resp = harness.client.post(f"/v1/device/rounds/{rid}/update", content=chunks())
     _assert_refused(harness, resp, 413, "payload_too_large", before)
 
 
@@ -135,16 +148,16 @@ def test_second_update_in_a_round_is_refused(harness: Harness) -> None:
 def test_unknown_device_is_refused(harness: Harness) -> None:
     rid = harness.open_round()
     before = harness.snapshot()
-    resp = harness.post("edge_9", f"/v1/device/rounds/{rid}/update", harness.update_blob(), token="x" * 40)
+    resp = harness.post("edge_9", f"/v1/device/rounds/{rid}/update", harness.update_blob(), key=OUTSIDER_KEY)
     _assert_refused(harness, resp, 401, "unknown_device", before)
 
 
-def test_wrong_credential_is_refused(harness: Harness) -> None:
+def test_signature_by_another_enrolled_device_is_refused(harness: Harness) -> None:
     rid = harness.open_round()
     before = harness.snapshot()
     resp = harness.post("edge_0", f"/v1/device/rounds/{rid}/update", harness.update_blob(),
-                        token=harness.tokens["edge_1"])
-    _assert_refused(harness, resp, 401, "bad_credential", before)
+                        key=harness.keys["edge_1"])
+    _assert_refused(harness, resp, 401, "bad_signature", before)
 
 
 def test_revoked_device_is_refused(harness: Harness) -> None:

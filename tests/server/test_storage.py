@@ -48,9 +48,9 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]
 
 
 def test_devices_register_revoke_and_refuse_duplicates(repo: Repository) -> None:
-    repo.add_device("edge_01", now=1.0, token_hash="h")
+    repo.add_device("edge_01", now=1.0, public_key=b"pk", fingerprint="fp")
     with pytest.raises(Conflict) as info:
-        repo.add_device("edge_01", now=2.0)
+        repo.add_device("edge_01", now=2.0, public_key=b"pk2", fingerprint="fp2")
     assert info.value.reason == "device_exists"
     repo.touch_device("edge_01", now=5.0)
     assert repo.active_devices(since=4.0) == ["edge_01"]
@@ -62,7 +62,7 @@ def test_devices_register_revoke_and_refuse_duplicates(repo: Repository) -> None
 
 
 def test_updates_are_unique_per_round_and_device(repo: Repository) -> None:
-    repo.add_device("edge_01", now=1.0)
+    repo.add_device("edge_01", now=1.0, public_key=b"pk", fingerprint="fp")
     repo.open_round(1, base_version=0, selected=["edge_01"], now=1.0, deadline_at=9.0)
     repo.add_update(1, "edge_01", num_examples=3, train_loss=0.1, sha256="a" * 64, blob=b"xyz", now=2.0)
     with pytest.raises(DuplicateUpdate):
@@ -72,7 +72,7 @@ def test_updates_are_unique_per_round_and_device(repo: Repository) -> None:
 
 
 def test_closing_a_round_stores_the_model_atomically_and_drops_blobs(repo: Repository) -> None:
-    repo.add_device("edge_01", now=1.0)
+    repo.add_device("edge_01", now=1.0, public_key=b"pk", fingerprint="fp")
     repo.add_model(0, blob=b"m0", sha256="0" * 64, spec_fingerprint="f", round_id=None, now=0.0)
     repo.open_round(1, base_version=0, selected=["edge_01"], now=1.0, deadline_at=9.0)
     repo.add_update(1, "edge_01", num_examples=3, train_loss=None, sha256="a" * 64, blob=b"xyz", now=2.0)
@@ -93,3 +93,34 @@ def test_events_are_counted_by_kind(repo: Repository) -> None:
     repo.add_event("round_opened", now=3.0, round_id=1)
     assert repo.count_events("update_rejected") == 2
     assert [e.reason for e in repo.list_events(kind="update_rejected")] == ["malformed_tensor", "non_finite"]
+
+
+def test_nonces_are_atomic_and_expire(repo: Repository) -> None:
+    from qflare.errors import ReplayDetected
+
+    repo.record_nonce("edge_01", "ab" * 16, expires_at=10.0)
+    assert repo.nonce_seen("edge_01", "ab" * 16) and not repo.nonce_seen("edge_02", "ab" * 16)
+    with pytest.raises(ReplayDetected):
+        repo.record_nonce("edge_01", "ab" * 16, expires_at=10.0)
+    repo.record_nonce("edge_01", "cd" * 16, expires_at=20.0)
+    assert repo.purge_nonces(now=15.0) == 1
+    assert repo.count_nonces() == 1 and not repo.nonce_seen("edge_01", "ab" * 16)
+
+
+def test_enrollment_tokens_are_one_time_and_expire(repo: Repository) -> None:
+    from qflare.errors import AuthenticationError
+
+    repo.add_enrollment_token("t1", device_id=None, key_source="mlkem", now=0.0, expires_at=100.0)
+    repo.add_enrollment_token("t2", device_id="edge_09", key_source="hybrid", now=0.0, expires_at=100.0)
+    rec = repo.enroll_with_token("t1", "edge_01", public_key=b"pk", fingerprint="fp", now=5.0)
+    assert rec.device_id == "edge_01" and rec.key_source == "mlkem"
+    with pytest.raises(AuthenticationError) as used:
+        repo.enroll_with_token("t1", "edge_02", public_key=b"pk", fingerprint="fp", now=6.0)
+    assert used.value.reason == "enrollment_token_used"
+    with pytest.raises(AuthenticationError) as other:
+        repo.enroll_with_token("t2", "edge_02", public_key=b"pk", fingerprint="fp", now=6.0)
+    assert other.value.reason == "bad_enrollment_token"
+    with pytest.raises(AuthenticationError) as expired:
+        repo.enroll_with_token("t2", "edge_09", public_key=b"pk", fingerprint="fp", now=101.0)
+    assert expired.value.reason == "enrollment_token_expired"
+    assert repo.get_device("edge_02") is None and repo.get_device("edge_09") is None

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from qflare.config import load_device_config
-from qflare.errors import ConfigError
 
 
 def edge(
@@ -20,23 +19,14 @@ def edge(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Poll the server for tasks, train on local data, upload updates, repeat."""
-    from qflare.edge.client import DeviceClient
     from qflare.edge.node import EdgeNode
+    from qflare.edge.setup import build_client
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_device_config(config)
     updates = {k: v for k, v in {"device_id": device_id, "server_url": server_url}.items() if v is not None}
     if updates:
         cfg = cfg.model_copy(update=updates)
-    if not cfg.credentials_file:
-        raise ConfigError(f"{config}: credentials_file: required (the device's credential)")
-    cred = Path(cfg.credentials_file)
-    if not cred.is_absolute():
-        cred = config.parent / cred
-    try:
-        token = cred.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{config}: credentials_file: cannot read {cred} ({exc.strerror})") from None
-    with DeviceClient(cfg.server_url, cfg.device_id, token, timeout=cfg.request_timeout_seconds) as client:
+    with build_client(cfg, config.parent) as client:
         stats = EdgeNode(cfg, client).run(max_rounds=max_rounds)
     logging.getLogger("qflare.edge").info("%s finished: %s", cfg.device_id, stats)

@@ -40,20 +40,33 @@ def server(
     token_file: Annotated[Path, typer.Option(help="where a generated operator token is kept")] = Path(
         ".qflare/admin_token"
     ),
+    key_dir: Annotated[str | None, typer.Option(help="the server's PQ keys (default from config)")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="private key for --tls-cert (PEM)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the QFLARE server (rounds, registry, aggregation) until interrupted."""
     import uvicorn
 
+    from qflare.crypto.keyfile import fingerprint
     from qflare.server.app import build_state, create_app
 
     cfg = load_global_config(config)
-    overrides = {k: v for k, v in {"host": host, "port": port, "db_url": db}.items() if v is not None}
+    given = {"host": host, "port": port, "db_url": db, "key_dir": key_dir, "tls_cert": tls_cert, "tls_key": tls_key}
+    overrides = {k: v for k, v in given.items() if v is not None}
     if overrides:
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
+        from qflare.config import ServerConfig, parse_config
+
+        merged = {**cfg.server.model_dump(), **overrides}
+        cfg = cfg.model_copy(update={"server": parse_config(ServerConfig, merged, source="server options")})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = resolve_admin_token(cfg.server.admin_token, token_file)
     state = build_state(cfg, admin_token=token)
     app = create_app(state)
-    console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} http://{cfg.server.host}:{cfg.server.port}")
-    uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False)
+    scheme = "https" if cfg.server.tls_cert else "http"
+    fp = fingerprint(state.gateway.opener.kem_public_key())
+    console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {scheme}://{cfg.server.host}:{cfg.server.port}"
+                  f" (server KEM key {fp})")
+    uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
+                ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key)
+

@@ -50,8 +50,13 @@ def simulate(
         + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size}"
     )
     with Progress(
-        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         overall = progress.add_task("rounds", total=rounds, info="starting server and edge nodes")
         current = progress.add_task("round -", total=clients, info="")
@@ -81,5 +86,6 @@ def _print_summary(summary: dict[str, Any], metric: str) -> None:
                 "accepted_updates", "rejected_updates", "run_dir"):
         if key in summary and summary[key] is not None:
             val = summary[key]
-            table.add_row(key, f"{val:.4f}" if isinstance(val, float) else str(val))
+            shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)
+            table.add_row(key, shown)
     console.print(table)

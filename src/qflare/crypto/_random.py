@@ -16,7 +16,14 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MlkemReplay", "RandomOverride", "active_override", "random_bytes", "set_override"]
+__all__ = [
+    "MlkemReplay",
+    "RandomOverride",
+    "active_override",
+    "random_bytes",
+    "reset_override",
+    "set_override",
+]
 
 
 @dataclass(frozen=True)

@@ -101,9 +101,7 @@ def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, e
         raise CryptoError("CA key is not an EC key", reason="bad_ca")
     if cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise CryptoError("CA key does not match the CA certificate", reason="bad_ca")
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

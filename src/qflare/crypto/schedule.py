@@ -27,7 +27,14 @@ from qflare.crypto._kdf import hkdf_expand, hkdf_extract
 from qflare.crypto._xwing import SHARED_SECRET_SIZE
 from qflare.crypto.encoding import KeySource
 
-__all__ = ["EXTRACT_SALT", "INFO_REQUEST", "INFO_RESPONSE", "MIN_QKD_KEY_SIZE", "RequestKeys", "derive_request_keys"]
+__all__ = [
+    "EXTRACT_SALT",
+    "INFO_REQUEST",
+    "INFO_RESPONSE",
+    "MIN_QKD_KEY_SIZE",
+    "RequestKeys",
+    "derive_request_keys",
+]
 
 EXTRACT_SALT: Final = b"qflare/v1/suite1/extract"
 INFO_REQUEST: Final = b"qflare/v1/suite1/k_req"

@@ -27,9 +27,7 @@ def _utcnow(now: _dt.datetime | None) -> _dt.datetime:
     return now if now is not None else _dt.datetime.now(_dt.UTC)
 
 
-def create_ca(
-    common_name: str, *, valid_days: int = 3650, now: _dt.datetime | None = None
-) -> tuple[bytes, bytes]:
+def create_ca(common_name: str, *, valid_days: int = 3650, now: _dt.datetime | None = None) -> tuple[bytes, bytes]:
     """Create a self-signed CA (basicConstraints CA, pathLen 0; keyCertSign, cRLSign).
 
     Parameters

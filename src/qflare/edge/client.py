@@ -1,22 +1,35 @@
 """HTTP client for the device side of the QFLARE protocol (httpx).
 
-Server refusals come back as the same typed :mod:`qflare.errors` exceptions the server raised, with
-the server's reason code; transport failures and 5xx answers raise :class:`ServerUnavailable`, which
-the node loop retries with backoff.
+Every request is a post-quantum envelope (``qflare.crypto.envelope.seal_request``): a fresh X-Wing
+encapsulation to the server key, the payload under AES-256-GCM with a one-time request key, and the
+device's composite ML-DSA-65 + Ed25519 signature. Responses are opened with that request's response key,
+so a downloaded model is confidential and bound to the request that asked for it.
+
+Server refusals come back as the same typed :mod:`qflare.errors` exceptions the server raised, with the
+server's reason code; transport failures and 5xx answers raise :class:`ServerUnavailable`, which the node
+loop retries with backoff.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from qflare import errors as e
+from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.crypto.envelope import seal_request
 from qflare.fl.serialize import sha256_hex
-from qflare.server.gateway import DEVICE_HEADER
 
-__all__ = ["DeviceClient", "ServerUnavailable", "error_from_response"]
+__all__ = ["DeviceClient", "QKDKeyFetcher", "ServerUnavailable", "error_from_response"]
+
+ENVELOPE_MEDIA_TYPE = "application/vnd.qflare.envelope"
+
+# Returns (qkd key, key ids) for one request; raises QKDError when no key can be had.
+QKDKeyFetcher = Callable[[], tuple[bytes, tuple[str, ...]]]
 
 
 class ServerUnavailable(e.QFlareError):
@@ -58,26 +71,41 @@ class DeviceClient:
     ----------
     base_url:
         The server, e.g. ``http://127.0.0.1:8000``.
-    device_id, token:
-        The device's identity and the credential issued when it was registered.
-    transport:
-        An ``httpx`` transport, for tests (``httpx.MockTransport``).
+    device_id, device_key:
+        The device's identity and its composite signing key.
+    server_kem_public:
+        The server's pinned X-Wing public key.
+    key_source, qkd_keys:
+        ``"mlkem"`` (default), or ``"qkd"``/``"hybrid"`` with a fetcher of one QKD key per request.
+    transport, verify:
+        ``httpx`` transport (tests: ``httpx.MockTransport``) and TLS verification (a CA file to pin).
+    clock:
+        Seconds since the epoch, stamped into each request.
     """
 
     def __init__(
         self,
         base_url: str,
         device_id: str,
-        token: str,
+        device_key: SigningKey,
+        server_kem_public: XWingPublicKey,
         *,
+        key_source: str = "mlkem",
+        qkd_keys: QKDKeyFetcher | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         verify: Any = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        if key_source != "mlkem" and qkd_keys is None:
+            raise e.ConfigError(f"key_source {key_source} needs a QKD key source", reason="qkd_required")
         self.device_id = device_id
-        headers = {DEVICE_HEADER: device_id, "Authorization": f"Bearer {token}"}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport,
-                                  verify=verify)
+        self._key = device_key
+        self._server_pub = server_kem_public
+        self._key_source = key_source
+        self._qkd_keys = qkd_keys
+        self._clock = clock
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -88,17 +116,30 @@ class DeviceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _post(self, path: str, content: bytes = b"", content_type: str = "application/octet-stream") -> bytes:
+    def seal(self, path: str, payload: bytes, round_id: int | None = None) -> tuple[bytes, Any]:
+        """Build the envelope for one request; returns (envelope bytes, response opener)."""
+        qkd_key, key_ids = (None, ()) if self._qkd_keys is None else self._qkd_keys()
+        return seal_request(
+            self._key, self._server_pub, device_id=self.device_id, method="POST", path=path, round_id=round_id,
+            payload=payload, now=self._clock(), key_source=self._key_source, qkd_key=qkd_key, key_ids=key_ids,
+        )
+
+    def send(self, path: str, envelope: bytes) -> httpx.Response:
+        """POST a ready envelope; raises the typed error for a refusal."""
         try:
-            resp = self._http.post(path, content=content, headers={"Content-Type": content_type})
+            resp = self._http.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"cannot reach server: {exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 400:
             raise error_from_response(resp)
-        return resp.content
+        return resp
 
-    def _post_json(self, path: str, content: bytes = b"") -> dict[str, Any]:
-        raw = self._post(path, content)
+    def _call(self, path: str, payload: bytes = b"", round_id: int | None = None) -> bytes:
+        envelope, opener = self.seal(path, payload, round_id)
+        return bytes(opener.open(self.send(path, envelope).content))
+
+    def _call_json(self, path: str, payload: bytes = b"", round_id: int | None = None) -> dict[str, Any]:
+        raw = self._call(path, payload, round_id)
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -108,17 +149,17 @@ class DeviceClient:
         return obj
 
     def heartbeat(self) -> dict[str, Any]:
-        return self._post_json("/v1/device/heartbeat")
+        return self._call_json("/v1/device/heartbeat")
 
     def task(self) -> dict[str, Any]:
-        return self._post_json("/v1/device/task")
+        return self._call_json("/v1/device/task")
 
     def download_model(self, version: int, expected_sha256: str) -> bytes:
         """Download a global model and check it against the SHA-256 the task announced."""
-        blob = self._post(f"/v1/device/model/{version}")
+        blob = self._call(f"/v1/device/model/{version}")
         if sha256_hex(blob) != expected_sha256:
             raise e.InvalidInput(f"model v{version} does not match its announced SHA-256", reason="model_hash")
         return blob
 
     def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]:
-        return self._post_json(f"/v1/device/rounds/{round_id}/update", blob)
+        return self._call_json(f"/v1/device/rounds/{round_id}/update", blob, round_id)

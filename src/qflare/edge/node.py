@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qflare.config import DeviceConfig, TrainConfig
-from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError
 from qflare.edge.client import ServerUnavailable
+from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays, set_arrays, train_local

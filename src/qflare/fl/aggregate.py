@@ -133,8 +133,7 @@ class FedAvgAccumulator(Accumulator):
 
     def _result(self) -> NDArrays:
         return {
-            name: (running / self._total_examples).astype(self.spec[name].dtype)
-            for name, running in self._sum.items()
+            name: (running / self._total_examples).astype(self.spec[name].dtype) for name, running in self._sum.items()
         }
 
 
@@ -162,11 +161,7 @@ class BufferedAccumulator(Accumulator):
 
 
 def _check_weight(num_examples: object) -> None:
-    if (
-        not isinstance(num_examples, numbers.Integral)
-        or isinstance(num_examples, bool)
-        or int(num_examples) < 0
-    ):
+    if not isinstance(num_examples, numbers.Integral) or isinstance(num_examples, bool) or int(num_examples) < 0:
         raise UpdateRejected(
             f"num_examples must be a non-negative integer, got {num_examples!r}", reason="invalid_num_examples"
         )

@@ -70,8 +70,20 @@ def dump_arrays(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | 
         if key.startswith(_RESERVED_PREFIX):
             raise ValueError(f"metadata key {key!r} uses the reserved prefix {_RESERVED_PREFIX!r}")
     meta[ORDER_KEY] = json.dumps(list(arrays), separators=(",", ":"))
-    contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    return safetensors.numpy.save(contiguous, metadata=meta)
+    # np.ascontiguousarray would turn 0-d arrays into 1-d ones.
+    contiguous = {name: np.array(a, order="C", copy=None) for name, a in arrays.items()}
+    return _canonical_header(safetensors.numpy.save(contiguous, metadata=meta))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    # safetensors writes __metadata__ from a Rust HashMap, in a different order on every call;
+    # rewrite the header with sorted metadata so that equal inputs give equal bytes.
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    raw += b" " * (-len(raw) % 8)  # the data section stays 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw + data[8 + length :]
 
 
 def load_arrays(data: bytes, spec: ModelSpec | None = None) -> tuple[NDArrays, dict[str, str]]:

@@ -64,9 +64,7 @@ class ModelSpec(Mapping[str, TensorSpec]):
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ModelSpec:
         """The spec that ``arrays`` satisfy."""
-        return cls(
-            {name: TensorSpec(tuple(int(d) for d in a.shape), a.dtype.name) for name, a in arrays.items()}
-        )
+        return cls({name: TensorSpec(tuple(int(d) for d in a.shape), a.dtype.name) for name, a in arrays.items()})
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelSpec:
@@ -102,9 +100,7 @@ class ModelSpec(Mapping[str, TensorSpec]):
         """Canonical JSON: sorted keys, no whitespace, tensors as an ordered list."""
         doc = {
             "format": SPEC_FORMAT,
-            "tensors": [
-                {"name": name, "shape": list(t.shape), "dtype": t.dtype} for name, t in self._tensors.items()
-            ],
+            "tensors": [{"name": name, "shape": list(t.shape), "dtype": t.dtype} for name, t in self._tensors.items()],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

@@ -100,7 +100,8 @@ def train_local(
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(
-            f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})", reason="invalid_train_config"
+            f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})",
+            reason="invalid_train_config",
         )
     num_examples = len(dataset)  # type: ignore[arg-type]
     if num_examples == 0:
@@ -158,9 +159,7 @@ def _check_floating(name: str, tensor: torch.Tensor) -> None:
         )
 
 
-def _optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
-) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":

@@ -72,7 +72,7 @@ class _Pass:
         starts = np.arange(self.n_blocks, dtype=np.int64) * block
         ends = np.minimum(starts + block, n)
         bob_prefix = self.bob_prefix(bob)
-        self.odd = (self.alice_prefix[ends] ^ self.alice_prefix[starts] ^ bob_prefix[ends] ^ bob_prefix[starts])
+        self.odd = self.alice_prefix[ends] ^ self.alice_prefix[starts] ^ bob_prefix[ends] ^ bob_prefix[starts]
 
     def bob_prefix(self, bob: Bits) -> Bits:
         return _prefix_xor(bob if self.order is None else bob[self.order])
@@ -115,9 +115,7 @@ def _bisect(p: _Pass, blocks: NDArray[np.int64], bob: Bits) -> tuple[NDArray[np.
     return p.original(lo), leaked
 
 
-def cascade_correct(
-    alice: Bits, bob: Bits, qber: float, rng: np.random.Generator, *, passes: int = 4
-) -> CascadeResult:
+def cascade_correct(alice: Bits, bob: Bits, qber: float, rng: np.random.Generator, *, passes: int = 4) -> CascadeResult:
     """Run Cascade so that Bob's key converges to Alice's.
 
     Parameters

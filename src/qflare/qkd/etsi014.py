@@ -260,7 +260,9 @@ def create_kme_app(store: KeyStore, local: KMEEnd, remote: KMEEnd) -> FastAPI:
 # ---------------------------------------------------------------------------------------------------
 # Server: mutual TLS under uvicorn
 
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 
 def _tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
@@ -365,15 +367,27 @@ class KMEPairServer:
     >>> server.start(); url_a, url_b = server.urls; ...; server.stop()  # doctest: +SKIP
     """
 
-    def __init__(self, store: KeyStore, *, a: KMEListener, b: KMEListener, ca: PathLike, host: str = "127.0.0.1"):
+    def __init__(
+        self, store: KeyStore, *, a: KMEListener, b: KMEListener, ca: PathLike, host: str = "127.0.0.1"
+    ) -> None:
         self.store = store
         self.host = host
         self._sockets: list[socket.socket] = []
         self._servers: list[uvicorn.Server] = []
+        try:
+            self._configure(a, b, ca, host)
+        except BaseException:
+            for sock in self._sockets:
+                sock.close()
+            raise
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _configure(self, a: KMEListener, b: KMEListener, ca: PathLike, host: str) -> None:
         for local, remote in ((a, b), (b, a)):
             ctx = server_ssl_context(local.cert, local.key, ca)
             config = uvicorn.Config(
-                create_kme_app(store, local.end, remote.end),
+                create_kme_app(self.store, local.end, remote.end),
                 http=_MutualTLSProtocol,
                 ssl_context_factory=lambda _config, _default, ctx=ctx: ctx,
                 lifespan="off",
@@ -382,8 +396,6 @@ class KMEPairServer:
             )
             self._servers.append(uvicorn.Server(config))
             self._sockets.append(_listen(host, local.port))
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -401,7 +413,7 @@ class KMEPairServer:
             return
 
         async def both() -> None:
-            await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self._servers, self._sockets)))
+            await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self._servers, self._sockets, strict=True)))
 
         def run() -> None:
             try:
@@ -513,6 +525,7 @@ class KMEClient:
         except (OSError, ssl.SSLError) as exc:
             raise QKDError(f"cannot load SAE TLS material: {exc}", reason="kme_certificate") from None
         self.base_url = base_url.rstrip("/")
+        self._ssl = ctx
         if transport is None:
             # httpcore writes a POST's headers and body separately: without TCP_NODELAY, Nagle holds
             # the body until the KME's delayed ACK (~40 ms per request).
@@ -536,6 +549,12 @@ class KMEClient:
         except httpx.TransportError as exc:
             if _is_tls_failure(exc):
                 raise QKDError(f"TLS with KME {self.base_url} failed: {exc}", reason="kme_certificate") from None
+            if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and self._refuses_our_certificate():
+                raise QKDError(
+                    f"KME {self.base_url} closes every connection right after the TLS handshake: "
+                    "it does not accept this SAE's client certificate",
+                    reason="kme_certificate",
+                ) from None
             raise QKDError(f"KME {self.base_url} unreachable: {exc}", reason="kme_unreachable") from None
         if response.status_code != 200:
             raise self._error(response)
@@ -543,10 +562,36 @@ class KMEClient:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise QKDError(
-                f"KME {self.base_url} sent a malformed {model.__name__.lstrip('_')}: "
-                f"{exc.error_count()} error(s)",
+                f"KME {self.base_url} sent a malformed {model.__name__.lstrip('_')}: {exc.error_count()} error(s)",
                 reason="kme_malformed",
             ) from None
+
+    def _refuses_our_certificate(self) -> bool:
+        """Probe after a silent disconnect: does the KME drop us as soon as TLS is up?
+
+        With TLS 1.3 the server checks the client certificate after the client has finished its
+        handshake, and Python's asyncio server then closes without sending the alert; the client
+        only sees a connection closed before any response. A KME that accepted the certificate
+        keeps an idle connection open, waiting for a request; one that refused it closes at once.
+        """
+        url = httpx.URL(self.base_url)
+        host, port = url.host, url.port or 443
+        try:
+            raw = socket.create_connection((host, port), timeout=2.0)
+        except OSError:
+            return False
+        try:
+            with self._ssl.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(0.5)
+                return tls.recv(1) == b""
+        except TimeoutError:
+            return False
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return True
+        except OSError:
+            return False
+        finally:
+            raw.close()
 
     def _error(self, response: httpx.Response) -> QKDError:
         reason = _REASON_OF_STATUS.get(response.status_code, "kme_error")
@@ -593,9 +638,7 @@ class KMEClient:
             except (ValueError, binascii.Error):
                 raise QKDError("KME returned a key_ID or key that does not parse", reason="kme_malformed") from None
             if size is not None and len(material) * 8 != size:
-                raise QKDError(
-                    f"KME returned a {len(material) * 8}-bit key, {size} bits requested", reason="key_size"
-                )
+                raise QKDError(f"KME returned a {len(material) * 8}-bit key, {size} bits requested", reason="key_size")
             out.append(QKDKey(item.key_ID, material))
         if len({k.key_id for k in out}) != len(out):
             raise QKDError("KME returned a key_ID twice", reason="kme_malformed")

@@ -67,9 +67,7 @@ def finite_size_deviation(n: int, k: int, eps_sec: float) -> float:
     return math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(2.0 / eps_sec))
 
 
-def secret_key_length(
-    n: int, k: int, sample_qber: float, leaked_bits: int, *, eps_sec: float, eps_cor: float
-) -> int:
+def secret_key_length(n: int, k: int, sample_qber: float, leaked_bits: int, *, eps_sec: float, eps_cor: float) -> int:
     """Secure key length in bits (possibly <= 0: no key), by the finite-size bound above.
 
     Parameters

@@ -15,6 +15,7 @@ fetches the same key from its KME. Modes:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import StrEnum
 
 from qflare.errors import ConfigError, QKDError
@@ -76,6 +77,9 @@ class QKDKeySource(KeySource):
         :meth:`get_key_by_id` can override per request (one server, many edge nodes).
     key_size_bits:
         Size of each key (a multiple of 8; 256 by default).
+    master_sae_of:
+        Slave side: maps a device ID to its master SAE ID for :meth:`lookup_for_request`
+        (identity by default).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class QKDKeySource(KeySource):
         mode: KeySourceMode | str = KeySourceMode.HYBRID,
         peer_sae_id: str | None = None,
         key_size_bits: int = 256,
+        master_sae_of: Callable[[str], str] | None = None,
     ) -> None:
         try:
             self.mode = KeySourceMode(mode)
@@ -97,6 +102,7 @@ class QKDKeySource(KeySource):
         self.client = client
         self.peer_sae_id = peer_sae_id
         self.key_size_bits = key_size_bits
+        self.master_sae_of = master_sae_of
 
     def _peer(self, override: str | None) -> str:
         peer = override or self.peer_sae_id
@@ -113,6 +119,29 @@ class QKDKeySource(KeySource):
         """The master's key ``key_id`` (dec_keys, delivered once); :class:`QKDError` on any failure."""
         (key,) = self.client.dec_keys(self._peer(master_sae_id), [key_id], size=self.key_size_bits)
         return key.key
+
+    # Adapters to the shapes the edge client and the server gateway take.
+
+    def fetch_for_request(self) -> tuple[bytes, tuple[str, ...]]:
+        """Edge node: one fresh key and its ID, as ``(key, (key_id,))`` (``QKDKeyFetcher``)."""
+        key = self.get_key()
+        return key.key, (key.key_id,)
+
+    def lookup_for_request(self, device_id: str, key_ids: tuple[str, ...]) -> bytes:
+        """Server: the keys ``key_ids`` that device ``device_id`` obtained, concatenated in order
+        (``QKDKeyLookup``). The device's master SAE ID is ``master_sae_of(device_id)``, by default
+        the device ID itself (the CN of the device's certificate at its KME).
+
+        Raises
+        ------
+        QKDError
+            ``unknown_key_id`` if ``key_ids`` is empty; any KME failure.
+        """
+        if not key_ids:
+            raise QKDError("the request names no QKD key_ID", reason="unknown_key_id")
+        master = self.master_sae_of(device_id) if self.master_sae_of else device_id
+        keys = self.client.dec_keys(master, list(key_ids), size=self.key_size_bits)
+        return b"".join(k.key for k in keys)
 
 
 def make_key_source(

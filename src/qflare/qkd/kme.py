@@ -143,9 +143,7 @@ class KeyStore:
         """
         self._check_size(size)
         if not 1 <= number <= self.limits.max_key_per_request:
-            raise QKDError(
-                f"number of keys must be in [1, {self.limits.max_key_per_request}]", reason="key_number"
-            )
+            raise QKDError(f"number of keys must be in [1, {self.limits.max_key_per_request}]", reason="key_number")
         need = number * size // 8
         with self._lock:
             if len(self._pool) < need:
@@ -179,9 +177,7 @@ class KeyStore:
             ``sae_not_authorised`` (issued for another SAE pair), ``key_number`` (empty or too many).
         """
         if not 1 <= len(key_ids) <= self.limits.max_key_per_request:
-            raise QKDError(
-                f"number of key_IDs must be in [1, {self.limits.max_key_per_request}]", reason="key_number"
-            )
+            raise QKDError(f"number of key_IDs must be in [1, {self.limits.max_key_per_request}]", reason="key_number")
         with self._lock:
             seen: set[str] = set()
             for key_id in key_ids:
@@ -192,9 +188,7 @@ class KeyStore:
                 if issued is None:
                     raise QKDError(f"key_ID {key_id} is unknown", reason="unknown_key_id")
                 if issued.master != master or issued.slave != slave:
-                    raise QKDError(
-                        f"key_ID {key_id} was not issued for this SAE pair", reason="sae_not_authorised"
-                    )
+                    raise QKDError(f"key_ID {key_id} was not issued for this SAE pair", reason="sae_not_authorised")
             out = []
             for key_id in key_ids:
                 issued = self._issued.pop(key_id)

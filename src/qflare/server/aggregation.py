@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from qflare.errors import AggregationError, MalformedPayload, NotFound, UpdateRejected
 from qflare.fl.aggregate import FedAvgAccumulator
@@ -23,26 +23,42 @@ MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
 @dataclass(frozen=True)
 class ValidatedUpdate:
-    """An update that passed validation; ``arrays`` stays on the backend's side of the boundary."""
+    """An update that passed validation.
+
+    ``stored`` is what the server persists so the update can be replayed after a restart (the raw
+    update in process; a sealed blob behind an enclave). ``handle`` is opaque to the server: the
+    backend's reference to the validated tensors, which stay on the backend's side of the boundary.
+    """
 
     round_id: int
     num_examples: int
     train_loss: float | None
     sha256: str
     size_bytes: int
-    arrays: NDArrays = field(repr=False, compare=False)
+    stored: bytes = field(repr=False, compare=False)
+    handle: Any = field(repr=False, compare=False)
 
 
 class AggregationBackend(Protocol):
-    def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None: ...
+    """Validates and aggregates updates; the orchestrator's only way to touch model tensors."""
 
-    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate: ...
+    def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
+        """Start aggregating ``round_id`` on top of the global model ``base_model``."""
 
-    def accumulate(self, update: ValidatedUpdate) -> None: ...
+    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
+        """Check one update (raise an ``InvalidInput`` error); does not yet count it."""
 
-    def finalize(self, round_id: int) -> bytes: ...
+    def accumulate(self, update: ValidatedUpdate) -> None:
+        """Add a validated update to the round's running aggregate."""
 
-    def abort_round(self, round_id: int) -> None: ...
+    def replay(self, round_id: int, stored: bytes) -> None:
+        """Re-accumulate an update persisted before a restart (its ``stored`` bytes)."""
+
+    def finalize(self, round_id: int) -> bytes:
+        """Aggregate the round and return the new global model's bytes; forget the round."""
+
+    def abort_round(self, round_id: int) -> None:
+        """Forget the round without aggregating."""
 
 
 def parse_update_metadata(meta: dict[str, str]) -> tuple[int, float | None]:
@@ -112,12 +128,16 @@ class InProcessAggregator:
             train_loss=loss,
             sha256=sha256_hex(blob),
             size_bytes=len(blob),
-            arrays=arrays,
+            stored=blob,
+            handle=arrays,
         )
 
     def accumulate(self, update: ValidatedUpdate) -> None:
         with self._lock:
-            self._state(update.round_id).acc.add(update.arrays, update.num_examples)
+            self._state(update.round_id).acc.add(update.handle, update.num_examples)
+
+    def replay(self, round_id: int, stored: bytes) -> None:
+        self.accumulate(self.validate(round_id, stored))
 
     def finalize(self, round_id: int) -> bytes:
         with self._lock:

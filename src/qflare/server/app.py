@@ -17,8 +17,9 @@ from qflare.server.aggregation import AggregationBackend, InProcessAggregator
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway
+from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.rounds import Clock, Orchestrator
-from qflare.server.routes import admin, device
+from qflare.server.routes import admin, device, public
 from qflare.server.state import ServerState
 from qflare.server.storage import Repository
 
@@ -34,9 +35,12 @@ def build_state(
     repo: Repository | None = None,
     backend: AggregationBackend | None = None,
     clock: Clock = time.time,
+    opener: RequestOpener | None = None,
 ) -> ServerState:
-    """Wire storage, aggregation backend, evaluator and orchestrator together."""
+    """Wire storage, keys, gateway, aggregation backend, evaluator and orchestrator together."""
     repo = repo or Repository(config.server.db_url)
+    opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
+    gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds)
     backend = backend or InProcessAggregator(max_update_norm=config.aggregation.max_update_norm)
     evaluator = (
         Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
@@ -45,16 +49,27 @@ def build_state(
     )
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
     return ServerState(
-        config=config, repo=repo, orchestrator=orch, gateway=DeviceGateway(repo), admin_token=admin_token, clock=clock
+        config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock
     )
 
 
+NONCE_PURGE_EVERY = 50  # ticks
+
+
+def _tick(state: ServerState, n: int) -> None:
+    state.orchestrator.tick()
+    if n % NONCE_PURGE_EVERY == 0:
+        state.repo.purge_nonces(now=state.clock())
+
+
 async def _ticker(state: ServerState) -> None:
+    n = 0
     while True:
         try:
-            await run_in_threadpool(state.orchestrator.tick)
+            await run_in_threadpool(_tick, state, n)
         except Exception:  # the ticker must survive anything one tick raises; the next tick retries
             log.exception("round tick failed")
+        n += 1
         await asyncio.sleep(TICK_SECONDS)
 
 
@@ -83,6 +98,7 @@ def create_app(state: ServerState, *, run_ticker: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(device.router)
     app.include_router(admin.router)
+    app.include_router(public.router)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -1,35 +1,31 @@
-"""The device gateway: reads a device request within its size limit and authenticates the sender.
+"""The device gateway: every device request is a post-quantum envelope, checked cheapest first.
 
-Every device route goes through :meth:`DeviceGateway.authenticate`, which returns a :class:`DeviceCall`
-(who is calling, what they sent, and how to wrap the answer). Checks run cheapest first: size, device
-known, device not revoked, credential.
+Order (``docs/protocol.md``): size limit (while streaming) -> envelope structure and version ->
+method, path and round bound by the signed header -> device known -> not revoked -> key source allowed
+for this device -> timestamp window -> nonce never seen -> composite signature -> nonce recorded
+(atomically) -> decapsulation and decryption (by the :class:`~qflare.server.keys.RequestOpener`, which
+holds the KEM private key). A refusal raises a typed error with a reason code and changes no state.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from qflare.errors import MalformedPayload, PayloadTooLarge, PermissionDenied, UnknownDevice
-from qflare.errors import AuthenticationError
-from qflare.server.storage import Repository
+from qflare.crypto.envelope import Envelope, ResponseSealer, check_timestamp, parse_envelope, verify_envelope_signature
+from qflare.crypto.signing import VerifyKey
+from qflare.errors import MalformedPayload, PayloadTooLarge, PermissionDenied, QKDError, ReplayDetected, UnknownDevice
+from qflare.server.keys import RequestOpener
+from qflare.server.storage import DeviceRecord, Repository
 
-DEVICE_HEADER = "X-QFLARE-Device"
-# Compared against when the device is unknown, so that timing does not tell known from unknown ids.
-_DUMMY_HASH = hashlib.sha256(b"qflare-dummy-token").hexdigest()
+RESPONSE_MEDIA_TYPE = "application/vnd.qflare.response"
+# last_seen is a liveness hint: one write per device every few seconds is enough.
+TOUCH_INTERVAL_SECONDS = 2.0
 
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
+QKDKeyLookup = Callable[[str, tuple[str, ...]], bytes]
 
 
 async def read_body_limited(request: Request, limit: int) -> bytes:
@@ -37,10 +33,11 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit}")
+            size = int(declared)
         except ValueError:
             raise MalformedPayload("invalid Content-Length", reason="bad_content_length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -53,44 +50,102 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class DeviceCall:
-    """An authenticated device request."""
+    """An authenticated, decrypted device request and the sealer for its one response."""
 
     device_id: str
     payload: bytes
-    wrap_response: Callable[[bytes], bytes]
-    media_type: str
+    envelope: Envelope
+    sealer: ResponseSealer
+
+    def seal(self, response: bytes) -> bytes:
+        return self.sealer.seal(response)
 
 
-def _identity(data: bytes) -> bytes:
-    return data
+class _DeviceKeyCache:
+    """Parsed device public keys by (device, fingerprint); revocation is always read from storage."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], VerifyKey] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device: DeviceRecord) -> VerifyKey:
+        k = (device.device_id, device.fingerprint)
+        with self._lock:
+            key = self._keys.get(k)
+        if key is None:
+            key = VerifyKey.from_bytes(device.public_key)
+            with self._lock:
+                self._keys[k] = key
+        return key
 
 
 class DeviceGateway:
-    """Bearer-token device authentication (each device holds a random token issued at registration)."""
+    """Authenticates device requests (see the module docstring for the order of checks).
 
-    def __init__(self, repo: Repository) -> None:
+    Parameters
+    ----------
+    repo:
+        Device registry and nonce store.
+    opener:
+        Decapsulates and decrypts (holds the server KEM private key).
+    window_seconds:
+        Accepted clock skew, either way.
+    qkd_lookup:
+        Fetches the QKD key for ``(device_id, key_ids)`` from the server's KME; ``None`` when the
+        server has no QKD link (requests naming QKD keys are then refused).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        opener: RequestOpener,
+        *,
+        window_seconds: float = 120.0,
+        qkd_lookup: QKDKeyLookup | None = None,
+    ) -> None:
         self.repo = repo
+        self.opener = opener
+        self.window = window_seconds
+        self.qkd_lookup = qkd_lookup
+        self._keys = _DeviceKeyCache()
 
-    def claimed_device(self, request: Request) -> str | None:
-        return request.headers.get(DEVICE_HEADER)
-
-    def authenticate(self, request: Request, body: bytes, *, now: float, json_response: bool) -> DeviceCall:
-        device_id = request.headers.get(DEVICE_HEADER)
-        if not device_id:
-            raise AuthenticationError(f"missing {DEVICE_HEADER} header", reason="missing_device_id")
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError("missing bearer credential", reason="missing_credential")
-        device = self.repo.get_device(device_id)
-        expected = device.token_hash if device is not None and device.token_hash else _DUMMY_HASH
-        ok = hmac.compare_digest(hash_token(token), expected)
+    def authenticate(
+        self, envelope_bytes: bytes, *, method: str, path: str, round_id: int | None, now: float, max_size: int
+    ) -> DeviceCall:
+        env = parse_envelope(envelope_bytes, max_size=max_size)
+        if env.method != method or env.path != path:
+            raise PermissionDenied(
+                f"the request was signed for {env.method} {env.path}, not {method} {path}", reason="path_mismatch"
+            )
+        if env.round_id != round_id:
+            raise PermissionDenied(
+                f"the request was signed for round {env.round_id}, not {round_id}", reason="round_mismatch"
+            )
+        device = self.repo.get_device(env.device_id)
         if device is None:
-            raise UnknownDevice(f"device {device_id!r} is not registered")
+            raise UnknownDevice(f"device {env.device_id!r} is not enrolled")
         if device.revoked:
-            raise PermissionDenied(f"device {device_id!r} is revoked", reason="device_revoked")
-        if not ok:
-            raise AuthenticationError("credential does not match", reason="bad_credential")
-        self.repo.touch_device(device_id, now=now)
-        media = "application/json" if json_response else "application/octet-stream"
-        return DeviceCall(device_id=device_id, payload=body, wrap_response=_identity, media_type=media)
+            raise PermissionDenied(f"device {env.device_id!r} is revoked", reason="device_revoked")
+        if env.key_source.value != device.key_source:
+            raise PermissionDenied(
+                f"device {device.device_id!r} must use key source {device.key_source}, not {env.key_source.value}",
+                reason="key_source_not_allowed",
+            )
+        check_timestamp(env, now, self.window)
+        nonce = env.nonce.hex()
+        if self.repo.nonce_seen(device.device_id, nonce):
+            raise ReplayDetected("this request was seen before")
+        verify_envelope_signature(env, self._keys.get(device))
+        # The insert is the atomic step: of two concurrent copies of one request, exactly one passes.
+        self.repo.record_nonce(device.device_id, nonce, expires_at=env.timestamp_ms / 1000 + self.window + 1)
+        extra = self._qkd_key(env)
+        payload, sealer = self.opener.open(env, allowed_key_sources=(device.key_source,), extra_secret=extra)
+        self.repo.touch_device(device.device_id, now=now, min_interval=TOUCH_INTERVAL_SECONDS)
+        return DeviceCall(device_id=device.device_id, payload=payload, envelope=env, sealer=sealer)
+
+    def _qkd_key(self, env: Envelope) -> bytes | None:
+        if not env.key_ids:
+            return None
+        if self.qkd_lookup is None:
+            raise QKDError("this server has no QKD link configured", reason="qkd_unavailable")
+        return self.qkd_lookup(env.device_id, env.key_ids)

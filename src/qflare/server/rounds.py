@@ -103,8 +103,8 @@ class Orchestrator:
     def _resume(self, rnd: RoundRecord) -> None:
         self.backend.begin_round(rnd.round_id, self.repo.model_blob(rnd.base_version), self.spec)
         count = 0
-        for _record, blob in self.repo.iter_update_blobs(rnd.round_id):
-            self.backend.accumulate(self.backend.validate(rnd.round_id, blob))
+        for _record, stored in self.repo.iter_update_blobs(rnd.round_id):
+            self.backend.replay(rnd.round_id, stored)
             count += 1
         self._counts[rnd.round_id] = count
         self.repo.add_event("round_resumed", now=self.clock(), round_id=rnd.round_id, detail=f"{count} updates")
@@ -157,7 +157,7 @@ class Orchestrator:
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
         validated = self.backend.validate(round_id, blob)
         with self._lock:
-            record = self._accept(device_id, validated, blob)
+            record = self._accept(device_id, validated)
             self._counts[round_id] = self._counts.get(round_id, 0) + 1
             count = self._counts[round_id]
             rc = self.config.rounds
@@ -166,7 +166,7 @@ class Orchestrator:
                 self._maybe_open_round()
         return record
 
-    def _accept(self, device_id: str, update: ValidatedUpdate, blob: bytes) -> UpdateRecord:
+    def _accept(self, device_id: str, update: ValidatedUpdate) -> UpdateRecord:
         # The database row first: its unique constraint decides duplicates atomically, and only an
         # update that is durably recorded enters the running aggregate.
         record = self.repo.add_update(
@@ -175,7 +175,8 @@ class Orchestrator:
             num_examples=update.num_examples,
             train_loss=update.train_loss,
             sha256=update.sha256,
-            blob=blob,
+            blob=update.stored,
+            size_bytes=update.size_bytes,
             now=self.clock(),
         )
         self.backend.accumulate(update)

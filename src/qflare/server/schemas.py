@@ -13,23 +13,55 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class DeviceCreate(BaseModel):
+KeySourceName = Literal["mlkem", "qkd", "hybrid"]
+
+
+class DeviceEnroll(BaseModel):
+    """An operator enrolls a device's public identity key (the contents of its ``.pub`` file)."""
+
     model_config = ConfigDict(extra="forbid")
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key: str = Field(max_length=16384, description="the device's public key file (qflare device keygen)")
+    key_source: KeySourceName = "mlkem"
 
 
-class DeviceCreated(_Out):
-    device_id: str
-    token: str = Field(description="the device's bearer credential; shown once, stored only as a hash")
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="bind the token to one device id")
+    ttl_seconds: float | None = Field(None, gt=0, le=30 * 86400)
+    key_source: KeySourceName = "mlkem"
+
+
+class TokenCreated(_Out):
+    token: str = Field(description="one-time enrollment token; shown once, stored only as a hash")
+    device_id: str | None
+    expires_at: float
+
+
+class SelfEnroll(BaseModel):
+    """A device enrolls itself with a one-time token, proving possession of its key by a signature."""
+
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key: str = Field(max_length=16384)
+    token: str = Field(min_length=16, max_length=256)
+    signature: str = Field(max_length=8192, description="base64 composite signature, see docs/protocol.md")
 
 
 class DevicePublic(_Out):
     device_id: str
     status: str
     key_source: str
+    fingerprint: str
     created_at: float
     last_seen_at: float | None
     revoked_at: float | None
+
+
+class ServerKeysPublic(_Out):
+    kem_public_key: str = Field(description="the server's X-Wing public key file")
+    kem_fingerprint: str
+    timestamp_window_seconds: float
 
 
 class TaskResponse(_Out):

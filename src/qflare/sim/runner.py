@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,9 @@ from typing import Any
 import httpx
 
 from qflare.config import DataConfig, DeviceConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig, dump_yaml
+from qflare.crypto import SigningKey
+from qflare.crypto.keyfile import UnencryptedKeyWarning, serialize_public_key, write_private_key
+from qflare.crypto.secret_access import TOKEN
 from qflare.errors import QFlareError
 from qflare.fl.tasks import get_task
 from qflare.sim.report import write_metrics_csv, write_plot, write_summary
@@ -123,23 +127,43 @@ class Federation:
             r.raise_for_status()
             return dict(r.json())
 
-    def register(self, device_id: str) -> str:
-        with self.admin() as c:
-            r = c.post("/v1/admin/devices", json={"device_id": device_id})
-            if r.status_code != 201:
-                raise SimulationError(f"registering {device_id} failed: {r.status_code} {r.text[:200]}")
-            return str(r.json()["token"])
+    @property
+    def device_dir(self) -> Path:
+        d = self.run_dir / "devices"
+        d.mkdir(exist_ok=True)
+        return d
 
-    def start_edge(self, device: DeviceConfig, token: str) -> None:
-        dev_dir = self.run_dir / "devices"
-        dev_dir.mkdir(exist_ok=True)
-        cred = dev_dir / f"{device.device_id}.token"
-        fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
-        cfg = device.model_copy(update={"credentials_file": cred.name, "server_url": self.url})
-        path = dev_dir / f"{device.device_id}.yaml"
-        dump_yaml(cfg, path)
+    def server_key_file(self) -> Path:
+        """Fetch the server's KEM public key once and keep it as the devices' pinned key."""
+        path = self.device_dir / "server-kem.pub"
+        if not path.exists():
+            r = httpx.get(f"{self.url}/v1/server/keys", timeout=30)
+            r.raise_for_status()
+            path.write_text(r.json()["kem_public_key"])
+        return path
+
+    def enroll(self, device_id: str, *, key_source: str = "mlkem") -> SigningKey:
+        """Create a device identity (as the device would) and enroll its public key (as the operator would)."""
+        key = SigningKey.generate()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnencryptedKeyWarning)  # a simulation's keys live in its run dir
+            write_private_key(self.device_dir / f"{device_id}.key", key, token=TOKEN, passphrase=None)
+        pub = serialize_public_key(key.public_key()).decode()
+        with self.admin() as c:
+            r = c.post("/v1/admin/devices", json={"device_id": device_id, "public_key": pub, "key_source": key_source})
+            if r.status_code != 201:
+                raise SimulationError(f"enrolling {device_id} failed: {r.status_code} {r.text[:200]}")
+        return key
+
+    def device_config(self, device_id: str, data: DataConfig, **extra: Any) -> DeviceConfig:
+        return DeviceConfig(
+            device_id=device_id, server_url=self.url, identity_key_file=f"{device_id}.key",
+            server_public_key_file=self.server_key_file().name, data=data, poll_interval_seconds=0.5, **extra,
+        )
+
+    def start_edge(self, device: DeviceConfig) -> None:
+        path = self.device_dir / f"{device.device_id}.yaml"
+        dump_yaml(device, path)
         self.edges[device.device_id] = _spawn(
             ["edge", "--config", str(path), "--log-level", "info"],
             self.run_dir / "logs" / f"{device.device_id}.log", self.env,
@@ -152,7 +176,9 @@ class Federation:
 
 
 @contextlib.contextmanager
-def start_server(config: GlobalConfig, run_dir: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[Federation]:
+def start_server(
+    config: GlobalConfig, run_dir: Path, *, extra_env: dict[str, str] | None = None
+) -> Iterator[Federation]:
     """Start ``qflare server`` for ``config`` in ``run_dir``; stop it (and any edges) on exit."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
@@ -177,7 +203,10 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
     return GlobalConfig(
         task=sim.task,  # type: ignore[arg-type]
         seed=sim.seed,
-        server=ServerConfig(host="127.0.0.1", port=port, db_url=f"sqlite:///{(run_dir / 'qflare.db').resolve()}"),
+        server=ServerConfig(
+            host="127.0.0.1", port=port, db_url=f"sqlite:///{(run_dir / 'qflare.db').resolve()}",
+            key_dir=str((run_dir / "server-keys").resolve()),
+        ),
         rounds=RoundsConfig(
             total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients, min_quorum=min(quorum, sim.clients),
             deadline_seconds=sim.deadline_seconds, seed=sim.seed,
@@ -203,7 +232,8 @@ def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = No
                 partition=sim.partition,  # type: ignore[arg-type]
                 alpha=sim.alpha, num_partitions=sim.clients, partition_index=i, seed=sim.seed,
             )
-            fed.start_edge(DeviceConfig(device_id=device_id, data=data, poll_interval_seconds=0.5), fed.register(device_id))
+            fed.enroll(device_id)
+            fed.start_edge(fed.device_config(device_id, data))
         status = _wait_finished(fed, sim, on_progress)
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()

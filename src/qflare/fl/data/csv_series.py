@@ -116,8 +116,8 @@ def _malformed(path: Path, line: int, what: str) -> ConfigError:
 def _select_columns(
     path: Path, header: list[str], timestamp_columns: Sequence[str] | None, columns: Sequence[str] | None
 ) -> tuple[list[int], list[int]]:
-    if len(set(header)) != len(header):
-        duplicates = sorted({h for h in header if header.count(h) > 1})
+    duplicates = sorted({h for h in header if h and header.count(h) > 1})
+    if duplicates:
         raise _malformed(path, 1, f"duplicate column names {duplicates}")
 
     def index(name: str) -> int:
@@ -146,9 +146,7 @@ def _parse_time(path: Path, line: int, stamp: str, fmt: str | None) -> np.dateti
     return np.datetime64(moment, "m")
 
 
-def _parse_value(
-    path: Path, line: int, column: str, cell: str, decimal: str, sentinel: float | None
-) -> float:
+def _parse_value(path: Path, line: int, column: str, cell: str, decimal: str, sentinel: float | None) -> float:
     token = cell.strip()
     if token.lower() in MISSING_TOKENS:
         return math.nan

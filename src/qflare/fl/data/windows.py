@@ -73,9 +73,7 @@ class WindowSet:
 _FIELDS = ("window", "calendar", "target", "sensor", "mean", "std", "target_time")
 
 
-def make_windows(
-    series: SensorSeries, variable: str, *, window: int, test_days: int
-) -> tuple[WindowSet, WindowSet]:
+def make_windows(series: SensorSeries, variable: str, *, window: int, test_days: int) -> tuple[WindowSet, WindowSet]:
     """Split ``series`` into training and held-out samples for one variable.
 
     A sample's target is the reading at step ``t``; its window is steps ``t - window .. t - 1``.
@@ -92,8 +90,7 @@ def make_windows(
     split = steps - test_days * series.steps_per_day
     if window < 1 or test_days < 1 or split - window < series.steps_per_day:
         raise ConfigError(
-            f"{steps} steps cannot hold a {window}-step window, a day of training targets and "
-            f"{test_days} test day(s)",
+            f"{steps} steps cannot hold a {window}-step window, a day of training targets and {test_days} test day(s)",
             reason="series_too_short",
         )
     mean = values[:split].mean(axis=0)

@@ -26,7 +26,9 @@ def build_model(task_name: str, *, seed: int = 0) -> TaskModel:
     try:
         factory = MODEL_FACTORIES[task_name]
     except KeyError:
-        raise ConfigError(f"no model for task {task_name!r}; known: {sorted(MODEL_FACTORIES)}", reason="unknown_task") from None
+        raise ConfigError(
+            f"no model for task {task_name!r}; known: {sorted(MODEL_FACTORIES)}", reason="unknown_task"
+        ) from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()

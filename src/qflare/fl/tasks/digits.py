@@ -59,9 +59,7 @@ class DigitsTask(Task):
         if self._partition_kind(partition) == "iid":
             parts = iid_partition(len(split.y_train), num_partitions, seed)
         else:
-            parts = dirichlet_partition(
-                split.y_train, num_partitions, alpha, seed, min_size=self.min_partition_size
-            )
+            parts = dirichlet_partition(split.y_train, num_partitions, alpha, seed, min_size=self.min_partition_size)
         idx = parts[partition_index]
         return TensorDataset(torch.from_numpy(split.x_train[idx]), torch.from_numpy(split.y_train[idx]))
 

@@ -6,27 +6,39 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from qflare.server.deps import Operator, State
-from qflare.server.gateway import hash_token, new_token
+from qflare.server.enrollment import enroll_by_operator, new_token, token_hash
 from qflare.server.schemas import (
-    DeviceCreate,
-    DeviceCreated,
+    DeviceEnroll,
     DevicePublic,
     EventPublic,
     ModelPublic,
     RoundPublic,
     StatusResponse,
+    TokenCreate,
+    TokenCreated,
 )
 from qflare.server.state import ServerState
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"])
 
 
-@router.post("/devices", response_model=DeviceCreated, status_code=201)
-def register_device(body: DeviceCreate, state: State, _: Operator) -> DeviceCreated:
+@router.post("/devices", response_model=DevicePublic, status_code=201)
+def enroll_device(body: DeviceEnroll, state: State, _: Operator) -> DevicePublic:
+    """Enroll a device's public identity key (operator enrollment)."""
+    rec = enroll_by_operator(state.repo, body.device_id, body.public_key, body.key_source, now=state.clock())
+    return DevicePublic.model_validate(rec)
+
+
+@router.post("/enrollment-tokens", response_model=TokenCreated, status_code=201)
+def create_enrollment_token(body: TokenCreate, state: State, _: Operator) -> TokenCreated:
+    """Issue a one-time, expiring token with which a device enrolls its own key."""
+    now = state.clock()
     token = new_token()
-    rec = state.repo.add_device(body.device_id, now=state.clock(), token_hash=hash_token(token))
-    state.repo.add_event("device_registered", now=state.clock(), device_id=rec.device_id)
-    return DeviceCreated(device_id=rec.device_id, token=token)
+    ttl = body.ttl_seconds or state.config.server.enrollment_token_ttl_seconds
+    state.repo.add_enrollment_token(token_hash(token), device_id=body.device_id, key_source=body.key_source,
+                                    now=now, expires_at=now + ttl)
+    state.repo.add_event("enrollment_token_issued", now=now, device_id=body.device_id)
+    return TokenCreated(token=token, device_id=body.device_id, expires_at=now + ttl)
 
 
 @router.get("/devices", response_model=list[DevicePublic])

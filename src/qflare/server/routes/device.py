@@ -1,4 +1,4 @@
-"""Routes that edge devices call. Every one is authenticated by the device gateway."""
+"""Routes that edge devices call. Every one takes a request envelope and answers with a sealed response."""
 
 from __future__ import annotations
 
@@ -8,72 +8,79 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from qflare.crypto.envelope import parse_envelope
 from qflare.errors import QFlareError
 from qflare.server.deps import State
-from qflare.server.gateway import DeviceCall, read_body_limited
+from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited
 from qflare.server.schemas import Heartbeat, TaskResponse, UpdateAccepted
 from qflare.server.state import ServerState
 
 router = APIRouter(prefix="/v1/device", tags=["device"])
 
+_SEALED = {200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}}
 
-async def _call(
-    request: Request, state: ServerState, *, limit: int, json_response: bool, round_id: int | None = None,
-    kind: str = "request_rejected",
+
+def _claimed_device(body: bytes, limit: int) -> str | None:
+    """The device id a refused request claims, for the event record (not trusted for anything else)."""
+    try:
+        return parse_envelope(body, max_size=limit).device_id
+    except QFlareError:
+        return None
+
+
+async def _authenticate(
+    request: Request, state: ServerState, *, limit: int, round_id: int | None = None, kind: str = "request_rejected"
 ) -> DeviceCall:
+    body = b""
     try:
         body = await read_body_limited(request, limit)
         return await run_in_threadpool(
-            state.gateway.authenticate, request, body, now=state.clock(), json_response=json_response
+            state.gateway.authenticate, body, method=request.method, path=request.url.path, round_id=round_id,
+            now=state.clock(), max_size=limit,
         )
     except QFlareError as exc:
-        _record(state, kind, state.gateway.claimed_device(request), round_id, exc, request.url.path)
+        _record(state, kind, _claimed_device(body, limit) if body else None, round_id, exc, request.url.path)
         raise
 
 
 def _record(state: ServerState, kind: str, device: str | None, round_id: int | None, exc: QFlareError,
             path: str) -> None:
-    state.repo.add_event(kind, now=state.clock(), device_id=(device or "")[:64] or None, round_id=round_id,
-                         reason=exc.reason, detail=f"{path}: {exc.message}")
+    state.repo.add_event(kind, now=state.clock(), device_id=device, round_id=round_id, reason=exc.reason,
+                         detail=f"{path}: {exc.message}")
 
 
-def _json(call: DeviceCall, obj: Any) -> Response:
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    return Response(call.wrap_response(data), media_type=call.media_type)
+def _sealed_json(call: DeviceCall, obj: Any) -> Response:
+    return Response(call.seal(json.dumps(obj, separators=(",", ":")).encode()), media_type=RESPONSE_MEDIA_TYPE)
 
 
-@router.post("/heartbeat", response_model=Heartbeat)
+@router.post("/heartbeat", responses=_SEALED, summary="Heartbeat (sealed JSON: Heartbeat)")
 async def heartbeat(request: Request, state: State) -> Response:
-    call = await _call(request, state, limit=state.config.server.max_request_bytes, json_response=True)
-    return _json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
+    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
+    return _sealed_json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
 
 
-@router.post("/task", response_model=TaskResponse)
+@router.post("/task", responses=_SEALED, summary="Next task (sealed JSON: TaskResponse)")
 async def task(request: Request, state: State) -> Response:
-    call = await _call(request, state, limit=state.config.server.max_request_bytes, json_response=True)
+    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
     t = await run_in_threadpool(state.orchestrator.task_for, call.device_id)
-    body = TaskResponse(server_time=state.clock(), **t.__dict__)
-    return _json(call, body.model_dump())
+    return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
 
 
-@router.post(
-    "/model/{version}",
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "safetensors bytes"}},
-)
+@router.post("/model/{version}", responses=_SEALED, summary="Download a global model (sealed safetensors bytes)")
 async def model(version: int, request: Request, state: State) -> Response:
-    call = await _call(request, state, limit=state.config.server.max_request_bytes, json_response=False)
+    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
     try:
         blob = await run_in_threadpool(state.orchestrator.load_model, version)
     except QFlareError as exc:
         _record(state, "request_rejected", call.device_id, None, exc, request.url.path)
         raise
-    return Response(call.wrap_response(blob), media_type=call.media_type)
+    return Response(call.seal(blob), media_type=RESPONSE_MEDIA_TYPE)
 
 
-@router.post("/rounds/{round_id}/update", response_model=UpdateAccepted)
+@router.post("/rounds/{round_id}/update", responses=_SEALED, summary="Upload an update (sealed JSON: UpdateAccepted)")
 async def upload_update(round_id: int, request: Request, state: State) -> Response:
-    call = await _call(request, state, limit=state.config.server.max_update_bytes, json_response=True,
-                       round_id=round_id, kind="update_rejected")
+    call = await _authenticate(request, state, limit=state.config.server.max_update_bytes, round_id=round_id,
+                               kind="update_rejected")
     try:
         rec = await run_in_threadpool(state.orchestrator.submit_update, call.device_id, round_id, call.payload)
     except QFlareError as exc:
@@ -81,4 +88,4 @@ async def upload_update(round_id: int, request: Request, state: State) -> Respon
         raise
     out = UpdateAccepted(round_id=rec.round_id, device_id=rec.device_id, sha256=rec.sha256,
                          num_examples=rec.num_examples)
-    return _json(call, out.model_dump())
+    return _sealed_json(call, out.model_dump())

@@ -11,12 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.errors import Conflict, DuplicateUpdate, NotFound
-from qflare.server.storage.tables import Base, Device, Event, ModelVersion, Round, Update
+from qflare.errors import AuthenticationError, Conflict, DuplicateUpdate, NotFound, ReplayDetected
+from qflare.server.storage.tables import Base, Device, EnrollmentToken, Event, ModelVersion, Nonce, Round, Update
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class DeviceRecord:
     created_at: float
     last_seen_at: float | None
     revoked_at: float | None
-    token_hash: str | None = None
-    public_key: bytes | None = None
+    public_key: bytes = b""
+    fingerprint: str = ""
 
     @property
     def revoked(self) -> bool:
@@ -88,8 +88,8 @@ def _device(row: Device) -> DeviceRecord:
         created_at=row.created_at,
         last_seen_at=row.last_seen_at,
         revoked_at=row.revoked_at,
-        token_hash=row.token_hash,
         public_key=row.public_key,
+        fingerprint=row.fingerprint,
     )
 
 
@@ -181,8 +181,8 @@ class Repository:
         device_id: str,
         *,
         now: float,
-        token_hash: str | None = None,
-        public_key: bytes | None = None,
+        public_key: bytes,
+        fingerprint: str,
         key_source: str = "mlkem",
     ) -> DeviceRecord:
         try:
@@ -190,8 +190,8 @@ class Repository:
                 row = Device(
                     device_id=device_id,
                     status="active",
-                    token_hash=token_hash,
                     public_key=public_key,
+                    fingerprint=fingerprint,
                     key_source=key_source,
                     created_at=now,
                 )
@@ -220,9 +220,67 @@ class Repository:
                 row.revoked_at = now
             return _device(row)
 
-    def touch_device(self, device_id: str, *, now: float) -> None:
+    def touch_device(self, device_id: str, *, now: float, min_interval: float = 0.0) -> None:
+        """Record that the device was seen; skips the write if it was seen less than ``min_interval`` ago."""
         with self._tx() as s:
-            s.execute(update(Device).where(Device.device_id == device_id).values(last_seen_at=now))
+            q = update(Device).where(Device.device_id == device_id)
+            if min_interval > 0:
+                q = q.where((Device.last_seen_at.is_(None)) | (Device.last_seen_at < now - min_interval))
+            s.execute(q.values(last_seen_at=now))
+
+    # -- nonces ----------------------------------------------------------------------------------
+    def nonce_seen(self, device_id: str, nonce: str) -> bool:
+        with self._tx() as s:
+            return s.get(Nonce, (device_id, nonce)) is not None
+
+    def record_nonce(self, device_id: str, nonce: str, *, expires_at: float) -> None:
+        """Insert the nonce; the primary key makes a concurrent second use fail atomically (ReplayDetected)."""
+        try:
+            with self._tx() as s:
+                s.add(Nonce(device_id=device_id, nonce=nonce, expires_at=expires_at))
+        except IntegrityError:
+            raise ReplayDetected("this request was seen before") from None
+
+    def purge_nonces(self, *, now: float) -> int:
+        with self._tx() as s:
+            return int(s.execute(delete(Nonce).where(Nonce.expires_at < now)).rowcount or 0)
+
+    def count_nonces(self) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Nonce)) or 0)
+
+    # -- enrollment tokens -----------------------------------------------------------------------
+    def add_enrollment_token(
+        self, token_hash: str, *, device_id: str | None, key_source: str, now: float, expires_at: float
+    ) -> None:
+        with self._tx() as s:
+            s.add(EnrollmentToken(token_hash=token_hash, device_id=device_id, key_source=key_source,
+                                  created_at=now, expires_at=expires_at))
+
+    def enroll_with_token(
+        self, token_hash: str, device_id: str, *, public_key: bytes, fingerprint: str, now: float
+    ) -> DeviceRecord:
+        """Consume a one-time token and register the device in one transaction."""
+        try:
+            with self._tx() as s:
+                tok = s.get(EnrollmentToken, token_hash, with_for_update=True)
+                if tok is None:
+                    raise AuthenticationError("unknown enrollment token", reason="bad_enrollment_token")
+                if tok.used_at is not None:
+                    raise AuthenticationError("enrollment token already used", reason="enrollment_token_used")
+                if now > tok.expires_at:
+                    raise AuthenticationError("enrollment token expired", reason="enrollment_token_expired")
+                if tok.device_id is not None and tok.device_id != device_id:
+                    raise AuthenticationError("enrollment token is for another device",
+                                              reason="bad_enrollment_token")
+                tok.used_at, tok.used_by = now, device_id
+                row = Device(device_id=device_id, status="active", public_key=public_key, fingerprint=fingerprint,
+                             key_source=tok.key_source, created_at=now)
+                s.add(row)
+                s.flush()
+                return _device(row)
+        except IntegrityError:
+            raise Conflict(f"device {device_id!r} is already registered", reason="device_exists") from None
 
     def active_devices(self, *, since: float) -> list[str]:
         with self._tx() as s:
@@ -362,6 +420,7 @@ class Repository:
         sha256: str,
         blob: bytes,
         now: float,
+        size_bytes: int | None = None,
     ) -> UpdateRecord:
         """Record an accepted update; the (round, device) unique constraint makes duplicates atomic."""
         try:
@@ -377,7 +436,7 @@ class Repository:
                     num_examples=num_examples,
                     train_loss=train_loss,
                     sha256=sha256,
-                    size_bytes=len(blob),
+                    size_bytes=len(blob) if size_bytes is None else size_bytes,
                     blob=blob,
                     received_at=now,
                 )

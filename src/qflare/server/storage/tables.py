@@ -17,8 +17,8 @@ class Device(Base):
 
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    public_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64))
     key_source: Mapped[str] = mapped_column(String(16), default="mlkem")
     created_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -76,3 +76,27 @@ class Event(Base):
     round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Nonce(Base):
+    """A request nonce seen from a device; kept until its timestamp falls out of the accepted window."""
+
+    __tablename__ = "nonces"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class EnrollmentToken(Base):
+    """A one-time, expiring token with which a device enrolls its own public key."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_source: Mapped[str] = mapped_column(String(16), default="mlkem")
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,169 @@
+"""``qflare device``: identity keys on the device; enrollment, tokens, revocation and listing for operators."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qflare.cli.operator import DEFAULT_SERVER, OperatorClient, resolve_operator_token
+from qflare.errors import ConfigError
+
+app = typer.Typer(help="Device identities: keygen on the device; enroll, token, revoke, list for operators.",
+                  no_args_is_help=True)
+console = Console()
+
+Server = Annotated[str, typer.Option("--server", envvar="QFLARE_SERVER", help="server URL")]
+AdminToken = Annotated[str | None, typer.Option("--admin-token", help="operator token (or $QFLARE_ADMIN_TOKEN)")]
+CAFile = Annotated[Path | None, typer.Option("--ca-file", help="pinned CA for an HTTPS server")]
+
+
+def _verify(ca_file: Path | None) -> object:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def keygen(
+    device_id: Annotated[str, typer.Option("--device-id", help="the device's id")],
+    out_dir: Annotated[Path, typer.Option(help="where <id>.key and <id>.pub go")] = Path("."),
+    passphrase_env: Annotated[str | None, typer.Option(help="encrypt the key with the passphrase in this env var")]
+    = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing key")] = False,
+) -> None:
+    """Create the device's hybrid ML-DSA-65 + Ed25519 identity (run this ON the device)."""
+    import warnings
+
+    from qflare.crypto import SigningKey
+    from qflare.crypto.keyfile import UnencryptedKeyWarning, fingerprint, write_private_key, write_public_key
+    from qflare.crypto.secret_access import TOKEN
+
+    key_path, pub_path = out_dir / f"{device_id}.key", out_dir / f"{device_id}.pub"
+    if key_path.exists() and not force:
+        raise ConfigError(f"{key_path} exists; use --force to replace the identity", reason="key_exists")
+    passphrase = None
+    if passphrase_env:
+        passphrase = os.environ.get(passphrase_env)
+        if not passphrase:
+            raise ConfigError(f"${passphrase_env} is empty or not set", reason="passphrase")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnencryptedKeyWarning)
+        write_private_key(key_path, key, token=TOKEN, passphrase=passphrase)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    write_public_key(pub_path, key.public_key())
+    console.print(f"identity key: {key_path} (mode 0600)\npublic key:   {pub_path}")
+    console.print(f"fingerprint:  [bold]{fingerprint(key.public_key())}[/]")
+
+
+@app.command()
+def enroll(
+    device_id: Annotated[str, typer.Argument(help="the device's id")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="the device's .pub file")],
+    key_source: Annotated[str, typer.Option(help="mlkem | qkd | hybrid")] = "mlkem",
+    server: Server = DEFAULT_SERVER,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+) -> None:
+    """Enroll a device's public key (operator)."""
+    try:
+        text = public_key.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--public-key: cannot read {public_key} ({exc.strerror})") from None
+    with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
+        rec = op.request("POST", "/v1/admin/devices",
+                         {"device_id": device_id, "public_key": text, "key_source": key_source})
+    console.print(f"enrolled {rec['device_id']} (key {rec['fingerprint']}, key source {rec['key_source']})")
+
+
+@app.command()
+def token(
+    device_id: Annotated[str | None, typer.Option("--device-id", help="bind the token to this device id")] = None,
+    ttl: Annotated[float | None, typer.Option(help="seconds until the token expires")] = None,
+    key_source: Annotated[str, typer.Option(help="mlkem | qkd | hybrid")] = "mlkem",
+    server: Server = DEFAULT_SERVER,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+) -> None:
+    """Issue a one-time, expiring enrollment token (operator); the device uses it with `qflare device join`."""
+    with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
+        out = op.request("POST", "/v1/admin/enrollment-tokens",
+                         {"device_id": device_id, "ttl_seconds": ttl, "key_source": key_source})
+    console.print(f"token (one use, expires {_when(out['expires_at'])} UTC):")
+    print(out["token"])
+
+
+@app.command()
+def join(
+    device_id: Annotated[str, typer.Argument(help="the device's id")],
+    token_value: Annotated[str, typer.Option("--token", help="the one-time enrollment token")],
+    key: Annotated[Path, typer.Option("--key", help="the device's identity key (.key)")],
+    passphrase_env: Annotated[str | None, typer.Option(help="env var with the key's passphrase")] = None,
+    server: Server = DEFAULT_SERVER,
+    ca_file: CAFile = None,
+) -> None:
+    """Enroll this device with a one-time token (run ON the device; proves possession of the key)."""
+    from qflare.crypto import SigningKey
+    from qflare.crypto.keyfile import read_private_key, serialize_public_key
+    from qflare.crypto.secret_access import TOKEN
+    from qflare.edge.client import error_from_response
+    from qflare.server.enrollment import sign_enrollment
+
+    passphrase = os.environ.get(passphrase_env) if passphrase_env else None
+    sk = read_private_key(key, token=TOKEN, passphrase=passphrase)
+    if not isinstance(sk, SigningKey):
+        raise ConfigError(f"{key} is not a signing identity key")
+    body = {"device_id": device_id, "public_key": serialize_public_key(sk.public_key()).decode(),
+            "token": token_value, "signature": sign_enrollment(sk, device_id, token_value)}
+    resp = httpx.post(f"{server}/v1/enroll", json=body, verify=_verify(ca_file), timeout=30)  # type: ignore[arg-type]
+    if resp.status_code >= 400:
+        raise error_from_response(resp)
+    console.print(f"enrolled {device_id} (key {resp.json()['fingerprint']})")
+
+
+@app.command()
+def revoke(
+    device_id: Annotated[str, typer.Argument(help="the device's id")],
+    server: Server = DEFAULT_SERVER,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+) -> None:
+    """Revoke a device; its next request is refused (operator)."""
+    with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
+        rec = op.request("POST", f"/v1/admin/devices/{device_id}/revoke")
+    console.print(f"revoked {rec['device_id']} at {_when(rec['revoked_at'])} UTC")
+
+
+@app.command("list")
+def list_devices(
+    server: Server = DEFAULT_SERVER,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List enrolled devices with status and last seen (operator)."""
+    with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
+        devices = op.request("GET", "/v1/admin/devices")
+    if json_out:
+        print(json.dumps(devices))
+        return
+    table = Table("device", "status", "key source", "fingerprint", "enrolled (UTC)", "last seen (UTC)")
+    for d in devices:
+        style = "red" if d["status"] == "revoked" else None
+        table.add_row(d["device_id"], d["status"], d["key_source"], d["fingerprint"], _when(d["created_at"]),
+                      _when(d["last_seen_at"]), style=style)
+    console.print(table)

@@ -1,0 +1,78 @@
+"""Build a device client from ``device_config.yaml``: identity key, pinned server key, pinned CA."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qflare.config import DeviceConfig
+from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.crypto.keyfile import fingerprint, parse_public_key, read_private_key, read_public_key
+from qflare.crypto.secret_access import TOKEN
+from qflare.edge.client import DeviceClient, QKDKeyFetcher, ServerUnavailable
+from qflare.errors import ConfigError, QFlareError
+
+
+def load_identity(cfg: DeviceConfig, base: Path) -> SigningKey:
+    path = cfg.resolve(cfg.identity_key_file, base)
+    passphrase = None
+    if cfg.identity_key_passphrase_env:
+        passphrase = os.environ.get(cfg.identity_key_passphrase_env)
+        if passphrase is None:
+            raise ConfigError(f"identity_key_passphrase_env: ${cfg.identity_key_passphrase_env} is not set")
+    try:
+        key = read_private_key(path, token=TOKEN, passphrase=passphrase)
+    except OSError as exc:
+        raise ConfigError(f"identity_key_file: cannot read {path} ({exc.strerror})") from None
+    if not isinstance(key, SigningKey):
+        raise ConfigError(f"identity_key_file: {path} is not a signing identity key")
+    return key
+
+
+def tls_verify(cfg: DeviceConfig, base: Path) -> Any:
+    """``True`` (system CAs) or an SSL context that trusts only the pinned CA."""
+    if cfg.ca_file is None:
+        return True
+    ca = cfg.resolve(cfg.ca_file, base)
+    if not ca.exists():
+        raise ConfigError(f"ca_file: {ca} does not exist")
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def load_server_key(cfg: DeviceConfig, base: Path, verify: Any = True) -> XWingPublicKey:
+    """The server KEM key: from the pinned file, or fetched and checked against the pinned fingerprint."""
+    if cfg.server_public_key_file is not None:
+        key = read_public_key(cfg.resolve(cfg.server_public_key_file, base))
+    else:
+        try:
+            resp = httpx.get(f"{cfg.server_url}/v1/server/keys", timeout=cfg.request_timeout_seconds, verify=verify)
+            resp.raise_for_status()
+            key = parse_public_key(resp.json()["kem_public_key"].encode())
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise ServerUnavailable(f"cannot fetch the server key: {exc}") from None
+    if not isinstance(key, XWingPublicKey):
+        raise ConfigError("the server key is not an X-Wing KEM public key", reason="server_key")
+    if cfg.server_key_fingerprint is not None and fingerprint(key) != cfg.server_key_fingerprint:
+        raise QFlareError(
+            f"server key fingerprint {fingerprint(key)} does not match the pinned {cfg.server_key_fingerprint}",
+            reason="server_key_mismatch",
+        )
+    return key
+
+
+def build_client(cfg: DeviceConfig, base: Path, *, qkd_keys: QKDKeyFetcher | None = None) -> DeviceClient:
+    verify = tls_verify(cfg, base)
+    return DeviceClient(
+        cfg.server_url,
+        cfg.device_id,
+        load_identity(cfg, base),
+        load_server_key(cfg, base, verify),
+        key_source=cfg.key_source,
+        qkd_keys=qkd_keys,
+        timeout=cfg.request_timeout_seconds,
+        verify=verify,
+    )

@@ -1,0 +1,173 @@
+"""The enclave's configuration: every setting that changes what the enclave enforces.
+
+The configuration is part of the measurement (like a Gramine manifest is part of MRENCLAVE): an edge
+node that pins a measurement pins these values too, so the untrusted host cannot, say, lift the
+update-norm bound without changing the measurement the devices see in the quote.
+
+File format (``enclaves/enclave_config.json``): one JSON object with ``"format":
+"qflare-enclave-config/1"`` and the fields of :class:`EnclaveConfig`; unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+from qflare.errors import ConfigError
+
+__all__ = ["CONFIG_FORMAT", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
+
+CONFIG_FORMAT: Final = "qflare-enclave-config/1"
+DEFAULT_UPDATE_PATH_REGEX: Final = r"^/v1/device/rounds/(?P<round_id>[0-9]{1,19})/update$"
+_KEY_SOURCES: Final = frozenset({"mlkem", "qkd", "hybrid"})
+_MAX_CONFIG_FILE: Final = 65536
+
+
+@dataclass(frozen=True)
+class EnclaveConfig:
+    """What the enclave enforces; measured.
+
+    Parameters
+    ----------
+    isv_prod_id:
+        Product id (SGX ``ISVPRODID``), 0-65535.
+    isv_svn:
+        Security version (SGX ``ISVSVN``), 0-65535: raise it when a release fixes a vulnerability,
+        and make verifiers require the new value (``min_svn``).
+    debug:
+        A debug enclave: it answers the ``Unsafe*`` debug call and its quotes say ``debug``; verifiers
+        refuse debug quotes unless told otherwise (SGX ``ATTRIBUTES.DEBUG``).
+    max_update_norm:
+        Reject an update whose change to the global model has a larger L2 norm; ``None`` disables it.
+    checkpoint_every:
+        Seal a checkpoint of a round's running aggregate after this many accumulated updates.
+    max_payload_bytes:
+        Largest envelope, update, or model that crosses the boundary.
+    max_request_payload_bytes:
+        Largest request payload :meth:`open_request` hands back to the host (small requests only).
+    max_pending_updates:
+        Validated updates waiting for ``accumulate`` kept inside (oldest dropped first; the host then
+        replays the sealed copy).
+    max_open_requests:
+        Response keys kept for requests whose response is not yet sealed (oldest dropped first).
+    update_path_regex:
+        Envelope paths that carry updates: :meth:`open_request` refuses them, so an update's payload
+        never leaves; ``validate_update`` requires them. Group ``round_id`` must equal the round.
+    allowed_key_sources:
+        Envelope key sources the enclave accepts. ``qkd`` alone is off by default: its key reaches the
+        enclave through the host, so the host could read such a request.
+    """
+
+    isv_prod_id: int = 1
+    isv_svn: int = 1
+    debug: bool = False
+    max_update_norm: float | None = None
+    checkpoint_every: int = 8
+    max_payload_bytes: int = 64 * 1024 * 1024
+    max_request_payload_bytes: int = 64 * 1024
+    max_pending_updates: int = 16
+    max_open_requests: int = 1024
+    update_path_regex: str = DEFAULT_UPDATE_PATH_REGEX
+    allowed_key_sources: tuple[str, ...] = ("mlkem", "hybrid")
+
+    def __post_init__(self) -> None:
+        for name in ("isv_prod_id", "isv_svn"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value <= 0xFFFF:
+                raise ConfigError(f"enclave config {name} must be an integer 0..65535", reason="invalid_config")
+        if not isinstance(self.debug, bool):
+            raise ConfigError("enclave config debug must be true or false", reason="invalid_config")
+        norm = self.max_update_norm
+        if norm is not None and (
+            isinstance(norm, bool) or not isinstance(norm, int | float) or not math.isfinite(norm) or norm <= 0
+        ):
+            raise ConfigError("enclave config max_update_norm must be a positive number or null", reason="invalid_config")
+        for name, low in (
+            ("checkpoint_every", 1),
+            ("max_payload_bytes", 1024),
+            ("max_request_payload_bytes", 1),
+            ("max_pending_updates", 1),
+            ("max_open_requests", 1),
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ConfigError(f"enclave config {name} must be an integer >= {low}", reason="invalid_config")
+        try:
+            pattern = re.compile(self.update_path_regex)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"enclave config update_path_regex: {exc}", reason="invalid_config") from None
+        if "round_id" not in pattern.groupindex:
+            raise ConfigError("enclave config update_path_regex needs a (?P<round_id>...) group", reason="invalid_config")
+        sources = self.allowed_key_sources
+        if not isinstance(sources, tuple) or not sources or not set(sources) <= _KEY_SOURCES:
+            raise ConfigError(
+                f"enclave config allowed_key_sources must be a non-empty subset of {sorted(_KEY_SOURCES)}",
+                reason="invalid_config",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields plus ``format``, JSON-ready."""
+        doc: dict[str, Any] = {"format": CONFIG_FORMAT, **asdict(self)}
+        doc["allowed_key_sources"] = sorted(self.allowed_key_sources)
+        return doc
+
+    def canonical_json(self) -> bytes:
+        """Sorted keys, no whitespace, ASCII: the bytes that enter the measurement."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    def update_path_round(self, path: str) -> int | None:
+        """The round id an update path names, or ``None`` when ``path`` is not an update path."""
+        match = re.fullmatch(self.update_path_regex, path)
+        return int(match.group("round_id")) if match else None
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> EnclaveConfig:
+        """Parse :meth:`to_dict` output; unknown or missing-format documents raise ``ConfigError``."""
+        if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT:
+            raise ConfigError(f"enclave config must be an object with format {CONFIG_FORMAT!r}", reason="invalid_config")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known - {"format"})
+        if unknown:
+            raise ConfigError(f"enclave config has unknown keys: {unknown}", reason="invalid_config")
+        values = {k: v for k, v in doc.items() if k != "format"}
+        if "allowed_key_sources" in values:
+            raw = values["allowed_key_sources"]
+            if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+                raise ConfigError("enclave config allowed_key_sources must be a list of strings", reason="invalid_config")
+            values["allowed_key_sources"] = tuple(sorted(set(raw)))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> EnclaveConfig:
+        """Parse a config file's bytes."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"enclave config is not valid JSON: {exc}", reason="invalid_config") from None
+        return cls.from_dict(doc)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the config as pretty JSON (the measured form is :meth:`canonical_json`, not the file bytes)."""
+        target = Path(path)
+        target.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="ascii")
+        return target
+
+
+def load_config(path: str | Path) -> EnclaveConfig:
+    """Read and validate an enclave config file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read enclave config {p}: {exc.strerror}", reason="invalid_config") from None
+    if len(data) > _MAX_CONFIG_FILE:
+        raise ConfigError(f"enclave config {p} is too large", reason="invalid_config")
+    return EnclaveConfig.from_json(data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,37 @@
+"""Unauthenticated routes: the server's public keys and device self-enrollment with a one-time token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from qflare.crypto.keyfile import fingerprint, serialize_public_key
+from qflare.errors import QFlareError
+from qflare.server.deps import State
+from qflare.server.enrollment import enroll_with_token
+from qflare.server.schemas import DevicePublic, SelfEnroll, ServerKeysPublic
+
+router = APIRouter(prefix="/v1", tags=["public"])
+
+
+@router.get("/server/keys", response_model=ServerKeysPublic)
+def server_keys(state: State) -> ServerKeysPublic:
+    """The server KEM public key devices encapsulate to (pin its fingerprint in device_config.yaml)."""
+    pub = state.gateway.opener.kem_public_key()
+    return ServerKeysPublic(
+        kem_public_key=serialize_public_key(pub).decode(),
+        kem_fingerprint=fingerprint(pub),
+        timestamp_window_seconds=state.config.server.timestamp_window_seconds,
+    )
+
+
+@router.post("/enroll", response_model=DevicePublic, status_code=201)
+def self_enroll(body: SelfEnroll, state: State) -> DevicePublic:
+    """A device enrolls its own public key with a one-time token (and proves it holds the private key)."""
+    try:
+        rec = enroll_with_token(state.repo, body.device_id, body.public_key, body.token, body.signature,
+                                now=state.clock())
+    except QFlareError as exc:
+        state.repo.add_event("request_rejected", now=state.clock(), device_id=body.device_id, reason=exc.reason,
+                             detail=f"/v1/enroll: {exc.message}")
+        raise
+    return DevicePublic.model_validate(rec)

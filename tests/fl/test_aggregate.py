@@ -1,0 +1,194 @@
+"""FedAvg: the pure function, the streaming accumulator, and their invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qflare.errors import AggregationError, ModelSpecMismatch, NonFiniteValues, UpdateRejected
+from qflare.fl.aggregate import BufferedAccumulator, FedAvgAccumulator, fedavg
+from qflare.fl.spec import ModelSpec
+
+from .arrays_strategies import arrays_for, model_specs, weights
+
+
+@st.composite
+def results_lists(draw: st.DrawFn) -> tuple[ModelSpec, list[tuple[dict[str, np.ndarray], int]]]:
+    spec = draw(model_specs())
+    n = draw(st.integers(min_value=1, max_value=6))
+    return spec, [(draw(arrays_for(spec)), draw(weights)) for _ in range(n)]
+
+
+def _weighted_mean(results: list[tuple[dict[str, np.ndarray], int]], name: str) -> np.ndarray:
+    stacked = np.stack([a[name].astype(np.float64) for a, _ in results])
+    return np.average(stacked, axis=0, weights=[float(n) for _, n in results])
+
+
+def test_fedavg_weights_by_num_examples() -> None:
+    # Prepare
+    a = {"w": np.array([0.0, 10.0], np.float32)}
+    b = {"w": np.array([4.0, 2.0], np.float32)}
+
+    # Execute
+    out = fedavg([(a, 1), (b, 3)])
+
+    # Assert: (1*0 + 3*4)/4 = 3, (1*10 + 3*2)/4 = 4
+    np.testing.assert_array_equal(out["w"], np.array([3.0, 4.0], np.float32))
+    assert out["w"].dtype == np.float32
+
+
+def test_fedavg_keeps_first_results_order(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare
+    reordered = {name: small_arrays[name] for name in reversed(small_arrays)}
+
+    # Execute
+    out = fedavg([(small_arrays, 2), (reordered, 5)])
+
+    # Assert
+    assert list(out) == list(small_arrays)
+
+
+@pytest.mark.parametrize(
+    ("results", "reason"),
+    [
+        ([], "no_updates"),
+        ([({"w": np.ones(2, np.float32)}, 0), ({"w": np.ones(2, np.float32)}, 0)], "zero_weight"),
+        ([({"w": np.ones(2, np.float32)}, 1), ({"w": np.ones(3, np.float32)}, 1)], "inconsistent_results"),
+        ([({"w": np.ones(2, np.float32)}, 1), ({"v": np.ones(2, np.float32)}, 1)], "inconsistent_results"),
+    ],
+)
+def test_fedavg_refuses_what_it_cannot_average(results: list, reason: str) -> None:
+    # Execute / Assert
+    with pytest.raises(AggregationError) as info:
+        fedavg(results)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("bad_weight", [-1, 1.5, True, "3"])
+def test_fedavg_rejects_invalid_weights(bad_weight: object) -> None:
+    # Execute / Assert
+    with pytest.raises(UpdateRejected) as info:
+        fedavg([({"w": np.ones(2, np.float32)}, bad_weight)])  # type: ignore[list-item]
+    assert info.value.reason == "invalid_num_examples"
+
+
+def test_accumulator_without_updates_raises(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare
+    acc = FedAvgAccumulator(ModelSpec.from_arrays(small_arrays))
+
+    # Execute / Assert
+    with pytest.raises(AggregationError) as info:
+        acc.result()
+    assert info.value.reason == "no_updates"
+
+
+def test_accumulator_with_zero_total_weight_raises(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare
+    acc = FedAvgAccumulator(ModelSpec.from_arrays(small_arrays))
+    acc.add(small_arrays, 0)
+
+    # Execute / Assert
+    with pytest.raises(AggregationError) as info:
+        acc.result()
+    assert info.value.reason == "zero_weight"
+    assert acc.count == 1
+
+
+def test_accumulator_rejects_bad_update_without_changing_state(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare
+    acc = FedAvgAccumulator(ModelSpec.from_arrays(small_arrays))
+    acc.add(small_arrays, 4)
+    wrong_shape = {**small_arrays, "bias": np.zeros(5, np.float32)}
+    nan_update = {**small_arrays, "bias": np.array([0, np.nan, 0], np.float32)}
+
+    # Execute
+    with pytest.raises(ModelSpecMismatch) as shape_error:
+        acc.add(wrong_shape, 1)
+    with pytest.raises(NonFiniteValues):
+        acc.add(nan_update, 1)
+    with pytest.raises(UpdateRejected):
+        acc.add(small_arrays, -2)
+
+    # Assert
+    assert shape_error.value.reason == "shape_mismatch"
+    assert (acc.count, acc.total_examples) == (1, 4)
+    np.testing.assert_array_equal(acc.result()["bias"], small_arrays["bias"])
+
+
+def test_accumulator_holds_one_running_sum_not_the_updates(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare
+    acc = FedAvgAccumulator(ModelSpec.from_arrays(small_arrays))
+
+    # Execute
+    for n in range(1, 51):
+        acc.add({k: v * n for k, v in small_arrays.items()}, n)
+
+    # Assert: its state is one float64 array per tensor, whatever the number of clients
+    state = [v for v in vars(acc).values() if isinstance(v, dict)]
+    assert [list(s) for s in state] == [list(small_arrays)]
+    assert all(a.dtype == np.float64 for a in state[0].values())
+    assert (acc.count, acc.total_examples) == (50, 50 * 51 // 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=model_specs(), data=st.data(), n=st.integers(min_value=1, max_value=6))
+def test_fedavg_of_identical_updates_is_that_update(spec: ModelSpec, data: st.DataObject, n: int) -> None:
+    # Prepare
+    arrays = data.draw(arrays_for(spec))
+    counts = data.draw(st.lists(weights, min_size=n, max_size=n))
+    acc = FedAvgAccumulator(spec)
+
+    # Execute
+    batch = fedavg([(arrays, c) for c in counts])
+    for c in counts:
+        acc.add(arrays, c)
+    streamed = acc.result()
+
+    # Assert
+    for name in spec:
+        np.testing.assert_array_equal(batch[name], arrays[name])
+        np.testing.assert_array_equal(streamed[name], arrays[name])
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=results_lists(), data=st.data())
+def test_streaming_equals_batch_and_weighted_mean_in_any_order(case: tuple, data: st.DataObject) -> None:
+    # Prepare
+    spec, results = case
+    shuffled = data.draw(st.permutations(results))
+    acc = FedAvgAccumulator(spec)
+
+    # Execute
+    batch = fedavg(results)
+    for arrays, n in shuffled:
+        acc.add(arrays, n)
+    streamed = acc.result()
+
+    # Assert
+    assert list(streamed) == list(spec)
+    for name in spec:
+        expected = _weighted_mean(results, name)
+        np.testing.assert_allclose(batch[name], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(streamed[name], batch[name], rtol=1e-6, atol=1e-6)
+        assert streamed[name].dtype == np.float32
+    assert acc.total_examples == sum(n for _, n in results)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=results_lists())
+def test_buffered_accumulator_applies_the_pure_rule(case: tuple) -> None:
+    # Prepare
+    spec, results = case
+    acc = BufferedAccumulator(spec, fedavg)
+
+    # Execute
+    for arrays, n in results:
+        acc.add(arrays, n)
+
+    # Assert
+    expected = fedavg(results)
+    out = acc.result()
+    for name in spec:
+        np.testing.assert_array_equal(out[name], expected[name])
