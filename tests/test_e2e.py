@@ -99,3 +99,26 @@ def _wait_for_task(client: DeviceClient) -> dict:  # type: ignore[type-arg]
             return t
         time.sleep(0.2)
     raise AssertionError("no task")
+
+
+def test_simulate_with_every_attacker_rejects_every_attack(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qflare", "simulate", "--clients", "3", "--rounds", "2", "--task", "digits",
+         "--partition", "iid", "--attackers", "impersonate,replay,tamper,revoked", "--runs-dir",
+         str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    attacks = summary["attacks"]
+    assert set(attacks) == {"impersonate", "replay", "tamper", "revoked"}
+    for name, st in attacks.items():
+        assert st["attempts"] > 0, name
+        assert st["rejected"] == st["attempts"] and st["accepted"] == 0, (name, st)
+    assert set(attacks["impersonate"]["reasons"]) == {"bad_signature"}
+    assert set(attacks["replay"]["reasons"]) == {"replay"}
+    assert set(attacks["revoked"]["reasons"]) == {"device_revoked"}
+    assert "replay" not in attacks["tamper"]["reasons"]
+    # The honest federation is unaffected: every honest update accepted, the model learns.
+    assert summary["rounds_completed"] == 2 and summary["accepted_updates"] == 6
+    assert summary["final_accuracy"] > 0.5

@@ -175,10 +175,11 @@ def test_timestamp_window(device_key: SigningKey, server_key: XWingPrivateKey) -
 
 
 def _layout(data: bytes) -> dict[str, range]:
-    """Byte ranges of every field of an mlkem envelope with FIELDS (see docs/protocol.md)."""
+    """Byte ranges of every field of an mlkem envelope with an integer round id (see docs/protocol.md)."""
     (hlen,) = struct.unpack(">I", data[:4])
     h = 4
-    dev, meth, path = (len(FIELDS[k]) for k in ("device_id", "method", "path"))
+    env = parse_envelope(data, max_size=1 << 24)
+    dev, meth, path = len(env.device_id), len(env.method), len(env.path)
     pos = h + 17
     ranges = {
         "header_len": range(0, 4),

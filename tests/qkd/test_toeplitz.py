@@ -13,7 +13,8 @@ from qflare.qkd.toeplitz import toeplitz_hash, toeplitz_seed
 
 def _explicit(seed: np.ndarray, bits: np.ndarray, m: int) -> np.ndarray:
     n = bits.size
-    matrix = np.array([[seed[i - j + n - 1] for j in range(n)] for i in range(m)], dtype=np.int64)
+    rows, cols = np.meshgrid(np.arange(m), np.arange(n), indexing="ij")
+    matrix = seed[rows - cols + n - 1].astype(np.int64)  # T[i, j] = seed[i - j + n - 1]
     return (matrix @ bits.astype(np.int64) % 2).astype(np.uint8)
 
 
@@ -47,3 +48,13 @@ def test_wrong_seed_length_is_refused() -> None:
     with pytest.raises(QKDError) as info:
         toeplitz_hash(np.zeros(10, np.uint8), np.ones(500, np.uint8), 300)
     assert info.value.reason == "toeplitz_seed"
+
+
+@pytest.mark.parametrize(("n", "m"), [(200, 100), (5_000, 64), (3_000, 256), (3_000, 257), (4_000, 1_500)])
+def test_every_code_path_agrees_with_the_matrix(n: int, m: int) -> None:
+    # Prepare: direct (n m <= 2^16), packed rows (m <= 256), FFT (otherwise)
+    rng = np.random.default_rng(n + m)
+    bits = rng.integers(0, 2, n, dtype=np.uint8)
+    s = toeplitz_seed(rng, n, m)
+    # Execute / Assert
+    assert np.array_equal(toeplitz_hash(s, bits, m), _explicit(s, bits, m))

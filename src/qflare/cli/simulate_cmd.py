@@ -30,6 +30,9 @@ def simulate(
     lr: Annotated[float | None, typer.Option(help="local learning rate (default: the task's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size (default: the task's)")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where runs/<timestamp>/ goes")] = Path("runs"),
+    attackers: Annotated[
+        str | None, typer.Option(help="adversaries to add: comma list of impersonate,replay,tamper,revoked")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -43,6 +46,7 @@ def simulate(
     sim = SimulationConfig(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
+        attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
@@ -89,3 +93,10 @@ def _print_summary(summary: dict[str, Any], metric: str) -> None:
             shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)
             table.add_row(key, shown)
     console.print(table)
+    if "attacks" in summary:
+        at = Table("attack", "attempts", "rejected", "accepted", "reasons", title="attacks")
+        for name, st in summary["attacks"].items():
+            reasons = ", ".join(f"{k} {v}" for k, v in st["reasons"].items())
+            at.add_row(name, str(st["attempts"]), str(st["rejected"]), str(st["accepted"]), reasons,
+                       style="red" if st["accepted"] else None)
+        console.print(at)

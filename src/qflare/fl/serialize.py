@@ -37,19 +37,22 @@ _RESERVED_PREFIX = "qflare."
 
 # safetensors dtype tag -> numpy dtype; anything else (BF16, F8, ...) is refused as malformed.
 _DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "U16": np.dtype(np.uint16),
-    "I16": np.dtype(np.int16),
-    "U32": np.dtype(np.uint32),
-    "I32": np.dtype(np.int32),
-    "U64": np.dtype(np.uint64),
-    "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16),
-    "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64),
-}
+    tag: np.dtype(code)
+    for tag, code in {
+        "BOOL": "?",
+        "U8": "u1",
+        "I8": "i1",
+        "U16": "<u2",
+        "I16": "<i2",
+        "U32": "<u4",
+        "I32": "<i4",
+        "U64": "<u8",
+        "I64": "<i8",
+        "F16": "<f2",
+        "F32": "<f4",
+        "F64": "<f8",
+    }.items()
+}  # safetensors data is little-endian
 
 
 def sha256_hex(data: bytes) -> str:
@@ -127,7 +130,7 @@ def _parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise MalformedPayload(f"tensor {name!r}: unsupported dtype {view['dtype']}", reason="malformed_tensor")
         try:
             flat = np.frombuffer(view["data"], dtype=dtype)
-            arrays[name] = flat.reshape(view["shape"]).copy()
+            arrays[name] = flat.reshape(view["shape"]).astype(dtype.newbyteorder("="), copy=True)
         except (ValueError, TypeError) as exc:
             raise MalformedPayload(f"tensor {name!r}: {exc}", reason="malformed_tensor") from exc
     return arrays, _metadata(data)

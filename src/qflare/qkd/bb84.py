@@ -156,7 +156,7 @@ def run_bb84(
         ``1 - 2 h(e) = 0`` point of Shor-Preskill).
     cascade_passes:
         Cascade passes (6: the original 4 left ~2 in 1000 small keys uncorrected when the sample
-        underestimates the error rate; the two extra passes cost ~1% more parities).
+        underestimates the error rate; the two extra passes cost ~0.5% of the key).
     eps_sec:
         Secrecy parameter of the key-length bound.
     """

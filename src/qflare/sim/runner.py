@@ -12,7 +12,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +25,13 @@ from typing import Any
 import httpx
 
 from qflare.config import DataConfig, DeviceConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig, dump_yaml
-from qflare.crypto import SigningKey
-from qflare.crypto.keyfile import UnencryptedKeyWarning, serialize_public_key, write_private_key
+from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key, write_private_key
 from qflare.crypto.secret_access import TOKEN
 from qflare.errors import QFlareError
 from qflare.fl.tasks import get_task
+from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
+from qflare.sim.net import free_port
 from qflare.sim.report import write_metrics_csv, write_plot, write_summary
 
 
@@ -55,12 +56,7 @@ class SimulationConfig:
     runs_dir: Path = Path("runs")
     timeout_seconds: float = 3600.0
     extra_env: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    attackers: tuple[str, ...] = ()
 
 
 def new_run_dir(base: Path) -> Path:
@@ -75,15 +71,18 @@ def new_run_dir(base: Path) -> Path:
     raise SimulationError(f"cannot create a run directory under {base}")
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "qflare", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
-    )
+def spawn_qflare(
+    args: list[str], log_path: Path, env: dict[str, str], *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m qflare ARGS`` as its own process group, output to ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qflare", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            start_new_session=True,
+        )
 
 
-def _stop(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -164,15 +163,15 @@ class Federation:
     def start_edge(self, device: DeviceConfig) -> None:
         path = self.device_dir / f"{device.device_id}.yaml"
         dump_yaml(device, path)
-        self.edges[device.device_id] = _spawn(
+        self.edges[device.device_id] = spawn_qflare(
             ["edge", "--config", str(path), "--log-level", "info"],
             self.run_dir / "logs" / f"{device.device_id}.log", self.env,
         )
 
     def stop(self) -> None:
         for proc in self.edges.values():
-            _stop(proc, grace=5)
-        _stop(self.server)
+            stop_process(proc, grace=5)
+        stop_process(self.server)
 
 
 @contextlib.contextmanager
@@ -187,7 +186,7 @@ def start_server(
     cfg_path = run_dir / "global_config.yaml"
     dump_yaml(config, cfg_path)
     url = f"http://{config.server.host}:{config.server.port}"
-    proc = _spawn(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log", env)
+    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log", env)
     fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env)
     try:
         wait_healthy(url, proc)
@@ -224,7 +223,9 @@ def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = No
     run_dir = new_run_dir(sim.runs_dir)
     config = build_global_config(sim, run_dir, free_port())
     task = get_task(sim.task)
-    with start_server(config, run_dir, extra_env=sim.extra_env) as fed:
+    attacks: dict[str, Any] | None = None
+    with start_server(config, run_dir, extra_env=sim.extra_env) as fed, contextlib.ExitStack() as stack:
+        campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
         for i in range(sim.clients):
             device_id = f"edge_{i + 1:02d}"
             data = DataConfig(
@@ -233,12 +234,40 @@ def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = No
                 alpha=sim.alpha, num_partitions=sim.clients, partition_index=i, seed=sim.seed,
             )
             fed.enroll(device_id)
-            fed.start_edge(fed.device_config(device_id, data))
+            url = campaign.proxy.url if campaign is not None and campaign.proxy is not None and i == 0 else fed.url
+            fed.start_edge(fed.device_config(device_id, data).model_copy(update={"server_url": url}))
+        if campaign is not None:
+            campaign.start()
         status = _wait_finished(fed, sim, on_progress)
+        if campaign is not None:
+            attacks = campaign.stop()
+            status = fed.status()
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()
     wall = time.monotonic() - started
-    return _finish(sim, run_dir, task.metric, rounds, status, wall)
+    return _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
+
+
+def _prepare_attacks(fed: Federation, sim: SimulationConfig, stack: contextlib.ExitStack) -> AttackCampaign:
+    """Set up the adversaries: a recording proxy for edge_01, and a device that gets revoked."""
+    unknown = sorted(set(sim.attackers) - set(ATTACKS))
+    if unknown:
+        raise SimulationError(f"unknown attackers {unknown}; choose from {', '.join(ATTACKS)}", reason="bad_attackers")
+    proxy = None
+    if {"replay", "tamper"} & set(sim.attackers):
+        proxy = RecordingProxy(fed.url)
+        proxy.start()
+        stack.callback(proxy.stop)
+    revoked = None
+    if "revoked" in sim.attackers:
+        key = fed.enroll("rogue_revoked")
+        with fed.admin() as c:
+            c.post("/v1/admin/devices/rogue_revoked/revoke").raise_for_status()
+        revoked = ("rogue_revoked", key)
+    server_pub = read_public_key(fed.server_key_file())
+    assert isinstance(server_pub, XWingPublicKey)
+    return AttackCampaign(list(sim.attackers), server_url=fed.url, server_kem_public=server_pub, victim_id="edge_01",
+                          proxy=proxy, revoked=revoked, seed=sim.seed)
 
 
 def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: ProgressFn | None) -> dict[str, Any]:
@@ -260,7 +289,7 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
 
 def _finish(
     sim: SimulationConfig, run_dir: Path, metric: str, rounds: list[dict[str, Any]], status: dict[str, Any],
-    wall: float,
+    wall: float, attacks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     write_metrics_csv(rounds, run_dir / "metrics.csv")
     write_plot(rounds, metric, run_dir / f"{metric}.png",
@@ -287,5 +316,7 @@ def _finish(
     }
     if f"baseline_{metric}" in final:
         summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
+    if attacks is not None:
+        summary["attacks"] = attacks
     write_summary(summary, run_dir / "summary.json")
     return summary
