@@ -122,3 +122,21 @@ def test_simulate_with_every_attacker_rejects_every_attack(tmp_path: Path) -> No
     # The honest federation is unaffected: every honest update accepted, the model learns.
     assert summary["rounds_completed"] == 2 and summary["accepted_updates"] == 6
     assert summary["final_accuracy"] > 0.5
+
+
+def test_simulate_with_the_hybrid_key_source(tmp_path: Path) -> None:
+    """Every request keyed by ML-KEM + X25519 + a BB84 key delivered through the ETSI 014 KME pair."""
+    import sqlite3
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "qflare", "simulate", "--clients", "3", "--rounds", "2", "--task", "digits",
+         "--partition", "iid", "--key-source", "hybrid", "--runs-dir", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["key_source"] == "hybrid" and summary["rounds_completed"] == 2
+    assert summary["accepted_updates"] == 6 and summary["final_accuracy"] > 0.5
+    db = sqlite3.connect(Path(summary["run_dir"]) / "qflare.db")
+    details = [d for (d,) in db.execute("select detail from events where kind = 'update_accepted'")]
+    assert len(details) == 6 and all("key_source=hybrid key_ids=" in d for d in details)

@@ -24,6 +24,7 @@ __all__ = [
     "GlobalConfig",
     "RetryConfig",
     "RoundsConfig",
+    "QKDConfig",
     "ServerConfig",
     "TrainConfig",
     "dump_yaml",
@@ -102,6 +103,18 @@ class ServerConfig(_Strict):
         return self
 
 
+class QKDConfig(_Strict):
+    """This SAE's ETSI GS QKD 014 key management entity (mutual TLS)."""
+
+    kme_url: str = Field(description="e.g. https://127.0.0.1:8443")
+    cert: str = Field(description="this SAE's client certificate (PEM); its CN is the SAE ID")
+    key: str = Field(description="the client certificate's private key (PEM)")
+    ca: str = Field(description="the CA that signed the KME's certificate (pinned)")
+    peer_sae_id: str | None = Field(None, description="edge: the server's SAE ID")
+    key_size_bits: int = Field(256, ge=256, le=8192, multiple_of=8)
+    timeout_seconds: float = Field(5.0, gt=0)
+
+
 class GlobalConfig(_Strict):
     """The server's ``global_config.yaml``."""
 
@@ -112,6 +125,7 @@ class GlobalConfig(_Strict):
     training: TrainConfig = TrainConfig()
     aggregation: AggregationConfig = AggregationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
 
 
 class DataConfig(_Strict):
@@ -152,6 +166,7 @@ class DeviceConfig(_Strict):
         None, description="pin: fetch the server key from the server and require this fingerprint"
     )
     key_source: Literal["mlkem", "qkd", "hybrid"] = "mlkem"
+    qkd: QKDConfig | None = Field(None, description="this device's KME (master SAE), for key_source qkd/hybrid")
     ca_file: str | None = Field(None, description="pinned CA for HTTPS (qflare init)")
     data: DataConfig = DataConfig()
     poll_interval_seconds: float = Field(1.0, gt=0)
@@ -164,6 +179,8 @@ class DeviceConfig(_Strict):
     def _server_key_pinned(self) -> DeviceConfig:
         if self.server_public_key_file is None and self.server_key_fingerprint is None:
             raise ValueError("pin the server key: set server_public_key_file or server_key_fingerprint")
+        if self.key_source != "mlkem" and (self.qkd is None or not self.qkd.peer_sae_id):
+            raise ValueError(f"key_source {self.key_source} needs a qkd section with peer_sae_id")
         return self
 
     def resolve(self, path: str, base: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import qflare.qkd
@@ -33,10 +32,8 @@ def test_only_etsi014_speaks_http() -> None:
 
 def test_bench_functions_run_on_small_inputs() -> None:
     # Prepare
-    spec = importlib.util.spec_from_file_location("bench_qkd", ROOT / "benchmarks" / "bench_qkd.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from qflare.bench import qkd as bench
+
     # Execute
     quantum = bench.bench_quantum(200_000, 0.05)
     pipeline = bench.bench_pipeline(200_000, 0.05)

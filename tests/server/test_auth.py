@@ -214,3 +214,54 @@ def test_expired_or_unknown_token_and_bad_key_are_refused(harness: Harness) -> N
     r = harness.client.post("/v1/admin/devices", json={"device_id": "edge_z", "public_key": "{}"}, headers=OPERATOR)
     assert r.status_code == 400 and r.json()["error"]["reason"] == "bad_public_key"
     assert harness.state.repo.get_device("edge_y") is None and harness.state.repo.get_device("edge_z") is None
+
+
+# -- QKD key sources at the gateway --------------------------------------------------------------
+
+
+def _hybrid_envelope(h: Harness, key: SigningKey) -> bytes:
+    envelope, _ = seal_request(key, h.server_pub, device_id="qkd_dev", method="POST", path=TASK, round_id=None,
+                               payload=b"", now=h.clock(), key_source="hybrid", qkd_key=b"k" * 32,
+                               key_ids=("key-1",))
+    return envelope
+
+
+def test_qkd_request_to_a_server_without_a_kme_is_refused_not_downgraded(tmp_path: Path) -> None:
+    for h in make_harness(tmp_path, keys={}, min_devices=1, min_quorum=1):
+        key = SigningKey.generate()
+        enroll(h.client, "qkd_dev", key, key_source="hybrid")
+        before = h.snapshot()
+        reply = h.send(TASK, _hybrid_envelope(h, key))
+        assert reply.status_code == 503 and _reason(reply) == "qkd_not_configured"
+        assert h.snapshot() == before
+
+
+def test_qkd_key_from_the_kme_must_match_the_devices(tmp_path: Path) -> None:
+    from qflare.errors import QKDError
+
+    for h in make_harness(tmp_path, keys={}, min_devices=1, min_quorum=1):
+        key = SigningKey.generate()
+        enroll(h.client, "qkd_dev", key, key_source="hybrid")
+        asked: list[tuple[str, tuple[str, ...]]] = []
+
+        def lookup(device_id: str, key_ids: tuple[str, ...]) -> bytes:
+            asked.append((device_id, key_ids))
+            return b"k" * 32
+
+        h.state.gateway.qkd_lookup = lookup
+        envelope, opener = seal_request(key, h.server_pub, device_id="qkd_dev", method="POST", path=TASK,
+                                        round_id=None, payload=b"", now=h.clock(), key_source="hybrid",
+                                        qkd_key=b"k" * 32, key_ids=("key-1",))
+        assert h.send(TASK, envelope, opener).status_code == 200
+        assert asked == [("qkd_dev", ("key-1",))]
+
+        h.state.gateway.qkd_lookup = lambda d, ids: b"x" * 32  # the KME hands out another key
+        reply = h.send(TASK, _hybrid_envelope(h, key))
+        assert reply.status_code == 401 and _reason(reply) == "decryption_failed"
+
+        def out_of_key(d: str, ids: tuple[str, ...]) -> bytes:
+            raise QKDError("no key", reason="out_of_key")
+
+        h.state.gateway.qkd_lookup = out_of_key
+        reply = h.send(TASK, _hybrid_envelope(h, key))
+        assert reply.status_code == 503 and _reason(reply) == "out_of_key"

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from qflare.cli import device, edge_cmd, init_cmd, server_cmd, simulate_cmd
+from qflare.cli import bench, device, edge_cmd, init_cmd, qkd, server_cmd, simulate_cmd
 from qflare.errors import (
     AuthenticationError,
     ConfigError,
@@ -27,6 +27,8 @@ app.command("edge")(edge_cmd.edge)
 app.command("simulate")(simulate_cmd.simulate)
 app.command("init")(init_cmd.init)
 app.add_typer(device.app, name="device")
+app.add_typer(qkd.app, name="qkd")
+app.add_typer(bench.app, name="bench")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
 EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (

@@ -44,6 +44,8 @@ def server(
     tls_cert: Annotated[str | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
     tls_key: Annotated[str | None, typer.Option(help="private key for --tls-cert (PEM)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    bench_endpoint: Annotated[bool, typer.Option(hidden=True, help="add POST /bench/bare (qflare bench auth)")]
+    = False,
 ) -> None:
     """Run the QFLARE server (rounds, registry, aggregation) until interrupted."""
     import uvicorn
@@ -62,7 +64,7 @@ def server(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = resolve_admin_token(cfg.server.admin_token, token_file)
     state = build_state(cfg, admin_token=token)
-    app = create_app(state)
+    app = create_app(state, bench_endpoint=bench_endpoint)
     scheme = "https" if cfg.server.tls_cert else "http"
     fp = fingerprint(state.gateway.opener.kem_public_key())
     console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {scheme}://{cfg.server.host}:{cfg.server.port}"

@@ -30,6 +30,9 @@ def simulate(
     lr: Annotated[float | None, typer.Option(help="local learning rate (default: the task's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size (default: the task's)")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where runs/<timestamp>/ goes")] = Path("runs"),
+    key_source: Annotated[
+        str, typer.Option(help="mlkem | qkd | hybrid: with qkd/hybrid a simulated KME pair (BB84) supplies keys")
+    ] = "mlkem",
     attackers: Annotated[
         str | None, typer.Option(help="adversaries to add: comma list of impersonate,replay,tamper,revoked")
     ] = None,
@@ -47,11 +50,12 @@ def simulate(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
+        key_source=key_source,
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
-        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size}"
+        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source}"
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from qflare.config import DeviceConfig, TrainConfig
 from qflare.edge.client import ServerUnavailable
-from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError
+from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError, QKDError
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays, set_arrays, train_local
@@ -129,7 +129,8 @@ class EdgeNode:
             try:
                 status = self.step()
                 delay, down_since = rc.initial_seconds, None
-            except ServerUnavailable as exc:
+            except (ServerUnavailable, QKDError) as exc:
+                # QKD required but no key to be had: wait for the link, never fall back to ML-KEM alone.
                 now = self.clock()
                 down_since = down_since if down_since is not None else now
                 if rc.give_up_after_seconds is not None and now - down_since > rc.give_up_after_seconds:

@@ -64,8 +64,24 @@ def load_server_key(cfg: DeviceConfig, base: Path, verify: Any = True) -> XWingP
     return key
 
 
+def qkd_fetcher(cfg: DeviceConfig, base: Path) -> QKDKeyFetcher | None:
+    """The device is the master SAE: one fresh QKD key per request from its KME (never a silent downgrade)."""
+    if cfg.key_source == "mlkem":
+        return None
+    from qflare.qkd.etsi014 import KMEClient
+    from qflare.qkd.keysource import QKDKeySource
+
+    q = cfg.qkd
+    assert q is not None  # DeviceConfig refuses qkd/hybrid without it
+    client = KMEClient(q.kme_url, cert=cfg.resolve(q.cert, base), key=cfg.resolve(q.key, base),
+                       ca=cfg.resolve(q.ca, base), timeout=q.timeout_seconds)
+    source = QKDKeySource(client, mode=cfg.key_source, peer_sae_id=q.peer_sae_id, key_size_bits=q.key_size_bits)
+    return source.fetch_for_request
+
+
 def build_client(cfg: DeviceConfig, base: Path, *, qkd_keys: QKDKeyFetcher | None = None) -> DeviceClient:
     verify = tls_verify(cfg, base)
+    qkd_keys = qkd_keys or qkd_fetcher(cfg, base)
     return DeviceClient(
         cfg.server_url,
         cfg.device_id,

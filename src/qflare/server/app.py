@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from qflare import __version__
-from qflare.config import GlobalConfig
+from qflare.config import GlobalConfig, QKDConfig
 from qflare.server.aggregation import AggregationBackend, InProcessAggregator
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
-from qflare.server.gateway import DeviceGateway
+from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
@@ -40,7 +41,8 @@ def build_state(
     """Wire storage, keys, gateway, aggregation backend, evaluator and orchestrator together."""
     repo = repo or Repository(config.server.db_url)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds)
+    gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
+                            qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
     backend = backend or InProcessAggregator(max_update_norm=config.aggregation.max_update_norm)
     evaluator = (
         Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
@@ -62,6 +64,15 @@ def _tick(state: ServerState, n: int) -> None:
         state.repo.purge_nonces(now=state.clock())
 
 
+def qkd_lookup(cfg: QKDConfig) -> QKDKeyLookup:
+    """The server is the slave SAE: it fetches each device's QKD key by id from its own KME."""
+    from qflare.qkd.etsi014 import KMEClient
+    from qflare.qkd.keysource import QKDKeySource
+
+    client = KMEClient(cfg.kme_url, cert=cfg.cert, key=cfg.key, ca=cfg.ca, timeout=cfg.timeout_seconds)
+    return QKDKeySource(client, mode="hybrid", key_size_bits=cfg.key_size_bits).lookup_for_request
+
+
 async def _ticker(state: ServerState) -> None:
     n = 0
     while True:
@@ -73,8 +84,12 @@ async def _ticker(state: ServerState) -> None:
         await asyncio.sleep(TICK_SECONDS)
 
 
-def create_app(state: ServerState, *, run_ticker: bool = True) -> FastAPI:
-    """Create the app around ``state``; with ``run_ticker`` a background task drives deadlines."""
+def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: bool = False) -> FastAPI:
+    """Create the app around ``state``; with ``run_ticker`` a background task drives deadlines.
+
+    ``bench_endpoint`` adds ``POST /bench/bare``, an unauthenticated endpoint doing the same framework
+    work as a device route (read the body, answer small JSON), the baseline of ``qflare bench auth``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +114,14 @@ def create_app(state: ServerState, *, run_ticker: bool = True) -> FastAPI:
     app.include_router(device.router)
     app.include_router(admin.router)
     app.include_router(public.router)
+
+    if bench_endpoint:
+
+        @app.post("/bench/bare", include_in_schema=False)
+        async def bare(request: Request) -> Response:
+            body = await read_body_limited(request, state.config.server.max_request_bytes)
+            data = json.dumps({"device_id": "bare", "server_time": state.clock(), "n": len(body)}).encode()
+            return Response(data, media_type="application/json")
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

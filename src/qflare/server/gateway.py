@@ -108,6 +108,7 @@ class DeviceGateway:
         self.window = window_seconds
         self.qkd_lookup = qkd_lookup
         self._keys = _DeviceKeyCache()
+        self._touched: dict[str, float] = {}
 
     def authenticate(
         self, envelope_bytes: bytes, *, method: str, path: str, round_id: int | None, now: float, max_size: int
@@ -140,12 +141,18 @@ class DeviceGateway:
         self.repo.record_nonce(device.device_id, nonce, expires_at=env.timestamp_ms / 1000 + self.window + 1)
         extra = self._qkd_key(env)
         payload, sealer = self.opener.open(env, allowed_key_sources=(device.key_source,), extra_secret=extra)
-        self.repo.touch_device(device.device_id, now=now, min_interval=TOUCH_INTERVAL_SECONDS)
+        self._touch(device.device_id, now)
         return DeviceCall(device_id=device.device_id, payload=payload, envelope=env, sealer=sealer)
+
+    def _touch(self, device_id: str, now: float) -> None:
+        # last_seen is a liveness hint: skip the write when this process wrote it moments ago.
+        if now - self._touched.get(device_id, float("-inf")) >= TOUCH_INTERVAL_SECONDS:
+            self._touched[device_id] = now
+            self.repo.touch_device(device_id, now=now, min_interval=TOUCH_INTERVAL_SECONDS)
 
     def _qkd_key(self, env: Envelope) -> bytes | None:
         if not env.key_ids:
             return None
         if self.qkd_lookup is None:
-            raise QKDError("this server has no QKD link configured", reason="qkd_unavailable")
+            raise QKDError("this server has no QKD link configured", reason="qkd_not_configured")
         return self.qkd_lookup(env.device_id, env.key_ids)

@@ -142,7 +142,7 @@ class Orchestrator:
         )
 
     # -- updates ---------------------------------------------------------------------------------
-    def submit_update(self, device_id: str, round_id: int, blob: bytes) -> UpdateRecord:
+    def submit_update(self, device_id: str, round_id: int, blob: bytes, *, provenance: str = "") -> UpdateRecord:
         """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal."""
         rnd = self.repo.get_round(round_id)
         if rnd is None:
@@ -157,7 +157,7 @@ class Orchestrator:
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
         validated = self.backend.validate(round_id, blob)
         with self._lock:
-            record = self._accept(device_id, validated)
+            record = self._accept(device_id, validated, provenance)
             self._counts[round_id] = self._counts.get(round_id, 0) + 1
             count = self._counts[round_id]
             rc = self.config.rounds
@@ -166,7 +166,7 @@ class Orchestrator:
                 self._maybe_open_round()
         return record
 
-    def _accept(self, device_id: str, update: ValidatedUpdate) -> UpdateRecord:
+    def _accept(self, device_id: str, update: ValidatedUpdate, provenance: str = "") -> UpdateRecord:
         # The database row first: its unique constraint decides duplicates atomically, and only an
         # update that is durably recorded enters the running aggregate.
         record = self.repo.add_update(
@@ -181,7 +181,7 @@ class Orchestrator:
         )
         self.backend.accumulate(update)
         self.repo.add_event("update_accepted", now=self.clock(), device_id=device_id, round_id=update.round_id,
-                            detail=update.sha256)
+                            detail=f"{update.sha256} {provenance}".strip())
         return record
 
     # -- the clock -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import secrets
@@ -24,12 +25,22 @@ from typing import Any
 
 import httpx
 
-from qflare.config import DataConfig, DeviceConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig, dump_yaml
+from qflare.config import (
+    DataConfig,
+    DeviceConfig,
+    GlobalConfig,
+    QKDConfig,
+    RoundsConfig,
+    ServerConfig,
+    TrainConfig,
+    dump_yaml,
+)
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key, write_private_key
 from qflare.crypto.secret_access import TOKEN
 from qflare.errors import QFlareError
 from qflare.fl.tasks import get_task
+from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
 from qflare.sim.net import free_port
 from qflare.sim.report import write_metrics_csv, write_plot, write_summary
@@ -57,6 +68,7 @@ class SimulationConfig:
     timeout_seconds: float = 3600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     attackers: tuple[str, ...] = ()
+    key_source: str = "mlkem"
 
 
 def new_run_dir(base: Path) -> Path:
@@ -186,7 +198,8 @@ def start_server(
     cfg_path = run_dir / "global_config.yaml"
     dump_yaml(config, cfg_path)
     url = f"http://{config.server.host}:{config.server.port}"
-    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log", env)
+    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log",
+                        env)
     fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env)
     try:
         wait_healthy(url, proc)
@@ -217,25 +230,81 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class KMEPair:
+    """A simulated pair of ETSI GS QKD 014 KMEs: devices use KME A (master), the server KME B (slave)."""
+
+    pki: DemoPKI
+    kme_a: str
+    kme_b: str
+
+    def server_config(self) -> QKDConfig:
+        return QKDConfig(kme_url=self.kme_b, cert=str(self.pki.cert("server")), key=str(self.pki.key("server")),
+                         ca=str(self.pki.ca))
+
+    def device_config(self, device_id: str) -> QKDConfig:
+        return QKDConfig(kme_url=self.kme_a, cert=str(self.pki.cert(device_id)), key=str(self.pki.key(device_id)),
+                         ca=str(self.pki.ca), peer_sae_id="server")
+
+
+@contextlib.contextmanager
+def start_kme_pair(run_dir: Path, device_ids: list[str], *, env: dict[str, str]) -> Iterator[KMEPair]:
+    """Start ``qflare qkd kme serve`` (BB84-fed key pool, mutual TLS) for these devices and the server."""
+    pki = create_demo_pki(run_dir / "kme", sae_ids=[*device_ids, "server"])
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log = run_dir / "logs" / "kme.log"
+    args = ["qkd", "kme", "serve", "--port", "0", "--cert", str(pki.cert("kme-a")), "--key", str(pki.key("kme-a")),
+            "--cert-b", str(pki.cert("kme-b")), "--key-b", str(pki.key("kme-b")), "--ca", str(pki.ca),
+            "--sae-b", "server", "--seed", "0"]
+    for d in device_ids:
+        args += ["--sae-a", d]
+    proc = spawn_qflare(args, log, env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and "kme_a" in line:
+                    urls = json.loads(line)
+                    yield KMEPair(pki=pki, kme_a=urls["kme_a"], kme_b=urls["kme_b"])
+                    return
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SimulationError(f"the KME pair did not start; see {log}")
+            time.sleep(0.2)
+    finally:
+        stop_process(proc)
+
+
 def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run a federation to completion and write its artefacts; returns the summary."""
     started = time.monotonic()
     run_dir = new_run_dir(sim.runs_dir)
     config = build_global_config(sim, run_dir, free_port())
+    device_ids = [f"edge_{i + 1:02d}" for i in range(sim.clients)]
+    if sim.key_source == "mlkem":
+        return _run(sim, run_dir, config, device_ids, None, on_progress, started)
+    with start_kme_pair(run_dir, device_ids, env={**os.environ, **sim.extra_env}) as kme:
+        config = config.model_copy(update={"qkd": kme.server_config()})
+        return _run(sim, run_dir, config, device_ids, kme, on_progress, started)
+
+
+def _run(
+    sim: SimulationConfig, run_dir: Path, config: GlobalConfig, device_ids: list[str], kme: KMEPair | None,
+    on_progress: ProgressFn | None, started: float,
+) -> dict[str, Any]:
     task = get_task(sim.task)
     attacks: dict[str, Any] | None = None
     with start_server(config, run_dir, extra_env=sim.extra_env) as fed, contextlib.ExitStack() as stack:
         campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
-        for i in range(sim.clients):
-            device_id = f"edge_{i + 1:02d}"
+        for i, device_id in enumerate(device_ids):
             data = DataConfig(
                 task=sim.task,  # type: ignore[arg-type]
                 partition=sim.partition,  # type: ignore[arg-type]
                 alpha=sim.alpha, num_partitions=sim.clients, partition_index=i, seed=sim.seed,
             )
-            fed.enroll(device_id)
+            fed.enroll(device_id, key_source=sim.key_source)
             url = campaign.proxy.url if campaign is not None and campaign.proxy is not None and i == 0 else fed.url
-            fed.start_edge(fed.device_config(device_id, data).model_copy(update={"server_url": url}))
+            extra = {"key_source": sim.key_source, "qkd": kme.device_config(device_id)} if kme is not None else {}
+            fed.start_edge(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         if campaign is not None:
             campaign.start()
         status = _wait_finished(fed, sim, on_progress)
@@ -316,6 +385,7 @@ def _finish(
     }
     if f"baseline_{metric}" in final:
         summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
+    summary["key_source"] = sim.key_source
     if attacks is not None:
         summary["attacks"] = attacks
     write_summary(summary, run_dir / "summary.json")

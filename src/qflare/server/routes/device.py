@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from qflare.crypto.envelope import parse_envelope
+from qflare.crypto.envelope import Envelope, parse_envelope
 from qflare.errors import QFlareError
 from qflare.server.deps import State
 from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited
@@ -20,12 +21,19 @@ router = APIRouter(prefix="/v1/device", tags=["device"])
 _SEALED = {200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}}
 
 
-def _claimed_device(body: bytes, limit: int) -> str | None:
-    """The device id a refused request claims, for the event record (not trusted for anything else)."""
+def _claimed(body: bytes, limit: int) -> tuple[str | None, str]:
+    """The device id and key source a refused request claims, for the event record (trusted for nothing else)."""
     try:
-        return parse_envelope(body, max_size=limit).device_id
+        env = parse_envelope(body, max_size=limit)
     except QFlareError:
-        return None
+        return None, ""
+    return env.device_id, _provenance(env)
+
+
+def _provenance(env: Envelope) -> str:
+    """How the request was keyed, for the event record: key source and QKD key ids."""
+    ids = f" key_ids={','.join(env.key_ids)}" if env.key_ids else ""
+    return f"key_source={env.key_source.value}{ids}"
 
 
 async def _authenticate(
@@ -39,14 +47,15 @@ async def _authenticate(
             now=state.clock(), max_size=limit,
         )
     except QFlareError as exc:
-        _record(state, kind, _claimed_device(body, limit) if body else None, round_id, exc, request.url.path)
+        device, how = _claimed(body, limit) if body else (None, "")
+        _record(state, kind, device, round_id, exc, request.url.path, how)
         raise
 
 
 def _record(state: ServerState, kind: str, device: str | None, round_id: int | None, exc: QFlareError,
-            path: str) -> None:
+            path: str, provenance: str = "") -> None:
     state.repo.add_event(kind, now=state.clock(), device_id=device, round_id=round_id, reason=exc.reason,
-                         detail=f"{path}: {exc.message}")
+                         detail=f"{path}: {exc.message} {provenance}".strip())
 
 
 def _sealed_json(call: DeviceCall, obj: Any) -> Response:
@@ -82,9 +91,12 @@ async def upload_update(round_id: int, request: Request, state: State) -> Respon
     call = await _authenticate(request, state, limit=state.config.server.max_update_bytes, round_id=round_id,
                                kind="update_rejected")
     try:
-        rec = await run_in_threadpool(state.orchestrator.submit_update, call.device_id, round_id, call.payload)
+        rec = await run_in_threadpool(
+            functools.partial(state.orchestrator.submit_update, provenance=_provenance(call.envelope)),
+            call.device_id, round_id, call.payload,
+        )
     except QFlareError as exc:
-        _record(state, "update_rejected", call.device_id, round_id, exc, request.url.path)
+        _record(state, "update_rejected", call.device_id, round_id, exc, request.url.path, _provenance(call.envelope))
         raise
     out = UpdateAccepted(round_id=rec.round_id, device_id=rec.device_id, sha256=rec.sha256,
                          num_examples=rec.num_examples)

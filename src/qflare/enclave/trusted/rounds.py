@@ -1,0 +1,159 @@
+"""One round's state inside the enclave: the streaming FedAvg aggregate, the updates it counts, and
+its sealed checkpoint.
+
+Every update gets a random 16-byte id when it is validated. The id travels in the public header of
+the sealed update (``"QFUH" | u64 round_id | id``), so the host can tell its sealed updates apart;
+the enclave counts each id at most once per round, so the host cannot double-count an update by
+replaying it. A checkpoint seals the running sum (float64), the count, the total number of examples
+and the ids counted so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+from qflare.errors import CryptoError, InvalidInput
+from qflare.fl.aggregate import FedAvgAccumulator
+from qflare.fl.serialize import dump_arrays, load_arrays
+from qflare.fl.spec import ModelSpec, TensorSpec
+from qflare.types import NDArrays
+
+from qflare.enclave.trusted.validation import ParsedUpdate
+
+__all__ = [
+    "CHECKPOINT_PURPOSE",
+    "UPDATE_PURPOSE",
+    "RoundState",
+    "checkpoint_header",
+    "parse_update_header",
+    "update_header",
+]
+
+UPDATE_PURPOSE: Final = "update"
+CHECKPOINT_PURPOSE: Final = "round-checkpoint"
+_UPDATE_HEADER: Final = struct.Struct(">4sQ16s")
+_UPDATE_MAGIC: Final = b"QFUH"
+_CKPT_HEADER: Final = struct.Struct(">4sQ32s32s")
+_CKPT_MAGIC: Final = b"QFCP"
+
+
+def update_header(round_id: int, update_id: str) -> bytes:
+    """The public header of a sealed update."""
+    return _UPDATE_HEADER.pack(_UPDATE_MAGIC, round_id, bytes.fromhex(update_id))
+
+
+def parse_update_header(header: bytes) -> tuple[int, str]:
+    """``(round_id, update_id)`` from a sealed update's header."""
+    if len(header) != _UPDATE_HEADER.size:
+        raise CryptoError("not a sealed update", reason="malformed_sealed_blob")
+    magic, round_id, raw_id = _UPDATE_HEADER.unpack(header)
+    if magic != _UPDATE_MAGIC:
+        raise CryptoError("not a sealed update", reason="malformed_sealed_blob")
+    return round_id, raw_id.hex()
+
+
+def checkpoint_header(round_id: int, base_sha256: str, spec: ModelSpec) -> bytes:
+    """The public header of a checkpoint: which round, base model and spec it belongs to."""
+    return _CKPT_HEADER.pack(_CKPT_MAGIC, round_id, bytes.fromhex(base_sha256), bytes.fromhex(spec.fingerprint()))
+
+
+# FedAvgAccumulator keeps its state private; these two functions are the only place that reads or
+# rebuilds it (qflare.fl has no export API yet; tests/enclave checks a restored accumulator against an
+# uninterrupted one, so a change in fl.aggregate shows up there).
+def _export_accumulator(acc: FedAvgAccumulator) -> tuple[NDArrays, int, int]:
+    return dict(acc._sum), acc.count, acc.total_examples
+
+
+def _import_accumulator(spec: ModelSpec, sums: NDArrays, count: int, total: int) -> FedAvgAccumulator:
+    acc = FedAvgAccumulator(spec)
+    acc._sum = {name: np.array(sums[name], dtype=np.float64, copy=True) for name in spec}
+    acc._count = count
+    acc._total_examples = total
+    return acc
+
+
+@dataclass
+class RoundState:
+    """A round being aggregated inside the enclave.
+
+    Parameters
+    ----------
+    round_id:
+        The round.
+    spec:
+        The model's tensors.
+    base_sha256:
+        Hex SHA-256 of the global model the round starts from.
+    base:
+        The base model's tensors, kept only when the norm bound needs them.
+    """
+
+    round_id: int
+    spec: ModelSpec
+    base_sha256: str
+    base: NDArrays | None
+    acc: FedAvgAccumulator = field(init=False)
+    included: list[str] = field(default_factory=list)
+    pending: OrderedDict[str, ParsedUpdate] = field(default_factory=OrderedDict)
+    since_checkpoint: int = 0
+
+    def __post_init__(self) -> None:
+        self.acc = FedAvgAccumulator(self.spec)
+        self._included_set: set[str] = set(self.included)
+
+    def counted(self, update_id: str) -> bool:
+        """Whether ``update_id`` is already in the aggregate."""
+        return update_id in self._included_set
+
+    def hold(self, update_id: str, update: ParsedUpdate, *, limit: int) -> None:
+        """Keep a validated update until ``accumulate``; drop the oldest beyond ``limit``."""
+        self.pending[update_id] = update
+        while len(self.pending) > limit:
+            self.pending.popitem(last=False)
+
+    def add(self, update_id: str, update: ParsedUpdate) -> None:
+        """Count one update."""
+        self.acc.add(update.arrays, update.num_examples)
+        self.included.append(update_id)
+        self._included_set.add(update_id)
+        self.pending.pop(update_id, None)
+        self.since_checkpoint += 1
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[bytes, bytes]:
+        """``(public header, plaintext)`` of a checkpoint of the running aggregate."""
+        sums, count, total = _export_accumulator(self.acc)
+        meta = {
+            "count": str(count),
+            "total_examples": str(total),
+            "included": json.dumps(self.included, separators=(",", ":")),
+        }
+        return checkpoint_header(self.round_id, self.base_sha256, self.spec), dump_arrays(sums, meta)
+
+    def restore(self, header: bytes, plaintext: bytes) -> None:
+        """Load a checkpoint made by :meth:`checkpoint` for this same round, base model and spec."""
+        if header != checkpoint_header(self.round_id, self.base_sha256, self.spec):
+            raise InvalidInput("checkpoint belongs to another round or base model", reason="checkpoint_mismatch")
+        sum_spec = ModelSpec({name: TensorSpec(t.shape, "float64") for name, t in self.spec.items()})
+        sums, meta = load_arrays(plaintext, sum_spec)
+        included = json.loads(meta["included"])
+        count, total = int(meta["count"]), int(meta["total_examples"])
+        if not isinstance(included, list) or len(included) != count:
+            raise InvalidInput("checkpoint is inconsistent", reason="checkpoint_mismatch")
+        self.acc = _import_accumulator(self.spec, sums, count, total)
+        self.included = [str(i) for i in included]
+        self._included_set = set(self.included)
+        self.since_checkpoint = 0
+
+
+def model_sha256(blob: bytes) -> str:
+    """Hex SHA-256 of a model blob."""
+    return hashlib.sha256(blob).hexdigest()

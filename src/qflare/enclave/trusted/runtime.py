@@ -1,0 +1,403 @@
+"""The enclave's calls: what runs inside, behind the call table of :mod:`qflare.enclave.ecalls`.
+
+The runtime holds the enclave's private keys (generated here, sealed at rest), the rounds being
+aggregated, and the response keys of requests it decrypted. Nothing it returns contains a private key
+or an update's plaintext: updates leave only sealed, and only small non-update request payloads are
+handed back (:meth:`EnclaveRuntime.open_request`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from qflare.crypto import secret_access
+from qflare.crypto.envelope import Envelope, ResponseSealer, decrypt_envelope, parse_envelope
+from qflare.crypto.kem import SEED_SIZE as KEM_SEED_SIZE
+from qflare.crypto.kem import XWingPrivateKey
+from qflare.crypto.signing import SEED_SIZE as SIGN_SEED_SIZE
+from qflare.crypto.signing import SigningKey
+from qflare.enclave import ecalls as ec
+from qflare.enclave.channel import SharedRegion
+from qflare.enclave.config import EnclaveConfig
+from qflare.enclave.quote import EnclavePublicKeys, check_nonce, report_data_for
+from qflare.enclave.sealing import SealingKey
+from qflare.enclave.statements import RoundTask, sign_model, sign_task
+from qflare.enclave.trusted.platform import Platform, PlatformIdentity
+from qflare.enclave.trusted.rounds import (
+    CHECKPOINT_PURPOSE,
+    UPDATE_PURPOSE,
+    RoundState,
+    parse_update_header,
+    update_header,
+)
+from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
+from qflare.enclave.trusted.validation import ParsedUpdate, parse_update
+from qflare.errors import (
+    AggregationError,
+    CryptoError,
+    EnclaveError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    QFlareError,
+)
+from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
+from qflare.fl.spec import ModelSpec
+
+__all__ = ["EnclaveRuntime", "RuntimeIdentity"]
+
+_KEYS_PURPOSE: Final = "enclave-keys"
+_MAX_STATE_FILE: Final = 1 << 34
+
+
+@dataclass(frozen=True)
+class RuntimeIdentity:
+    """Who this enclave is: what its quotes state, plus its code measurement (for sealing).
+
+    ``quoted`` equals the code measurement and SIGSTRUCT signer on the simulated platform, and
+    MRENCLAVE / MRSIGNER on SGX.
+    """
+
+    code_measurement: bytes
+    quoted: PlatformIdentity
+    dumpable: bool
+    modules: tuple[str, ...]
+
+
+class EnclaveRuntime:
+    """Executes calls inside the enclave.
+
+    Parameters
+    ----------
+    platform:
+        Sealing root and quotes.
+    config:
+        The measured configuration.
+    identity:
+        Measurement and signer established at boot.
+    state_dir:
+        Untrusted storage for sealed keys and checkpoints.
+    region:
+        The shared memory region for bulk inputs and outputs.
+    """
+
+    def __init__(
+        self,
+        *,
+        platform: Platform,
+        config: EnclaveConfig,
+        identity: RuntimeIdentity,
+        state_dir: Path,
+        region: SharedRegion,
+    ) -> None:
+        self._platform = platform
+        self._config = config
+        self._identity = identity
+        self._state_dir = state_dir
+        self._region = region
+        self._sealing = SealingKey(platform.sealing_root(), identity.code_measurement)
+        self._tag = identity.code_measurement.hex()[:16]
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._kem, self._signer = self._load_or_create_keys()
+        self._public = EnclavePublicKeys(kem=self._kem.public_key(), signing=self._signer.public_key())
+        self._rounds: dict[int, RoundState] = {}
+        self._sealers: OrderedDict[bytes, ResponseSealer] = OrderedDict()
+        self.stopping = False
+        self._handlers: dict[type[ec.Ecall], Callable[[Any], Any]] = {
+            ec.GetIdentity: self.get_identity,
+            ec.GetQuote: self.get_quote,
+            ec.OpenRequest: self.open_request,
+            ec.SealResponse: self.seal_response,
+            ec.BeginRound: self.begin_round,
+            ec.RestoreRound: self.restore_round,
+            ec.ValidateUpdate: self.validate_update,
+            ec.Accumulate: self.accumulate,
+            ec.Replay: self.replay,
+            ec.Finalize: self.finalize,
+            ec.AbortRound: self.abort_round,
+            ec.SignTask: self.sign_task,
+            ec.UnsafeDebugKeyDigest: self.unsafe_debug_key_digest,
+            ec.Shutdown: self.shutdown,
+        }
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def handle(self, frame: bytes) -> bytes:
+        """Decode one call, run it, and encode its result or refusal (never raises)."""
+        try:
+            call = ec.decode_call(frame)
+            handler = self._handlers.get(type(call))
+            if handler is None:
+                raise EnclaveError(f"call {call.name} is not handled here", reason="ecall_refused")
+            return ec.encode_result(handler(call))
+        except QFlareError as exc:
+            return ec.encode_error(_outbound(exc))
+        except Exception as exc:  # a bug or hostile input we did not foresee: refuse, reveal nothing
+            if self._config.debug:
+                traceback.print_exc()
+            else:
+                print(f"qflare enclave: internal error ({type(exc).__name__})", file=sys.stderr)
+            return ec.encode_error(EnclaveError("internal enclave error", reason="enclave_internal_error"))
+
+    def shutdown(self, _: ec.Shutdown) -> ec.Empty:
+        """Stop after answering (the process exits; sealed state stays on disk)."""
+        self.stopping = True
+        return ec.Empty()
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def _keys_path(self) -> Path:
+        return self._state_dir / f"keys-{self._tag}.sealed"
+
+    def _load_or_create_keys(self) -> tuple[XWingPrivateKey, SigningKey]:
+        path = self._keys_path()
+        blob = read_file(path, max_size=65536)
+        if blob is None:
+            kem, signer = XWingPrivateKey.generate(), SigningKey.generate()
+            seeds = kem.private_bytes(secret_access.TOKEN) + signer.private_bytes(secret_access.TOKEN)
+            write_atomic(path, self._sealing.seal(seeds, purpose=_KEYS_PURPOSE))
+            return kem, signer
+        try:
+            _, seeds = self._sealing.unseal(blob, purpose=_KEYS_PURPOSE)
+        except CryptoError as exc:
+            raise EnclaveError(f"sealed enclave keys do not open: {exc.message}", reason="unseal_failed") from None
+        if len(seeds) != KEM_SEED_SIZE + SIGN_SEED_SIZE:
+            raise EnclaveError("sealed enclave keys have the wrong size", reason="unseal_failed")
+        return (
+            XWingPrivateKey.from_seed(seeds[:KEM_SEED_SIZE], secret_access.TOKEN),
+            SigningKey.from_seed(seeds[KEM_SEED_SIZE:], secret_access.TOKEN),
+        )
+
+    # -- identity and attestation ---------------------------------------------------------------
+
+    def get_identity(self, _: ec.GetIdentity) -> ec.IdentityResult:
+        q = self._identity.quoted
+        return ec.IdentityResult(
+            measurement=q.measurement,
+            signer=q.signer,
+            isv_prod_id=q.isv_prod_id,
+            isv_svn=q.isv_svn,
+            debug=q.debug,
+            simulated=self._platform.simulated,
+            platform=self._platform.name,
+            kem_public_key=self._public.kem.to_bytes(),
+            signing_public_key=self._public.signing.to_bytes(),
+            dumpable=self._identity.dumpable,
+            modules=self._identity.modules,
+        )
+
+    def get_quote(self, call: ec.GetQuote) -> ec.QuoteResult:
+        nonce = check_nonce(call.nonce)
+        report_data = report_data_for(self._public, nonce)
+        return ec.QuoteResult(quote=self._platform.quote(self._identity.quoted, report_data=report_data, nonce=nonce))
+
+    def unsafe_debug_key_digest(self, _: ec.UnsafeDebugKeyDigest) -> ec.DigestResult:
+        if not self._config.debug:
+            raise EnclaveError("only a debug enclave answers debug calls", reason="not_a_debug_enclave")
+        seeds = self._kem.private_bytes(secret_access.TOKEN) + self._signer.private_bytes(secret_access.TOKEN)
+        return ec.DigestResult(sha256=hashlib.sha256(seeds).hexdigest())
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _input(self, region: ec.Region) -> bytes:
+        if region.length > self._config.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{region.length} bytes exceed the enclave limit of {self._config.max_payload_bytes}"
+            )
+        # One private copy before anything looks at the bytes: the host can rewrite the region.
+        return self._region.take(region, side="input")
+
+    def _decrypt(self, env: Envelope, allowed: tuple[str, ...], extra_secret: bytes | None) -> bytes:
+        permitted = set(allowed) & set(self._config.allowed_key_sources)
+        if not permitted or env.key_source.value not in permitted:
+            raise PermissionDenied(
+                f"key source {env.key_source.value} is not allowed by the enclave", reason="key_source_not_allowed"
+            )
+        payload, sealer = decrypt_envelope(
+            env, self._kem, allowed_key_sources=permitted, extra_secret=extra_secret
+        )
+        self._sealers[env.header_hash] = sealer
+        while len(self._sealers) > self._config.max_open_requests:
+            self._sealers.popitem(last=False)
+        return payload
+
+    def open_request(self, call: ec.OpenRequest) -> ec.OpenedRequestResult:
+        data = self._input(call.envelope)
+        env = parse_envelope(data, max_size=self._config.max_payload_bytes)
+        if self._config.update_path_round(env.path) is not None:
+            raise PermissionDenied("an update's payload never leaves the enclave", reason="update_payload_stays_inside")
+        payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
+        if len(payload) > self._config.max_request_payload_bytes:
+            self._sealers.pop(env.header_hash, None)
+            raise PayloadTooLarge("request payload too large to leave the enclave", reason="payload_too_large")
+        return ec.OpenedRequestResult(
+            request_hash=env.header_hash,
+            device_id=env.device_id,
+            method=env.method,
+            path=env.path,
+            round_id=None if env.round_id is None else str(env.round_id),
+            payload=self._region.put(payload, side="output"),
+        )
+
+    def seal_response(self, call: ec.SealResponse) -> ec.SealedResponseResult:
+        sealer = self._sealers.pop(call.request_hash, None)
+        if sealer is None:
+            raise NotFound("no open request with this hash (answered, expired, or never opened)", reason="unknown_request")
+        response = sealer.seal(self._input(call.payload))
+        return ec.SealedResponseResult(response=self._region.put(response, side="output"))
+
+    # -- rounds ---------------------------------------------------------------------------------
+
+    def _checkpoint_path(self, round_id: int) -> Path:
+        return self._state_dir / f"round-{round_id}-{self._tag}.ckpt"
+
+    def _new_round(self, call: ec.BeginRound | ec.RestoreRound) -> RoundState:
+        base_model = self._input(call.base_model)
+        spec = ModelSpec.from_json(call.spec_json)
+        base = load_arrays(base_model, spec)[0] if self._config.max_update_norm is not None else None
+        return RoundState(round_id=call.round_id, spec=spec, base_sha256=sha256_hex(base_model), base=base)
+
+    def _status(self, state: RoundState, *, restored: bool) -> ec.RoundStatusResult:
+        return ec.RoundStatusResult(
+            round_id=state.round_id,
+            count=state.acc.count,
+            total_examples=state.acc.total_examples,
+            included=tuple(state.included),
+            restored=restored,
+        )
+
+    def begin_round(self, call: ec.BeginRound) -> ec.RoundStatusResult:
+        state = self._new_round(call)
+        remove_file(self._checkpoint_path(call.round_id))
+        self._rounds[call.round_id] = state
+        return self._status(state, restored=False)
+
+    def restore_round(self, call: ec.RestoreRound) -> ec.RoundStatusResult:
+        state = self._new_round(call)
+        blob = read_file(self._checkpoint_path(call.round_id), max_size=_MAX_STATE_FILE)
+        if blob is not None:
+            header, plaintext = self._sealing.unseal(blob, purpose=CHECKPOINT_PURPOSE)
+            state.restore(header, plaintext)
+        self._rounds[call.round_id] = state
+        return self._status(state, restored=blob is not None)
+
+    def _round(self, round_id: int) -> RoundState:
+        state = self._rounds.get(round_id)
+        if state is None:
+            raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
+        return state
+
+    def _parse(self, state: RoundState, payload: bytes) -> ParsedUpdate:
+        return parse_update(payload, state.spec, max_norm=self._config.max_update_norm, reference=state.base)
+
+    def validate_update(self, call: ec.ValidateUpdate) -> ec.UpdateReceiptResult:
+        state = self._round(call.round_id)
+        data = self._input(call.data)
+        request_hash: bytes | None = None
+        if call.kind == "envelope":
+            env = parse_envelope(data, max_size=self._config.max_payload_bytes)
+            if self._config.update_path_round(env.path) != call.round_id or env.method != "POST":
+                raise InvalidInput(f"the envelope is not an update for round {call.round_id}", reason="not_an_update")
+            if env.round_id != call.round_id:
+                raise InvalidInput(f"the envelope is signed for round {env.round_id!r}", reason="round_mismatch")
+            payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
+            request_hash = env.header_hash
+        elif call.kind == "plaintext":
+            payload = data
+        else:
+            raise EnclaveError(f"unknown update kind {call.kind[:32]!r}", reason="ecall_refused")
+        update = self._parse(state, payload)
+        update_id = os.urandom(16).hex()
+        sealed = self._sealing.seal(payload, purpose=UPDATE_PURPOSE, header=update_header(call.round_id, update_id))
+        state.hold(update_id, update, limit=self._config.max_pending_updates)
+        return ec.UpdateReceiptResult(
+            update_id=update_id,
+            request_hash=request_hash,
+            num_examples=update.num_examples,
+            train_loss=update.train_loss,
+            sha256=sha256_hex(payload),
+            size_bytes=len(payload),
+            sealed=self._region.put(sealed, side="output"),
+        )
+
+    def _counted(self, state: RoundState, *, skipped: bool) -> ec.AccumulatedResult:
+        checkpointed = False
+        if state.since_checkpoint >= self._config.checkpoint_every:
+            header, plaintext = state.checkpoint()
+            write_atomic(
+                self._checkpoint_path(state.round_id),
+                self._sealing.seal(plaintext, purpose=CHECKPOINT_PURPOSE, header=header),
+            )
+            state.since_checkpoint = 0
+            checkpointed = True
+        return ec.AccumulatedResult(
+            count=state.acc.count, total_examples=state.acc.total_examples, checkpointed=checkpointed, skipped=skipped
+        )
+
+    def accumulate(self, call: ec.Accumulate) -> ec.AccumulatedResult:
+        state = self._round(call.round_id)
+        if state.counted(call.update_id):
+            return self._counted(state, skipped=True)
+        update = state.pending.get(call.update_id)
+        if update is None:
+            raise EnclaveError("update not held here: replay its sealed copy", reason="unknown_update")
+        state.add(call.update_id, update)
+        return self._counted(state, skipped=False)
+
+    def replay(self, call: ec.Replay) -> ec.AccumulatedResult:
+        state = self._round(call.round_id)
+        header, payload = self._sealing.unseal(self._input(call.sealed), purpose=UPDATE_PURPOSE)
+        round_id, update_id = parse_update_header(header)
+        if round_id != call.round_id:
+            raise InvalidInput(f"sealed update belongs to round {round_id}", reason="round_mismatch")
+        if state.counted(update_id):
+            return self._counted(state, skipped=True)
+        state.add(update_id, self._parse(state, payload))
+        return self._counted(state, skipped=False)
+
+    def finalize(self, call: ec.Finalize) -> ec.FinalizedResult:
+        state = self._round(call.round_id)
+        if state.acc.count == 0:
+            raise AggregationError(f"round {call.round_id} has no updates", reason="no_updates")
+        model = dump_arrays(state.acc.result(), {"round_id": str(call.round_id)})
+        signature = sign_model(call.round_id, model, self._signer)
+        # The checkpoint stays until abort_round: if this answer is lost, the round can be restored.
+        del self._rounds[call.round_id]
+        return ec.FinalizedResult(
+            model=self._region.put(model, side="output"),
+            signature=signature,
+            count=state.acc.count,
+            total_examples=state.acc.total_examples,
+        )
+
+    def abort_round(self, call: ec.AbortRound) -> ec.Empty:
+        self._rounds.pop(call.round_id, None)
+        remove_file(self._checkpoint_path(call.round_id))
+        return ec.Empty()
+
+    def sign_task(self, call: ec.SignTask) -> ec.SignatureResult:
+        state = self._round(call.round_id)
+        if state.base_sha256 != call.model_sha256:
+            raise PermissionDenied(
+                "the task names another model than the round's base model", reason="task_model_mismatch"
+            )
+        task = RoundTask(round_id=call.round_id, model_sha256=call.model_sha256, deadline_at=call.deadline_ms / 1000)
+        if task.deadline_ms != call.deadline_ms:
+            raise InvalidInput("deadline_ms is out of range", reason="bad_deadline")
+        return ec.SignatureResult(signature=sign_task(task, self._signer))
+
+
+def _outbound(exc: QFlareError) -> QFlareError:
+    """The refusal as it may leave the enclave: the norm of a rejected update stays inside."""
+    if exc.reason == "norm_exceeded":
+        return type(exc)("update L2 norm exceeds the enclave's bound", reason=exc.reason)
+    return exc
