@@ -140,3 +140,17 @@ def test_simulate_with_the_hybrid_key_source(tmp_path: Path) -> None:
     db = sqlite3.connect(Path(summary["run_dir"]) / "qflare.db")
     details = [d for (d,) in db.execute("select detail from events where kind = 'update_accepted'")]
     assert len(details) == 6 and all("key_source=hybrid key_ids=" in d for d in details)
+
+
+def test_simulate_traffic_beats_the_naive_forecaster(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qflare", "simulate", "--clients", "4", "--rounds", "4", "--task", "traffic",
+         "--runs-dir", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["partition"] == "sensor" and summary["rounds_completed"] == 4
+    # Held-out last days: the federated GRU against the last-value forecaster on the same windows.
+    assert summary["final_mae"] < 0.8 * summary["baseline_mae"]
+    assert (Path(summary["run_dir"]) / "mae.png").exists()

@@ -132,7 +132,9 @@ class DataConfig(_Strict):
     """Where an edge node's local data comes from."""
 
     task: TaskName = "digits"
-    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "sensor"] | None = Field(
+        None, description="None: the task's natural split (dirichlet for digits, sensor for forecasting)"
+    )
     alpha: float = Field(0.5, gt=0)
     num_partitions: int = Field(1, ge=1)
     partition_index: int = Field(0, ge=0)

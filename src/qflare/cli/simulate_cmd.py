@@ -21,7 +21,9 @@ def simulate(
     clients: Annotated[int, typer.Option(min=1, max=200, help="number of edge nodes")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="training rounds")] = 20,
     task: Annotated[str, typer.Option(help="digits | traffic | pollution")] = "digits",
-    partition: Annotated[str, typer.Option(help="dirichlet | iid")] = "dirichlet",
+    partition: Annotated[
+        str | None, typer.Option(help="dirichlet | iid | sensor (default: dirichlet for digits, sensor otherwise)")
+    ] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (label skew)")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     fraction: Annotated[float, typer.Option(help="fraction of active devices selected per round")] = 1.0,
@@ -43,6 +45,7 @@ def simulate(
     from qflare.sim.runner import SimulationConfig, run_simulation
 
     t = get_task(task)
+    partition = partition or t.partitions[0]
     base = dataclasses.asdict(t.default_train_config())
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     train = TrainConfig.model_validate({**base, **overrides})

@@ -139,15 +139,17 @@ class SharedRegion:
 
     # -- moving bytes ---------------------------------------------------------------------------
 
-    def put(self, data: bytes, *, side: Literal["input", "output"]) -> Region:
-        """Copy ``data`` into one half; returns where it went."""
-        n = len(data)
+    def put(self, *parts: bytes, side: Literal["input", "output"]) -> Region:
+        """Copy ``parts`` back to back into one half; returns where they went."""
+        n = sum(len(p) for p in parts)
         if n > self.half:
             raise PayloadTooLarge(
                 f"{n} bytes do not fit the {self.half}-byte half of the shared region", reason="region_too_small"
             )
-        start = 0 if side == "input" else self.half
-        self._mm[start : start + n] = data
+        start = pos = 0 if side == "input" else self.half
+        for part in parts:
+            self._mm[pos : pos + len(part)] = part
+            pos += len(part)
         return Region(offset=start, length=n)
 
     def take(self, region: Region, *, side: Literal["input", "output"]) -> bytes:

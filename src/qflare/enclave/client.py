@@ -253,10 +253,14 @@ class Enclave:
                 frame = read_frame(running.read_fd, self._call_timeout)
             except ChannelTimeout:
                 self._fail(f"{call.name} timed out")
-                raise EnclaveError(f"the enclave did not answer {call.name} in time", reason="enclave_unavailable") from None
+                raise EnclaveError(
+                    f"the enclave did not answer {call.name} in time", reason="enclave_unavailable"
+                ) from None
             except ChannelClosed:
                 self._fail(f"channel closed during {call.name}")
-                raise EnclaveError(f"the enclave process died during {call.name}", reason="enclave_unavailable") from None
+                raise EnclaveError(
+                    f"the enclave process died during {call.name}", reason="enclave_unavailable"
+                ) from None
             return ec.decode_result(type(call).result, frame), running
 
     def _simple(self, call: ec.Ecall) -> Any:

@@ -85,7 +85,9 @@ class EnclaveConfig:
         if norm is not None and (
             isinstance(norm, bool) or not isinstance(norm, int | float) or not math.isfinite(norm) or norm <= 0
         ):
-            raise ConfigError("enclave config max_update_norm must be a positive number or null", reason="invalid_config")
+            raise ConfigError(
+                "enclave config max_update_norm must be a positive number or null", reason="invalid_config"
+            )
         for name, low in (
             ("checkpoint_every", 1),
             ("max_payload_bytes", 1024),
@@ -101,7 +103,9 @@ class EnclaveConfig:
         except (re.error, TypeError) as exc:
             raise ConfigError(f"enclave config update_path_regex: {exc}", reason="invalid_config") from None
         if "round_id" not in pattern.groupindex:
-            raise ConfigError("enclave config update_path_regex needs a (?P<round_id>...) group", reason="invalid_config")
+            raise ConfigError(
+                "enclave config update_path_regex needs a (?P<round_id>...) group", reason="invalid_config"
+            )
         sources = self.allowed_key_sources
         if not isinstance(sources, tuple) or not sources or not set(sources) <= _KEY_SOURCES:
             raise ConfigError(
@@ -128,7 +132,9 @@ class EnclaveConfig:
     def from_dict(cls, doc: Any) -> EnclaveConfig:
         """Parse :meth:`to_dict` output; unknown or missing-format documents raise ``ConfigError``."""
         if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT:
-            raise ConfigError(f"enclave config must be an object with format {CONFIG_FORMAT!r}", reason="invalid_config")
+            raise ConfigError(
+                f"enclave config must be an object with format {CONFIG_FORMAT!r}", reason="invalid_config"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(doc) - known - {"format"})
         if unknown:
@@ -137,7 +143,9 @@ class EnclaveConfig:
         if "allowed_key_sources" in values:
             raw = values["allowed_key_sources"]
             if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-                raise ConfigError("enclave config allowed_key_sources must be a list of strings", reason="invalid_config")
+                raise ConfigError(
+                    "enclave config allowed_key_sources must be a list of strings", reason="invalid_config"
+                )
             values["allowed_key_sources"] = tuple(sorted(set(raw)))
         return cls(**values)
 

@@ -122,7 +122,9 @@ def render_manifest(
     paths = sysconfig.get_paths()
     config_bytes = config_path.read_bytes()
     if EnclaveConfig.from_json(config_bytes) != config:
-        raise EnclaveError(f"{config_path} does not hold the enclave config being rendered", reason="bad_manifest_value")
+        raise EnclaveError(
+            f"{config_path} does not hold the enclave config being rendered", reason="bad_manifest_value"
+        )
     entries = trusted_file_entries(measurement, root)
     values = {
         "python": _toml_path(interpreter, "python"),

@@ -101,7 +101,7 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
     offline and ships the SIGSTRUCT instead.
     """
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with warnings.catch_warnings():
             # This function's docstring is the warning: a development signer.
             warnings.simplefilter("ignore", UnencryptedKeyWarning)
@@ -124,8 +124,8 @@ def read_trust_root(platform_dir: Path) -> VerifyKey:
 
 
 def _open_log(path: Path) -> IO[bytes]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "ab")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab")
 
 
 class SimulatedLauncher:

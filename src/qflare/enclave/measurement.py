@@ -83,6 +83,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/enclave/sealing.py",
             "qflare/enclave/sigstruct.py",
             "qflare/enclave/statements.py",
+            "qflare/enclave/stored.py",
             "qflare/enclave/trusted/__init__.py",
             "qflare/enclave/trusted/__main__.py",
             "qflare/enclave/trusted/boot.py",

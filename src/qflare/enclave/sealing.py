@@ -92,6 +92,10 @@ class SealingKey:
 
     def seal(self, plaintext: bytes, *, purpose: str, header: bytes = b"") -> bytes:
         """Seal ``plaintext``; ``header`` travels in clear but authenticated."""
+        return b"".join(self.seal_parts(plaintext, purpose=purpose, header=header))
+
+    def seal_parts(self, plaintext: bytes, *, purpose: str, header: bytes = b"") -> tuple[bytes, bytes]:
+        """:meth:`seal` as ``(prefix, ciphertext)``, to write out without joining (large blobs)."""
         p = _purpose_bytes(purpose)
         if len(header) > _MAX_HEADER:
             raise ValueError("sealed header too long")
@@ -105,7 +109,7 @@ class SealingKey:
             + struct.pack(">I", len(header))
             + bytes(header)
         )
-        return prefix + self._key(key_id, p).encrypt(plaintext, prefix)
+        return prefix, self._key(key_id, p).encrypt(plaintext, prefix)
 
     def unseal(self, blob: bytes, *, purpose: str) -> tuple[bytes, bytes]:
         """Return ``(header, plaintext)``.

@@ -205,8 +205,7 @@ def verify_quote(
         raise AttestationError("this is a debug enclave", reason="debug_not_allowed")
     if not hmac.compare_digest(claims.measurement, measurement):
         raise AttestationError(
-            f"enclave measurement {claims.measurement.hex()[:16]}... is not the expected "
-            f"{measurement.hex()[:16]}...",
+            f"enclave measurement {claims.measurement.hex()[:16]}... is not the expected {measurement.hex()[:16]}...",
             reason="wrong_measurement",
         )
     if not hmac.compare_digest(claims.signer, signer):
@@ -214,9 +213,7 @@ def verify_quote(
     if expected_prod_id is not None and claims.isv_prod_id != expected_prod_id:
         raise AttestationError(f"enclave product id is {claims.isv_prod_id}", reason="wrong_product")
     if claims.isv_svn < min_svn:
-        raise AttestationError(
-            f"enclave security version {claims.isv_svn} is below {min_svn}", reason="svn_too_low"
-        )
+        raise AttestationError(f"enclave security version {claims.isv_svn} is below {min_svn}", reason="svn_too_low")
     if not hmac.compare_digest(claims.nonce, nonce):
         raise AttestationError("the quote answers another challenge", reason="stale_nonce")
     if not hmac.compare_digest(claims.report_data, report_data_for(served_public_keys, nonce)):

@@ -57,7 +57,7 @@ class SimulationConfig:
     task: str = "digits"
     clients: int = 10
     rounds: int = 20
-    partition: str = "dirichlet"
+    partition: str | None = None  # None: the task's natural split
     alpha: float = 0.5
     seed: int = 0
     fraction: float = 1.0
@@ -277,6 +277,8 @@ def start_kme_pair(run_dir: Path, device_ids: list[str], *, env: dict[str, str])
 def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run a federation to completion and write its artefacts; returns the summary."""
     started = time.monotonic()
+    if sim.partition is None:
+        sim = dataclasses.replace(sim, partition=get_task(sim.task).partitions[0])
     run_dir = new_run_dir(sim.runs_dir)
     config = build_global_config(sim, run_dir, free_port())
     device_ids = [f"edge_{i + 1:02d}" for i in range(sim.clients)]

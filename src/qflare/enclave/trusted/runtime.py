@@ -30,14 +30,17 @@ from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.quote import EnclavePublicKeys, check_nonce, report_data_for
 from qflare.enclave.sealing import SealingKey
 from qflare.enclave.statements import RoundTask, sign_model, sign_task
-from qflare.enclave.trusted.platform import Platform, PlatformIdentity
-from qflare.enclave.trusted.rounds import (
-    CHECKPOINT_PURPOSE,
+from qflare.enclave.stored import (
+    ENVELOPE_PURPOSE,
     UPDATE_PURPOSE,
-    RoundState,
+    parse_stored,
     parse_update_header,
+    stored_envelope,
+    stored_plaintext,
     update_header,
 )
+from qflare.enclave.trusted.platform import Platform, PlatformIdentity
+from qflare.enclave.trusted.rounds import CHECKPOINT_PURPOSE, RoundState
 from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
 from qflare.enclave.trusted.validation import ParsedUpdate, parse_update
 from qflare.errors import (
@@ -210,21 +213,22 @@ class EnclaveRuntime:
 
     def _input(self, region: ec.Region) -> bytes:
         if region.length > self._config.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"{region.length} bytes exceed the enclave limit of {self._config.max_payload_bytes}"
-            )
+            raise PayloadTooLarge(f"{region.length} bytes exceed the enclave limit of {self._config.max_payload_bytes}")
         # One private copy before anything looks at the bytes: the host can rewrite the region.
         return self._region.take(region, side="input")
 
-    def _decrypt(self, env: Envelope, allowed: tuple[str, ...], extra_secret: bytes | None) -> bytes:
+    def _permitted(self, allowed: tuple[str, ...], env: Envelope) -> set[str]:
         permitted = set(allowed) & set(self._config.allowed_key_sources)
-        if not permitted or env.key_source.value not in permitted:
+        if env.key_source.value not in permitted:
             raise PermissionDenied(
                 f"key source {env.key_source.value} is not allowed by the enclave", reason="key_source_not_allowed"
             )
-        payload, sealer = decrypt_envelope(
-            env, self._kem, allowed_key_sources=permitted, extra_secret=extra_secret
-        )
+        return permitted
+
+    def _decrypt(self, env: Envelope, allowed: tuple[str, ...], extra_secret: bytes | None) -> bytes:
+        """Decrypt a request and keep its response key for :meth:`seal_response`."""
+        permitted = self._permitted(allowed, env)
+        payload, sealer = decrypt_envelope(env, self._kem, allowed_key_sources=permitted, extra_secret=extra_secret)
         self._sealers[env.header_hash] = sealer
         while len(self._sealers) > self._config.max_open_requests:
             self._sealers.popitem(last=False)
@@ -251,7 +255,9 @@ class EnclaveRuntime:
     def seal_response(self, call: ec.SealResponse) -> ec.SealedResponseResult:
         sealer = self._sealers.pop(call.request_hash, None)
         if sealer is None:
-            raise NotFound("no open request with this hash (answered, expired, or never opened)", reason="unknown_request")
+            raise NotFound(
+                "no open request with this hash (answered, expired, or never opened)", reason="unknown_request"
+            )
         response = sealer.seal(self._input(call.payload))
         return ec.SealedResponseResult(response=self._region.put(response, side="output"))
 
@@ -299,25 +305,33 @@ class EnclaveRuntime:
     def _parse(self, state: RoundState, payload: bytes) -> ParsedUpdate:
         return parse_update(payload, state.spec, max_norm=self._config.max_update_norm, reference=state.base)
 
+    def _update_envelope(self, data: bytes, round_id: int) -> Envelope:
+        env = parse_envelope(data, max_size=self._config.max_payload_bytes)
+        if self._config.update_path_round(env.path) != round_id or env.method != "POST":
+            raise InvalidInput(f"the envelope is not an update for round {round_id}", reason="not_an_update")
+        if env.round_id != round_id:
+            raise InvalidInput(f"the envelope is signed for round {env.round_id!r}", reason="round_mismatch")
+        return env
+
     def validate_update(self, call: ec.ValidateUpdate) -> ec.UpdateReceiptResult:
         state = self._round(call.round_id)
         data = self._input(call.data)
-        request_hash: bytes | None = None
+        update_id = os.urandom(16).hex()
+        header = update_header(call.round_id, update_id)
         if call.kind == "envelope":
-            env = parse_envelope(data, max_size=self._config.max_payload_bytes)
-            if self._config.update_path_round(env.path) != call.round_id or env.method != "POST":
-                raise InvalidInput(f"the envelope is not an update for round {call.round_id}", reason="not_an_update")
-            if env.round_id != call.round_id:
-                raise InvalidInput(f"the envelope is signed for round {env.round_id!r}", reason="round_mismatch")
+            env = self._update_envelope(data, call.round_id)
             payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
-            request_hash = env.header_hash
+            request_hash: bytes | None = env.header_hash
+            update = self._parse(state, payload)
+            secret = b"" if call.extra_secret is None else b"\x01" + call.extra_secret
+            key_blob = self._sealing.seal(env.header_hash + secret, purpose=ENVELOPE_PURPOSE, header=header)
+            stored = stored_envelope(key_blob, data)
         elif call.kind == "plaintext":
-            payload = data
+            payload, request_hash = data, None
+            update = self._parse(state, payload)
+            stored = stored_plaintext(*self._sealing.seal_parts(payload, purpose=UPDATE_PURPOSE, header=header))
         else:
             raise EnclaveError(f"unknown update kind {call.kind[:32]!r}", reason="ecall_refused")
-        update = self._parse(state, payload)
-        update_id = os.urandom(16).hex()
-        sealed = self._sealing.seal(payload, purpose=UPDATE_PURPOSE, header=update_header(call.round_id, update_id))
         state.hold(update_id, update, limit=self._config.max_pending_updates)
         return ec.UpdateReceiptResult(
             update_id=update_id,
@@ -326,17 +340,32 @@ class EnclaveRuntime:
             train_loss=update.train_loss,
             sha256=sha256_hex(payload),
             size_bytes=len(payload),
-            sealed=self._region.put(sealed, side="output"),
+            sealed=self._region.put(*stored, side="output"),
         )
+
+    def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes]:
+        """``(update_id, plaintext update)`` from a stored update, for ``round_id``."""
+        parts = parse_stored(data)
+        header, sealed = self._sealing.unseal(parts.sealed, purpose=parts.purpose)
+        stored_round, update_id = parse_update_header(header)
+        if stored_round != round_id:
+            raise InvalidInput(f"stored update belongs to round {stored_round}", reason="round_mismatch")
+        if parts.envelope is None:
+            return update_id, sealed
+        env = self._update_envelope(parts.envelope, round_id)
+        if sealed[:32] != env.header_hash:
+            raise CryptoError("stored update does not match its envelope", reason="unseal_failed")
+        secret = sealed[33:] if sealed[32:33] == b"\x01" else None
+        permitted = self._permitted(tuple(self._config.allowed_key_sources), env)
+        payload, _ = decrypt_envelope(env, self._kem, allowed_key_sources=permitted, extra_secret=secret)
+        return update_id, payload
 
     def _counted(self, state: RoundState, *, skipped: bool) -> ec.AccumulatedResult:
         checkpointed = False
         if state.since_checkpoint >= self._config.checkpoint_every:
             header, plaintext = state.checkpoint()
-            write_atomic(
-                self._checkpoint_path(state.round_id),
-                self._sealing.seal(plaintext, purpose=CHECKPOINT_PURPOSE, header=header),
-            )
+            parts = self._sealing.seal_parts(plaintext, purpose=CHECKPOINT_PURPOSE, header=header)
+            write_atomic(self._checkpoint_path(state.round_id), *parts)
             state.since_checkpoint = 0
             checkpointed = True
         return ec.AccumulatedResult(
@@ -355,10 +384,7 @@ class EnclaveRuntime:
 
     def replay(self, call: ec.Replay) -> ec.AccumulatedResult:
         state = self._round(call.round_id)
-        header, payload = self._sealing.unseal(self._input(call.sealed), purpose=UPDATE_PURPOSE)
-        round_id, update_id = parse_update_header(header)
-        if round_id != call.round_id:
-            raise InvalidInput(f"sealed update belongs to round {round_id}", reason="round_mismatch")
+        update_id, payload = self._unstore(self._input(call.sealed), call.round_id)
         if state.counted(update_id):
             return self._counted(state, skipped=True)
         state.add(update_id, self._parse(state, payload))

@@ -9,8 +9,10 @@ from pathlib import Path
 __all__ = ["create_exclusive", "read_file", "remove_file", "write_atomic"]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` in one rename (readers see the old or the new file, never a mix).
+def write_atomic(path: Path, *parts: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``parts`` (written back to back) in one rename.
+
+    Readers see the old or the new file, never a mix.
 
     No fsync: a checkpoint is only an optimisation over replaying sealed updates, which the server
     stores durably.
@@ -19,7 +21,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,296 @@
+"""``EnclaveAggregator``: the server's :class:`~qflare.server.aggregation.AggregationBackend` behind the
+enclave boundary.
+
+The server hands it update envelopes (already size-, device-, timestamp-, nonce- and
+signature-checked); the enclave decrypts, validates, keeps the tensors, and returns a receipt whose
+``stored`` bytes are the update sealed by the enclave. The server persists only that ciphertext, and
+can replay it after a restart. The running aggregate never leaves the enclave; ``finalize`` returns
+the new global model and :meth:`EnclaveAggregator.model_signature` the enclave's signature over it.
+
+Crash handling: every update counted since the enclave's last sealed checkpoint is remembered here
+(sealed). If the enclave process dies, the call in flight raises ``EnclaveError("enclave_unavailable")``;
+the next call starts a new process, which restores each open round from its checkpoint, and this
+class replays the remembered sealed updates the checkpoint does not cover. The enclave counts each
+update id once, so replays never double-count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from qflare.crypto.signing import SigningKey
+from qflare.enclave.client import Enclave, EnclaveIdentity, OpenedRequest, UpdateReceipt
+from qflare.enclave.config import EnclaveConfig
+from qflare.enclave.launcher import DEFAULT_REGION_BYTES, GramineLauncher, SimulatedLauncher, load_or_create_signing_key
+from qflare.enclave.quote import EnclavePublicKeys
+from qflare.enclave.statements import RoundTask
+from qflare.enclave.stored import stored_update_id
+from qflare.errors import EnclaveError, NotFound
+from qflare.fl.spec import ModelSpec
+from qflare.server.aggregation import ValidatedUpdate
+
+__all__ = ["EnclaveAggregator", "EnclaveUpdateHandle"]
+
+_KEEP_SIGNATURES: Final = 64
+
+
+@dataclass(frozen=True)
+class EnclaveUpdateHandle:
+    """``ValidatedUpdate.handle`` of an enclave-held update: an opaque reference, no tensors.
+
+    ``request_hash`` identifies the upload request, for :meth:`EnclaveAggregator.seal_response`.
+    """
+
+    update_id: str
+    request_hash: bytes | None
+
+
+@dataclass
+class _HostRound:
+    base_model: bytes
+    spec: ModelSpec
+    # Sealed updates counted since the enclave's last checkpoint: (update id, sealed bytes).
+    uncheckpointed: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class EnclaveAggregator:
+    """Validates and aggregates updates inside an enclave process.
+
+    Parameters
+    ----------
+    enclave:
+        The supervised enclave (see :meth:`launch` for the usual construction).
+    inputs:
+        What :meth:`validate` receives: ``"envelope"`` (request envelopes, decrypted inside; the server
+        never sees the update) or ``"plaintext"`` (raw updates, for a server that decrypts itself).
+    allowed_key_sources:
+        Envelope key sources to accept in :meth:`validate`; the enclave also applies its own
+        (measured) list.
+    """
+
+    def __init__(
+        self,
+        enclave: Enclave,
+        *,
+        inputs: Literal["envelope", "plaintext"] = "envelope",
+        allowed_key_sources: Collection[str] = ("mlkem", "hybrid"),
+    ) -> None:
+        if inputs not in ("envelope", "plaintext"):
+            raise ValueError("inputs must be 'envelope' or 'plaintext'")
+        self.enclave = enclave
+        self.inputs = inputs
+        self.allowed_key_sources = tuple(sorted(allowed_key_sources))
+        self._lock = enclave.lock  # one lock for both: restart hooks run inside enclave calls
+        self._rounds: dict[int, _HostRound] = {}
+        self._signatures: OrderedDict[int, bytes] = OrderedDict()
+        enclave.add_restart_hook(self._restore_rounds)
+
+    @classmethod
+    def launch(
+        cls,
+        work_dir: str | os.PathLike[str],
+        *,
+        backend: Literal["simulated", "gramine"] = "simulated",
+        config: EnclaveConfig | None = None,
+        signing_key: SigningKey | None = None,
+        inputs: Literal["envelope", "plaintext"] = "envelope",
+        region_bytes: int = DEFAULT_REGION_BYTES,
+        call_timeout: float = 300.0,
+    ) -> EnclaveAggregator:
+        """Start an enclave in ``work_dir`` and wrap it.
+
+        For the simulated backend without ``signing_key``, a development signing key is created in
+        ``work_dir/signer-dev-key.json`` and signs the SIGSTRUCT at launch.
+        """
+        cfg = config or EnclaveConfig()
+        directory = Path(work_dir)
+        launcher: SimulatedLauncher | GramineLauncher
+        if backend == "simulated":
+            key = signing_key or load_or_create_signing_key(directory / "signer-dev-key.json")
+            launcher = SimulatedLauncher(directory, config=cfg, signing_key=key, region_bytes=region_bytes)
+        elif backend == "gramine":
+            launcher = GramineLauncher(directory, config=cfg, region_bytes=region_bytes)
+        else:
+            raise ValueError("backend must be 'simulated' or 'gramine'")
+        enclave = Enclave(launcher, call_timeout=call_timeout)
+        enclave.start()
+        return cls(enclave, inputs=inputs)
+
+    # -- AggregationBackend ---------------------------------------------------------------------
+
+    def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
+        """Start aggregating ``round_id`` on top of ``base_model``."""
+        with self._lock:
+            self._rounds[round_id] = _HostRound(base_model=bytes(base_model), spec=spec)
+            self.enclave.begin_round(round_id, base_model, spec)
+
+    def _host_round(self, round_id: int) -> _HostRound:
+        state = self._rounds.get(round_id)
+        if state is None:
+            raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
+        return state
+
+    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
+        """Validate one update inside the enclave (an envelope, or a raw update with ``inputs="plaintext"``)."""
+        if self.inputs == "envelope":
+            return self.validate_envelope(round_id, blob)
+        with self._lock:
+            self._host_round(round_id)
+            receipt = self.enclave.validate_update(round_id, blob, kind="plaintext")
+        return self._validated(round_id, receipt)
+
+    def validate_envelope(
+        self,
+        round_id: int,
+        envelope: bytes,
+        *,
+        allowed_key_sources: Collection[str] | None = None,
+        extra_secret: bytes | None = None,
+    ) -> ValidatedUpdate:
+        """Decrypt and validate an update envelope inside the enclave.
+
+        Parameters
+        ----------
+        allowed_key_sources:
+            This device's allowed key sources (default: the aggregator's).
+        extra_secret:
+            The QKD key for a ``hybrid`` or ``qkd`` envelope.
+        """
+        sources = self.allowed_key_sources if allowed_key_sources is None else tuple(sorted(allowed_key_sources))
+        with self._lock:
+            self._host_round(round_id)
+            receipt = self.enclave.validate_update(
+                round_id, envelope, kind="envelope", allowed_key_sources=sources, extra_secret=extra_secret
+            )
+        return self._validated(round_id, receipt)
+
+    @staticmethod
+    def _validated(round_id: int, receipt: UpdateReceipt) -> ValidatedUpdate:
+        return ValidatedUpdate(
+            round_id=round_id,
+            num_examples=receipt.num_examples,
+            train_loss=receipt.train_loss,
+            sha256=receipt.sha256,
+            size_bytes=receipt.size_bytes,
+            stored=receipt.sealed,
+            handle=EnclaveUpdateHandle(update_id=receipt.update_id, request_hash=receipt.request_hash),
+        )
+
+    def _remember(self, state: _HostRound, update_id: str, stored: bytes) -> None:
+        if all(uid != update_id for uid, _ in state.uncheckpointed):
+            state.uncheckpointed.append((update_id, stored))
+
+    def accumulate(self, update: ValidatedUpdate) -> None:
+        """Count a validated update; if the enclave no longer holds it, count its sealed copy."""
+        handle = update.handle
+        if not isinstance(handle, EnclaveUpdateHandle):
+            raise TypeError("this update was not validated by an EnclaveAggregator")
+        with self._lock:
+            state = self._host_round(update.round_id)
+            # Remember the sealed copy first: if the enclave dies during the call, a restart replays it.
+            self._remember(state, handle.update_id, update.stored)
+            try:
+                result = self.enclave.accumulate(update.round_id, handle.update_id)
+            except EnclaveError as exc:
+                if exc.reason != "unknown_update":
+                    raise
+                result = self.enclave.replay(update.round_id, update.stored)
+            if result.checkpointed:
+                state.uncheckpointed.clear()
+
+    def replay(self, round_id: int, stored: bytes) -> None:
+        """Count an update the server stored before a restart (its sealed bytes)."""
+        _, update_id = stored_update_id(stored)
+        with self._lock:
+            state = self._host_round(round_id)
+            self._remember(state, update_id, bytes(stored))
+            if self.enclave.replay(round_id, stored).checkpointed:
+                state.uncheckpointed.clear()
+
+    def finalize(self, round_id: int) -> bytes:
+        """Aggregate and sign the round; returns the new global model. See :meth:`model_signature`."""
+        with self._lock:
+            self._host_round(round_id)
+            done = self.enclave.finalize(round_id)
+            del self._rounds[round_id]
+            self._signatures[round_id] = done.signature
+            while len(self._signatures) > _KEEP_SIGNATURES:
+                self._signatures.popitem(last=False)
+            try:
+                self.enclave.abort_round(round_id)  # drop the checkpoint now that the result is out
+            except EnclaveError:
+                pass  # the stale checkpoint is replaced when the round id is begun again
+            return done.model
+
+    def model_signature(self, round_id: int) -> bytes:
+        """The enclave's signature over the model :meth:`finalize` returned for ``round_id``.
+
+        Persist it next to the model: edge nodes check it with
+        :func:`qflare.enclave.statements.verify_model_signature` before loading the model.
+        """
+        with self._lock:
+            signature = self._signatures.get(round_id)
+        if signature is None:
+            raise NotFound(f"no model signature for round {round_id}", reason="unknown_round")
+        return signature
+
+    def abort_round(self, round_id: int) -> None:
+        """Forget the round without aggregating."""
+        with self._lock:
+            self._rounds.pop(round_id, None)
+            self.enclave.abort_round(round_id)
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def _restore_rounds(self) -> None:
+        for round_id, state in self._rounds.items():
+            status = self.enclave.restore_round(round_id, state.base_model, state.spec)
+            pending = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in status.included]
+            state.uncheckpointed = list(pending)
+            for i, (_uid, blob) in enumerate(pending):
+                if self.enclave.replay(round_id, blob).checkpointed:
+                    state.uncheckpointed = list(pending[i + 1 :])
+
+    # -- the rest of the enclave's services, for the server's routes ----------------------------
+
+    def identity(self) -> EnclaveIdentity:
+        """Measurement, signer, SVN and public keys (what ``/server/keys`` should serve with a quote)."""
+        return self.enclave.identity()
+
+    def public_keys(self) -> EnclavePublicKeys:
+        """The enclave's X-Wing (requests) and signing (tasks, models) public keys."""
+        return self.enclave.public_keys()
+
+    def quote(self, nonce: bytes) -> bytes:
+        """An attestation quote for a device's ``nonce``."""
+        return self.enclave.quote(nonce)
+
+    def open_request(
+        self, envelope: bytes, *, allowed_key_sources: Collection[str] | None = None, extra_secret: bytes | None = None
+    ) -> OpenedRequest:
+        """Decrypt a small non-update request (task fetch, heartbeat, model download request)."""
+        sources = self.allowed_key_sources if allowed_key_sources is None else allowed_key_sources
+        return self.enclave.open_request(envelope, allowed_key_sources=sources, extra_secret=extra_secret)
+
+    def seal_response(self, request_hash: bytes, payload: bytes) -> bytes:
+        """Seal the response to a request opened or validated inside (once per request)."""
+        return self.enclave.seal_response(request_hash, payload)
+
+    def sign_task(self, task: RoundTask) -> bytes:
+        """The enclave's signature over a round task for an open round."""
+        return self.enclave.sign_task(task)
+
+    def close(self) -> None:
+        """Stop the enclave process (sealed state stays on disk)."""
+        self.enclave.close()
+
+    def __enter__(self) -> EnclaveAggregator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
