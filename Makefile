@@ -23,7 +23,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 bench: $(STAMP)
-	$(BIN)/qflare bench all
+	$(BIN)/qflare bench auth
+	$(BIN)/qflare bench qkd
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
