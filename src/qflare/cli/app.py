@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qflare.cli import bench, device, edge_cmd, init_cmd, qkd, server_cmd, simulate_cmd
 from qflare.errors import (
@@ -28,6 +29,7 @@ app.command("simulate")(simulate_cmd.simulate)
 app.command("init")(init_cmd.init)
 app.add_typer(device.app, name="device")
 app.add_typer(qkd.app, name="qkd")
+app.add_typer(qkd.kme_app, name="kme")  # `qflare kme serve` = `qflare qkd kme serve`
 app.add_typer(bench.app, name="bench")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
@@ -45,6 +47,6 @@ def main() -> None:
     try:
         app()
     except QFlareError as exc:
-        _err.print(f"[bold red]error[/] [{exc.reason}] {exc.message}")
+        _err.print(f"[bold red]error[/] {escape(f'[{exc.reason}] {exc.message}')}", soft_wrap=True)
         code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
         sys.exit(code)
