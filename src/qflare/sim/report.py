@@ -37,6 +37,9 @@ def write_plot(rounds: Sequence[dict[str, Any]], metric: str, path: Path, *, tit
     base = [r["metrics"].get(f"baseline_{metric}") for r in done]
     if any(b is not None for b in base):
         ax.plot(xs, base, linestyle="--", color="grey", label="naive last-value forecaster")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title)
