@@ -389,7 +389,7 @@ class KMEPairServer:
             config = uvicorn.Config(
                 create_kme_app(self.store, local.end, remote.end),
                 http=_MutualTLSProtocol,
-                ssl_context_factory=lambda _config, _default, ctx=ctx: ctx,
+                ssl_context_factory=_fixed_context(ctx),
                 lifespan="off",
                 log_level="warning",
                 access_log=False,
@@ -643,3 +643,12 @@ class KMEClient:
         if len({k.key_id for k in out}) != len(out):
             raise QKDError("KME returned a key_ID twice", reason="kme_malformed")
         return out
+
+
+def _fixed_context(ctx: ssl.SSLContext) -> Callable[[Any, Any], ssl.SSLContext]:
+    """A uvicorn ``ssl_context_factory`` that always answers with ``ctx`` (our mutual-TLS context)."""
+
+    def factory(_config: Any, _default: Any) -> ssl.SSLContext:
+        return ctx
+
+    return factory

@@ -18,7 +18,9 @@ from qflare.server.state import ServerState
 
 router = APIRouter(prefix="/v1/device", tags=["device"])
 
-_SEALED = {200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}}
+_SEALED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}
+}
 
 
 def _claimed(body: bytes, limit: int) -> tuple[str | None, str]:

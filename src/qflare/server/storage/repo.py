@@ -252,7 +252,8 @@ class Repository:
 
     def purge_nonces(self, *, now: float) -> int:
         with self._tx() as s:
-            return int(s.execute(delete(Nonce).where(Nonce.expires_at < now)).rowcount or 0)
+            result = s.execute(delete(Nonce).where(Nonce.expires_at < now))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def count_nonces(self) -> int:
         with self._tx() as s:
