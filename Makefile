@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/qflare bench auth
 	$(BIN)/qflare bench qkd
+	$(BIN)/qflare bench enclave
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,7 +12,7 @@ from qflare.cli.app import app, main
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("group", ["server", "edge", "simulate", "init", "device", "qkd", "kme", "bench"])
+@pytest.mark.parametrize("group", ["server", "edge", "simulate", "init", "device", "qkd", "kme", "enclave", "bench"])
 def test_every_command_has_help(group: str) -> None:
     result = runner.invoke(app, [group, "--help"])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qflare.cli import bench, device, edge_cmd, init_cmd, qkd, server_cmd, simulate_cmd
+from qflare.cli import bench, device, edge_cmd, enclave, init_cmd, qkd, server_cmd, simulate_cmd
 from qflare.errors import (
     AuthenticationError,
     ConfigError,
@@ -30,6 +30,7 @@ app.command("init")(init_cmd.init)
 app.add_typer(device.app, name="device")
 app.add_typer(qkd.app, name="qkd")
 app.add_typer(qkd.kme_app, name="kme")  # `qflare kme serve` = `qflare qkd kme serve`
+app.add_typer(enclave.app, name="enclave")
 app.add_typer(bench.app, name="bench")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).

@@ -60,3 +60,18 @@ def qkd(
     with console.status("running the QKD benchmarks"):
         figures = run(pulses, seconds)
     _show("qflare bench qkd", figures, json_out)
+
+
+@app.command()
+def enclave(
+    updates: Annotated[int, typer.Option(help="updates per round")] = 24,
+    params: Annotated[int, typer.Option(help="float32 parameters per update")] = 1_000_000,
+    repeats: Annotated[int, typer.Option(help="timed rounds per backend")] = 5,
+    json_out: JsonOut = False,
+) -> None:
+    """Updates/s and MB/s through the enclave boundary against the same work in-process."""
+    from qflare.bench.enclave import run
+
+    with console.status("running in-process and enclave rounds"):
+        figures = run(updates=updates, params=params, repeats=repeats)
+    _show("qflare bench enclave", figures, json_out)

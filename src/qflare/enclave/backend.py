@@ -30,7 +30,7 @@ from qflare.enclave.launcher import DEFAULT_REGION_BYTES, GramineLauncher, Simul
 from qflare.enclave.quote import EnclavePublicKeys
 from qflare.enclave.statements import RoundTask
 from qflare.enclave.stored import stored_update_id
-from qflare.errors import EnclaveError, NotFound
+from qflare.errors import EnclaveError, NotFound, QFlareError
 from qflare.fl.spec import ModelSpec
 from qflare.server.aggregation import ValidatedUpdate
 
@@ -56,6 +56,8 @@ class _HostRound:
     spec: ModelSpec
     # Sealed updates counted since the enclave's last checkpoint: (update id, sealed bytes).
     uncheckpointed: list[tuple[str, bytes]] = field(default_factory=list)
+    # Every update id counted in this round: a restored enclave must count exactly these.
+    counted: set[str] = field(default_factory=set)
 
 
 class EnclaveAggregator:
@@ -177,13 +179,29 @@ class EnclaveAggregator:
             train_loss=receipt.train_loss,
             sha256=receipt.sha256,
             size_bytes=receipt.size_bytes,
-            stored=receipt.sealed,
+            stored=receipt.stored,
             handle=EnclaveUpdateHandle(update_id=receipt.update_id, request_hash=receipt.request_hash),
         )
 
+    def _drop_covered(self, covered: tuple[str, ...]) -> None:
+        """Forget stored copies a sealed checkpoint now holds (ids are unique across rounds)."""
+        if covered:
+            gone = set(covered)
+            for state in self._rounds.values():
+                state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in gone]
+
     def _remember(self, state: _HostRound, update_id: str, stored: bytes) -> None:
-        if all(uid != update_id for uid, _ in state.uncheckpointed):
+        if update_id not in state.counted:
+            state.counted.add(update_id)
             state.uncheckpointed.append((update_id, stored))
+
+    @staticmethod
+    def _forget_unless_unavailable(state: _HostRound, update_id: str, exc: QFlareError) -> None:
+        """A refused update is not counted; one caught in an enclave failure will be, after the restart."""
+        if isinstance(exc, EnclaveError) and exc.reason in ("enclave_unavailable", "enclave_restore_failed"):
+            return
+        state.counted.discard(update_id)
+        state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid != update_id]
 
     def accumulate(self, update: ValidatedUpdate) -> None:
         """Count a validated update; if the enclave no longer holds it, count its sealed copy."""
@@ -192,16 +210,19 @@ class EnclaveAggregator:
             raise TypeError("this update was not validated by an EnclaveAggregator")
         with self._lock:
             state = self._host_round(update.round_id)
-            # Remember the sealed copy first: if the enclave dies during the call, a restart replays it.
+            # Remember the stored copy first: if the enclave dies during the call, a restart replays it.
             self._remember(state, handle.update_id, update.stored)
             try:
-                result = self.enclave.accumulate(update.round_id, handle.update_id)
-            except EnclaveError as exc:
-                if exc.reason != "unknown_update":
-                    raise
-                result = self.enclave.replay(update.round_id, update.stored)
-            if result.checkpointed:
-                state.uncheckpointed.clear()
+                try:
+                    result = self.enclave.accumulate(update.round_id, handle.update_id)
+                except EnclaveError as exc:
+                    if exc.reason != "unknown_update":
+                        raise
+                    result = self.enclave.replay(update.round_id, update.stored)
+            except QFlareError as exc:
+                self._forget_unless_unavailable(state, handle.update_id, exc)
+                raise
+            self._drop_covered(result.covered)
 
     def replay(self, round_id: int, stored: bytes) -> None:
         """Count an update the server stored before a restart (its sealed bytes)."""
@@ -209,8 +230,12 @@ class EnclaveAggregator:
         with self._lock:
             state = self._host_round(round_id)
             self._remember(state, update_id, bytes(stored))
-            if self.enclave.replay(round_id, stored).checkpointed:
-                state.uncheckpointed.clear()
+            try:
+                result = self.enclave.replay(round_id, stored)
+            except QFlareError as exc:
+                self._forget_unless_unavailable(state, update_id, exc)
+                raise
+            self._drop_covered(result.covered)
 
     def finalize(self, round_id: int) -> bytes:
         """Aggregate and sign the round; returns the new global model. See :meth:`model_signature`."""
@@ -250,11 +275,18 @@ class EnclaveAggregator:
     def _restore_rounds(self) -> None:
         for round_id, state in self._rounds.items():
             status = self.enclave.restore_round(round_id, state.base_model, state.spec)
-            pending = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in status.included]
-            state.uncheckpointed = list(pending)
-            for i, (_uid, blob) in enumerate(pending):
-                if self.enclave.replay(round_id, blob).checkpointed:
-                    state.uncheckpointed = list(pending[i + 1 :])
+            state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in status.included]
+            count = status.count
+            for _uid, blob in list(state.uncheckpointed):
+                result = self.enclave.replay(round_id, blob)
+                count = result.count
+                self._drop_covered(result.covered)
+            if count != len(state.counted):
+                # A checkpoint went missing (or was never written): the round cannot be rebuilt here.
+                raise EnclaveError(
+                    f"round {round_id} restored with {count} of {len(state.counted)} updates",
+                    reason="restore_incomplete",
+                )
 
     # -- the rest of the enclave's services, for the server's routes ----------------------------
 

@@ -23,7 +23,8 @@ from qflare.enclave.channel import ChannelClosed, ChannelTimeout, read_frame, wr
 from qflare.enclave.launcher import Launcher, RunningEnclave
 from qflare.enclave.quote import EnclavePublicKeys
 from qflare.enclave.statements import RoundTask
-from qflare.errors import EnclaveError
+from qflare.enclave.stored import stored_envelope
+from qflare.errors import EnclaveError, QFlareError
 from qflare.fl.spec import ModelSpec
 
 __all__ = ["Enclave", "EnclaveIdentity", "FinalizedRound", "OpenedRequest", "RoundStatus", "UpdateReceipt"]
@@ -65,7 +66,7 @@ class OpenedRequest:
 
 @dataclass(frozen=True)
 class UpdateReceipt:
-    """An update the enclave validated: the handle, metadata and the sealed copy to store."""
+    """An update the enclave validated: the handle, metadata and the stored form (ciphertext) to persist."""
 
     update_id: str
     request_hash: bytes | None
@@ -73,7 +74,7 @@ class UpdateReceipt:
     train_loss: float | None
     sha256: str
     size_bytes: int
-    sealed: bytes
+    stored: bytes
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,15 @@ class Enclave:
             try:
                 for hook in self._restart_hooks:
                     hook()
+            except QFlareError as exc:
+                if self._running is not None:  # the process lives but its state is not what the host had
+                    self._fail(f"restore failed: {exc.reason}")
+                if isinstance(exc, EnclaveError) and exc.reason == "enclave_unavailable":
+                    raise
+                raise EnclaveError(
+                    f"the restarted enclave could not restore its rounds ({exc.reason}): {exc.message}",
+                    reason="enclave_restore_failed",
+                ) from exc
             finally:
                 self._restoring = False
         self._started_once = True
@@ -371,6 +381,13 @@ class Enclave:
                 round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret
             ),
         )
+        sealed = self._output(running, result.sealed)
+        if result.stored_form == "envelope":
+            stored = b"".join(stored_envelope(sealed, data))
+        elif result.stored_form == "sealed":
+            stored = sealed
+        else:
+            raise EnclaveError(f"unknown stored form {result.stored_form[:32]!r}", reason="enclave_protocol_error")
         return UpdateReceipt(
             update_id=result.update_id,
             request_hash=result.request_hash,
@@ -378,7 +395,7 @@ class Enclave:
             train_loss=result.train_loss,
             sha256=result.sha256,
             size_bytes=result.size_bytes,
-            sealed=self._output(running, result.sealed),
+            stored=stored,
         )
 
     def accumulate(self, round_id: int, update_id: str) -> ec.AccumulatedResult:

@@ -66,13 +66,13 @@ class EnclaveConfig:
     isv_svn: int = 1
     debug: bool = False
     max_update_norm: float | None = None
-    checkpoint_every: int = 8
+    checkpoint_every: int = 16
     max_payload_bytes: int = 64 * 1024 * 1024
     max_request_payload_bytes: int = 64 * 1024
     max_pending_updates: int = 16
     max_open_requests: int = 1024
     update_path_regex: str = DEFAULT_UPDATE_PATH_REGEX
-    allowed_key_sources: tuple[str, ...] = ("mlkem", "hybrid")
+    allowed_key_sources: tuple[str, ...] = ("hybrid", "mlkem")
 
     def __post_init__(self) -> None:
         for name in ("isv_prod_id", "isv_svn"):
@@ -112,11 +112,12 @@ class EnclaveConfig:
                 f"enclave config allowed_key_sources must be a non-empty subset of {sorted(_KEY_SOURCES)}",
                 reason="invalid_config",
             )
+        object.__setattr__(self, "allowed_key_sources", tuple(sorted(set(sources))))  # one canonical form
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``format``, JSON-ready."""
         doc: dict[str, Any] = {"format": CONFIG_FORMAT, **asdict(self)}
-        doc["allowed_key_sources"] = sorted(self.allowed_key_sources)
+        doc["allowed_key_sources"] = list(self.allowed_key_sources)
         return doc
 
     def canonical_json(self) -> bytes:
@@ -146,7 +147,7 @@ class EnclaveConfig:
                 raise ConfigError(
                     "enclave config allowed_key_sources must be a list of strings", reason="invalid_config"
                 )
-            values["allowed_key_sources"] = tuple(sorted(set(raw)))
+            values["allowed_key_sources"] = tuple(raw)
         return cls(**values)
 
     @classmethod

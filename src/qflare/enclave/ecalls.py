@@ -144,8 +144,14 @@ class RoundStatusResult:
 
 @dataclass(frozen=True)
 class UpdateReceiptResult:
-    """A validated update: its id (the handle), metadata, and the sealed copy in the region."""
+    """A validated update: its id (the handle), metadata, and what the host must store.
 
+    ``stored_form`` ``"sealed"``: ``sealed`` is the whole stored update. ``"envelope"``: ``sealed`` is
+    the sealed key blob, and the host stores it wrapped with the envelope it sent
+    (:func:`qflare.enclave.stored.stored_envelope`), so the envelope does not cross back.
+    """
+
+    stored_form: str
     update_id: str
     request_hash: bytes | None
     num_examples: int
@@ -157,12 +163,16 @@ class UpdateReceiptResult:
 
 @dataclass(frozen=True)
 class AccumulatedResult:
-    """The round after an update was counted (``skipped``: it already was)."""
+    """The round after an update was counted (``skipped``: it already was).
+
+    ``covered``: update ids a sealed checkpoint now holds (finished since the previous answer); the
+    host no longer needs their stored copies to restore the round after an enclave restart.
+    """
 
     count: int
     total_examples: int
-    checkpointed: bool
     skipped: bool
+    covered: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -422,11 +432,23 @@ def _encode_fields(obj: Any) -> dict[str, Any]:
     return {f.name: _encode_value(getattr(obj, f.name)) for f in fields(obj)}
 
 
+_SCHEMAS: dict[type[Any], tuple[tuple[str, ...], dict[str, Any]]] = {}
+
+
+def _schema(cls: type[Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Field names and types of a call or result class (``get_type_hints`` is slow: cached)."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        names = tuple(f.name for f in fields(cls))
+        schema = _SCHEMAS[cls] = (names, {n: hints[n] for n in names})
+    return schema
+
+
 def _decode_fields(cls: type[T], args: Any, where: str) -> T:
     if not isinstance(args, dict):
         raise _refused(f"{where}: arguments must be an object")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    names, hints = _schema(cls)
     if set(args) != set(names):
         raise _refused(f"{where}: expected fields {sorted(names)}, got {sorted(args)}")
     return cls(**{n: _decode_value(hints[n], args[n], f"{where}.{n}") for n in names})

@@ -200,10 +200,11 @@ class SimulatedLauncher:
             "--sigstruct", str(self.sigstruct_path),
             "--region-fd", str(fd),
         ]  # fmt: skip
-        env = dict(os.environ)
+        # A clean environment: nothing of the host's (tokens, PYTHON* settings) leaks in or steers imports.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONNOUSERSITE": "1"}  # fmt: skip
         if self.source_root is not None:
             env["PYTHONPATH"] = str(self.source_root)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
         try:
             with _open_log(self.log_path) as log:
                 process = subprocess.Popen(

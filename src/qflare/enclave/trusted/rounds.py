@@ -10,7 +10,6 @@ and the ids counted so far.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections import OrderedDict
@@ -75,11 +74,16 @@ class RoundState:
     acc: FedAvgAccumulator = field(init=False)
     included: list[str] = field(default_factory=list)
     pending: OrderedDict[str, ParsedUpdate] = field(default_factory=OrderedDict)
-    since_checkpoint: int = 0
+    checkpointed_count: int = 0
 
     def __post_init__(self) -> None:
         self.acc = FedAvgAccumulator(self.spec)
         self._included_set: set[str] = set(self.included)
+
+    @property
+    def since_checkpoint(self) -> int:
+        """Updates counted since the last checkpoint was taken."""
+        return len(self.included) - self.checkpointed_count
 
     def counted(self, update_id: str) -> bool:
         """Whether ``update_id`` is already in the aggregate."""
@@ -97,7 +101,6 @@ class RoundState:
         self.included.append(update_id)
         self._included_set.add(update_id)
         self.pending.pop(update_id, None)
-        self.since_checkpoint += 1
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -111,7 +114,7 @@ class RoundState:
         meta = json.dumps(
             {"count": count, "total_examples": total, "included": self.included}, separators=(",", ":")
         ).encode("ascii")
-        parts = [struct.pack(">I", len(meta)), meta]
+        parts: list[bytes | memoryview] = [struct.pack(">I", len(meta)), meta]
         parts += [np.ascontiguousarray(sums[name], dtype="<f8").data for name in self.spec]
         return checkpoint_header(self.round_id, self.base_sha256, self.spec), b"".join(parts)
 
@@ -140,9 +143,4 @@ class RoundState:
         self.acc = _import_accumulator(self.spec, sums, count, total)
         self.included = [str(i) for i in included]
         self._included_set = set(self.included)
-        self.since_checkpoint = 0
-
-
-def model_sha256(blob: bytes) -> str:
-    """Hex SHA-256 of a model blob."""
-    return hashlib.sha256(blob).hexdigest()
+        self.checkpointed_count = len(self.included)

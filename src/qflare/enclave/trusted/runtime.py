@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -35,7 +36,6 @@ from qflare.enclave.stored import (
     UPDATE_PURPOSE,
     parse_stored,
     parse_update_header,
-    stored_envelope,
     stored_plaintext,
     update_header,
 )
@@ -115,6 +115,11 @@ class EnclaveRuntime:
         self._rounds: dict[int, RoundState] = {}
         self._sealers: OrderedDict[bytes, ResponseSealer] = OrderedDict()
         self.stopping = False
+        # hashlib and AES-GCM drop the GIL on large inputs: hash (and seal) an update while parsing it,
+        # and seal and write checkpoints while the next update is handled.
+        self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qflare-enclave-hash")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qflare-enclave-checkpoint")
+        self._checkpoint_job: tuple[Future[None], tuple[str, ...]] | None = None
         self._handlers: dict[type[ec.Ecall], Callable[[Any], Any]] = {
             ec.GetIdentity: self.get_identity,
             ec.GetQuote: self.get_quote,
@@ -153,6 +158,7 @@ class EnclaveRuntime:
 
     def shutdown(self, _: ec.Shutdown) -> ec.Empty:
         """Stop after answering (the process exits; sealed state stays on disk)."""
+        self._collect_checkpoint(wait=True)
         self.stopping = True
         return ec.Empty()
 
@@ -282,12 +288,14 @@ class EnclaveRuntime:
         )
 
     def begin_round(self, call: ec.BeginRound) -> ec.RoundStatusResult:
+        self._collect_checkpoint(wait=True)
         state = self._new_round(call)
         remove_file(self._checkpoint_path(call.round_id))
         self._rounds[call.round_id] = state
         return self._status(state, restored=False)
 
     def restore_round(self, call: ec.RestoreRound) -> ec.RoundStatusResult:
+        self._collect_checkpoint(wait=True)
         state = self._new_round(call)
         blob = read_file(self._checkpoint_path(call.round_id), max_size=_MAX_STATE_FILE)
         if blob is not None:
@@ -322,23 +330,28 @@ class EnclaveRuntime:
             env = self._update_envelope(data, call.round_id)
             payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
             request_hash: bytes | None = env.header_hash
+            digest = self._hasher.submit(sha256_hex, payload)
             update = self._parse(state, payload)
             secret = b"" if call.extra_secret is None else b"\x01" + call.extra_secret
-            key_blob = self._sealing.seal(env.header_hash + secret, purpose=ENVELOPE_PURPOSE, header=header)
-            stored = stored_envelope(key_blob, data)
+            stored: tuple[bytes, ...] = (
+                self._sealing.seal(env.header_hash + secret, purpose=ENVELOPE_PURPOSE, header=header),
+            )
         elif call.kind == "plaintext":
             payload, request_hash = data, None
+            digest = self._hasher.submit(sha256_hex, payload)
+            sealing = self._hasher.submit(self._sealing.seal_parts, payload, purpose=UPDATE_PURPOSE, header=header)
             update = self._parse(state, payload)
-            stored = stored_plaintext(*self._sealing.seal_parts(payload, purpose=UPDATE_PURPOSE, header=header))
+            stored = stored_plaintext(*sealing.result())
         else:
             raise EnclaveError(f"unknown update kind {call.kind[:32]!r}", reason="ecall_refused")
         state.hold(update_id, update, limit=self._config.max_pending_updates)
         return ec.UpdateReceiptResult(
+            stored_form="envelope" if request_hash is not None else "sealed",
             update_id=update_id,
             request_hash=request_hash,
             num_examples=update.num_examples,
             train_loss=update.train_loss,
-            sha256=sha256_hex(payload),
+            sha256=digest.result(),
             size_bytes=len(payload),
             sealed=self._region.put(*stored, side="output"),
         )
@@ -360,16 +373,36 @@ class EnclaveRuntime:
         payload, _ = decrypt_envelope(env, self._kem, allowed_key_sources=permitted, extra_secret=secret)
         return update_id, payload
 
+    def _write_checkpoint(self, path: Path, header: bytes, plaintext: bytes) -> None:
+        write_atomic(path, *self._sealing.seal_parts(plaintext, purpose=CHECKPOINT_PURPOSE, header=header))
+
+    def _collect_checkpoint(self, *, wait: bool) -> tuple[str, ...]:
+        """Ids covered by a background checkpoint that has finished (waiting for it when ``wait``)."""
+        job = self._checkpoint_job
+        if job is None or (not wait and not job[0].done()):
+            return ()
+        self._checkpoint_job = None
+        future, ids = job
+        try:
+            future.result()
+        except OSError as exc:  # the host's disk: the ids simply stay uncovered
+            print(f"qflare enclave: checkpoint not written: {exc.strerror}", file=sys.stderr)
+            return ()
+        return ids
+
     def _counted(self, state: RoundState, *, skipped: bool) -> ec.AccumulatedResult:
-        checkpointed = False
-        if state.since_checkpoint >= self._config.checkpoint_every:
+        covered = self._collect_checkpoint(wait=False)
+        if state.since_checkpoint >= self._config.checkpoint_every and self._checkpoint_job is None:
+            # Snapshot here (one copy of the sums); seal and write on the worker thread.
             header, plaintext = state.checkpoint()
-            parts = self._sealing.seal_parts(plaintext, purpose=CHECKPOINT_PURPOSE, header=header)
-            write_atomic(self._checkpoint_path(state.round_id), *parts)
-            state.since_checkpoint = 0
-            checkpointed = True
+            ids = tuple(state.included[state.checkpointed_count :])
+            state.checkpointed_count = len(state.included)
+            future = self._writer.submit(
+                self._write_checkpoint, self._checkpoint_path(state.round_id), header, plaintext
+            )
+            self._checkpoint_job = (future, ids)
         return ec.AccumulatedResult(
-            count=state.acc.count, total_examples=state.acc.total_examples, checkpointed=checkpointed, skipped=skipped
+            count=state.acc.count, total_examples=state.acc.total_examples, skipped=skipped, covered=covered
         )
 
     def accumulate(self, call: ec.Accumulate) -> ec.AccumulatedResult:
@@ -406,6 +439,7 @@ class EnclaveRuntime:
         )
 
     def abort_round(self, call: ec.AbortRound) -> ec.Empty:
+        self._collect_checkpoint(wait=True)
         self._rounds.pop(call.round_id, None)
         remove_file(self._checkpoint_path(call.round_id))
         return ec.Empty()
