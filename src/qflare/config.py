@@ -18,8 +18,10 @@ from qflare.errors import ConfigError
 
 __all__ = [
     "AggregationConfig",
+    "AttestationConfig",
     "DataConfig",
     "DeviceConfig",
+    "EnclaveSettings",
     "EvaluationConfig",
     "GlobalConfig",
     "RetryConfig",
@@ -115,6 +117,26 @@ class QKDConfig(_Strict):
     timeout_seconds: float = Field(5.0, gt=0)
 
 
+class EnclaveSettings(_Strict):
+    """Where sensitive work runs: decryption of updates, aggregation, signing of tasks and models."""
+
+    backend: Literal["none", "simulated", "gramine"] = Field(
+        "simulated", description="none: in the server process (no isolation); gramine: real SGX"
+    )
+    work_dir: str = Field(".qflare/enclave", description="sealed state, platform (simulated), SIGSTRUCT, logs")
+    call_timeout_seconds: float = Field(300.0, gt=0)
+
+
+class AttestationConfig(_Strict):
+    """What an edge node requires of the server's enclave before it sends anything."""
+
+    expected_measurement: str = Field(pattern=r"^[0-9a-f]{64}$", description="qflare enclave measure")
+    expected_signer: str = Field(pattern=r"^[0-9a-f]{64}$", description="the enclave signer (MRSIGNER)")
+    trust_root_file: str | None = Field(None, description="simulated platform's attestation public key")
+    allow_simulated: bool = Field(False, description="accept a simulated enclave (demos only)")
+    min_svn: int = Field(1, ge=0)
+
+
 class GlobalConfig(_Strict):
     """The server's ``global_config.yaml``."""
 
@@ -126,6 +148,7 @@ class GlobalConfig(_Strict):
     aggregation: AggregationConfig = AggregationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
+    enclave: EnclaveSettings = EnclaveSettings()
 
 
 class DataConfig(_Strict):
@@ -170,6 +193,9 @@ class DeviceConfig(_Strict):
     key_source: Literal["mlkem", "qkd", "hybrid"] = "mlkem"
     qkd: QKDConfig | None = Field(None, description="this device's KME (master SAE), for key_source qkd/hybrid")
     ca_file: str | None = Field(None, description="pinned CA for HTTPS (qflare init)")
+    attestation: AttestationConfig | None = Field(
+        None, description="verify the server's enclave quote and take its keys from it"
+    )
     data: DataConfig = DataConfig()
     poll_interval_seconds: float = Field(1.0, gt=0)
     request_timeout_seconds: float = Field(60.0, gt=0)
@@ -179,8 +205,8 @@ class DeviceConfig(_Strict):
 
     @model_validator(mode="after")
     def _server_key_pinned(self) -> DeviceConfig:
-        if self.server_public_key_file is None and self.server_key_fingerprint is None:
-            raise ValueError("pin the server key: set server_public_key_file or server_key_fingerprint")
+        if self.server_public_key_file is None and self.server_key_fingerprint is None and self.attestation is None:
+            raise ValueError("pin the server key: set attestation, server_public_key_file or server_key_fingerprint")
         if self.key_source != "mlkem" and (self.qkd is None or not self.qkd.peer_sae_id):
             raise ValueError(f"key_source {self.key_source} needs a qkd section with peer_sae_id")
         return self

@@ -59,7 +59,7 @@ def buffers_reachable(roots: Iterable[object], ignore: set[int]) -> Iterator[byt
         elif isinstance(obj, memoryview):
             yield obj.tobytes() if obj.c_contiguous else bytes(obj.tolist())
         elif isinstance(obj, np.ndarray):
-            yield obj.tobytes()
+            yield np.ndarray.tobytes(obj)  # the base method: subclasses (numpy.ma.masked) may refuse theirs
         stack.extend(gc.get_referents(obj))
 
 

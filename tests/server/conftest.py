@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from qflare.config import GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
+from qflare.config import EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import serialize_public_key
@@ -33,10 +33,11 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(db_url: str, key_dir: str, **rounds: object) -> GlobalConfig:
+def make_config(db_url: str, key_dir: str, enclave: EnclaveSettings | None = None, **rounds: object) -> GlobalConfig:
     r = {"total": 2, "min_devices": 3, "min_quorum": 2, "deadline_seconds": 60.0, **rounds}
     return GlobalConfig(
         task="digits",
+        enclave=enclave or EnclaveSettings(backend="none"),
         server=ServerConfig(db_url=db_url, key_dir=key_dir, max_update_bytes=256 * 1024, max_request_bytes=16384),
         rounds=RoundsConfig.model_validate(r),
         training=TrainConfig(epochs=1, batch_size=32, lr=0.05),
@@ -116,8 +117,9 @@ class Harness:
         return rounds, devices, repo.count_updates(), len(repo.list_models()), tuple(sorted(counts.items()))
 
 
-def config_for(tmp_path: Path, **rounds: object) -> GlobalConfig:
-    return make_config(f"sqlite:///{tmp_path / 'qflare.db'}", str(tmp_path / "server-keys"), **rounds)
+def config_for(tmp_path: Path, *, enclave: bool = False, **rounds: object) -> GlobalConfig:
+    settings = EnclaveSettings(backend="simulated", work_dir=str(tmp_path / "enclave")) if enclave else None
+    return make_config(f"sqlite:///{tmp_path / 'qflare.db'}", str(tmp_path / "server-keys"), settings, **rounds)
 
 
 def enroll(client: TestClient, device_id: str, key: SigningKey, key_source: str = "mlkem") -> None:
@@ -128,9 +130,9 @@ def enroll(client: TestClient, device_id: str, key: SigningKey, key_source: str 
 
 
 def make_harness(tmp_path: Path, keys: dict[str, SigningKey] | None = None, *, enroll_devices: bool = True,
-                 **rounds: object) -> Iterator[Harness]:
+                 enclave: bool = False, **rounds: object) -> Iterator[Harness]:
     clock = FakeClock()
-    state = build_state(config_for(tmp_path, **rounds), admin_token=ADMIN, clock=clock)
+    state = build_state(config_for(tmp_path, enclave=enclave, **rounds), admin_token=ADMIN, clock=clock)
     app = create_app(state, run_ticker=False)
     keys = keys if keys is not None else {f"edge_{i}": _KEYS[i] for i in range(3)}
     with TestClient(app) as client:
@@ -138,7 +140,7 @@ def make_harness(tmp_path: Path, keys: dict[str, SigningKey] | None = None, *, e
             for device_id, key in keys.items():
                 enroll(client, device_id, key)
         yield Harness(client=client, state=state, clock=clock, keys=keys)
-    state.repo.close()
+    state.close()
 
 
 # Key generation costs a few ms; the same identities serve every test (each test has its own server).

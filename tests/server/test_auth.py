@@ -244,7 +244,7 @@ def test_qkd_key_from_the_kme_must_match_the_devices(tmp_path: Path) -> None:
         enroll(h.client, "qkd_dev", key, key_source="hybrid")
         asked: list[tuple[str, tuple[str, ...]]] = []
 
-        def lookup(device_id: str, key_ids: tuple[str, ...]) -> bytes:
+        def lookup(device_id: str, key_ids: tuple[str, ...], asked: list[tuple[str, tuple[str, ...]]] = asked) -> bytes:
             asked.append((device_id, key_ids))
             return b"k" * 32
 

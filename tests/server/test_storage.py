@@ -77,7 +77,7 @@ def test_closing_a_round_stores_the_model_atomically_and_drops_blobs(repo: Repos
     repo.open_round(1, base_version=0, selected=["edge_01"], now=1.0, deadline_at=9.0)
     repo.add_update(1, "edge_01", num_examples=3, train_loss=None, sha256="a" * 64, blob=b"xyz", now=2.0)
     rnd = repo.close_round(1, status="aggregated", reason="all_reported", now=3.0,
-                           new_model=(1, b"m1", "1" * 64, "f"), metrics={"accuracy": 0.5})
+                           new_model=(1, b"m1", "1" * 64, "f", b"sig"), metrics={"accuracy": 0.5})
     assert rnd.new_version == 1 and rnd.metrics == {"accuracy": 0.5}
     assert repo.model_blob(1) == b"m1" and repo.latest_model().version == 1  # type: ignore[union-attr]
     assert list(repo.iter_update_blobs(1)) == []

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from qflare.config import GlobalConfig, RoundsConfig, ServerConfig
+from qflare.config import EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.bench import run_benchmark
 from qflare.crypto.envelope import seal_request
@@ -79,7 +79,9 @@ def _phase(name: str, pid: int, url: str, path: str, bodies: list[list[bytes]], 
     return Phase(name, sum(len(b) for b in bodies), seconds, process_cpu_seconds(pid) - cpu0, errors)
 
 
-def run(*, requests: int = 3200, clients: int = 16, payload_size: int = 4096, workdir: Path | None = None) -> dict[str, Any]:
+def run(
+    *, requests: int = 3200, clients: int = 16, payload_size: int = 4096, workdir: Path | None = None
+) -> dict[str, Any]:
     """Measure; returns the figures (see the module docstring)."""
     per_client = max(1, requests // clients)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +89,7 @@ def run(*, requests: int = 3200, clients: int = 16, payload_size: int = 4096, wo
         (d / "logs").mkdir(parents=True, exist_ok=True)
         port = free_port()
         cfg = GlobalConfig(
+            enclave=EnclaveSettings(backend="none"),  # the web tier's cost; `qflare bench enclave` measures that
             server=ServerConfig(port=port, db_url=f"sqlite:///{d / 'bench.db'}", key_dir=str(d / "keys"),
                                 max_request_bytes=payload_size + 16384),
             rounds=RoundsConfig(min_devices=clients + 1, min_quorum=1),  # no round opens: heartbeats only

@@ -1,6 +1,7 @@
 """QKD benchmark: simulated pulses/s (quantum part and whole BB84 pipeline) and ETSI 014 requests/s.
 
-``run(pulses, seconds)`` returns the figures as a dict; ``qflare bench qkd`` (or ``python benchmarks/bench_qkd.py``) prints them.
+``run(pulses, seconds)`` returns the figures as a dict; ``qflare bench qkd`` (or
+``python benchmarks/bench_qkd.py``) prints them.
 
 - ``quantum``: :func:`qflare.qkd.channel.transmit` alone (pulse generation, loss, dark counts,
   detection) over 10 km of fibre, ``pulses`` per call, repeated for ``seconds``.

@@ -23,6 +23,7 @@ def edge(
     from qflare.edge.setup import build_client
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
     cfg = load_device_config(config)
     updates = {k: v for k, v in {"device_id": device_id, "server_url": server_url}.items() if v is not None}
     if updates:

@@ -62,6 +62,7 @@ def server(
         merged = {**cfg.server.model_dump(), **overrides}
         cfg = cfg.model_copy(update={"server": parse_config(ServerConfig, merged, source="server options")})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
     token = resolve_admin_token(cfg.server.admin_token, token_file)
     state = build_state(cfg, admin_token=token)
     app = create_app(state, bench_endpoint=bench_endpoint)

@@ -35,6 +35,9 @@ def simulate(
     key_source: Annotated[
         str, typer.Option(help="mlkem | qkd | hybrid: with qkd/hybrid a simulated KME pair (BB84) supplies keys")
     ] = "mlkem",
+    enclave: Annotated[
+        str, typer.Option(help="simulated: decryption, aggregation and signing in an attested enclave process; none")
+    ] = "simulated",
     attackers: Annotated[
         str | None, typer.Option(help="adversaries to add: comma list of impersonate,replay,tamper,revoked")
     ] = None,
@@ -54,11 +57,12 @@ def simulate(
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
         key_source=key_source,
+        enclave=enclave,
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
-        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source}"
+        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={enclave}"
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),

@@ -13,6 +13,7 @@ loop retries with backoff.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +21,16 @@ from typing import Any
 import httpx
 
 from qflare import errors as e
-from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.config import AttestationConfig
+from qflare.crypto import SigningKey, VerifyKey, XWingPublicKey
 from qflare.crypto.envelope import seal_request
+from qflare.edge.attestation import AttestedEnclave, attest
 from qflare.fl.serialize import sha256_hex
 
 __all__ = ["DeviceClient", "QKDKeyFetcher", "ServerUnavailable", "error_from_response"]
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.qflare.envelope"
+log = logging.getLogger("qflare.edge")
 
 # Returns (qkd key, key ids) for one request; raises QKDError when no key can be had.
 QKDKeyFetcher = Callable[[], tuple[bytes, tuple[str, ...]]]
@@ -49,6 +53,14 @@ _BY_STATUS: dict[int, type[e.QFlareError]] = {
 }
 
 
+# The most specific class for a reason code (e.g. ``decryption_failed`` -> DecryptionFailed).
+_BY_REASON: dict[str, type[e.QFlareError]] = {
+    cls.default_reason: cls
+    for cls in (e.DecryptionFailed, e.InvalidSignature, e.StaleRequest, e.UnknownDevice, e.ReplayDetected,
+                e.RoundClosed, e.DuplicateUpdate, e.NonFiniteValues)
+}
+
+
 def error_from_response(resp: httpx.Response) -> e.QFlareError:
     """Turn an error response into the matching typed exception, keeping the server's reason code."""
     reason, message = "http_error", resp.text[:500]
@@ -60,7 +72,7 @@ def error_from_response(resp: httpx.Response) -> e.QFlareError:
         pass
     if resp.status_code >= 500:
         return ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
-    cls = _BY_STATUS.get(resp.status_code, e.QFlareError)
+    cls = _BY_REASON.get(reason) or _BY_STATUS.get(resp.status_code, e.QFlareError)
     return cls(f"{resp.status_code} {reason}: {message}", reason=reason)
 
 
@@ -88,7 +100,7 @@ class DeviceClient:
         base_url: str,
         device_id: str,
         device_key: SigningKey,
-        server_kem_public: XWingPublicKey,
+        server_kem_public: XWingPublicKey | None,
         *,
         key_source: str = "mlkem",
         qkd_keys: QKDKeyFetcher | None = None,
@@ -102,6 +114,8 @@ class DeviceClient:
         self.device_id = device_id
         self._key = device_key
         self._server_pub = server_kem_public
+        self.enclave: AttestedEnclave | None = None
+        self._attestation: tuple[AttestationConfig, VerifyKey | None] | None = None
         self._key_source = key_source
         self._qkd_keys = qkd_keys
         self._clock = clock
@@ -109,6 +123,31 @@ class DeviceClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def require_attestation(self, policy: AttestationConfig, trust_root: VerifyKey | None) -> None:
+        """From now on, send nothing until the server's enclave quote verifies under ``policy``."""
+        self._attestation = (policy, trust_root)
+
+    @property
+    def attestation_required(self) -> bool:
+        return self._attestation is not None
+
+    def attest(self) -> AttestedEnclave:
+        """Verify a fresh quote of the server's enclave and use the keys it binds from now on.
+
+        Runs before the first request, and again when the enclave's key appears to have changed.
+        Raises :class:`AttestationError` (with the reason) if the quote does not verify.
+        """
+        if self._attestation is None:
+            raise e.ConfigError("no attestation policy configured", reason="no_attestation_policy")
+        enclave = attest(self._http, *self._attestation)
+        if self._server_pub is not None and self.enclave is None and self._server_pub != enclave.kem:
+            raise e.AttestationError("the attested enclave key differs from the pinned server key",
+                                     reason="key_mismatch")
+        self.enclave, self._server_pub = enclave, enclave.kem
+        log.info("%s: enclave attested: measurement %s signer %s%s", self.device_id, enclave.measurement[:16],
+                 enclave.signer[:16], " (simulated, allowed by policy)" if enclave.simulated else "")
+        return enclave
 
     def __enter__(self) -> DeviceClient:
         return self
@@ -118,6 +157,10 @@ class DeviceClient:
 
     def seal(self, path: str, payload: bytes, round_id: int | None = None) -> tuple[bytes, Any]:
         """Build the envelope for one request; returns (envelope bytes, response opener)."""
+        if self._attestation is not None and self.enclave is None:
+            self.attest()
+        if self._server_pub is None:
+            raise e.ConfigError("no server key: pin one or configure attestation", reason="no_server_key")
         qkd_key, key_ids = (None, ()) if self._qkd_keys is None else self._qkd_keys()
         return seal_request(
             self._key, self._server_pub, device_id=self.device_id, method="POST", path=path, round_id=round_id,

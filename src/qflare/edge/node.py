@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import time
@@ -10,8 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qflare.config import DeviceConfig, TrainConfig
+from qflare.edge.attestation import AttestedEnclave
 from qflare.edge.client import ServerUnavailable
-from qflare.errors import AuthenticationError, Conflict, PermissionDenied, QFlareError, QKDError
+from qflare.enclave.statements import RoundTask, verify_model_signature, verify_task_signature
+from qflare.errors import (
+    AttestationError,
+    AuthenticationError,
+    Conflict,
+    DecryptionFailed,
+    InvalidSignature,
+    PermissionDenied,
+    QFlareError,
+    QKDError,
+)
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays, set_arrays, train_local
@@ -20,6 +32,13 @@ log = logging.getLogger("qflare.edge")
 
 
 class Client(Protocol):
+    enclave: AttestedEnclave | None
+
+    @property
+    def attestation_required(self) -> bool: ...
+
+    def attest(self) -> AttestedEnclave: ...
+
     def task(self) -> dict[str, Any]: ...
 
     def download_model(self, version: int, expected_sha256: str) -> bytes: ...
@@ -79,10 +98,37 @@ class EdgeNode:
         self.spec = ModelSpec.from_model(self.model)
         self._rng = random.Random(config.device_id)
 
+    def verify_task(self, task: dict[str, Any]) -> None:
+        """With an attested enclave, the task must carry the enclave's signature over (round, model hash, deadline)."""
+        enclave = self.client.enclave
+        if enclave is None:
+            if self.client.attestation_required:
+                raise AttestationError("refusing to train: the server's enclave is not attested", reason="not_attested")
+            return
+        sig = task.get("task_signature")
+        if not sig:
+            raise AttestationError("refusing to train: the task is not signed by the enclave", reason="unsigned_task")
+        rt = RoundTask(round_id=int(task["round_id"]), model_sha256=str(task["model_sha256"]),
+                       deadline_at=float(task["deadline_at"]))
+        verify_task_signature(rt, base64.b64decode(sig), enclave_key=enclave.signing)
+
+    def verify_model(self, task: dict[str, Any], blob: bytes) -> None:
+        """A model produced by a round must carry the enclave's signature (version 0 is bound by the task)."""
+        enclave = self.client.enclave
+        if enclave is None or int(task["model_version"]) == 0:
+            return
+        sig, rid = task.get("model_signature"), task.get("model_round_id")
+        if not sig or rid is None:
+            raise AttestationError("refusing to load a global model without the enclave's signature",
+                                   reason="unsigned_model")
+        verify_model_signature(blob, base64.b64decode(sig), enclave_key=enclave.signing, round_id=int(rid))
+
     def train_round(self, task: dict[str, Any]) -> bytes:
-        """Load the announced global model, train locally, and return the update's bytes."""
+        """Load the announced global model (verified), train locally, and return the update's bytes."""
         round_id = int(task["round_id"])
+        self.verify_task(task)
         blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
+        self.verify_model(task, blob)
         arrays, _ = load_arrays(blob, self.spec)
         set_arrays(self.model, arrays)
         tc = TrainConfig.model_validate(task.get("train_config") or {})
@@ -125,10 +171,11 @@ class EdgeNode:
         rc = self.config.retry
         delay = rc.initial_seconds
         down_since: float | None = None
+        reattested = False
         while max_rounds is None or self.stats.rounds_trained < max_rounds:
             try:
                 status = self.step()
-                delay, down_since = rc.initial_seconds, None
+                delay, down_since, reattested = rc.initial_seconds, None, False
             except (ServerUnavailable, QKDError) as exc:
                 # QKD required but no key to be had: wait for the link, never fall back to ML-KEM alone.
                 now = self.clock()
@@ -141,6 +188,20 @@ class EdgeNode:
                 self.sleep(wait)
                 delay = min(delay * 2, rc.max_seconds)
                 continue
+            except (DecryptionFailed, InvalidSignature) as exc:
+                # The enclave may have been replaced: attest afresh once (the pinned policy still
+                # decides), then give up if it happens again.
+                if self.client.attestation_required and not reattested:
+                    log.warning("%s: %s; verifying a fresh enclave quote", self.config.device_id, exc.message)
+                    self.client.attest()
+                    reattested = True
+                    continue
+                log.error("%s: refused: %s", self.config.device_id, exc.message)
+                raise
+            except AttestationError as exc:
+                log.error("%s: refusing to send anything to this server: %s (%s)", self.config.device_id,
+                          exc.message, exc.reason)
+                raise
             except (AuthenticationError, PermissionDenied) as exc:
                 log.error("%s: refused by the server: %s", self.config.device_id, exc.message)
                 raise

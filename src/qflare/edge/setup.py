@@ -13,6 +13,7 @@ from qflare.config import DeviceConfig
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.keyfile import fingerprint, parse_public_key, read_private_key, read_public_key
 from qflare.crypto.secret_access import TOKEN
+from qflare.edge.attestation import load_trust_root
 from qflare.edge.client import DeviceClient, QKDKeyFetcher, ServerUnavailable
 from qflare.errors import ConfigError, QFlareError
 
@@ -80,15 +81,26 @@ def qkd_fetcher(cfg: DeviceConfig, base: Path) -> QKDKeyFetcher | None:
 
 
 def build_client(cfg: DeviceConfig, base: Path, *, qkd_keys: QKDKeyFetcher | None = None) -> DeviceClient:
+    """The device's client; with an attestation policy it attests the server's enclave before its first request."""
     verify = tls_verify(cfg, base)
     qkd_keys = qkd_keys or qkd_fetcher(cfg, base)
-    return DeviceClient(
+    pinned = (
+        load_server_key(cfg, base, verify)
+        if cfg.server_public_key_file is not None or cfg.server_key_fingerprint is not None
+        else None
+    )
+    client = DeviceClient(
         cfg.server_url,
         cfg.device_id,
         load_identity(cfg, base),
-        load_server_key(cfg, base, verify),
+        pinned,
         key_source=cfg.key_source,
         qkd_keys=qkd_keys,
         timeout=cfg.request_timeout_seconds,
         verify=verify,
     )
+    if cfg.attestation is not None:
+        a = cfg.attestation
+        root = load_trust_root(cfg.resolve(a.trust_root_file, base)) if a.trust_root_file else None
+        client.require_attestation(a, root)  # verified before the first request is sealed
+    return client

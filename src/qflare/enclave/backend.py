@@ -137,10 +137,19 @@ class EnclaveAggregator:
             raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
         return state
 
-    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
+    def validate(
+        self,
+        round_id: int,
+        blob: bytes,
+        *,
+        allowed_key_sources: Collection[str] | None = None,
+        extra_secret: bytes | None = None,
+    ) -> ValidatedUpdate:
         """Validate one update inside the enclave (an envelope, or a raw update with ``inputs="plaintext"``)."""
         if self.inputs == "envelope":
-            return self.validate_envelope(round_id, blob)
+            return self.validate_envelope(
+                round_id, blob, allowed_key_sources=allowed_key_sources, extra_secret=extra_secret
+            )
         with self._lock:
             self._host_round(round_id)
             receipt = self.enclave.validate_update(round_id, blob, kind="plaintext")
@@ -316,6 +325,10 @@ class EnclaveAggregator:
     def sign_task(self, task: RoundTask) -> bytes:
         """The enclave's signature over a round task for an open round."""
         return self.enclave.sign_task(task)
+
+    def sign_round_task(self, round_id: int, model_sha256: str, deadline_at: float) -> bytes:
+        """:meth:`sign_task` in the server's ``AggregationBackend`` shape."""
+        return self.sign_task(RoundTask(round_id=round_id, model_sha256=model_sha256, deadline_at=deadline_at))
 
     def close(self) -> None:
         """Stop the enclave process (sealed state stays on disk)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,8 +46,19 @@ class AggregationBackend(Protocol):
     def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
         """Start aggregating ``round_id`` on top of the global model ``base_model``."""
 
-    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
-        """Check one update (raise an ``InvalidInput`` error); does not yet count it."""
+    def validate(
+        self,
+        round_id: int,
+        blob: bytes,
+        *,
+        allowed_key_sources: Collection[str] | None = None,
+        extra_secret: bytes | None = None,
+    ) -> ValidatedUpdate:
+        """Check one update (raise an ``InvalidInput`` error); does not yet count it.
+
+        ``blob`` is the update itself, or for a backend that decrypts (the enclave) the request
+        envelope; the key-source policy and QKD key then go with it.
+        """
 
     def accumulate(self, update: ValidatedUpdate) -> None:
         """Add a validated update to the round's running aggregate."""
@@ -59,6 +71,12 @@ class AggregationBackend(Protocol):
 
     def abort_round(self, round_id: int) -> None:
         """Forget the round without aggregating."""
+
+    def model_signature(self, round_id: int) -> bytes | None:
+        """The backend's signature over the model ``finalize`` returned, or ``None`` if it does not sign."""
+
+    def sign_round_task(self, round_id: int, model_sha256: str, deadline_at: float) -> bytes | None:
+        """A signature binding round, base model and deadline, or ``None`` if the backend does not sign."""
 
 
 def parse_update_metadata(meta: dict[str, str]) -> tuple[int, float | None]:
@@ -115,7 +133,15 @@ class InProcessAggregator:
             raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
         return state
 
-    def validate(self, round_id: int, blob: bytes) -> ValidatedUpdate:
+    def validate(
+        self,
+        round_id: int,
+        blob: bytes,
+        *,
+        allowed_key_sources: Collection[str] | None = None,
+        extra_secret: bytes | None = None,
+    ) -> ValidatedUpdate:
+        # In process the gateway has already decrypted the request: blob is the plaintext update.
         state = self._state(round_id)
         arrays, meta = load_arrays(blob, state.spec)
         num, loss = parse_update_metadata(meta)
@@ -151,3 +177,9 @@ class InProcessAggregator:
     def abort_round(self, round_id: int) -> None:
         with self._lock:
             self._rounds.pop(round_id, None)
+
+    def model_signature(self, round_id: int) -> bytes | None:
+        return None  # nothing to attest in process: the server itself is the trust anchor
+
+    def sign_round_task(self, round_id: int, model_sha256: str, deadline_at: float) -> bytes | None:
+        return None

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from qflare import __version__
 from qflare.config import GlobalConfig, QKDConfig
 from qflare.server.aggregation import AggregationBackend, InProcessAggregator
+from qflare.server.enclave_link import EnclaveOpener
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
@@ -23,6 +25,10 @@ from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
 from qflare.server.state import ServerState
 from qflare.server.storage import Repository
+
+if TYPE_CHECKING:
+    from qflare.enclave.backend import EnclaveAggregator
+    from qflare.enclave.config import EnclaveConfig
 
 log = logging.getLogger("qflare.server")
 
@@ -38,12 +44,16 @@ def build_state(
     clock: Clock = time.time,
     opener: RequestOpener | None = None,
 ) -> ServerState:
-    """Wire storage, keys, gateway, aggregation backend, evaluator and orchestrator together."""
+    """Wire storage, keys, enclave, gateway, aggregation backend, evaluator and orchestrator together."""
     repo = repo or Repository(config.server.db_url)
+    enclave = None
+    if backend is None and opener is None and config.enclave.backend != "none":
+        enclave = launch_enclave(config)
+        backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
+    backend = backend or InProcessAggregator(max_update_norm=config.aggregation.max_update_norm)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
-    backend = backend or InProcessAggregator(max_update_norm=config.aggregation.max_update_norm)
     evaluator = (
         Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
         if config.evaluation.enabled
@@ -51,7 +61,29 @@ def build_state(
     )
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
     return ServerState(
-        config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock
+        config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
+        enclave=enclave,
+    )
+
+
+def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
+    """The enclave's own (measured) configuration: the update norm bound and size limit go inside it,
+    so the host cannot lift them without changing the measurement devices pin."""
+    from qflare.enclave.config import EnclaveConfig
+
+    return EnclaveConfig(
+        max_update_norm=config.aggregation.max_update_norm,
+        max_payload_bytes=max(config.server.max_update_bytes, 1024),
+    )
+
+
+def launch_enclave(config: GlobalConfig) -> EnclaveAggregator:
+    """Start the enclave process (``config.enclave``); it generates or unseals its keys itself."""
+    from qflare.enclave.backend import EnclaveAggregator
+
+    return EnclaveAggregator.launch(
+        config.enclave.work_dir, backend=config.enclave.backend,  # type: ignore[arg-type]
+        config=enclave_config_for(config), call_timeout=config.enclave.call_timeout_seconds,
     )
 
 
@@ -102,6 +134,8 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if state.enclave is not None:
+                await run_in_threadpool(state.enclave.close)
 
     app = FastAPI(
         title="QFLARE",

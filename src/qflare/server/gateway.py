@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from qflare.crypto.envelope import Envelope, ResponseSealer, check_timestamp, parse_envelope, verify_envelope_signature
+from qflare.crypto.envelope import Envelope, check_timestamp, parse_envelope, verify_envelope_signature
 from qflare.crypto.signing import VerifyKey
 from qflare.errors import MalformedPayload, PayloadTooLarge, PermissionDenied, QKDError, ReplayDetected, UnknownDevice
-from qflare.server.keys import RequestOpener
+from qflare.server.keys import RequestOpener, Sealer
 from qflare.server.storage import DeviceRecord, Repository
 
 RESPONSE_MEDIA_TYPE = "application/vnd.qflare.response"
@@ -50,12 +50,19 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class DeviceCall:
-    """An authenticated, decrypted device request and the sealer for its one response."""
+    """An authenticated device request and the sealer for its one response.
+
+    ``payload`` is the decrypted request, except for an update upload behind an enclave: then it is
+    the still-sealed envelope, for the aggregation backend to open (with ``key_sources`` and
+    ``extra_secret``).
+    """
 
     device_id: str
     payload: bytes
     envelope: Envelope
-    sealer: ResponseSealer
+    sealer: Sealer
+    key_sources: tuple[str, ...]
+    extra_secret: bytes | None = field(default=None, repr=False)
 
     def seal(self, response: bytes) -> bytes:
         return self.sealer.seal(response)
@@ -111,8 +118,17 @@ class DeviceGateway:
         self._touched: dict[str, float] = {}
 
     def authenticate(
-        self, envelope_bytes: bytes, *, method: str, path: str, round_id: int | None, now: float, max_size: int
+        self,
+        envelope_bytes: bytes,
+        *,
+        method: str,
+        path: str,
+        round_id: int | None,
+        now: float,
+        max_size: int,
+        update: bool = False,
     ) -> DeviceCall:
+        """Run every check; ``update`` marks an upload, which an enclave opener leaves sealed."""
         env = parse_envelope(envelope_bytes, max_size=max_size)
         if env.method != method or env.path != path:
             raise PermissionDenied(
@@ -140,9 +156,15 @@ class DeviceGateway:
         # The insert is the atomic step: of two concurrent copies of one request, exactly one passes.
         self.repo.record_nonce(device.device_id, nonce, expires_at=env.timestamp_ms / 1000 + self.window + 1)
         extra = self._qkd_key(env)
-        payload, sealer = self.opener.open(env, allowed_key_sources=(device.key_source,), extra_secret=extra)
+        sources = (device.key_source,)
+        sealer: Sealer
+        if update and not self.opener.opens_updates:
+            payload, sealer = env.raw, self.opener.update_sealer(env)
+        else:
+            payload, sealer = self.opener.open(env, allowed_key_sources=sources, extra_secret=extra)
         self._touch(device.device_id, now)
-        return DeviceCall(device_id=device.device_id, payload=payload, envelope=env, sealer=sealer)
+        return DeviceCall(device_id=device.device_id, payload=payload, envelope=env, sealer=sealer,
+                          key_sources=sources, extra_secret=extra)
 
     def _touch(self, device_id: str, now: float) -> None:
         # last_seen is a liveness hint: skip the write when this process wrote it moments ago.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qflare.crypto import KeySource, SigningKey, XWingPrivateKey, XWingPublicKey
-from qflare.crypto.envelope import Envelope, ResponseSealer, decrypt_envelope
+from qflare.crypto.envelope import Envelope, decrypt_envelope
 from qflare.crypto.keyfile import fingerprint, read_private_key, write_private_key, write_public_key
 from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import VerifyKey
@@ -27,14 +27,29 @@ SIGN_PUB_FILE = "server-sign.pub"
 PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
 
 
+class Sealer(Protocol):
+    """Seals the one response to one request."""
+
+    def seal(self, payload: bytes) -> bytes: ...
+
+
 class RequestOpener(Protocol):
-    """Holds the server KEM private key; decapsulates and decrypts request envelopes."""
+    """Holds the server KEM private key; decapsulates and decrypts request envelopes.
+
+    ``opens_updates`` says whether update uploads are decrypted here too. An enclave opener says no:
+    the update envelope goes to the aggregation backend still sealed, and :meth:`update_sealer`
+    answers it.
+    """
+
+    opens_updates: bool
 
     def kem_public_key(self) -> XWingPublicKey: ...
 
     def open(
         self, envelope: Envelope, *, allowed_key_sources: Collection[KeySource | str], extra_secret: bytes | None
-    ) -> tuple[bytes, ResponseSealer]: ...
+    ) -> tuple[bytes, Sealer]: ...
+
+    def update_sealer(self, envelope: Envelope) -> Sealer: ...
 
 
 @dataclass(frozen=True)
@@ -79,17 +94,22 @@ class ServerKeys:
 
 
 class LocalOpener:
-    """Opens envelopes in this process (the default without an enclave)."""
+    """Opens envelopes in this process (``enclave.backend: none``)."""
+
+    opens_updates = True
 
     def __init__(self, keys: ServerKeys) -> None:
         self._keys = keys
+
+    def update_sealer(self, envelope: Envelope) -> Sealer:
+        raise TypeError("LocalOpener decrypts updates itself: use open()")
 
     def kem_public_key(self) -> XWingPublicKey:
         return self._keys.kem_public
 
     def open(
         self, envelope: Envelope, *, allowed_key_sources: Collection[KeySource | str], extra_secret: bytes | None
-    ) -> tuple[bytes, ResponseSealer]:
+    ) -> tuple[bytes, Sealer]:
         return decrypt_envelope(
             envelope, self._keys.kem, allowed_key_sources=allowed_key_sources, extra_secret=extra_secret
         )

@@ -6,6 +6,7 @@ aggregate) is rebuilt from stored updates on start-up, so a restart mid-round lo
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qflare.config import GlobalConfig
-from qflare.errors import AggregationError, DuplicateUpdate, NotFound, PermissionDenied, RoundClosed
+from qflare.errors import AggregationError, DuplicateUpdate, EnclaveError, NotFound, PermissionDenied, RoundClosed
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
@@ -39,6 +40,9 @@ class Task:
     model_sha256: str | None = None
     deadline_at: float | None = None
     train_config: dict[str, Any] | None = None
+    task_signature: str | None = None  # base64, by the enclave: binds round, model hash and deadline
+    model_signature: str | None = None  # base64, by the enclave, over the base model (versions >= 1)
+    model_round_id: int | None = None  # the round that produced the base model (what its signature names)
 
 
 def initial_model_blob(task_name: str, seed: int) -> bytes:
@@ -81,6 +85,7 @@ class Orchestrator:
         self.evaluator = evaluator
         self._lock = threading.RLock()
         self._counts: dict[int, int] = {}
+        self._task_signatures: dict[int, str | None] = {}
         task = get_task(config.task)
         self.metric: str = task.metric
         self.spec: ModelSpec = ModelSpec.from_model(task.build_model())
@@ -139,10 +144,29 @@ class Orchestrator:
             model_sha256=model.sha256,
             deadline_at=rnd.deadline_at,
             train_config=self.config.training.model_dump(),
+            task_signature=self._task_signature(rnd, model.sha256),
+            model_signature=base64.b64encode(model.signature).decode() if model.signature else None,
+            model_round_id=model.round_id,
         )
 
+    def _task_signature(self, rnd: RoundRecord, model_sha256: str) -> str | None:
+        # One signature per round serves every device: the task is the same for all of them.
+        if rnd.round_id not in self._task_signatures:
+            sig = self.backend.sign_round_task(rnd.round_id, model_sha256, rnd.deadline_at)
+            self._task_signatures[rnd.round_id] = base64.b64encode(sig).decode() if sig else None
+        return self._task_signatures[rnd.round_id]
+
     # -- updates ---------------------------------------------------------------------------------
-    def submit_update(self, device_id: str, round_id: int, blob: bytes, *, provenance: str = "") -> UpdateRecord:
+    def submit_update(
+        self,
+        device_id: str,
+        round_id: int,
+        blob: bytes,
+        *,
+        provenance: str = "",
+        allowed_key_sources: tuple[str, ...] | None = None,
+        extra_secret: bytes | None = None,
+    ) -> UpdateRecord:
         """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal."""
         rnd = self.repo.get_round(round_id)
         if rnd is None:
@@ -155,10 +179,11 @@ class Orchestrator:
             raise PermissionDenied(f"device {device_id!r} is not selected for round {round_id}", reason="not_selected")
         if self.repo.has_update(round_id, device_id):
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
-        validated = self.backend.validate(round_id, blob)
+        validated = self.backend.validate(
+            round_id, blob, allowed_key_sources=allowed_key_sources, extra_secret=extra_secret
+        )
         with self._lock:
             record = self._accept(device_id, validated, provenance)
-            self._counts[round_id] = self._counts.get(round_id, 0) + 1
             count = self._counts[round_id]
             rc = self.config.rounds
             if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
@@ -179,7 +204,16 @@ class Orchestrator:
             size_bytes=update.size_bytes,
             now=self.clock(),
         )
-        self.backend.accumulate(update)
+        # From here the update is durably accepted: count it even if the backend fails now, since a
+        # restarted backend replays it from storage.
+        self._counts[update.round_id] = self._counts.get(update.round_id, 0) + 1
+        try:
+            self.backend.accumulate(update)
+        except EnclaveError as exc:
+            if exc.reason != "enclave_unavailable":
+                raise
+            log.warning("enclave unavailable while counting an accepted update; retrying once (it restarts)")
+            self.backend.accumulate(update)
         self.repo.add_event("update_accepted", now=self.clock(), device_id=device_id, round_id=update.round_id,
                             detail=f"{update.sha256} {provenance}".strip())
         return record
@@ -228,6 +262,7 @@ class Orchestrator:
             self._fail(rnd, reason=exc.reason)
             return
         updates = self.repo.round_updates(rnd.round_id)
+        signature = self.backend.model_signature(rnd.round_id)
         metrics: dict[str, Any] = {
             "num_updates": len(updates),
             "num_selected": len(rnd.selected),
@@ -247,11 +282,12 @@ class Orchestrator:
             status="aggregated",
             reason=reason,
             now=self.clock(),
-            new_model=(version, blob, sha256_hex(blob), self.spec.fingerprint()),
+            new_model=(version, blob, sha256_hex(blob), self.spec.fingerprint(), signature),
             metrics=metrics,
             drop_update_blobs=not self.config.server.keep_update_blobs,
         )
         self._counts.pop(rnd.round_id, None)
+        self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
                             detail=f"version {version} ({reason}, {len(updates)} updates)")
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
@@ -262,6 +298,7 @@ class Orchestrator:
         self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
                               drop_update_blobs=True)
         self._counts.pop(rnd.round_id, None)
+        self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason)
         log.warning("round %d failed: %s", rnd.round_id, reason)
 

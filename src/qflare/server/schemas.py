@@ -73,6 +73,17 @@ class TaskResponse(_Out):
     model_sha256: str | None = None
     deadline_at: float | None = None
     train_config: dict[str, Any] | None = None
+    task_signature: str | None = Field(None, description="base64; the enclave's signature over the round task")
+    model_signature: str | None = Field(None, description="base64; the enclave's signature over the base model")
+    model_round_id: int | None = Field(None, description="the round that produced the base model")
+
+
+class AttestationPublic(_Out):
+    quote: str = Field(description="base64 quote over the served keys and the verifier's nonce")
+    public_keys: str = Field(description="base64 EnclavePublicKeys (X-Wing KEM key, signing key)")
+    measurement: str
+    signer: str
+    simulated: bool
 
 
 class UpdateAccepted(_Out):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qflare.config import GlobalConfig
 from qflare.server.gateway import DeviceGateway
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.storage import Repository
+
+if TYPE_CHECKING:
+    from qflare.enclave.backend import EnclaveAggregator
 
 
 @dataclass
@@ -19,3 +23,10 @@ class ServerState:
     gateway: DeviceGateway
     admin_token: str
     clock: Clock = time.time
+    enclave: EnclaveAggregator | None = None
+
+    def close(self) -> None:
+        """Release what the state holds: the enclave process and the database pool."""
+        if self.enclave is not None:
+            self.enclave.close()
+        self.repo.close()

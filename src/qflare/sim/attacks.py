@@ -84,7 +84,8 @@ class RecordingProxy:
             with self._lock:
                 self.captured.append((path, body))
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type",)}
-        resp = await self._client.request(request.method, path, content=body, headers=headers)
+        resp = await self._client.request(request.method, path, params=request.query_params, content=body,
+                                          headers=headers)
         return Response(resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
 
     def start(self) -> None:

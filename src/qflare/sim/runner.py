@@ -26,8 +26,10 @@ from typing import Any
 import httpx
 
 from qflare.config import (
+    AttestationConfig,
     DataConfig,
     DeviceConfig,
+    EnclaveSettings,
     GlobalConfig,
     QKDConfig,
     RoundsConfig,
@@ -69,6 +71,7 @@ class SimulationConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     attackers: tuple[str, ...] = ()
     key_source: str = "mlkem"
+    enclave: str = "simulated"  # none | simulated
 
 
 def new_run_dir(base: Path) -> Path:
@@ -128,6 +131,7 @@ class Federation:
     server: subprocess.Popen[bytes]
     env: dict[str, str]
     edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    attestation: AttestationConfig | None = None
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
@@ -169,7 +173,8 @@ class Federation:
     def device_config(self, device_id: str, data: DataConfig, **extra: Any) -> DeviceConfig:
         return DeviceConfig(
             device_id=device_id, server_url=self.url, identity_key_file=f"{device_id}.key",
-            server_public_key_file=self.server_key_file().name, data=data, poll_interval_seconds=0.5, **extra,
+            server_public_key_file=self.server_key_file().name, data=data, poll_interval_seconds=0.5,
+            attestation=self.attestation, **extra,
         )
 
     def start_edge(self, device: DeviceConfig) -> None:
@@ -203,9 +208,37 @@ def start_server(
     fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env)
     try:
         wait_healthy(url, proc)
+        if config.enclave.backend == "simulated":
+            fed.attestation = expected_enclave(config)
         yield fed
     finally:
         fed.stop()
+
+
+def prepare_enclave_signer(config: GlobalConfig) -> None:
+    """As the enclave's signing authority, create the key that signs its SIGSTRUCT (before launch)."""
+    from qflare.enclave.launcher import load_or_create_signing_key
+
+    Path(config.enclave.work_dir).mkdir(parents=True, exist_ok=True)
+    load_or_create_signing_key(Path(config.enclave.work_dir) / "signer-dev-key.json")
+
+
+def expected_enclave(config: GlobalConfig) -> AttestationConfig:
+    """What the devices pin, computed independently of the running server: the measurement of this
+    source tree with the enclave config the server derives, the signer's key, the platform's root."""
+    from qflare.enclave.launcher import load_or_create_signing_key
+    from qflare.enclave.measurement import measure, signer_id
+    from qflare.enclave.trusted.platform import TRUST_ROOT_FILE
+    from qflare.server.app import enclave_config_for
+
+    work = Path(config.enclave.work_dir)
+    signer = load_or_create_signing_key(work / "signer-dev-key.json").public_key().to_bytes()
+    return AttestationConfig(
+        expected_measurement=measure(enclave_config_for(config)).hex,
+        expected_signer=signer_id(signer).hex(),
+        trust_root_file=str((work / "platform" / TRUST_ROOT_FILE).resolve()),
+        allow_simulated=True,  # a simulation: the quote says so in a signed field
+    )
 
 
 def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> GlobalConfig:
@@ -224,6 +257,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             deadline_seconds=sim.deadline_seconds, seed=sim.seed,
         ),
         training=train,
+        enclave=EnclaveSettings(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
     )
 
 
@@ -281,6 +315,8 @@ def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = No
         sim = dataclasses.replace(sim, partition=get_task(sim.task).partitions[0])
     run_dir = new_run_dir(sim.runs_dir)
     config = build_global_config(sim, run_dir, free_port())
+    if config.enclave.backend != "none":
+        prepare_enclave_signer(config)
     device_ids = [f"edge_{i + 1:02d}" for i in range(sim.clients)]
     if sim.key_source == "mlkem":
         return _run(sim, run_dir, config, device_ids, None, on_progress, started)
@@ -351,6 +387,9 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
             on_progress(status)
         if status["finished"]:
             return status
+        failed = sorted(d for d, p in fed.edges.items() if p.poll() not in (None, 0))
+        if failed:
+            raise SimulationError(f"edge node(s) {', '.join(failed)} failed; see {fed.run_dir}/logs")
         if all(p.poll() is not None for p in fed.edges.values()):
             raise SimulationError(f"every edge node exited before the run finished; see {fed.run_dir}/logs")
         if time.monotonic() > deadline:
@@ -388,6 +427,7 @@ def _finish(
     if f"baseline_{metric}" in final:
         summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
     summary["key_source"] = sim.key_source
+    summary["enclave"] = sim.enclave
     if attacks is not None:
         summary["attacks"] = attacks
     write_summary(summary, run_dir / "summary.json")

@@ -45,8 +45,10 @@ async def _authenticate(
     try:
         body = await read_body_limited(request, limit)
         return await run_in_threadpool(
-            state.gateway.authenticate, body, method=request.method, path=request.url.path, round_id=round_id,
-            now=state.clock(), max_size=limit,
+            functools.partial(
+                state.gateway.authenticate, body, method=request.method, path=request.url.path, round_id=round_id,
+                now=state.clock(), max_size=limit, update=kind == "update_rejected",
+            )
         )
     except QFlareError as exc:
         device, how = _claimed(body, limit) if body else (None, "")
@@ -94,8 +96,11 @@ async def upload_update(round_id: int, request: Request, state: State) -> Respon
                                kind="update_rejected")
     try:
         rec = await run_in_threadpool(
-            functools.partial(state.orchestrator.submit_update, provenance=_provenance(call.envelope)),
-            call.device_id, round_id, call.payload,
+            functools.partial(
+                state.orchestrator.submit_update, call.device_id, round_id, call.payload,
+                provenance=_provenance(call.envelope), allowed_key_sources=call.key_sources,
+                extra_secret=call.extra_secret,
+            )
         )
     except QFlareError as exc:
         _record(state, "update_rejected", call.device_id, round_id, exc, request.url.path, _provenance(call.envelope))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+
+from fastapi import APIRouter, Query
 
 from qflare.crypto.keyfile import fingerprint, serialize_public_key
-from qflare.errors import QFlareError
+from qflare.errors import NotFound, QFlareError
 from qflare.server.deps import State
 from qflare.server.enrollment import enroll_with_token
-from qflare.server.schemas import DevicePublic, SelfEnroll, ServerKeysPublic
+from qflare.server.schemas import AttestationPublic, DevicePublic, SelfEnroll, ServerKeysPublic
 
 router = APIRouter(prefix="/v1", tags=["public"])
 
@@ -21,6 +23,22 @@ def server_keys(state: State) -> ServerKeysPublic:
         kem_public_key=serialize_public_key(pub).decode(),
         kem_fingerprint=fingerprint(pub),
         timestamp_window_seconds=state.config.server.timestamp_window_seconds,
+    )
+
+
+@router.get("/enclave/attestation", response_model=AttestationPublic)
+def attestation(state: State, nonce: str = Query(pattern=r"^[0-9a-f]{32,128}$")) -> AttestationPublic:
+    """A fresh quote from the enclave for the device's nonce, with the keys it binds."""
+    enclave = state.enclave
+    if enclave is None:
+        raise NotFound("this server runs without an enclave", reason="no_enclave")
+    ident = enclave.identity()
+    return AttestationPublic(
+        quote=base64.b64encode(enclave.quote(bytes.fromhex(nonce))).decode(),
+        public_keys=base64.b64encode(ident.public_keys.encode()).decode(),
+        measurement=ident.measurement.hex(),
+        signer=ident.signer.hex(),
+        simulated=ident.simulated,
     )
 
 

@@ -67,6 +67,7 @@ class ModelRecord:
     spec_fingerprint: str
     round_id: int | None
     created_at: float
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def _model(row: ModelVersion) -> ModelRecord:
         spec_fingerprint=row.spec_fingerprint,
         round_id=row.round_id,
         created_at=row.created_at,
+        signature=row.signature,
     )
 
 
@@ -384,11 +386,11 @@ class Repository:
         status: str,
         reason: str,
         now: float,
-        new_model: tuple[int, bytes, str, str] | None = None,
+        new_model: tuple[int, bytes, str, str, bytes | None] | None = None,
         metrics: dict[str, Any] | None = None,
         drop_update_blobs: bool = True,
     ) -> RoundRecord:
-        """Close an open round; with ``new_model`` = (version, blob, sha256, spec) store it atomically."""
+        """Close an open round; with ``new_model`` = (version, blob, sha256, spec, signature) store it atomically."""
         with self._tx() as s:
             row = s.get(Round, round_id, with_for_update=True)
             if row is None:
@@ -400,10 +402,11 @@ class Repository:
             row.closed_at = now
             row.metrics = metrics
             if new_model is not None:
-                version, blob, sha, spec = new_model
+                version, blob, sha, spec, signature = new_model
                 s.add(
                     ModelVersion(
-                        version=version, sha256=sha, spec_fingerprint=spec, blob=blob, round_id=round_id, created_at=now
+                        version=version, sha256=sha, spec_fingerprint=spec, blob=blob, signature=signature,
+                        round_id=round_id, created_at=now,
                     )
                 )
                 row.new_version = version

@@ -62,6 +62,7 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     spec_fingerprint: Mapped[str] = mapped_column(String(64))
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # by the enclave
     round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
 
