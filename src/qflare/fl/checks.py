@@ -7,9 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from qflare.errors import ModelSpecMismatch, UpdateRejected
+from qflare.errors import MalformedPayload, ModelSpecMismatch, UpdateRejected
 
-__all__ = ["check_update_norm", "l2_norm"]
+__all__ = ["MAX_EXAMPLES_PER_UPDATE", "check_update_norm", "l2_norm", "parse_update_metadata"]
+
+MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
 
 def l2_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None = None) -> float:
@@ -51,3 +53,25 @@ def check_update_norm(
     if max_norm is not None and not norm <= max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}", reason="norm_exceeded")
     return norm
+
+
+def parse_update_metadata(meta: Mapping[str, str]) -> tuple[int, float | None]:
+    """``num_examples`` (required, 1..10,000,000) and ``train_loss`` (optional, finite)."""
+    raw = meta.get("num_examples")
+    if raw is None:
+        raise MalformedPayload("update metadata lacks num_examples", reason="missing_num_examples")
+    try:
+        num = int(raw)
+    except ValueError:
+        raise MalformedPayload(f"num_examples is not an integer: {raw[:32]!r}", reason="bad_num_examples") from None
+    if not 0 < num <= MAX_EXAMPLES_PER_UPDATE:
+        raise UpdateRejected(f"num_examples out of range: {num}", reason="bad_num_examples")
+    loss: float | None = None
+    if "train_loss" in meta:
+        try:
+            loss = float(meta["train_loss"])
+        except ValueError:
+            raise MalformedPayload("train_loss is not a number", reason="bad_train_loss") from None
+        if not math.isfinite(loss):
+            raise UpdateRejected("train_loss is not finite", reason="bad_train_loss")
+    return num, loss

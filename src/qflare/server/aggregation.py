@@ -8,18 +8,16 @@ process; the enclave backend runs the same steps behind the enclave boundary.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from qflare.errors import AggregationError, MalformedPayload, NotFound, UpdateRejected
+from qflare.errors import AggregationError, NotFound
 from qflare.fl.aggregate import FedAvgAccumulator
+from qflare.fl.checks import parse_update_metadata
 from qflare.fl.serialize import ModelSpec, check_update_norm, dump_arrays, load_arrays, sha256_hex
 from qflare.types import NDArrays
-
-MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -77,28 +75,6 @@ class AggregationBackend(Protocol):
 
     def sign_round_task(self, round_id: int, model_sha256: str, deadline_at: float) -> bytes | None:
         """A signature binding round, base model and deadline, or ``None`` if the backend does not sign."""
-
-
-def parse_update_metadata(meta: dict[str, str]) -> tuple[int, float | None]:
-    """Read ``num_examples`` (required, positive) and ``train_loss`` (optional, finite) from metadata."""
-    raw = meta.get("num_examples")
-    if raw is None:
-        raise MalformedPayload("update metadata lacks num_examples", reason="missing_num_examples")
-    try:
-        num = int(raw)
-    except ValueError:
-        raise MalformedPayload(f"num_examples is not an integer: {raw[:32]!r}", reason="bad_num_examples") from None
-    if not 0 < num <= MAX_EXAMPLES_PER_UPDATE:
-        raise UpdateRejected(f"num_examples out of range: {num}", reason="bad_num_examples")
-    loss: float | None = None
-    if "train_loss" in meta:
-        try:
-            loss = float(meta["train_loss"])
-        except ValueError:
-            raise MalformedPayload("train_loss is not a number", reason="bad_train_loss") from None
-        if not math.isfinite(loss):
-            raise UpdateRejected("train_loss is not finite", reason="bad_train_loss")
-    return num, loss
 
 
 @dataclass
