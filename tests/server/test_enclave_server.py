@@ -145,6 +145,10 @@ def test_the_enclave_dies_mid_round_503_then_the_round_resumes_from_sealed_state
     assert enclave.enclave.pid not in (None, pid) and enclave.enclave.restarts == 1
     # A death between requests is repaired on the next call without the device noticing.
     os.kill(enclave.enclave.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    for _ in range(100):  # until the host can see it is gone (a kill is not instantaneous)
+        if not enclave.enclave.running:
+            break
+        time.sleep(0.05)
     assert h.post("edge_2", UPDATE.format(rid), h.update_blob(num_examples=20, scale=5.0)).status_code == 200
     assert enclave.enclave.restarts == 2
 
