@@ -131,7 +131,7 @@ def test_the_enclave_dies_mid_round_503_then_the_round_resumes_from_sealed_state
     sender = threading.Thread(target=lambda: replies.append(
         h.post("edge_1", UPDATE.format(rid), h.update_blob(num_examples=10, scale=3.0))))
     sender.start()
-    time.sleep(0.5)
+    time.sleep(1.5)  # the request passes the gateway and blocks on the frozen enclave
     os.kill(pid, signal.SIGKILL)
     sender.join(timeout=60)
     down = replies[0]
