@@ -38,16 +38,20 @@ def _provenance(env: Envelope) -> str:
     return f"key_source={env.key_source.value}{ids}"
 
 
-async def _authenticate(
-    request: Request, state: ServerState, *, limit: int, round_id: int | None = None, kind: str = "request_rejected"
-) -> DeviceCall:
+async def _authenticate(request: Request, state: ServerState, *, update_round: int | None = None) -> DeviceCall:
+    """Authenticate a device request; ``update_round`` marks an update upload (its size limit, its
+    refusal record, and an enclave leaves its payload sealed)."""
+    update = update_round is not None
+    limit = state.config.server.max_update_bytes if update else state.config.server.max_request_bytes
+    kind = "update_rejected" if update else "request_rejected"
+    round_id = update_round
     body = b""
     try:
         body = await read_body_limited(request, limit)
         return await run_in_threadpool(
             functools.partial(
                 state.gateway.authenticate, body, method=request.method, path=request.url.path, round_id=round_id,
-                now=state.clock(), max_size=limit, update=kind == "update_rejected",
+                now=state.clock(), max_size=limit, update=update,
             )
         )
     except QFlareError as exc:
@@ -68,20 +72,20 @@ def _sealed_json(call: DeviceCall, obj: Any) -> Response:
 
 @router.post("/heartbeat", responses=_SEALED, summary="Heartbeat (sealed JSON: Heartbeat)")
 async def heartbeat(request: Request, state: State) -> Response:
-    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
+    call = await _authenticate(request, state)
     return _sealed_json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
 
 
 @router.post("/task", responses=_SEALED, summary="Next task (sealed JSON: TaskResponse)")
 async def task(request: Request, state: State) -> Response:
-    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
+    call = await _authenticate(request, state)
     t = await run_in_threadpool(state.orchestrator.task_for, call.device_id)
     return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
 
 
 @router.post("/model/{version}", responses=_SEALED, summary="Download a global model (sealed safetensors bytes)")
 async def model(version: int, request: Request, state: State) -> Response:
-    call = await _authenticate(request, state, limit=state.config.server.max_request_bytes)
+    call = await _authenticate(request, state)
     try:
         blob = await run_in_threadpool(state.orchestrator.load_model, version)
     except QFlareError as exc:
@@ -92,8 +96,7 @@ async def model(version: int, request: Request, state: State) -> Response:
 
 @router.post("/rounds/{round_id}/update", responses=_SEALED, summary="Upload an update (sealed JSON: UpdateAccepted)")
 async def upload_update(round_id: int, request: Request, state: State) -> Response:
-    call = await _authenticate(request, state, limit=state.config.server.max_update_bytes, round_id=round_id,
-                               kind="update_rejected")
+    call = await _authenticate(request, state, update_round=round_id)
     try:
         rec = await run_in_threadpool(
             functools.partial(
