@@ -48,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from qflare.errors import AggregationError, ConfigError, UpdateRejected
+from qflare.fl.influence import DEFAULT_NORM_MULTIPLE, norm_bound_from_median
 from qflare.fl.spec import ModelSpec
 from qflare.types import NDArrays
 
@@ -206,7 +207,7 @@ def _get_beta(params: Mapping[str, object]) -> float:
 _DEFAULT_BETA = 0.1
 _DEFAULT_F = 1
 _DEFAULT_ITERATIONS = 3
-_DEFAULT_NORM_MULTIPLE = 2.0
+_DEFAULT_NORM_MULTIPLE = DEFAULT_NORM_MULTIPLE
 
 
 def check_rule_params(rule: str, n: int | None, params: Mapping[str, object]) -> None:
@@ -747,7 +748,7 @@ def norm_bound_with_outcome(
         raise AggregationError("total number of examples is zero", reason="zero_weight")
     steps, ref = _steps(layout, results, reference)
     norms = np.sqrt(_row_sqnorms(steps))
-    limit = bound if bound is not None else median_multiple * float(np.median(norms))
+    limit = bound if bound is not None else norm_bound_from_median(norms.tolist(), multiple=median_multiple)
     factors = np.minimum(1.0, limit / np.maximum(norms, _EPS))
     weights = np.array([int(w) / total for _, w in results], dtype=np.float64)
     out = np.zeros(layout.size, dtype=np.float64)
