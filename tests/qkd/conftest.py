@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from qflare.kme import KMEEnd, KMEListener, KMEPairServer
 from qflare.qkd.channel import Channel
-from qflare.qkd.etsi014 import KMEClient, KMEEnd, KMEListener, KMEPairServer
-from qflare.qkd.kme import BB84Link, KeyStore, KeyStoreLimits
+from qflare.qkd.client import KMEClient
+from qflare.qkd.keystore import BB84Link, KeyStore, KeyStoreLimits
 from qflare.qkd.pki import DemoPKI, create_demo_pki
 
 SAES = ("edge-1", "edge-2", "server", "intruder")

@@ -16,18 +16,39 @@ def test_exported_members_exist() -> None:
     assert sorted(qflare.qkd.__all__) == qflare.qkd.__all__
 
 
-def test_only_etsi014_speaks_http() -> None:
-    # Assert: qkd/ yields bytes; only etsi014.py imports web libraries
-    http = {"fastapi", "starlette", "uvicorn", "httpx", "h11"}
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_qkd_imports_no_web_server_and_only_the_client_imports_httpx() -> None:
+    # Prepare
+    servers = {"fastapi", "starlette", "uvicorn", "h11", "sqlalchemy"}
     package = Path(qflare.qkd.__file__).parent
+    # Execute
     offenders = []
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in http and path.name != "etsi014.py"]
+    for path in sorted(package.glob("*.py")):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in servers or (top == "httpx" and path.name != "client.py"):
+                offenders.append(f"{path.name}: {name}")
+    # Assert
     assert offenders == []
+    assert "httpx" in _imports(package / "client.py")
+
+
+def test_the_kme_service_lives_in_its_own_package() -> None:
+    # Assert: the FastAPI app, the mTLS protocol and the pair server moved to qflare.kme
+    import qflare.kme
+
+    kme = Path(qflare.kme.__file__).parent
+    assert "fastapi" in _imports(kme / "app.py") and "uvicorn" in _imports(kme / "pair.py")
+    assert not (Path(qflare.qkd.__file__).parent / "etsi014.py").exists()
 
 
 def test_bench_functions_run_on_small_inputs() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from qflare.cli.qkd import app
-from qflare.qkd.etsi014 import KMEClient
+from qflare.qkd.client import KMEClient
 
 runner = CliRunner()
 

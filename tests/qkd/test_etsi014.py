@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from qflare.errors import QKDError
-from qflare.qkd.etsi014 import KMEClient, KMEPairServer
-from qflare.qkd.kme import KeyStore, KeyStoreLimits
+from qflare.kme import KMEPairServer
+from qflare.qkd.client import KMEClient
+from qflare.qkd.keystore import KeyStore, KeyStoreLimits
 from qflare.qkd.pki import DemoPKI
 from tests.qkd.conftest import client, start_pair
 

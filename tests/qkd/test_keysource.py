@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from qflare.errors import ConfigError, QKDError
-from qflare.qkd.etsi014 import KMEPairServer
+from qflare.kme import KMEPairServer
 from qflare.qkd.keysource import KeySourceMode, MLKEMOnly, QKDKeySource, make_key_source
 from qflare.qkd.pki import DemoPKI
 from tests.qkd.conftest import client

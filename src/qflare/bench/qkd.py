@@ -28,7 +28,7 @@ from typing import Any
 
 from qflare.qkd.bb84 import run_bb84
 from qflare.qkd.channel import Channel, transmit
-from qflare.qkd.etsi014 import KMEClient
+from qflare.qkd.client import KMEClient
 from qflare.qkd.pki import create_demo_pki
 
 __all__ = ["run"]

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from qflare.qkd.bb84 import run_bb84
 from qflare.qkd.channel import Channel
-from qflare.qkd.etsi014 import KMEEnd, KMEListener, KMEPairServer
-from qflare.qkd.kme import BB84Link, KeyStore, KeyStoreLimits
+from qflare.kme import KMEEnd, KMEListener, KMEPairServer
+from qflare.qkd.keystore import BB84Link, KeyStore, KeyStoreLimits
 from qflare.qkd.pki import create_demo_pki
 from qflare.qkd.sweep import SweepPoint, key_rate_sweep
 

@@ -69,7 +69,7 @@ def qkd_fetcher(cfg: DeviceConfig, base: Path) -> QKDKeyFetcher | None:
     """The device is the master SAE: one fresh QKD key per request from its KME (never a silent downgrade)."""
     if cfg.key_source == "mlkem":
         return None
-    from qflare.qkd.etsi014 import KMEClient
+    from qflare.qkd.client import KMEClient
     from qflare.qkd.keysource import QKDKeySource
 
     q = cfg.qkd

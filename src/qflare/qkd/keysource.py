@@ -19,8 +19,8 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from qflare.errors import ConfigError, QKDError
-from qflare.qkd.etsi014 import KMEClient
-from qflare.qkd.kme import QKDKey
+from qflare.qkd.client import KMEClient
+from qflare.qkd.keystore import QKDKey
 
 __all__ = ["KeySource", "KeySourceMode", "MLKEMOnly", "QKDKeySource", "make_key_source"]
 

@@ -15,7 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare import __version__
 from qflare.config import GlobalConfig, QKDConfig
-from qflare.server.aggregation import AggregationBackend, InProcessAggregator
+from qflare.fl.port import AggregationBackend
+from qflare.fl.strategies import get_strategy
+from qflare.server.aggregation import InProcessAggregator
 from qflare.server.enclave_link import EnclaveOpener
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
@@ -45,20 +47,26 @@ def build_state(
     opener: RequestOpener | None = None,
 ) -> ServerState:
     """Wire storage, keys, enclave, gateway, aggregation backend, evaluator and orchestrator together."""
+    # What can be checked before anything starts is checked first (a bad evaluation file is a start-up
+    # error, not a traceback at every round close).
+    evaluator = (
+        Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
+        if config.evaluation.enabled
+        else None
+    )
+    if evaluator is not None:
+        evaluator.check()
     repo = repo or Repository(config.server.db_url)
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
         enclave = launch_enclave(config)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    backend = backend or InProcessAggregator(max_update_norm=config.aggregation.max_update_norm)
+    backend = backend or InProcessAggregator(
+        get_strategy(config.aggregation.rule), max_update_norm=config.aggregation.max_update_norm
+    )
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
-    evaluator = (
-        Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
-        if config.evaluation.enabled
-        else None
-    )
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
     return ServerState(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
@@ -74,6 +82,7 @@ def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
     return EnclaveConfig(
         max_update_norm=config.aggregation.max_update_norm,
         max_payload_bytes=max(config.server.max_update_bytes, 1024),
+        aggregation_rule=config.aggregation.rule,
     )
 
 
@@ -98,7 +107,7 @@ def _tick(state: ServerState, n: int) -> None:
 
 def qkd_lookup(cfg: QKDConfig) -> QKDKeyLookup:
     """The server is the slave SAE: it fetches each device's QKD key by id from its own KME."""
-    from qflare.qkd.etsi014 import KMEClient
+    from qflare.qkd.client import KMEClient
     from qflare.qkd.keysource import QKDKeySource
 
     client = KMEClient(cfg.kme_url, cert=cfg.cert, key=cfg.key, ca=cfg.ca, timeout=cfg.timeout_seconds)

@@ -1,7 +1,7 @@
 """Key store of a simulated KME pair, and the BB84 link that fills it. No HTTP here.
 
 Design: one process hosts both ends of a KME pair (``KME-A`` and ``KME-B``), each behind its own
-HTTPS listener (:mod:`qflare.qkd.etsi014`). They share one :class:`KeyStore`, which stands in for the
+HTTPS listener (:mod:`qflare.kme`). They share one :class:`KeyStore`, which stands in for the
 quantum link plus the KME-to-KME synchronisation of a real deployment: :class:`BB84Link` runs the BB84
 simulator and appends each distilled key to the store's pool; a master SAE's ``enc_keys`` request
 carves keys out of the pool and records them as *issued* for one (master, slave) pair; the slave

@@ -8,7 +8,7 @@ import pytest
 
 from qflare.errors import ConfigError, QKDError
 from qflare.qkd.channel import Channel
-from qflare.qkd.kme import BB84Link, KeyStore, KeyStoreLimits
+from qflare.qkd.keystore import BB84Link, KeyStore, KeyStoreLimits
 
 
 def _store(material: int = 4096, **limits: int) -> KeyStore:
