@@ -504,9 +504,25 @@ def _krum_scores(dist: np.ndarray, members: Sequence[int], f: int) -> np.ndarray
     return others.sum(axis=1)
 
 
-def _select_order(scores: np.ndarray, count: int) -> list[int]:
-    # Stable: ties go to the lower index, so the choice is deterministic.
-    return [int(i) for i in np.argsort(scores, kind="stable")[:count]]
+def _select_order(scores: np.ndarray, count: int, dist: np.ndarray, members: Sequence[int]) -> list[int]:
+    """Positions (into ``members``) of the ``count`` lowest scores, ties broken without using order.
+
+    Scores within a relative 1e-9 of each other are ties (e.g. two mutual nearest neighbours when
+    Krum looks at one neighbour, as in Bulyan's last picks); a tie goes to the member with the
+    smaller sum of squared distances to all members, and only then to the lower index, so the choice
+    does not depend on the order the updates arrived in.
+    """
+    total = dist[np.ix_(members, members)].sum(axis=1)
+    left = list(range(len(members)))
+    chosen: list[int] = []
+    for _ in range(count):
+        best = min(scores[j] for j in left)
+        tol = 1e-9 * max(abs(best), 1e-300)
+        tied = [j for j in left if scores[j] <= best + tol]
+        pick = min(tied, key=lambda j: (total[j], j))
+        chosen.append(pick)
+        left.remove(pick)
+    return chosen
 
 
 def _krum_family(rule: str, results: Results, f: int, m: int | None) -> RuleOutcome:
@@ -515,8 +531,9 @@ def _krum_family(rule: str, results: Results, f: int, m: int | None) -> RuleOutc
     _require(rule, n, {"f": f} if rule == "krum" else {"f": f, "m": m})
     keep = 1 if rule == "krum" else (n - f if m is None else m)
     matrix = _matrix(layout, results)
-    scores = _krum_scores(_pairwise_sqdist(matrix), list(range(n)), f)
-    chosen = sorted(_select_order(scores, keep))
+    dist = _pairwise_sqdist(matrix)
+    scores = _krum_scores(dist, list(range(n)), f)
+    chosen = sorted(_select_order(scores, keep, dist, list(range(n))))
     flat = matrix[chosen].mean(axis=0, dtype=np.float64) if keep > 1 else matrix[chosen[0]]
     return RuleOutcome(
         arrays=_unflatten(layout, flat),
@@ -598,7 +615,7 @@ def bulyan_with_outcome(results: Results, *, f: int = _DEFAULT_F) -> RuleOutcome
     remaining, chosen = list(range(n)), []
     for _ in range(theta):
         scores = _krum_scores(dist, remaining, f)
-        pick = remaining[_select_order(scores, 1)[0]]
+        pick = remaining[_select_order(scores, 1, dist, remaining)[0]]
         chosen.append(pick)
         remaining.remove(pick)
     chosen.sort()
