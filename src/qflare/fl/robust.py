@@ -705,15 +705,24 @@ def centered_clipping_with_outcome(
     radius = tau
     factors = np.ones(n)
     norms = np.zeros(n)
+    diff = np.empty(layout.size, dtype=matrix.dtype)
     for _ in range(iterations):
-        diffs_norms = np.array([math.sqrt(float(np.dot(d, d))) for d in (row - center for row in matrix)])
+        # Differences in the working dtype, one row at a time: mixed float32/float64 arithmetic over
+        # the whole model is several times slower, and an n x d difference matrix would double memory.
+        center_w = center.astype(matrix.dtype)
+        sq = []
+        for row in matrix:
+            np.subtract(row, center_w, out=diff)
+            sq.append(float(np.dot(diff, diff)))
+        norms = np.sqrt(np.array(sq))
         if radius is None:
-            radius = float(np.median(diffs_norms))
-        factors = np.minimum(1.0, radius / np.maximum(diffs_norms, _EPS))
-        norms = diffs_norms
-        step = np.zeros(layout.size, dtype=np.float64)
+            radius = float(np.median(norms))
+        factors = np.minimum(1.0, radius / np.maximum(norms, _EPS))
+        step = np.zeros(layout.size, dtype=matrix.dtype)
         for row, factor in zip(matrix, factors, strict=True):
-            step += (row - center) * (factor / n)
+            np.subtract(row, center_w, out=diff)
+            diff *= diff.dtype.type(factor / n)
+            step += diff
         center = center + step
     clipped = [i for i in range(n) if factors[i] < 1.0]
     return RuleOutcome(
