@@ -278,16 +278,17 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         raise LedgerIntegrityError("consistency from an empty tree proves nothing", reason="invalid_tree_size")
     if size1 > size2:
         raise LedgerIntegrityError(f"size1 {size1} is larger than size2 {size2}", reason="invalid_tree_size")
-    _check_hash(root1, "bad_hash_size", "root1")
-    _check_hash(root2, "bad_hash_size", "root2")
     for p in proof:
         _check_hash(p, "bad_hash_size", "proof element")
     if size1 == size2:
+        # As the reference verifier: equal sizes compare the roots as given (no length rule).
         if proof:
             raise LedgerIntegrityError("equal sizes need an empty proof", reason="bad_proof_length")
         if root1 != root2:
             raise LedgerIntegrityError("equal sizes with different roots", reason="root_mismatch")
         return
+    _check_hash(root1, "bad_hash_size", "root1")
+    _check_hash(root2, "bad_hash_size", "root2")
     if not proof:
         raise LedgerIntegrityError("empty consistency proof", reason="bad_proof_length")
     path = list(proof)

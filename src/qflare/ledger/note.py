@@ -412,7 +412,7 @@ class Ed25519NoteSigner:
     @classmethod
     def from_private_key(cls, skey: str, token: SecretKeyAccess) -> Ed25519NoteSigner:
         """Parse sumdb's ``PRIVATE+KEY+<name>+<hex key ID>+base64(0x01 || seed)``."""
-        parts = skey.split("+")
+        parts = skey.split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise MalformedPayload("invalid signer key", reason="invalid_signer_key")
         try:
