@@ -534,7 +534,13 @@ def _krum_family(rule: str, results: Results, f: int, m: int | None) -> RuleOutc
     dist = _pairwise_sqdist(matrix)
     scores = _krum_scores(dist, list(range(n)), f)
     chosen = sorted(_select_order(scores, keep, dist, list(range(n))))
-    flat = matrix[chosen].mean(axis=0, dtype=np.float64) if keep > 1 else matrix[chosen[0]]
+    if keep == 1:
+        flat = matrix[chosen[0]]
+    else:  # row by row: matrix[chosen] would copy m rows
+        flat = np.zeros(layout.size, dtype=np.float64)
+        for i in chosen:
+            flat += matrix[i]
+        flat /= keep
     return RuleOutcome(
         arrays=_unflatten(layout, flat),
         selected=tuple(chosen),
