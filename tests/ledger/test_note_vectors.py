@@ -224,7 +224,9 @@ def test_cosignatures(case: dict[str, Any]) -> None:
         with pytest.raises(LedgerIntegrityError) as info:
             open_note(case["note"].encode(), [verifier])
         # A type-0x01 key has another key ID, so the 0x04 line is from an unknown key.
-        assert info.value.reason in ({"no_verifiable_signatures"} if verifier.key_id != line.key_id else {"invalid_signature"})
+        assert info.value.reason in (
+            {"no_verifiable_signatures"} if verifier.key_id != line.key_id else {"invalid_signature"}
+        )
 
 
 def test_cosignature_as_plain_ed25519_key_is_unknown() -> None:

@@ -94,9 +94,7 @@ def test_index_with_suffix(case: dict[str, Any]) -> None:
     assert parse_index_with_suffix(case["encoded"]) == (case["index"], case["width"])
 
 
-@pytest.mark.parametrize(
-    "case", PATHS["parse_cases"]["cases"], ids=lambda c: f"{c['level_str']}:{c['index_str']}"
-)
+@pytest.mark.parametrize("case", PATHS["parse_cases"]["cases"], ids=lambda c: f"{c['level_str']}:{c['index_str']}")
 def test_parse_cases(case: dict[str, Any]) -> None:
     # Prepare
     def parse() -> tuple[int, int, int]:

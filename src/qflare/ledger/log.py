@@ -287,6 +287,8 @@ class Problem:
     message: str
     index: int | None = None
     checkpoint: int | None = None
+    exact: bool = True
+    """False when ``index`` is only the start of the range the bad entry lies in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +309,9 @@ class VerificationReport:
 
     @property
     def first_bad_index(self) -> int | None:
-        indices = [p.index for p in self.problems if p.index is not None]
-        return min(indices) if indices else None
+        exact = [p.index for p in self.problems if p.index is not None and p.exact]
+        bounds = [p.index for p in self.problems if p.index is not None]
+        return min(exact) if exact else min(bounds) if bounds else None
 
     @property
     def reasons(self) -> list[str]:
@@ -350,8 +353,10 @@ def verify_log(
     tile_rows: dict[TileKey, bytes | None] = {}
     entry_problems = 0
 
-    def report(reason: str, message: str, index: int | None = None, checkpoint: int | None = None) -> None:
-        problems.append(Problem(reason, message, index, checkpoint))
+    def report(
+        reason: str, message: str, index: int | None = None, checkpoint: int | None = None, exact: bool = True
+    ) -> None:
+        problems.append(Problem(reason, message, index, checkpoint, exact))
 
     def on_node(level: int, index: int, h: bytes) -> None:
         nonlocal entry_problems
@@ -366,7 +371,13 @@ def verify_log(
         if (tile is None or tile[pos : pos + HASH_SIZE] != h) and entry_problems < _MAX_ENTRY_PROBLEMS:
             entry_problems += 1
             first_leaf = index << level
-            report("tile_mismatch", f"hash tile {key} disagrees with the entries at index {first_leaf}", first_leaf)
+            # A level-0 tile names the exact entry; a higher tile only the subtree it covers.
+            report(
+                "tile_mismatch",
+                f"hash tile {key} disagrees with the entries at index {first_leaf}",
+                first_leaf,
+                exact=level == 0,
+            )
 
     complete = True
     for start in range(0, n, _CHUNK):
@@ -412,6 +423,7 @@ def verify_log(
                 f"[{last_good_size}, {cp.size}) was changed",
                 last_good_size,
                 seq,
+                exact=False,
             )
         else:
             last_good_size = max(last_good_size, cp.size)
