@@ -46,6 +46,7 @@ __all__ = [
     "UpdateRefused",
     "decode_event",
     "encode_event",
+    "event_fields",
 ]
 
 ENTRY_PREFIX: Final = b"qflare-ledger-entry/v1\n"
