@@ -58,7 +58,9 @@ def test_bench_functions_run_on_small_inputs() -> None:
     # Execute
     quantum = bench.bench_quantum(200_000, 0.05)
     pipeline = bench.bench_pipeline(200_000, 0.05)
+    decoy = bench.bench_pipeline(2_000_000, 0.05, bench.DECOY_SOURCE)
     etsi = bench.bench_etsi(0.3, keys=100)
     # Assert
     assert quantum["pulses_per_s"] > 0 and pipeline["secret_bits_per_s"] > 0
+    assert decoy["pulses_per_s"] > 0 and decoy["calls"] >= 1
     assert etsi["requests_per_s"] > 0

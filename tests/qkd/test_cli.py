@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from qflare.cli.qkd import app
@@ -67,8 +68,63 @@ def test_sweep_writes_the_png(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = json.loads(result.stdout.strip().splitlines()[-1])["points"]
-    assert len(points) == 5
+    assert len(points) == 15  # 5 distances x 3 sources
+    assert {p["source"] for p in points} == {"single-photon", "weak-coherent", "decoy"}
     assert all(p["key_rate"] < p["plob_bound"] for p in points)
+
+
+def test_sweep_on_the_gys_link_reports_the_lmc05_distances(tmp_path: Path) -> None:
+    # Execute
+    result = runner.invoke(
+        app,
+        ["sweep", "--gys", "--source", "decoy", "--out", str(tmp_path / "g.png"), "--max-km", "160",
+         "--step-km", "80", "--detections", "20000", "--max-pulses", "20000000", "--json"],
+    )  # fmt: skip
+    # Assert
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert abs(figures["max_distance_km"]["decoy_infinite"] - 142) < 1.5
+    assert {p["source"] for p in figures["points"]} == {"decoy"}
+
+
+def test_bb84_decoy_source_under_pns_aborts() -> None:
+    result = runner.invoke(app, ["bb84", "--source", "decoy", "--pulses", "20000000", "--pns", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["source"] == "decoy" and figures["pns"] is True
+    assert figures["abort_reason"] == "decoy_bound_undefined"
+    assert "Eve knows" in result.stdout
+
+
+def test_bb84_weak_coherent_reports_what_eve_learned() -> None:
+    result = runner.invoke(
+        app, ["bb84", "--source", "weak-coherent", "--mu", "0.1", "--pulses", "20000000", "--pns", "--seed", "4",
+              "--json"],
+    )  # fmt: skip
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["final_key_bits"] > 0 and figures["eve_known_bits"] > 0 and figures["eve_key_info_bits"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--source", "decoy", "--mu", "1.5"], "signal mean photon number mu"),
+        (["--source", "decoy", "--mu", "0.3", "--nu", "0.3"], "decoy mean photon number nu"),
+        (["--source", "laser"], "--source must be one of"),
+    ],
+)
+def test_bb84_bad_source_parameters_are_clear(args: list[str], needle: str) -> None:
+    result = runner.invoke(app, ["bb84", "--pulses", "1000", *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_bb84_ibm_without_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("qiskit_ibm_runtime", reason="needs the extra: pip install qflare[qiskit]")
+    monkeypatch.delenv("QFLARE_IBM_TOKEN", raising=False)
+    result = runner.invoke(app, ["bb84", "--pulses", "1000", "--backend", "ibm"])
+    assert result.exit_code == 2
+    assert "ibm_token_missing" in result.output
 
 
 def test_kme_pki_writes_ca_kme_and_sae_material(tmp_path: Path) -> None:

@@ -12,12 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qflare.errors import QFlareError
+from qflare.kme import KMEEnd, KMEListener, KMEPairServer
 from qflare.qkd.bb84 import run_bb84
 from qflare.qkd.channel import Channel
-from qflare.kme import KMEEnd, KMEListener, KMEPairServer
 from qflare.qkd.keystore import BB84Link, KeyStore, KeyStoreLimits
 from qflare.qkd.pki import create_demo_pki
-from qflare.qkd.sweep import SweepPoint, key_rate_sweep
+from qflare.qkd.source import Source, SourceKind
+from qflare.qkd.sweep import AnalyticCurves, SweepPoint, analytic_curves, key_rate_sweep, link_params
 
 __all__ = ["app"]
 
@@ -39,6 +41,23 @@ DarkOpt = Annotated[float, typer.Option("--dark-count", min=0.0, max=1.0, help="
 MisOpt = Annotated[float, typer.Option("--misalignment", min=0.0, max=0.5, help="Misalignment error probability.")]
 EveOpt = Annotated[float, typer.Option("--eavesdrop", min=0.0, max=1.0, help="Fraction of pulses intercepted.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (fresh randomness when omitted).")]
+MuOpt = Annotated[float, typer.Option("--mu", help="Signal mean photon number, in (0, 1].")]
+NuOpt = Annotated[float, typer.Option("--nu", help="Weak decoy mean photon number, in (0, mu).")]
+PNSOpt = Annotated[bool, typer.Option("--pns", help="Photon-number-splitting eavesdropper on the link.")]
+_GYS = {"fibre_loss": 0.21, "detector_efficiency": 0.045, "dark_count": 8.5e-7, "misalignment": 0.033}
+
+
+def _source(kind: str, mu: float, nu: float) -> Source:
+    try:
+        chosen = SourceKind(kind)
+    except ValueError:
+        raise typer.BadParameter(f"--source must be one of {', '.join(k.value for k in SourceKind)}") from None
+    try:
+        if chosen is SourceKind.DECOY:
+            return Source.decoy_state(mu, nu)
+        return Source.weak_coherent(mu) if chosen is SourceKind.WEAK_COHERENT else Source.single_photon()
+    except QFlareError as exc:
+        raise typer.BadParameter(exc.message) from None
 
 
 @app.command()
@@ -51,13 +70,32 @@ def bb84(
     detector_efficiency: EffOpt = 0.2,
     dark_count: DarkOpt = 1e-6,
     misalignment: MisOpt = 0.01,
+    source: Annotated[str, typer.Option("--source", help="single-photon, weak-coherent or decoy.")] = "single-photon",
+    mu: MuOpt = 0.5,
+    nu: NuOpt = 0.1,
+    pns: PNSOpt = False,
+    backend: Annotated[
+        str, typer.Option("--backend", help="vectorised, aer (Qiskit simulator) or ibm (IBM Quantum).")
+    ] = "vectorised",
+    ibm_token: Annotated[
+        str | None,
+        typer.Option("--ibm-token", envvar="QFLARE_IBM_TOKEN", show_default=False, help="IBM Quantum token."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON (last line).")] = False,
 ) -> None:
     """Run one BB84 session and print what each stage produced."""
     channel = Channel(distance_km, fibre_loss, detector_efficiency, dark_count, misalignment)
-    result = run_bb84(pulses, channel, eavesdrop=eavesdrop, seed=seed)
+    src = _source(source, mu, nu)
+    try:
+        result = run_bb84(
+            pulses, channel, source=src, pns=pns, eavesdrop=eavesdrop, seed=seed, backend=backend, ibm_token=ibm_token
+        )
+    except QFlareError as exc:
+        _console.print(f"[red]error ({exc.reason}): {exc.message}[/red]")
+        raise typer.Exit(2) from None
     summary = result.summary()
-    table = Table(title=f"BB84 over {distance_km:g} km, eavesdropper on {eavesdrop:.0%} of pulses")
+    attack = ", PNS attack" if pns else ""
+    table = Table(title=f"BB84 ({src.kind.value}) over {distance_km:g} km, intercept-resend {eavesdrop:.0%}{attack}")
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = [
@@ -73,6 +111,12 @@ def bb84(
         ("key rate per pulse", f"{result.key_rate:.4g}"),
         ("aborted", f"{result.aborted} ({result.abort_reason})" if result.aborted else "False"),
     ]
+    for name in ("y1_lower", "e1_upper", "single_photon_bits_lower", "multi_photon_fraction_upper"):
+        if name in result.estimates:
+            rows.append((name.replace("_", " "), f"{result.estimates[name]:.4g}"))
+    if pns:
+        rows.append(("Eve knows (corrected key bits)", f"{result.eve_known_bits:,}"))
+        rows.append(("Eve's info on the final key (bits)", f"{result.eve_key_info_bits:,}"))
     for name, value in rows:
         table.add_row(name, value)
     _console.print(table)
@@ -80,31 +124,43 @@ def bb84(
         typer.echo(json.dumps(summary, sort_keys=True))
 
 
-def _plot(points: list[SweepPoint], out: Path, title: str) -> None:
+_STYLE = {"single-photon": ("C2", "s"), "weak-coherent": ("C1", "^"), "decoy": ("C3", "o")}
+
+
+def _plot(curves: AnalyticCurves, points: dict[str, list[SweepPoint]], out: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    d = [p.distance_km for p in points]
-    ax.plot(d, [p.plob_bound for p in points], "k-", label="PLOB bound $-\\log_2(1-\\eta)$")
-    model = [(p.distance_km, p.model_rate) for p in points if p.model_rate > 0]
-    if model:
-        ax.plot(*zip(*model, strict=True), "C0--", label="asymptotic model (Cascade f=1.2)")
-    sim = [(p.distance_km, p.key_rate) for p in points if p.key_rate > 0]
-    if sim:
-        ax.plot(*zip(*sim, strict=True), "C3o-", label="simulated BB84 (finite size)")
-    zero = [p.distance_km for p in points if p.key_rate <= 0]
-    if zero:
-        floor = min(p.plob_bound for p in points) / 10
-        ax.plot(zero, [floor] * len(zero), "C3x", linestyle="none", label="simulated: no key")
+    fig, ax = plt.subplots(figsize=(8.0, 5.2))
+    d = curves.distances_km
+    md = curves.max_distance_km
+
+    def line(values: list[float], style: str, label: str) -> None:
+        xy = [(x, y) for x, y in zip(d, values, strict=True) if y > 0]
+        if xy:
+            ax.plot(*zip(*xy, strict=True), style, label=label)
+
+    line(curves.plob, "k-", "PLOB bound $-\\log_2(1-\\eta)$")
+    line(curves.single_photon, "C2--", f"single photons, asymptotic (ends {md['single_photon']:.0f} km)")
+    line(curves.decoy_infinite, "C3-", f"decoy, infinite decoys, asymptotic ({md['decoy_infinite']:.0f} km)")
+    line(curves.vacuum_weak, "C3:", f"vacuum + weak decoy, asymptotic ({md['vacuum_weak']:.0f} km)")
+    line(curves.no_decoy, "C1-.", f"no decoy (GLLP), asymptotic ({md['no_decoy']:.0f} km)")
+    for kind, pts in points.items():
+        colour, marker = _STYLE[kind]
+        sim = [(p.distance_km, p.key_rate) for p in pts if p.key_rate > 0]
+        if sim:
+            ax.plot(*zip(*sim, strict=True), color=colour, marker=marker, linestyle="none",
+                    label=f"simulated {kind} (finite size)")  # fmt: skip
     ax.set_yscale("log")
+    positive = [v for v in curves.no_decoy + curves.single_photon if v > 0]
+    ax.set_ylim(bottom=max(min(positive, default=1e-9) / 100, 1e-9))
     ax.set_xlabel("fibre length (km)")
     ax.set_ylabel("secret key bits per pulse")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -119,40 +175,65 @@ def sweep(
     detections: Annotated[int, typer.Option("--detections", min=1, help="Target clicks per point.")] = 1_000_000,
     max_pulses: Annotated[int, typer.Option("--max-pulses", min=1, help="Pulse cap per point.")] = 2_000_000_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first point.")] = 0,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="Simulate this source (repeat): single-photon, weak-coherent, decoy [all]."),
+    ] = None,
+    mu: MuOpt = 0.5,
+    nu: NuOpt = 0.1,
+    mu_no_decoy: Annotated[float, typer.Option("--mu-no-decoy", help="Signal mu of the weak-coherent source.")] = 0.05,
+    gys: Annotated[
+        bool, typer.Option("--gys", help="The GYS link of Lo, Ma & Chen 2005 (overrides the four channel options).")
+    ] = False,
     fibre_loss: LossOpt = 0.2,
     detector_efficiency: EffOpt = 0.2,
     dark_count: DarkOpt = 1e-6,
     misalignment: MisOpt = 0.01,
     as_json: Annotated[bool, typer.Option("--json", help="Print the points as JSON (last line).")] = False,
 ) -> None:
-    """Key rate per pulse against distance, with the PLOB bound, on a log scale."""
+    """Key rate per pulse against distance for each source, the analytic curves and PLOB (log scale)."""
+    if gys:
+        fibre_loss, detector_efficiency = _GYS["fibre_loss"], _GYS["detector_efficiency"]
+        dark_count, misalignment = _GYS["dark_count"], _GYS["misalignment"]
+    kinds = source or [k.value for k in SourceKind]
+    sources = {k: _source(k, mu_no_decoy if k == SourceKind.WEAK_COHERENT.value else mu, nu) for k in kinds}
     steps = int(max_km // step_km)
     distances = [i * step_km for i in range(steps + 1)]
     channel = Channel(0.0, fibre_loss, detector_efficiency, dark_count, misalignment)
-    points = key_rate_sweep(distances, channel=channel, detections=detections, max_pulses=max_pulses, seed=seed)
-    table = Table(title="key rate against distance (bits per pulse)")
-    for col in ("km", "pulses", "eta", "PLOB", "model", "simulated", "QBER est.", "note"):
-        table.add_column(col, justify="right")
-    for p in points:
-        table.add_row(
-            f"{p.distance_km:g}",
-            f"{p.pulses:.3g}",
-            f"{p.transmittance:.3g}",
-            f"{p.plob_bound:.3g}",
-            f"{p.model_rate:.3g}",
-            f"{p.key_rate:.3g}",
-            f"{p.qber_estimated:.3%}",
-            p.abort_reason or "",
+    points = {
+        kind: key_rate_sweep(
+            distances, channel=channel, source=src, detections=detections, max_pulses=max_pulses, seed=seed
         )
-    _console.print(table)
-    _plot(
-        points,
-        out,
-        f"BB84, {fibre_loss} dB/km, $\\eta_d$={detector_efficiency}, $p_d$={dark_count:g}, $e_{{mis}}$={misalignment}",
+        for kind, src in sources.items()
+    }
+    dense = [i * max_km / 200 for i in range(201)]
+    curves = analytic_curves(link_params(channel), dense, nu=min(nu, 0.05))
+    for kind, pts in points.items():
+        table = Table(title=f"{kind}: key rate against distance (bits per pulse)")
+        for col in ("km", "pulses", "eta", "PLOB", "model", "simulated", "QBER est.", "note"):
+            table.add_column(col, justify="right")
+        for p in pts:
+            table.add_row(
+                f"{p.distance_km:g}",
+                f"{p.pulses:.3g}",
+                f"{p.transmittance:.3g}",
+                f"{p.plob_bound:.3g}",
+                f"{p.model_rate:.3g}",
+                f"{p.key_rate:.3g}",
+                f"{p.qber_estimated:.3%}",
+                p.abort_reason or "",
+            )
+        _console.print(table)
+    ends = ", ".join(f"{k} {v:.1f} km" for k, v in curves.max_distance_km.items())
+    _console.print(f"asymptotic maximum distances: {ends}")
+    title = (
+        f"{fibre_loss} dB/km, $\\eta_{{Bob}}$={detector_efficiency}, $Y_0$={2 * dark_count:.2g}, $e_d$={misalignment}"
     )
+    _plot(curves, points, out, ("GYS link (Lo, Ma, Chen 2005): " if gys else "") + title)
     _console.print(f"wrote {out}")
     if as_json:
-        typer.echo(json.dumps({"out": str(out), "points": [p.as_dict() for p in points]}))
+        flat = [p.as_dict() for pts in points.values() for p in pts]
+        typer.echo(json.dumps({"out": str(out), "points": flat, "max_distance_km": curves.max_distance_km}))
 
 
 @kme_app.command("pki")
