@@ -115,7 +115,7 @@ def test_simulate_with_every_attacker_rejects_every_attack(tmp_path: Path) -> No
     for name, st in attacks.items():
         assert st["attempts"] > 0, name
         assert st["rejected"] == st["attempts"] and st["accepted"] == 0, (name, st)
-    assert set(attacks["impersonate"]["reasons"]) == {"bad_signature"}
+    assert set(attacks["impersonate"]["reasons"]) == {"unauthenticated"}
     assert set(attacks["replay"]["reasons"]) == {"replay"}
     assert set(attacks["revoked"]["reasons"]) == {"device_revoked"}
     assert "replay" not in attacks["tamper"]["reasons"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qflare.errors import ConfigError
 
@@ -75,8 +75,18 @@ class RoundsConfig(_Strict):
 
 
 class AggregationConfig(_Strict):
-    rule: Literal["fedavg"] = "fedavg"
+    rule: str = Field("fedavg", description="aggregation strategy (qflare.fl.strategies): fedavg, ...")
     max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
+
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        from qflare.fl.strategies import STRATEGIES
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown aggregation rule {value!r}; known: {', '.join(sorted(STRATEGIES))}")
+        return value
 
 
 class EvaluationConfig(_Strict):

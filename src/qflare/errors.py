@@ -13,6 +13,7 @@ Domain packages raise these; only ``qflare.server.errors`` maps them to HTTP sta
     │   └── UpdateRejected          a well-formed update that fails a policy check (norm, ...)
     ├── PayloadTooLarge             over a configured size limit
     ├── AuthenticationError         the sender could not be authenticated
+    │   ├── Unauthenticated         one answer for unknown device / bad signature (cause kept server-side)
     │   ├── UnknownDevice
     │   ├── InvalidSignature
     │   ├── DecryptionFailed
@@ -57,6 +58,7 @@ __all__ = [
     "ReplayDetected",
     "RoundClosed",
     "StaleRequest",
+    "Unauthenticated",
     "UnknownDevice",
     "UpdateRejected",
 ]
@@ -74,6 +76,9 @@ class QFlareError(Exception):
     """
 
     default_reason = "error"
+    # Set by a device client: whether the server's refusal came sealed under the request's response key
+    # (so an on-path attacker could not have forged it). Unsealed refusals are hints only.
+    authenticated: bool = False
 
     def __init__(self, message: str = "", *, reason: str | None = None) -> None:
         self.reason = reason or self.default_reason
@@ -114,6 +119,20 @@ class PayloadTooLarge(QFlareError):
 
 class AuthenticationError(QFlareError):
     default_reason = "unauthenticated"
+
+
+class Unauthenticated(AuthenticationError):
+    """The one answer to a request that could not be authenticated, whatever the cause.
+
+    ``cause`` (``unknown_device``, ``bad_signature``, ...) is for the server's own record only: an
+    unauthenticated caller must not learn which devices are enrolled.
+    """
+
+    default_reason = "unauthenticated"
+
+    def __init__(self, message: str = "", *, cause: str = "unauthenticated") -> None:
+        super().__init__(message or "the request could not be authenticated", reason="unauthenticated")
+        self.cause = cause
 
 
 class UnknownDevice(AuthenticationError):

@@ -10,7 +10,7 @@ import pytest
 from qflare import errors as e
 from qflare.config import DeviceConfig, RetryConfig
 from qflare.crypto import SigningKey, XWingPrivateKey
-from qflare.crypto.envelope import decrypt_envelope, parse_envelope, verify_envelope_signature
+from qflare.crypto.envelope import decrypt_envelope, parse_envelope, seal_request, verify_envelope_signature
 from qflare.edge.client import DeviceClient, ServerUnavailable
 from qflare.edge.node import EdgeNode, GaveUp
 from qflare.fl.serialize import sha256_hex
@@ -137,8 +137,60 @@ def test_node_gives_up_after_the_configured_time() -> None:
         node.run()
 
 
-def test_node_stops_on_revocation() -> None:
+def test_node_stops_on_revocation_after_its_retry_budget_since_a_plain_refusal_is_only_a_hint() -> None:
+    # Prepare: an unsealed 403 device_revoked (anyone on the path could have written it).
     body = json.dumps({"error": {"reason": "device_revoked", "message": "revoked"}})
-    node = EdgeNode(_cfg(), _client(lambda req: httpx.Response(403, content=body)))
-    with pytest.raises(e.PermissionDenied):
+    t = [0.0]
+
+    def sleep(s: float) -> None:
+        t[0] += s
+
+    cfg = _cfg(retry=RetryConfig(initial_seconds=1, max_seconds=2, give_up_after_seconds=10))
+    node = EdgeNode(cfg, _client(lambda req: httpx.Response(403, content=body)), sleep=sleep, clock=lambda: t[0])
+
+    # Execute / Assert: it backs off and asks again, then gives up naming the reason.
+    with pytest.raises(GaveUp) as info:
         node.run()
+    assert info.value.reason == "device_revoked" and node.stats.retries >= 3
+
+
+def test_a_sealed_refusal_is_authenticated_and_final() -> None:
+    # Prepare: the server seals its refusal under the request's response key.
+    def handler(req: httpx.Request) -> httpx.Response:
+        env = parse_envelope(req.content, max_size=1 << 20)
+        _, sealer = decrypt_envelope(env, SERVER_KEY, allowed_key_sources=("mlkem",))
+        err = json.dumps({"error": {"reason": "not_selected", "message": "not selected"}}).encode()
+        return httpx.Response(403, content=sealer.seal(err), headers={"content-type": "application/vnd.qflare.response"})
+
+    node = EdgeNode(_cfg(), _client(handler))
+
+    # Execute / Assert: the refusal is marked authenticated and stops the node at once.
+    with pytest.raises(e.PermissionDenied) as info:
+        node.run()
+    assert info.value.authenticated and info.value.reason == "not_selected" and node.stats.retries == 0
+
+
+def test_a_forged_plain_refusal_is_marked_unauthenticated() -> None:
+    body = json.dumps({"error": {"reason": "device_revoked", "message": "revoked"}})
+    with pytest.raises(e.PermissionDenied) as info:
+        _client(lambda req: httpx.Response(403, content=body)).task()
+    assert not info.value.authenticated
+
+
+def test_a_sealed_refusal_for_another_request_is_not_believed() -> None:
+    other = SERVER_KEY.public_key()
+    _, other_opener = seal_request(DEVICE_KEY, other, device_id="edge_01", method="POST", path="/x",
+                                   round_id=None, payload=b"", now=0.0)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        # A sealed body made for some other request (e.g. replayed by an on-path attacker).
+        env = parse_envelope(req.content, max_size=1 << 20)
+        _, sealer = decrypt_envelope(env, SERVER_KEY, allowed_key_sources=("mlkem",))
+        sealer.seal(b"{}")
+        return httpx.Response(403, content=b"QFRS" + b"\x00" * 40,
+                              headers={"content-type": "application/vnd.qflare.response"})
+
+    with pytest.raises(e.QFlareError) as info:
+        _client(handler).task()
+    assert not info.value.authenticated and info.value.reason == "http_error"
+    assert other_opener is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,3 +122,11 @@ def start_aggregator(start_enclave: EnclaveFactory) -> AggregatorFactory:
         return EnclaveAggregator(start_enclave(work_dir, **kw), inputs=inputs)  # type: ignore[arg-type]
 
     return start
+
+
+def validate_bytes(backend: Any, round_id: int, data: bytes) -> Any:
+    """``backend.validate`` with ``data`` in the form the backend accepts (sealed envelope or plaintext)."""
+    from qflare.fl.port import PlainUpdate, SealedUpdate
+
+    sealed = getattr(backend, "inputs", "plaintext") == "envelope"
+    return backend.validate(round_id, SealedUpdate(bytes(data)) if sealed else PlainUpdate(bytes(data)))

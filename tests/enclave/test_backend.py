@@ -30,6 +30,7 @@ from qflare.errors import (
 from qflare.fl.serialize import dump_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 from qflare.server.aggregation import InProcessAggregator
+from tests.enclave.conftest import validate_bytes
 
 from .conftest import ROUND, AggregatorFactory, make_arrays, make_envelope, make_update
 
@@ -38,7 +39,7 @@ def inprocess_model(base_model: bytes, spec: ModelSpec, updates: list[bytes], ro
     agg = InProcessAggregator()
     agg.begin_round(round_id, base_model, spec)
     for blob in updates:
-        agg.accumulate(agg.validate(round_id, blob))
+        agg.accumulate(validate_bytes(agg, round_id, blob))
     return agg.finalize(round_id)
 
 
@@ -53,7 +54,7 @@ def test_envelope_round_gives_the_in_process_aggregate_and_a_verifiable_signatur
     backend.begin_round(ROUND, base_model, spec)
 
     # Execute
-    validated = [backend.validate(ROUND, e) for e in envelopes]
+    validated = [validate_bytes(backend, ROUND, e) for e in envelopes]
     for v in validated:
         backend.accumulate(v)
     model = backend.finalize(ROUND)
@@ -77,7 +78,7 @@ def test_plaintext_inputs_give_the_same_aggregate(
 
     # Execute
     for u in updates:
-        backend.accumulate(backend.validate(ROUND, u))
+        backend.accumulate(validate_bytes(backend, ROUND, u))
 
     # Assert
     assert backend.finalize(ROUND) == inprocess_model(base_model, spec, updates)
@@ -95,8 +96,8 @@ def test_the_server_stores_only_ciphertext(
         b.begin_round(ROUND, base_model, spec)
 
     # Execute
-    from_envelope = backend.validate(ROUND, make_envelope(device_key, backend.public_keys().kem, update)).stored
-    from_plaintext = plain.validate(ROUND, update).stored
+    from_envelope = validate_bytes(backend, ROUND, make_envelope(device_key, backend.public_keys().kem, update)).stored
+    from_plaintext = validate_bytes(plain, ROUND, update).stored
 
     # Assert
     for stored in (from_envelope, from_plaintext):
@@ -115,7 +116,7 @@ def test_a_restarted_server_replays_stored_updates_to_the_same_aggregate(
     stored = []
     first_keys = first.public_keys()
     for u in updates:
-        v = first.validate(ROUND, make_envelope(device_key, first_keys.kem, u))
+        v = validate_bytes(first, ROUND, make_envelope(device_key, first_keys.kem, u))
         first.accumulate(v)
         stored.append(v.stored)
     first.close()
@@ -138,7 +139,7 @@ def test_a_stored_update_cannot_be_replayed_into_another_round(
     backend = start_aggregator(inputs="plaintext")
     backend.begin_round(ROUND, base_model, spec)
     backend.begin_round(ROUND + 1, base_model, spec)
-    stored = backend.validate(ROUND, make_update(1)).stored
+    stored = validate_bytes(backend, ROUND, make_update(1)).stored
 
     # Execute / Assert
     with pytest.raises(InvalidInput) as err:
@@ -153,7 +154,7 @@ def test_an_altered_stored_update_is_refused(
     backend = start_aggregator()
     backend.begin_round(ROUND, base_model, spec)
     envelope = make_envelope(device_key, backend.public_keys().kem, make_update(1))
-    stored = backend.validate(ROUND, envelope).stored
+    stored = validate_bytes(backend, ROUND, envelope).stored
     key_blob_flip, envelope_flip = bytearray(stored), bytearray(stored)
     key_blob_flip[60] ^= 0x01
     envelope_flip[stored.index(parse_envelope(envelope, max_size=1 << 20).body) + 40] ^= 0x01
@@ -190,7 +191,7 @@ def test_malformed_updates_are_refused_inside(
 
     # Execute / Assert
     with pytest.raises(error) as err:
-        backend.validate(ROUND, make_envelope(device_key, backend.public_keys().kem, bad))
+        validate_bytes(backend, ROUND, make_envelope(device_key, backend.public_keys().kem, bad))
     assert err.value.reason == reason  # type: ignore[attr-defined]
 
 
@@ -204,7 +205,7 @@ def test_an_update_over_the_norm_bound_is_refused_without_revealing_its_norm(
 
     # Execute / Assert
     with pytest.raises(UpdateRejected) as err:
-        backend.validate(ROUND, make_envelope(device_key, backend.public_keys().kem, big))
+        validate_bytes(backend, ROUND, make_envelope(device_key, backend.public_keys().kem, big))
     assert err.value.reason == "norm_exceeded"
     assert err.value.message == "update L2 norm exceeds the enclave's bound"
 
@@ -224,7 +225,7 @@ def test_envelopes_for_another_round_or_endpoint_are_refused(
     # Execute / Assert
     for envelope, reason in ((other_round, "not_an_update"), (other_path, "not_an_update"), (mixed, "round_mismatch")):
         with pytest.raises(InvalidInput) as err:
-            backend.validate(ROUND, envelope)
+            validate_bytes(backend, ROUND, envelope)
         assert err.value.reason == reason
 
 
@@ -264,7 +265,7 @@ def test_a_tampered_envelope_does_not_decrypt(
 
     # Execute / Assert
     with pytest.raises(DecryptionFailed):
-        backend.validate(ROUND, bytes(envelope))
+        validate_bytes(backend, ROUND, bytes(envelope))
 
 
 def test_finalize_without_updates_and_unknown_rounds_are_refused(
@@ -278,10 +279,10 @@ def test_finalize_without_updates_and_unknown_rounds_are_refused(
     with pytest.raises(AggregationError) as empty:
         backend.finalize(ROUND)
     with pytest.raises(NotFound):
-        backend.validate(ROUND + 5, make_update(1))
+        validate_bytes(backend, ROUND + 5, make_update(1))
     backend.abort_round(ROUND)
     with pytest.raises(NotFound):
-        backend.validate(ROUND, make_update(1))
+        validate_bytes(backend, ROUND, make_update(1))
     assert empty.value.reason == "no_updates"
 
 
@@ -294,7 +295,7 @@ def test_upload_responses_are_sealed_once_for_the_device(
     envelope, opener = seal_request(device_key, backend.public_keys().kem, device_id="dev-1", method="POST",
                                     path=f"/v1/device/rounds/{ROUND}/update", round_id=ROUND,
                                     payload=make_update(1), now=time.time())  # fmt: skip
-    handle = backend.validate(ROUND, envelope).handle
+    handle = validate_bytes(backend, ROUND, envelope).handle
     reply = json.dumps({"accepted": True}).encode()
 
     # Execute

@@ -76,3 +76,15 @@ def test_update_path_round_matches_only_update_paths() -> None:
     assert config.update_path_round("/v1/device/rounds/12/update") == 12
     assert config.update_path_round("/v1/device/task") is None
     assert config.update_path_round("/v1/device/rounds/12/update/x") is None
+
+
+def test_every_spelling_of_an_upload_target_is_an_upload_path() -> None:
+    # A signed target with a query or percent-encoding must not pass for a small request (whose payload
+    # open_request hands to the host).
+    from qflare.enclave.config import EnclaveConfig
+
+    cfg = EnclaveConfig()
+    for target in ("/v1/device/rounds/5/update", "/v1/device/rounds/5/update?x=1", "/v1/device/rounds/%35/update",
+                   "/v1/device/rounds/5/%75pdate?"):
+        assert cfg.update_path_round(target) == 5, target
+    assert cfg.update_path_round("/v1/device/task?x=/v1/device/rounds/5/update") is None

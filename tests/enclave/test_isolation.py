@@ -32,6 +32,7 @@ from qflare.crypto.signing import VerifyKey
 from qflare.enclave.backend import EnclaveAggregator
 from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.statements import verify_model_signature
+from tests.enclave.conftest import validate_bytes
 
 from .conftest import ROUND, AggregatorFactory
 
@@ -133,7 +134,7 @@ def test_the_server_process_never_holds_an_enclave_private_key_or_a_plaintext_up
     for file in device["files"]:
         envelope = parse_envelope(Path(file).read_bytes(), max_size=1 << 20)
         verify_envelope_signature(envelope, device_key)  # the server's own pre-check
-        validated = backend.validate(ROUND, envelope.raw)
+        validated = validate_bytes(backend, ROUND, envelope.raw)
         backend.accumulate(validated)
         backend.seal_response(validated.handle.request_hash, b'{"accepted":true}')
         stored.append(validated.stored)

@@ -16,8 +16,9 @@ from qflare.crypto.signing import SigningKey
 from qflare.enclave.backend import EnclaveAggregator
 from qflare.enclave.config import EnclaveConfig
 from qflare.errors import EnclaveError
+from qflare.fl.port import ValidatedUpdate
 from qflare.fl.spec import ModelSpec
-from qflare.server.aggregation import ValidatedUpdate
+from tests.enclave.conftest import validate_bytes
 
 from .conftest import ROUND, AggregatorFactory, make_envelope, make_update
 from .test_backend import inprocess_model
@@ -49,7 +50,7 @@ def call_while_killed(backend: EnclaveAggregator, call: Callable[[], Any]) -> Ba
 def run_updates(backend: EnclaveAggregator, envelopes: list[bytes]) -> list[ValidatedUpdate]:
     validated = []
     for envelope in envelopes:
-        v = backend.validate(ROUND, envelope)
+        v = validate_bytes(backend, ROUND, envelope)
         backend.accumulate(v)
         validated.append(v)
     return validated
@@ -69,7 +70,7 @@ def test_death_mid_call_is_unavailable_then_the_round_resumes_with_the_same_aggr
     state_dir = backend.enclave.launcher.work_dir / "state"  # type: ignore[attr-defined]
 
     # Execute: the enclave dies while validating the 6th update
-    error = call_while_killed(backend, lambda: backend.validate(ROUND, envelopes[5]))
+    error = call_while_killed(backend, lambda: validate_bytes(backend, ROUND, envelopes[5]))
     checkpoints = list(state_dir.glob(f"round-{ROUND}-*.ckpt"))  # what the new process resumes from
     run_updates(backend, envelopes[5:])  # the device retried after its 503
     model = backend.finalize(ROUND)
@@ -91,7 +92,7 @@ def test_death_between_validate_and_accumulate_loses_no_update(
     updates = [make_update(seed) for seed in range(4)]
     backend.begin_round(ROUND, base_model, spec)
     run_updates(backend, [make_envelope(device_key, kem, u) for u in updates[:2]])
-    pending = backend.validate(ROUND, make_envelope(device_key, kem, updates[2]))  # the server stores it next
+    pending = validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[2]))  # the server stores it next
 
     # Execute: the enclave dies during accumulate; its held tensors are gone
     error = call_while_killed(backend, lambda: backend.accumulate(pending))
@@ -118,7 +119,7 @@ def test_a_hung_enclave_times_out_and_is_replaced(
 
     # Execute
     with pytest.raises(EnclaveError) as err:
-        backend.validate(ROUND, make_envelope(device_key, kem, updates[1]))
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[1]))
     run_updates(backend, [make_envelope(device_key, kem, updates[1])])
 
     # Assert
@@ -166,11 +167,12 @@ def test_a_lost_checkpoint_fails_the_restore_instead_of_dropping_updates(
     state_dir = backend.enclave.launcher.work_dir / "state"  # type: ignore[attr-defined]
 
     # Execute: the enclave dies and its checkpoint disappears from the untrusted disk
-    error = call_while_killed(backend, lambda: backend.validate(ROUND, make_envelope(device_key, kem, make_update(9))))
+    envelope = make_envelope(device_key, kem, make_update(9))
+    error = call_while_killed(backend, lambda: validate_bytes(backend, ROUND, envelope))
     for checkpoint in state_dir.glob(f"round-{ROUND}-*.ckpt"):
         checkpoint.unlink()
     with pytest.raises(EnclaveError) as restore:
-        backend.validate(ROUND, make_envelope(device_key, kem, make_update(9)))
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, make_update(9)))
 
     # Assert
     assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from qflare.enclave.trusted.rounds import RoundState
-from qflare.enclave.trusted.validation import ParsedUpdate
 from qflare.errors import InvalidInput
+from qflare.fl.checks import ParsedUpdate
 from qflare.fl.spec import ModelSpec
 
 from .conftest import make_arrays

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qflare.errors import MalformedPayload, ModelSpecMismatch, NonFiniteValues, UpdateRejected
-from qflare.fl.serialize import ORDER_KEY, check_update_norm, dump_arrays, load_arrays, sha256_hex
+from qflare.fl.checks import check_update_norm
+from qflare.fl.serialize import ORDER_KEY, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 
 from .arrays_strategies import arrays_for, model_specs

@@ -16,6 +16,7 @@ from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import serialize_public_key
 from qflare.fl.serialize import dump_arrays, load_arrays
+from qflare.fl.port import AggregationBackend
 from qflare.server.app import build_state, create_app
 from qflare.server.state import ServerState
 
@@ -52,6 +53,7 @@ class Reply:
     content: bytes
     text: str
     raw: bytes
+    sealed: bool = False
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -78,9 +80,17 @@ class Harness:
         )
 
     def send(self, path: str, envelope: bytes, opener: ResponseOpener | None = None) -> Reply:
+        """POST an envelope; a sealed answer (a 200, or a refusal after the request was opened) is opened.
+
+        ``raw`` is the answer as a device reads it: the error JSON of a refusal, sealed or not.
+        """
         resp = self.client.post(path, content=envelope)
-        body = opener.open(resp.content) if opener is not None and resp.status_code == 200 else resp.content
-        return Reply(resp.status_code, body, body.decode(errors="replace"), resp.content)
+        sealed = resp.headers.get("content-type", "").startswith("application/vnd.qflare.response")
+        if resp.status_code == 200 and opener is not None:
+            body = opener.open(resp.content)
+            return Reply(resp.status_code, body, body.decode(errors="replace"), resp.content, sealed)
+        raw = opener.open(resp.content) if sealed and opener is not None else resp.content
+        return Reply(resp.status_code, raw, raw.decode(errors="replace"), raw, sealed)
 
     def post(self, device_id: str, path: str, content: bytes = b"", *, round_id: int | None = None,
              key: SigningKey | None = None) -> Reply:
@@ -130,9 +140,11 @@ def enroll(client: TestClient, device_id: str, key: SigningKey, key_source: str 
 
 
 def make_harness(tmp_path: Path, keys: dict[str, SigningKey] | None = None, *, enroll_devices: bool = True,
-                 enclave: bool = False, **rounds: object) -> Iterator[Harness]:
+                 enclave: bool = False, backend: AggregationBackend | None = None,
+                 **rounds: object) -> Iterator[Harness]:
     clock = FakeClock()
-    state = build_state(config_for(tmp_path, enclave=enclave, **rounds), admin_token=ADMIN, clock=clock)
+    state = build_state(config_for(tmp_path, enclave=enclave, **rounds), admin_token=ADMIN, clock=clock,
+                        backend=backend)
     app = create_app(state, run_ticker=False)
     keys = keys if keys is not None else {f"edge_{i}": _KEYS[i] for i in range(3)}
     with TestClient(app) as client:

@@ -136,13 +136,44 @@ def test_truncated_and_oversized_envelopes_are_refused(harness: Harness) -> None
 
 def test_unknown_revoked_and_outsider_devices_are_refused(harness: Harness) -> None:
     unknown, _ = harness.seal("edge_9", TASK, key=OUTSIDER_KEY)
-    _refused(harness, unknown, TASK, 401, "unknown_device")
+    _refused(harness, unknown, TASK, 401, "unauthenticated")
     impersonation, _ = harness.seal("edge_0", TASK, key=OUTSIDER_KEY)
-    _refused(harness, impersonation, TASK, 401, "bad_signature")
+    _refused(harness, impersonation, TASK, 401, "unauthenticated")
     assert harness.client.post("/v1/admin/devices/edge_1/revoke", headers=OPERATOR).status_code == 200
-    revoked, _ = harness.seal("edge_1", TASK)
+    revoked_forged, _ = harness.seal("edge_1", TASK, key=OUTSIDER_KEY)
+    _refused(harness, revoked_forged, TASK, 401, "unauthenticated")
+    revoked, _ = harness.seal("edge_1", TASK)  # signed by the device itself: it may learn it is revoked
     _refused(harness, revoked, TASK, 403, "device_revoked")
+    # The server's own record keeps the precise cause the caller was not told.
+    causes = [e.reason for e in reversed(harness.state.repo.list_events(kind="request_rejected"))]
+    assert causes == ["unknown_device", "bad_signature", "bad_signature", "device_revoked"]
     _still_serving(harness)
+
+
+def test_unauthenticated_callers_get_one_answer_and_the_same_work_whatever_the_cause(harness: Harness) -> None:
+    # Prepare: an unknown device, an impersonation of an enrolled one, and an impersonation of a revoked one.
+    assert harness.client.post("/v1/admin/devices/edge_1/revoke", headers=OPERATOR).status_code == 200
+    calls: list[str] = []
+    import qflare.server.gateway as gw
+
+    real = gw.verify_envelope_signature
+
+    def counting(env, key):  # type: ignore[no-untyped-def]
+        calls.append(env.device_id)
+        return real(env, key)
+
+    gw.verify_envelope_signature = counting  # type: ignore[assignment]
+    try:
+        bodies = []
+        for device in ("edge_9", "edge_0", "edge_1"):
+            envelope, _ = harness.seal(device, TASK, key=OUTSIDER_KEY)
+            bodies.append(harness.send(TASK, envelope).raw)
+    finally:
+        gw.verify_envelope_signature = real  # type: ignore[assignment]
+
+    # Assert: byte-identical answers, and one signature verification each (a dummy key for the unknown one).
+    assert len(set(bodies)) == 1 and b"unauthenticated" in bodies[0]
+    assert calls == ["edge_9", "edge_0", "edge_1"]
 
 
 def test_key_source_downgrade_is_refused(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def test_unknown_device_is_refused(harness: Harness) -> None:
     rid = harness.open_round()
     before = harness.snapshot()
     resp = harness.post("edge_9", f"/v1/device/rounds/{rid}/update", harness.update_blob(), key=OUTSIDER_KEY)
-    _assert_refused(harness, resp, 401, "unknown_device", before)
+    _assert_refused(harness, resp, 401, "unauthenticated", before)
 
 
 def test_signature_by_another_enrolled_device_is_refused(harness: Harness) -> None:
@@ -157,7 +157,7 @@ def test_signature_by_another_enrolled_device_is_refused(harness: Harness) -> No
     before = harness.snapshot()
     resp = harness.post("edge_0", f"/v1/device/rounds/{rid}/update", harness.update_blob(),
                         key=harness.keys["edge_1"])
-    _assert_refused(harness, resp, 401, "bad_signature", before)
+    _assert_refused(harness, resp, 401, "unauthenticated", before)
 
 
 def test_revoked_device_is_refused(harness: Harness) -> None:

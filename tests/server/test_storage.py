@@ -124,3 +124,14 @@ def test_enrollment_tokens_are_one_time_and_expire(repo: Repository) -> None:
         repo.enroll_with_token("t2", "edge_09", public_key=b"pk", fingerprint="fp", now=101.0)
     assert expired.value.reason == "enrollment_token_expired"
     assert repo.get_device("edge_02") is None and repo.get_device("edge_09") is None
+
+
+def test_sqlite_durability_setting_is_the_documented_one(tmp_path: Path) -> None:
+    # docs/architecture.md: WAL with synchronous=NORMAL (1); a change must change the docs too.
+    repo = Repository(f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        with repo.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    finally:
+        repo.close()

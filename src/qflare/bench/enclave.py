@@ -36,6 +36,7 @@ from qflare.crypto.signing import SigningKey
 from qflare.enclave.backend import EnclaveAggregator
 from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.trusted.boot import tune_malloc
+from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.fl.serialize import dump_arrays
 from qflare.fl.spec import ModelSpec
 from qflare.server.aggregation import InProcessAggregator
@@ -98,15 +99,16 @@ def _measure_mode(
         def local_step(data: bytes) -> None:
             env = parse_envelope(data, max_size=1 << 30)
             payload, _ = decrypt_envelope(env, server_kem, allowed_key_sources={"mlkem"})
-            inproc.accumulate(inproc.validate(_ROUND, payload))
+            inproc.accumulate(inproc.validate(_ROUND, PlainUpdate(payload)))
     else:
         local_inputs = enclave_inputs = blobs
 
         def local_step(data: bytes) -> None:
-            inproc.accumulate(inproc.validate(_ROUND, data))
+            inproc.accumulate(inproc.validate(_ROUND, PlainUpdate(data)))
 
     def enclave_step(data: bytes) -> None:
-        enclave.accumulate(enclave.validate(_ROUND, data))
+        update = SealedUpdate(data) if enclave.inputs == "envelope" else PlainUpdate(data)
+        enclave.accumulate(enclave.validate(_ROUND, update))
 
     local_s: list[float] = []
     enclave_s: list[float] = []

@@ -23,7 +23,7 @@ import httpx
 from qflare import errors as e
 from qflare.config import AttestationConfig
 from qflare.crypto import SigningKey, VerifyKey, XWingPublicKey
-from qflare.crypto.envelope import seal_request
+from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.edge.attestation import AttestedEnclave, attest
 from qflare.fl.serialize import sha256_hex
 
@@ -57,23 +57,40 @@ _BY_STATUS: dict[int, type[e.QFlareError]] = {
 _BY_REASON: dict[str, type[e.QFlareError]] = {
     cls.default_reason: cls
     for cls in (e.DecryptionFailed, e.InvalidSignature, e.StaleRequest, e.UnknownDevice, e.ReplayDetected,
+                e.Unauthenticated,
                 e.RoundClosed, e.DuplicateUpdate, e.NonFiniteValues)
 }
 
 
-def error_from_response(resp: httpx.Response) -> e.QFlareError:
-    """Turn an error response into the matching typed exception, keeping the server's reason code."""
-    reason, message = "http_error", resp.text[:500]
+SEALED_MEDIA_TYPE = "application/vnd.qflare.response"
+
+
+def error_from_response(resp: httpx.Response, opener: ResponseOpener | None = None) -> e.QFlareError:
+    """Turn an error response into the matching typed exception, keeping the server's reason code.
+
+    A refusal sealed under the request's response key (``application/vnd.qflare.response``) is opened
+    with ``opener`` and marked ``authenticated``; any other refusal is plain JSON that an on-path attacker
+    could have written, and stays ``authenticated = False`` (a hint: ``docs/protocol.md``, "Errors").
+    """
+    reason, message, raw, authenticated = "http_error", resp.text[:500], resp.content, False
+    if opener is not None and resp.headers.get("content-type", "").startswith(SEALED_MEDIA_TYPE):
+        try:
+            raw, authenticated = opener.open(resp.content), True
+        except e.QFlareError:
+            raw = b""  # sealed, but not for this request: ignore its content entirely
     try:
-        body = resp.json()
+        body = json.loads(raw)
         reason = str(body["error"]["reason"])
         message = str(body["error"]["message"])
     except (ValueError, KeyError, TypeError):
         pass
     if resp.status_code >= 500:
-        return ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
-    cls = _BY_REASON.get(reason) or _BY_STATUS.get(resp.status_code, e.QFlareError)
-    return cls(f"{resp.status_code} {reason}: {message}", reason=reason)
+        err: e.QFlareError = ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
+    else:
+        cls = _BY_REASON.get(reason) or _BY_STATUS.get(resp.status_code, e.QFlareError)
+        err = cls(f"{resp.status_code} {reason}: {message}", reason=reason)
+    err.authenticated = authenticated
+    return err
 
 
 class DeviceClient:
@@ -167,19 +184,19 @@ class DeviceClient:
             payload=payload, now=self._clock(), key_source=self._key_source, qkd_key=qkd_key, key_ids=key_ids,
         )
 
-    def send(self, path: str, envelope: bytes) -> httpx.Response:
-        """POST a ready envelope; raises the typed error for a refusal."""
+    def send(self, path: str, envelope: bytes, opener: ResponseOpener | None = None) -> httpx.Response:
+        """POST a ready envelope; raises the typed error for a refusal (opened with ``opener`` if sealed)."""
         try:
             resp = self._http.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"cannot reach server: {exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 400:
-            raise error_from_response(resp)
+            raise error_from_response(resp, opener)
         return resp
 
     def _call(self, path: str, payload: bytes = b"", round_id: int | None = None) -> bytes:
         envelope, opener = self.seal(path, payload, round_id)
-        return bytes(opener.open(self.send(path, envelope).content))
+        return bytes(opener.open(self.send(path, envelope, opener).content))
 
     def _call_json(self, path: str, payload: bytes = b"", round_id: int | None = None) -> dict[str, Any]:
         raw = self._call(path, payload, round_id)

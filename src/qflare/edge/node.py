@@ -19,7 +19,9 @@ from qflare.errors import (
     AuthenticationError,
     Conflict,
     DecryptionFailed,
+    InvalidInput,
     InvalidSignature,
+    NotFound,
     PermissionDenied,
     QFlareError,
     QKDError,
@@ -156,10 +158,13 @@ class EdgeNode:
                 self.client.upload_update(round_id, update)
                 self.stats.uploads_accepted += 1
                 log.info("%s: round %d update accepted", self.config.device_id, round_id)
-            except Conflict as exc:  # late (round closed) or duplicate: drop it and carry on
+            except (Conflict, NotFound, InvalidInput) as exc:
+                # A late update (the round closed or is no longer aggregated), a duplicate, or one the
+                # server's validation refused: a normal event in a federation. Log it, go on to the next task.
                 self.stats.uploads_refused += 1
                 self.stats.refusals.append(exc.reason)
-                log.warning("%s: round %d update refused: %s", self.config.device_id, round_id, exc.message)
+                log.warning("%s: round %d update refused (%s): %s", self.config.device_id, round_id, exc.reason,
+                            exc.message)
             self.stats.rounds_trained += 1
         elif status == "wait":
             self.sleep(min(float(task.get("retry_after", 1.0)) or self.config.poll_interval_seconds,
@@ -172,21 +177,26 @@ class EdgeNode:
         delay = rc.initial_seconds
         down_since: float | None = None
         reattested = False
+
+        def back_off(exc: QFlareError, what: str) -> None:
+            nonlocal delay, down_since
+            now = self.clock()
+            down_since = down_since if down_since is not None else now
+            if rc.give_up_after_seconds is not None and now - down_since > rc.give_up_after_seconds:
+                raise GaveUp(f"{what} for {now - down_since:.0f} s: {exc.message}", reason=exc.reason) from None
+            self.stats.retries += 1
+            wait = delay * (0.5 + self._rng.random())
+            log.info("%s: %s (%s: %s); retrying in %.1f s", self.config.device_id, what, exc.reason, exc.message, wait)
+            self.sleep(wait)
+            delay = min(delay * 2, rc.max_seconds)
+
         while max_rounds is None or self.stats.rounds_trained < max_rounds:
             try:
                 status = self.step()
                 delay, down_since, reattested = rc.initial_seconds, None, False
             except (ServerUnavailable, QKDError) as exc:
                 # QKD required but no key to be had: wait for the link, never fall back to ML-KEM alone.
-                now = self.clock()
-                down_since = down_since if down_since is not None else now
-                if rc.give_up_after_seconds is not None and now - down_since > rc.give_up_after_seconds:
-                    raise GaveUp(f"server unavailable for {now - down_since:.0f} s: {exc.message}") from None
-                self.stats.retries += 1
-                wait = delay * (0.5 + self._rng.random())
-                log.info("%s: server unavailable (%s); retrying in %.1f s", self.config.device_id, exc.reason, wait)
-                self.sleep(wait)
-                delay = min(delay * 2, rc.max_seconds)
+                back_off(exc, "server unavailable")
                 continue
             except (DecryptionFailed, InvalidSignature) as exc:
                 # The enclave may have been replaced: attest afresh once (the pinned policy still
@@ -196,15 +206,23 @@ class EdgeNode:
                     self.client.attest()
                     reattested = True
                     continue
-                log.error("%s: refused: %s", self.config.device_id, exc.message)
-                raise
+                if exc.authenticated:
+                    log.error("%s: refused: %s", self.config.device_id, exc.message)
+                    raise
+                back_off(exc, "refused by an unauthenticated answer (a hint)")
+                continue
             except AttestationError as exc:
                 log.error("%s: refusing to send anything to this server: %s (%s)", self.config.device_id,
                           exc.message, exc.reason)
                 raise
             except (AuthenticationError, PermissionDenied) as exc:
-                log.error("%s: refused by the server: %s", self.config.device_id, exc.message)
-                raise
+                if exc.authenticated:
+                    log.error("%s: refused by the server: %s", self.config.device_id, exc.message)
+                    raise
+                # A plain (unsealed) refusal could come from anyone on the path: a hint, never final. Back
+                # off and ask again; a device that is really refused keeps getting the same answer.
+                back_off(exc, "refused by an unauthenticated answer (a hint)")
+                continue
             if status == "done":
                 if self.config.exit_when_done:
                     break

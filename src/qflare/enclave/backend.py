@@ -1,5 +1,4 @@
-"""``EnclaveAggregator``: the server's :class:`~qflare.server.aggregation.AggregationBackend` behind the
-enclave boundary.
+"""``EnclaveAggregator``: an :class:`~qflare.fl.port.AggregationBackend` behind the enclave boundary.
 
 The server hands it update envelopes (already size-, device-, timestamp-, nonce- and
 signature-checked); the enclave decrypts, validates, keeps the tensors, and returns a receipt whose
@@ -31,8 +30,8 @@ from qflare.enclave.quote import EnclavePublicKeys
 from qflare.enclave.statements import RoundTask
 from qflare.enclave.stored import stored_update_id
 from qflare.errors import EnclaveError, NotFound, QFlareError
+from qflare.fl.port import PlainUpdate, SealedUpdate, UpdateInput, ValidatedUpdate
 from qflare.fl.spec import ModelSpec
-from qflare.server.aggregation import ValidatedUpdate
 
 __all__ = ["EnclaveAggregator", "EnclaveUpdateHandle"]
 
@@ -137,22 +136,21 @@ class EnclaveAggregator:
             raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
         return state
 
-    def validate(
-        self,
-        round_id: int,
-        blob: bytes,
-        *,
-        allowed_key_sources: Collection[str] | None = None,
-        extra_secret: bytes | None = None,
-    ) -> ValidatedUpdate:
-        """Validate one update inside the enclave (an envelope, or a raw update with ``inputs="plaintext"``)."""
+    def validate(self, round_id: int, update: UpdateInput) -> ValidatedUpdate:
+        """Validate one update inside the enclave: a :class:`SealedUpdate` (``inputs="envelope"``, the
+        server's path) or a :class:`PlainUpdate` (``inputs="plaintext"``); each mode accepts only its own."""
         if self.inputs == "envelope":
+            if not isinstance(update, SealedUpdate):
+                raise TypeError("this EnclaveAggregator validates sealed updates (SealedUpdate) only")
             return self.validate_envelope(
-                round_id, blob, allowed_key_sources=allowed_key_sources, extra_secret=extra_secret
+                round_id, update.envelope, allowed_key_sources=update.allowed_key_sources or None,
+                extra_secret=update.extra_secret,
             )
+        if not isinstance(update, PlainUpdate):
+            raise TypeError("this EnclaveAggregator validates plaintext updates (PlainUpdate) only")
         with self._lock:
             self._host_round(round_id)
-            receipt = self.enclave.validate_update(round_id, blob, kind="plaintext")
+            receipt = self.enclave.validate_update(round_id, update.data, kind="plaintext")
         return self._validated(round_id, receipt)
 
     def validate_envelope(

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from urllib.parse import unquote
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
 from qflare.errors import ConfigError
+from qflare.fl.strategies import STRATEGIES
 
 __all__ = ["CONFIG_FORMAT", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
 
@@ -60,6 +62,9 @@ class EnclaveConfig:
     allowed_key_sources:
         Envelope key sources the enclave accepts. ``qkd`` alone is off by default: its key reaches the
         enclave through the host, so the host could read such a request.
+    aggregation_rule:
+        The aggregation strategy (``qflare.fl.strategies``) every round runs inside; measured, so the
+        host cannot swap the rule devices were promised.
     """
 
     isv_prod_id: int = 1
@@ -73,6 +78,7 @@ class EnclaveConfig:
     max_open_requests: int = 1024
     update_path_regex: str = DEFAULT_UPDATE_PATH_REGEX
     allowed_key_sources: tuple[str, ...] = ("hybrid", "mlkem")
+    aggregation_rule: str = "fedavg"
 
     def __post_init__(self) -> None:
         for name in ("isv_prod_id", "isv_svn"):
@@ -113,6 +119,10 @@ class EnclaveConfig:
                 reason="invalid_config",
             )
         object.__setattr__(self, "allowed_key_sources", tuple(sorted(set(sources))))  # one canonical form
+        if not isinstance(self.aggregation_rule, str) or self.aggregation_rule not in STRATEGIES:
+            raise ConfigError(
+                f"enclave config aggregation_rule must be one of {sorted(STRATEGIES)}", reason="invalid_config"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``format``, JSON-ready."""
@@ -125,8 +135,14 @@ class EnclaveConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     def update_path_round(self, path: str) -> int | None:
-        """The round id an update path names, or ``None`` when ``path`` is not an update path."""
-        match = re.fullmatch(self.update_path_regex, path)
+        """The round id an update path names, or ``None`` when ``path`` is not an update path.
+
+        ``path`` is a signed request target (``docs/protocol.md``): the query is ignored and the path
+        percent-decoded first, so no spelling of an upload's target (``.../5/update?x=1``,
+        ``.../%35/update``) passes for a small request whose payload may leave the enclave.
+        """
+        decoded = unquote(path.split("?", 1)[0])
+        match = re.fullmatch(self.update_path_regex, decoded)
         return int(match.group("round_id")) if match else None
 
     @classmethod

@@ -91,7 +91,6 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/enclave/trusted/rounds.py",
             "qflare/enclave/trusted/runtime.py",
             "qflare/enclave/trusted/storage.py",
-            "qflare/enclave/trusted/validation.py",
         ]
     )
 )

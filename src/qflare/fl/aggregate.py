@@ -12,6 +12,7 @@ from __future__ import annotations
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from qflare.types import NDArrays
 
 __all__ = [
     "Accumulator",
+    "AccumulatorState",
     "AggregateFn",
     "BufferedAccumulator",
     "FedAvgAccumulator",
@@ -57,6 +59,20 @@ def fedavg(results: Sequence[tuple[NDArrays, int]]) -> NDArrays:
         weighted = [np.asarray(arrays[name], dtype=np.float64) * int(n) for arrays, n in results]
         averaged[name] = (np.sum(weighted, axis=0) / total).astype(tensor.dtype)
     return averaged
+
+
+@dataclass(frozen=True)
+class AccumulatorState:
+    """What a checkpoint must keep of an accumulator to rebuild it exactly.
+
+    ``arrays`` are the accumulator's own tensors (a running sum, or every buffered update), ``weights``
+    the ``num_examples`` of each buffered update (empty for a streaming rule).
+    """
+
+    count: int
+    total_examples: int
+    arrays: NDArrays = field(repr=False)
+    weights: tuple[int, ...] = ()
 
 
 class Accumulator(ABC):
@@ -103,6 +119,25 @@ class Accumulator(ABC):
             raise AggregationError("total number of examples is zero", reason="zero_weight")
         return self._result()
 
+    def state(self) -> AccumulatorState:
+        """A copy of everything needed to rebuild this accumulator (for sealed checkpoints)."""
+        return AccumulatorState(self._count, self._total_examples, *self._export())
+
+    def from_state(self, state: AccumulatorState) -> Accumulator:
+        """Load ``state`` (made by :meth:`state` of the same kind of accumulator and spec); returns ``self``."""
+        if state.count < 0 or state.total_examples < 0:
+            raise AggregationError("accumulator state has negative counts", reason="bad_accumulator_state")
+        self._import(state)
+        self._count = state.count
+        self._total_examples = state.total_examples
+        return self
+
+    @abstractmethod
+    def _export(self) -> tuple[NDArrays, tuple[int, ...]]: ...
+
+    @abstractmethod
+    def _import(self, state: AccumulatorState) -> None: ...
+
     @abstractmethod
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None: ...
 
@@ -126,6 +161,18 @@ class FedAvgAccumulator(Accumulator):
         super().__init__(spec)
         # Don't keep the updates: only their weighted sum.
         self._sum = {name: np.zeros(t.shape, dtype=np.float64) for name, t in spec.items()}
+
+    def _export(self) -> tuple[NDArrays, tuple[int, ...]]:
+        return {name: running.copy() for name, running in self._sum.items()}, ()
+
+    def _import(self, state: AccumulatorState) -> None:
+        if set(state.arrays) != set(self._sum) or state.weights:
+            raise AggregationError("accumulator state does not match the spec", reason="bad_accumulator_state")
+        for name, running in self._sum.items():
+            value = np.asarray(state.arrays[name], dtype=np.float64)
+            if value.shape != running.shape:
+                raise AggregationError(f"accumulator state: {name} has the wrong shape", reason="bad_accumulator_state")
+            running[...] = value
 
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
         for name, running in self._sum.items():
@@ -152,6 +199,25 @@ class BufferedAccumulator(Accumulator):
         super().__init__(spec)
         self._aggregate_fn = aggregate_fn
         self._results: list[tuple[NDArrays, int]] = []
+
+    def _export(self) -> tuple[NDArrays, tuple[int, ...]]:
+        arrays = {
+            f"{i}/{name}": np.array(a, copy=True) for i, (upd, _) in enumerate(self._results) for name, a in upd.items()
+        }
+        return arrays, tuple(n for _, n in self._results)
+
+    def _import(self, state: AccumulatorState) -> None:
+        results: list[tuple[NDArrays, int]] = []
+        for i, n in enumerate(state.weights):
+            try:
+                upd = {name: np.array(state.arrays[f"{i}/{name}"], copy=True) for name in self.spec}
+            except KeyError:
+                raise AggregationError(f"accumulator state lacks update {i}", reason="bad_accumulator_state") from None
+            self.spec.validate(upd)
+            results.append((upd, int(n)))
+        if len(state.arrays) != len(results) * len(self.spec) or len(results) != state.count:
+            raise AggregationError("accumulator state does not match its weights", reason="bad_accumulator_state")
+        self._results = results
 
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
         self._results.append(({name: np.array(arrays[name], copy=True) for name in self.spec}, num_examples))

@@ -1,15 +1,30 @@
-"""Policy checks on a well-formed update (after :meth:`ModelSpec.validate` passed)."""
+"""Update validation: parse, check against the spec, metadata bounds, bounded norm.
+
+:func:`parse_update` is the one validation function: the in-process backend and the enclave both call
+it (the enclave must not load the server package, which is not measured).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from qflare.errors import MalformedPayload, ModelSpecMismatch, UpdateRejected
+from qflare.fl.serialize import load_arrays
+from qflare.fl.spec import ModelSpec
+from qflare.types import NDArrays
 
-__all__ = ["MAX_EXAMPLES_PER_UPDATE", "check_update_norm", "l2_norm", "parse_update_metadata"]
+__all__ = [
+    "MAX_EXAMPLES_PER_UPDATE",
+    "ParsedUpdate",
+    "check_update_norm",
+    "l2_norm",
+    "parse_update",
+    "parse_update_metadata",
+]
 
 MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
@@ -75,3 +90,40 @@ def parse_update_metadata(meta: Mapping[str, str]) -> tuple[int, float | None]:
         if not math.isfinite(loss):
             raise UpdateRejected("train_loss is not finite", reason="bad_train_loss")
     return num, loss
+
+
+@dataclass(frozen=True)
+class ParsedUpdate:
+    """A validated update's tensors and metadata; ``norm`` is its step's L2 norm from the base model."""
+
+    arrays: NDArrays
+    num_examples: int
+    train_loss: float | None
+    norm: float | None = None
+
+
+def parse_update(
+    payload: bytes, spec: ModelSpec, *, max_norm: float | None, reference: NDArrays | None
+) -> ParsedUpdate:
+    """Parse and validate one update (raises an ``InvalidInput`` error).
+
+    Parameters
+    ----------
+    payload:
+        The update's safetensors bytes.
+    spec:
+        The round's model spec: names, shapes, dtypes; values must be finite.
+    max_norm:
+        Refuse an update whose step from ``reference`` is longer than this (``None``: no bound).
+    reference:
+        The round's base model; when given, the step's norm is computed (and bounded by ``max_norm``).
+    """
+    arrays, meta = load_arrays(payload, spec)
+    num, loss = parse_update_metadata(meta)
+    norm = None
+    if reference is not None:
+        # Bound the change the update makes to the global model, not the size of the weights.
+        norm = check_update_norm(arrays, max_norm, reference=reference)
+    elif max_norm is not None:
+        norm = check_update_norm(arrays, max_norm)
+    return ParsedUpdate(arrays=arrays, num_examples=num, train_loss=loss, norm=norm)

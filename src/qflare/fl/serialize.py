@@ -16,7 +16,6 @@ import numpy as np
 import safetensors.numpy
 
 from qflare.errors import MalformedPayload
-from qflare.fl.checks import check_update_norm, l2_norm
 from qflare.fl.spec import ModelSpec, TensorSpec, check_finite
 from qflare.types import NDArrays
 
@@ -25,9 +24,7 @@ __all__ = [
     "ModelSpec",
     "TensorSpec",
     "check_finite",
-    "check_update_norm",
     "dump_arrays",
-    "l2_norm",
     "load_arrays",
     "sha256_hex",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qflare import errors as e
@@ -32,6 +35,30 @@ STATUS_TABLE: tuple[tuple[type[e.QFlareError], int], ...] = (
 )
 
 
+SEALED_MEDIA_TYPE = "application/vnd.qflare.response"
+
+
+class SealedRefusal(Exception):
+    """A refusal to an authenticated request, answered sealed under that request's response key.
+
+    ``sealed`` is ``None`` when the response key is no longer to be had (e.g. the enclave never opened
+    the request): the refusal then goes back as plain JSON, like a gateway refusal.
+    """
+
+    def __init__(self, error: e.QFlareError, sealed: bytes | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.sealed = sealed
+
+    @classmethod
+    def for_call(cls, error: e.QFlareError, seal: Callable[[bytes], bytes], body: dict[str, Any]) -> SealedRefusal:
+        try:
+            sealed: bytes | None = seal(json.dumps(body, separators=(",", ":")).encode())
+        except e.QFlareError:
+            sealed = None
+        return cls(error, sealed)
+
+
 def status_for(exc: e.QFlareError) -> int:
     for cls, status in STATUS_TABLE:
         if isinstance(exc, cls):
@@ -44,6 +71,14 @@ def error_body(reason: str, message: str) -> dict[str, dict[str, str]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SealedRefusal)
+    async def _sealed(request: Request, exc: SealedRefusal) -> Response:
+        if exc.sealed is None:
+            return await _qflare(request, exc.error)
+        status = status_for(exc.error)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return Response(exc.sealed, status_code=status, media_type=SEALED_MEDIA_TYPE, headers=headers)
+
     @app.exception_handler(e.QFlareError)
     async def _qflare(_: Request, exc: e.QFlareError) -> JSONResponse:
         status = status_for(exc)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from qflare.errors import ConfigError, QFlareError
 from qflare.fl.serialize import load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import set_arrays
 
 
 class Evaluator:
-    """Evaluates global models of one task; the test set and baseline are computed once, lazily."""
+    """Evaluates global models of one task; the test set and baseline are computed once.
+
+    :meth:`check` loads them at server start, so a bad evaluation file is a start-up error naming
+    ``evaluation.csv_path`` rather than a failure at the first round's close.
+    """
 
     def __init__(self, task_name: str, *, seed: int = 0, csv_path: str | None = None) -> None:
         self.task = get_task(task_name)
@@ -28,6 +33,16 @@ class Evaluator:
             if baseline is not None:
                 self._baseline = {f"baseline_{k}": float(v) for k, v in baseline(self._data).items()}
         return self._data
+
+    def check(self) -> None:
+        """Load the test set now; raise ``ConfigError`` naming ``evaluation.csv_path`` if it cannot be used."""
+        try:
+            with self._lock:
+                self._dataset()
+        except (OSError, ValueError, QFlareError) as exc:
+            where = f" ({self._csv})" if self._csv else ""
+            message = exc.message if isinstance(exc, QFlareError) else str(exc)
+            raise ConfigError(f"evaluation.csv_path{where}: {message}", reason="bad_evaluation_data") from None
 
     def evaluate(self, model_blob: bytes) -> dict[str, float]:
         import torch

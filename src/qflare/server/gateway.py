@@ -1,27 +1,46 @@
 """The device gateway: every device request is a post-quantum envelope, checked cheapest first.
 
-Order (``docs/protocol.md``): size limit (while streaming) -> envelope structure and version ->
-method, path and round bound by the signed header -> device known -> not revoked -> key source allowed
-for this device -> timestamp window -> nonce never seen -> composite signature -> nonce recorded
-(atomically) -> decapsulation and decryption (by the :class:`~qflare.server.keys.RequestOpener`, which
-holds the KEM private key). A refusal raises a typed error with a reason code and changes no state.
+Order (``docs/protocol.md`` section "Server checks"): size limit (while streaming) -> envelope
+structure and version -> method and raw request target (path and query, as sent) and round bound by the
+signed header -> timestamp window -> composite signature under the device's enrolled key (under a dummy
+key for an unknown device, so that unknown, badly signed and revoked-but-badly-signed requests get one
+answer, ``401 unauthenticated``, in the same time) -> not revoked -> key source allowed -> nonce and
+KEM ciphertext never seen (recorded atomically, both or neither) -> decapsulation and decryption (by the
+:class:`~qflare.server.keys.RequestOpener`, which holds the KEM private key; for an upload behind an
+enclave, later, inside the enclave).
+
+A refusal raises a typed error with a reason code and changes no state, with one documented exception:
+a validly signed request's nonce stays used when its decryption then fails. Only the holder of the
+device key can cause that, and recording first is what guarantees that no copy of a request is ever
+decrypted twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from qflare.crypto import SigningKey
 from qflare.crypto.envelope import Envelope, check_timestamp, parse_envelope, verify_envelope_signature
 from qflare.crypto.signing import VerifyKey
-from qflare.errors import MalformedPayload, PayloadTooLarge, PermissionDenied, QKDError, ReplayDetected, UnknownDevice
+from qflare.errors import (
+    AuthenticationError,
+    MalformedPayload,
+    PayloadTooLarge,
+    PermissionDenied,
+    QKDError,
+    Unauthenticated,
+)
+from qflare.fl.port import PlainUpdate, SealedUpdate
+from qflare.server.errors import SEALED_MEDIA_TYPE
 from qflare.server.keys import RequestOpener, Sealer
 from qflare.server.storage import DeviceRecord, Repository
 
-RESPONSE_MEDIA_TYPE = "application/vnd.qflare.response"
+RESPONSE_MEDIA_TYPE = SEALED_MEDIA_TYPE
 # last_seen is a liveness hint: one write per device every few seconds is enough.
 TOUCH_INTERVAL_SECONDS = 2.0
 
@@ -48,24 +67,47 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def request_target(request: Request) -> str:
+    """The request target exactly as the client sent it: raw (percent-encoded) path, then ``?query`` if any.
+
+    This is what a device signs in the header's ``path`` field (``docs/protocol.md``).
+    """
+    raw = request.scope.get("raw_path") or request.url.path.encode("ascii", "replace")
+    target = bytes(raw).decode("latin-1")
+    query = request.scope.get("query_string") or b""
+    return f"{target}?{bytes(query).decode('latin-1')}" if query else target
+
+
+@dataclass(frozen=True)
+class OpenedRequest:
+    """A small request decrypted by the opener: its plaintext payload."""
+
+    payload: bytes = field(repr=False)
+
+
+DeviceBody = OpenedRequest | PlainUpdate | SealedUpdate
+"""What an authenticated request carries: a small decrypted request, a decrypted update (in process),
+or an update still sealed for the enclave. Each consumer accepts exactly the type it can handle."""
+
+
 @dataclass(frozen=True)
 class DeviceCall:
-    """An authenticated device request and the sealer for its one response.
-
-    ``payload`` is the decrypted request, except for an update upload behind an enclave: then it is
-    the still-sealed envelope, for the aggregation backend to open (with ``key_sources`` and
-    ``extra_secret``).
-    """
+    """An authenticated device request and the sealer for its one response."""
 
     device_id: str
-    payload: bytes
+    body: DeviceBody
     envelope: Envelope
     sealer: Sealer
-    key_sources: tuple[str, ...]
-    extra_secret: bytes | None = field(default=None, repr=False)
 
     def seal(self, response: bytes) -> bytes:
         return self.sealer.seal(response)
+
+    @property
+    def payload(self) -> bytes:
+        """The decrypted payload of a small request (an upload's body is an update, not a payload)."""
+        if not isinstance(self.body, OpenedRequest):
+            raise TypeError(f"this call carries a {type(self.body).__name__}, not a small request")
+        return self.body.payload
 
 
 class _DeviceKeyCache:
@@ -116,31 +158,32 @@ class DeviceGateway:
         self.qkd_lookup = qkd_lookup
         self._keys = _DeviceKeyCache()
         self._touched: dict[str, float] = {}
+        # Stands in for an unknown device's key: nobody holds its private half (it is discarded).
+        self._dummy_key: VerifyKey = SigningKey.generate().public_key()
 
     def authenticate(
         self,
         envelope_bytes: bytes,
         *,
         method: str,
-        path: str,
+        target: str,
         round_id: int | None,
         now: float,
         max_size: int,
         update: bool = False,
     ) -> DeviceCall:
-        """Run every check; ``update`` marks an upload, which an enclave opener leaves sealed."""
+        """Run every check; ``update`` marks an upload (its body becomes a Plain- or SealedUpdate)."""
         env = parse_envelope(envelope_bytes, max_size=max_size)
-        if env.method != method or env.path != path:
+        if env.method != method or env.path != target:
             raise PermissionDenied(
-                f"the request was signed for {env.method} {env.path}, not {method} {path}", reason="path_mismatch"
+                f"the request was signed for {env.method} {env.path}, not {method} {target}", reason="path_mismatch"
             )
         if env.round_id != round_id:
             raise PermissionDenied(
                 f"the request was signed for round {env.round_id}, not {round_id}", reason="round_mismatch"
             )
-        device = self.repo.get_device(env.device_id)
-        if device is None:
-            raise UnknownDevice(f"device {env.device_id!r} is not enrolled")
+        check_timestamp(env, now, self.window)
+        device = self._authenticate_signature(env)
         if device.revoked:
             raise PermissionDenied(f"device {env.device_id!r} is revoked", reason="device_revoked")
         if env.key_source.value != device.key_source:
@@ -148,23 +191,40 @@ class DeviceGateway:
                 f"device {device.device_id!r} must use key source {device.key_source}, not {env.key_source.value}",
                 reason="key_source_not_allowed",
             )
-        check_timestamp(env, now, self.window)
-        nonce = env.nonce.hex()
-        if self.repo.nonce_seen(device.device_id, nonce):
-            raise ReplayDetected("this request was seen before")
-        verify_envelope_signature(env, self._keys.get(device))
-        # The insert is the atomic step: of two concurrent copies of one request, exactly one passes.
-        self.repo.record_nonce(device.device_id, nonce, expires_at=env.timestamp_ms / 1000 + self.window + 1)
+        # The insert is the atomic step: of two concurrent copies of one request, exactly one passes; a
+        # KEM ciphertext is refused a second time too, even under a fresh nonce (one request, one key).
+        kem_id = hashlib.sha256(env.kem_ciphertext).hexdigest() if env.kem_ciphertext else None
+        self.repo.record_request(device.device_id, env.nonce.hex(), kem_id,
+                                 expires_at=env.timestamp_ms / 1000 + self.window + 1)
         extra = self._qkd_key(env)
         sources = (device.key_source,)
+        body: DeviceBody
         sealer: Sealer
         if update and not self.opener.opens_updates:
-            payload, sealer = env.raw, self.opener.update_sealer(env)
+            body, sealer = SealedUpdate(env.raw, sources, extra), self.opener.update_sealer(env)
         else:
             payload, sealer = self.opener.open(env, allowed_key_sources=sources, extra_secret=extra)
+            body = PlainUpdate(payload) if update else OpenedRequest(payload)
         self._touch(device.device_id, now)
-        return DeviceCall(device_id=device.device_id, payload=payload, envelope=env, sealer=sealer,
-                          key_sources=sources, extra_secret=extra)
+        return DeviceCall(device_id=device.device_id, body=body, envelope=env, sealer=sealer)
+
+    def _authenticate_signature(self, env: Envelope) -> DeviceRecord:
+        """The enrolled device whose key signed ``env``; otherwise one indistinguishable refusal.
+
+        An unknown device is checked against a dummy key, so the answer and the work are the same for an
+        unknown device, a bad signature and a revoked device's bad signature; the precise reason goes
+        only into the server's record (:attr:`Unauthenticated.cause`).
+        """
+        device = self.repo.get_device(env.device_id)
+        key = self._keys.get(device) if device is not None else self._dummy_key
+        try:
+            verify_envelope_signature(env, key)
+        except AuthenticationError as exc:
+            cause = "unknown_device" if device is None else exc.reason
+            raise Unauthenticated(cause=cause) from None
+        if device is None:  # pragma: no cover - a dummy key's signature cannot verify
+            raise Unauthenticated(cause="unknown_device")
+        return device
 
     def _touch(self, device_id: str, now: float) -> None:
         # last_seen is a liveness hint: skip the write when this process wrote it moments ago.

@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qflare.config import GlobalConfig
-from qflare.errors import AggregationError, DuplicateUpdate, EnclaveError, NotFound, PermissionDenied, RoundClosed
+from qflare.errors import (
+    AggregationError,
+    DuplicateUpdate,
+    EnclaveError,
+    NotFound,
+    PermissionDenied,
+    QFlareError,
+    RoundClosed,
+)
+from qflare.fl.port import AggregationBackend, UpdateInput, ValidatedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
-from qflare.server.aggregation import AggregationBackend, ValidatedUpdate
 from qflare.server.evaluation import Evaluator
 from qflare.server.storage import Repository, RoundRecord, UpdateRecord
 
@@ -127,6 +135,12 @@ class Orchestrator:
         return self.completed_rounds() >= self.config.rounds.total
 
     def task_for(self, device_id: str) -> Task:
+        # Under the lock: a round is handed out only once it is open for every reader (stored and
+        # registered with the backend) and not while it is being closed.
+        with self._lock:
+            return self._task_for(device_id)
+
+    def _task_for(self, device_id: str) -> Task:
         rc = self.config.rounds
         if self.finished():
             return Task(status="done", retry_after=0)
@@ -158,14 +172,7 @@ class Orchestrator:
 
     # -- updates ---------------------------------------------------------------------------------
     def submit_update(
-        self,
-        device_id: str,
-        round_id: int,
-        blob: bytes,
-        *,
-        provenance: str = "",
-        allowed_key_sources: tuple[str, ...] | None = None,
-        extra_secret: bytes | None = None,
+        self, device_id: str, round_id: int, update: UpdateInput, *, provenance: str = ""
     ) -> UpdateRecord:
         """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal."""
         rnd = self.repo.get_round(round_id)
@@ -179,10 +186,15 @@ class Orchestrator:
             raise PermissionDenied(f"device {device_id!r} is not selected for round {round_id}", reason="not_selected")
         if self.repo.has_update(round_id, device_id):
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
-        validated = self.backend.validate(
-            round_id, blob, allowed_key_sources=allowed_key_sources, extra_secret=extra_secret
-        )
+        try:
+            validated = self.backend.validate(round_id, update)
+        except NotFound as exc:
+            # The round closed while this upload was in flight: to the device that is a late update.
+            if exc.reason == "unknown_round":
+                self._raise_if_closed(round_id)
+            raise
         with self._lock:
+            self._raise_if_closed(round_id)
             record = self._accept(device_id, validated, provenance)
             count = self._counts[round_id]
             rc = self.config.rounds
@@ -190,6 +202,11 @@ class Orchestrator:
                 self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
                 self._maybe_open_round()
         return record
+
+    def _raise_if_closed(self, round_id: int) -> None:
+        rnd = self.repo.get_round(round_id)
+        if rnd is not None and rnd.status != "open":
+            raise RoundClosed(f"round {round_id} closed while the update was in flight ({rnd.status})")
 
     def _accept(self, device_id: str, update: ValidatedUpdate, provenance: str = "") -> UpdateRecord:
         # The database row first: its unique constraint decides duplicates atomically, and only an
@@ -245,22 +262,35 @@ class Orchestrator:
         selected = sorted(rng.sample(active, k))
         model = self.repo.latest_model()
         assert model is not None, "bootstrap() creates version 0"
-        self.repo.open_round(
-            round_id, base_version=model.version, selected=selected, now=now,
-            deadline_at=now + rc.deadline_seconds,
-        )
+        # The backend first, then the stored round: a round that any reader can see is one the backend
+        # already aggregates (the other order handed out tasks the enclave answered with unknown_round).
         self.backend.begin_round(round_id, self.repo.model_blob(model.version), self.spec)
+        try:
+            self.repo.open_round(
+                round_id, base_version=model.version, selected=selected, now=now,
+                deadline_at=now + rc.deadline_seconds,
+            )
+        except BaseException:
+            self.backend.abort_round(round_id)
+            raise
         self._counts[round_id] = 0
         self.repo.add_event("round_opened", now=now, round_id=round_id, detail=",".join(selected))
         log.info("round %d opened: %d of %d active devices selected", round_id, k, len(active))
 
     def _aggregate(self, rnd: RoundRecord, *, reason: str) -> None:
-        started = time.perf_counter()
+        """Close ``rnd`` with a new model; any failure fails the round (with its reason) instead of wedging it."""
         try:
-            blob = self.backend.finalize(rnd.round_id)
+            self._close_with_model(rnd, reason=reason)
         except AggregationError as exc:
-            self._fail(rnd, reason=exc.reason)
-            return
+            self._fail(rnd, reason=exc.reason, detail=exc.message)
+        except Exception as exc:  # noqa: BLE001 - any error at close must fail the round, never wedge it
+            log.exception("round %d: closing failed", rnd.round_id)
+            why = exc.reason if isinstance(exc, QFlareError) else "close_failed"
+            self._fail(rnd, reason=why, detail=f"{type(exc).__name__}: {exc}"[:500], keep_updates=True)
+
+    def _close_with_model(self, rnd: RoundRecord, *, reason: str) -> None:
+        started = time.perf_counter()
+        blob = self.backend.finalize(rnd.round_id)
         updates = self.repo.round_updates(rnd.round_id)
         signature = self.backend.model_signature(rnd.round_id)
         metrics: dict[str, Any] = {
@@ -293,14 +323,19 @@ class Orchestrator:
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 
-    def _fail(self, rnd: RoundRecord, *, reason: str) -> None:
-        self.backend.abort_round(rnd.round_id)
+    def _fail(self, rnd: RoundRecord, *, reason: str, detail: str | None = None, keep_updates: bool = False) -> None:
+        """Fail ``rnd``. ``keep_updates`` keeps the accepted updates' stored bytes (a failure of the server,
+        not of the devices: an operator can inspect or re-aggregate them)."""
+        try:
+            self.backend.abort_round(rnd.round_id)
+        except Exception:  # noqa: BLE001 - the round fails in storage whatever the backend says
+            log.exception("round %d: the backend could not abort it", rnd.round_id)
         self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
-                              drop_update_blobs=True)
+                              drop_update_blobs=not keep_updates)
         self._counts.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
-        self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason)
-        log.warning("round %d failed: %s", rnd.round_id, reason)
+        self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason, detail=detail)
+        log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
 
     def load_model(self, version: int) -> bytes:
         return self.repo.model_blob(version)

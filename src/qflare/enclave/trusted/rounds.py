@@ -1,11 +1,11 @@
-"""One round's state inside the enclave: the streaming FedAvg aggregate, the updates it counts, and
+"""One round's state inside the enclave: the configured rule's accumulator, the updates it counts, and
 its sealed checkpoint.
 
 Every update gets a random 16-byte id when it is validated. The id travels in the public header of
 the stored update (:mod:`qflare.enclave.stored`), so the host can tell its stored updates apart;
 the enclave counts each id at most once per round, so the host cannot double-count an update by
-replaying it. A checkpoint seals the running sum (float64), the count, the total number of examples
-and the ids counted so far.
+replaying it. A checkpoint seals the accumulator's public state (:meth:`Accumulator.state`: its
+tensors, count, total number of examples and buffered weights) and the ids counted so far.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Final
 
 import numpy as np
 
-from qflare.enclave.trusted.validation import ParsedUpdate
-from qflare.errors import InvalidInput
-from qflare.fl.aggregate import FedAvgAccumulator
+from qflare.errors import InvalidInput, QFlareError
+from qflare.fl.aggregate import Accumulator, AccumulatorState
+from qflare.fl.checks import ParsedUpdate
 from qflare.fl.spec import ModelSpec
+from qflare.fl.strategies import Strategy, get_strategy
 from qflare.types import NDArrays
 
 __all__ = ["CHECKPOINT_PURPOSE", "RoundState", "checkpoint_header"]
@@ -34,21 +35,6 @@ _CKPT_MAGIC: Final = b"QFCP"
 def checkpoint_header(round_id: int, base_sha256: str, spec: ModelSpec) -> bytes:
     """The public header of a checkpoint: which round, base model and spec it belongs to."""
     return _CKPT_HEADER.pack(_CKPT_MAGIC, round_id, bytes.fromhex(base_sha256), bytes.fromhex(spec.fingerprint()))
-
-
-# FedAvgAccumulator keeps its state private; these two functions are the only place that reads or
-# rebuilds it (qflare.fl has no export API yet; tests/enclave checks a restored accumulator against an
-# uninterrupted one, so a change in fl.aggregate shows up there).
-def _export_accumulator(acc: FedAvgAccumulator) -> tuple[NDArrays, int, int]:
-    return dict(acc._sum), acc.count, acc.total_examples
-
-
-def _import_accumulator(spec: ModelSpec, sums: NDArrays, count: int, total: int) -> FedAvgAccumulator:
-    acc = FedAvgAccumulator(spec)
-    acc._sum = {name: np.array(sums[name], dtype=np.float64, copy=True) for name in spec}
-    acc._count = count
-    acc._total_examples = total
-    return acc
 
 
 @dataclass
@@ -65,19 +51,22 @@ class RoundState:
         Hex SHA-256 of the global model the round starts from.
     base:
         The base model's tensors, kept only when the norm bound needs them.
+    strategy:
+        The configured aggregation rule (measured with the enclave's configuration).
     """
 
     round_id: int
     spec: ModelSpec
     base_sha256: str
     base: NDArrays | None
-    acc: FedAvgAccumulator = field(init=False)
+    strategy: Strategy = field(default_factory=lambda: get_strategy("fedavg"))
+    acc: Accumulator = field(init=False)
     included: list[str] = field(default_factory=list)
     pending: OrderedDict[str, ParsedUpdate] = field(default_factory=OrderedDict)
     checkpointed_count: int = 0
 
     def __post_init__(self) -> None:
-        self.acc = FedAvgAccumulator(self.spec)
+        self.acc = self.strategy.accumulator(self.spec)
         self._included_set: set[str] = set(self.included)
 
     @property
@@ -107,15 +96,19 @@ class RoundState:
     def checkpoint(self) -> tuple[bytes, bytes]:
         """``(public header, plaintext)`` of a checkpoint of the running aggregate.
 
-        Plaintext: ``u32 len || JSON {count, total_examples, included}`` then every running sum as
-        little-endian float64, in spec order (raw, so an 8 MB sum costs one copy, not a serialiser).
+        Plaintext: ``u32 len || JSON {count, total_examples, weights, included, names}`` then every tensor
+        of :meth:`Accumulator.state` as little-endian float64, in ``names`` order (raw, so an 8 MB sum
+        costs one copy, not a serialiser).
         """
-        sums, count, total = _export_accumulator(self.acc)
+        st = self.acc.state()
+        names = list(st.arrays)
         meta = json.dumps(
-            {"count": count, "total_examples": total, "included": self.included}, separators=(",", ":")
+            {"count": st.count, "total_examples": st.total_examples, "weights": list(st.weights),
+             "included": self.included, "names": names, "shapes": [list(st.arrays[n].shape) for n in names]},
+            separators=(",", ":"),
         ).encode("ascii")
         parts: list[bytes | memoryview] = [struct.pack(">I", len(meta)), meta]
-        parts += [np.ascontiguousarray(sums[name], dtype="<f8").data for name in self.spec]
+        parts += [np.ascontiguousarray(st.arrays[name], dtype="<f8").data for name in names]
         return checkpoint_header(self.round_id, self.base_sha256, self.spec), b"".join(parts)
 
     def restore(self, header: bytes, plaintext: bytes) -> None:
@@ -123,24 +116,34 @@ class RoundState:
         if header != checkpoint_header(self.round_id, self.base_sha256, self.spec):
             raise InvalidInput("checkpoint belongs to another round or base model", reason="checkpoint_mismatch")
         bad = InvalidInput("checkpoint is inconsistent", reason="checkpoint_mismatch")
-        (mlen,) = struct.unpack(">I", plaintext[:4])
-        meta = json.loads(plaintext[4 : 4 + mlen])
-        count, total, included = meta.get("count"), meta.get("total_examples"), meta.get("included")
+        try:
+            (mlen,) = struct.unpack(">I", plaintext[:4])
+            meta = json.loads(plaintext[4 : 4 + mlen])
+            count, total, included = meta["count"], meta["total_examples"], meta["included"]
+            names, shapes, weights = meta["names"], meta["shapes"], meta["weights"]
+        except (struct.error, ValueError, KeyError, TypeError):
+            raise bad from None
         if not (isinstance(count, int) and isinstance(total, int) and isinstance(included, list)):
             raise bad
-        if len(included) != count:
+        if len(included) != count or len(names) != len(shapes):
             raise bad
-        sums: NDArrays = {}
+        arrays: NDArrays = {}
         pos = 4 + mlen
-        for name, tensor in self.spec.items():
-            n = tensor.size * 8
+        for name, shape in zip(names, shapes, strict=True):
+            size = int(np.prod(shape, dtype=np.int64))
+            n = size * 8
             if pos + n > len(plaintext):
                 raise bad
-            sums[name] = np.frombuffer(plaintext, dtype="<f8", count=tensor.size, offset=pos).reshape(tensor.shape)
+            arrays[str(name)] = np.frombuffer(plaintext, dtype="<f8", count=size, offset=pos).reshape(shape)
             pos += n
         if pos != len(plaintext):
             raise bad
-        self.acc = _import_accumulator(self.spec, sums, count, total)
+        state = AccumulatorState(count=count, total_examples=total, arrays=arrays,
+                                 weights=tuple(int(w) for w in weights))
+        try:
+            self.acc = self.strategy.accumulator(self.spec).from_state(state)
+        except QFlareError:
+            raise bad from None
         self.included = [str(i) for i in included]
         self._included_set = set(self.included)
         self.checkpointed_count = len(self.included)

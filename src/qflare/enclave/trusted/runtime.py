@@ -42,7 +42,6 @@ from qflare.enclave.stored import (
 from qflare.enclave.trusted.platform import Platform, PlatformIdentity
 from qflare.enclave.trusted.rounds import CHECKPOINT_PURPOSE, RoundState
 from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
-from qflare.enclave.trusted.validation import ParsedUpdate, parse_update
 from qflare.errors import (
     AggregationError,
     CryptoError,
@@ -53,8 +52,10 @@ from qflare.errors import (
     PermissionDenied,
     QFlareError,
 )
+from qflare.fl.checks import ParsedUpdate, parse_update
 from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
+from qflare.fl.strategies import get_strategy
 
 __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
 
@@ -276,7 +277,8 @@ class EnclaveRuntime:
         base_model = self._input(call.base_model)
         spec = ModelSpec.from_json(call.spec_json)
         base = load_arrays(base_model, spec)[0] if self._config.max_update_norm is not None else None
-        return RoundState(round_id=call.round_id, spec=spec, base_sha256=sha256_hex(base_model), base=base)
+        return RoundState(round_id=call.round_id, spec=spec, base_sha256=sha256_hex(base_model), base=base,
+                          strategy=get_strategy(self._config.aggregation_rule))
 
     def _status(self, state: RoundState, *, restored: bool) -> ec.RoundStatusResult:
         return ec.RoundStatusResult(

@@ -1,18 +1,28 @@
-"""Routes that edge devices call. Every one takes a request envelope and answers with a sealed response."""
+"""Routes that edge devices call. Every one takes a request envelope and answers with a sealed response.
+
+Authentication is one dependency (:data:`Device`, :data:`Upload`): a route receives an authenticated
+:class:`~qflare.server.gateway.DeviceCall` and only says what it does. A refusal raised by the route's
+work (after the request was opened) goes back sealed under the request's response key, so the device
+knows it comes from the server; refusals by the gateway, before anything could be opened, are plain
+JSON, which a device treats as hints (``docs/protocol.md``, "Errors").
+"""
 
 from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from qflare.crypto.envelope import Envelope, parse_envelope
-from qflare.errors import QFlareError
+from qflare.errors import QFlareError, Unauthenticated
+from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.server.deps import State
-from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited
+from qflare.server.errors import SealedRefusal, error_body
+from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited, request_target
 from qflare.server.schemas import Heartbeat, TaskResponse, UpdateAccepted
 from qflare.server.state import ServerState
 
@@ -21,6 +31,7 @@ router = APIRouter(prefix="/v1/device", tags=["device"])
 _SEALED: dict[int | str, dict[str, Any]] = {
     200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}
 }
+T = TypeVar("T")
 
 
 def _claimed(body: bytes, limit: int) -> tuple[str | None, str]:
@@ -38,32 +49,55 @@ def _provenance(env: Envelope) -> str:
     return f"key_source={env.key_source.value}{ids}"
 
 
-async def _authenticate(request: Request, state: ServerState, *, update_round: int | None = None) -> DeviceCall:
-    """Authenticate a device request; ``update_round`` marks an update upload (its size limit, its
-    refusal record, and an enclave leaves its payload sealed)."""
+async def _authenticate(request: Request, state: ServerState, *, update_round: int | None) -> DeviceCall:
     update = update_round is not None
     limit = state.config.server.max_update_bytes if update else state.config.server.max_request_bytes
-    kind = "update_rejected" if update else "request_rejected"
-    round_id = update_round
     body = b""
     try:
         body = await read_body_limited(request, limit)
         return await run_in_threadpool(
             functools.partial(
-                state.gateway.authenticate, body, method=request.method, path=request.url.path, round_id=round_id,
-                now=state.clock(), max_size=limit, update=update,
+                state.gateway.authenticate, body, method=request.method, target=request_target(request),
+                round_id=update_round, now=state.clock(), max_size=limit, update=update,
             )
         )
     except QFlareError as exc:
         device, how = _claimed(body, limit) if body else (None, "")
-        _record(state, kind, device, round_id, exc, request.url.path, how)
+        # The server's record keeps the precise cause that the caller is not told.
+        reason = exc.cause if isinstance(exc, Unauthenticated) else exc.reason
+        _record(state, "update_rejected" if update else "request_rejected", device, update_round, reason,
+                f"{request.url.path}: {exc.message} {how}".strip())
         raise
 
 
-def _record(state: ServerState, kind: str, device: str | None, round_id: int | None, exc: QFlareError,
-            path: str, provenance: str = "") -> None:
-    state.repo.add_event(kind, now=state.clock(), device_id=device, round_id=round_id, reason=exc.reason,
-                         detail=f"{path}: {exc.message} {provenance}".strip())
+async def authenticated_device(request: Request, state: State) -> DeviceCall:
+    """A small device request, authenticated and opened."""
+    return await _authenticate(request, state, update_round=None)
+
+
+async def authenticated_upload(round_id: int, request: Request, state: State) -> DeviceCall:
+    """An update upload for ``round_id``, authenticated (its body left sealed for an enclave)."""
+    return await _authenticate(request, state, update_round=round_id)
+
+
+Device = Annotated[DeviceCall, Depends(authenticated_device)]
+Upload = Annotated[DeviceCall, Depends(authenticated_upload)]
+
+
+def _record(state: ServerState, kind: str, device: str | None, round_id: int | None, reason: str,
+            detail: str) -> None:
+    state.repo.add_event(kind, now=state.clock(), device_id=device, round_id=round_id, reason=reason, detail=detail)
+
+
+async def _work(state: ServerState, call: DeviceCall, fn: Callable[[], T], *, kind: str = "request_rejected",
+                round_id: int | None = None) -> T:
+    """Run the route's work; a refusal is recorded and answered sealed to the authenticated device."""
+    try:
+        return await run_in_threadpool(fn)
+    except QFlareError as exc:
+        _record(state, kind, call.device_id, round_id, exc.reason,
+                f"{call.envelope.path}: {exc.message} {_provenance(call.envelope)}".strip())
+        raise SealedRefusal.for_call(exc, call.seal, error_body(exc.reason, exc.message)) from exc
 
 
 def _sealed_json(call: DeviceCall, obj: Any) -> Response:
@@ -71,43 +105,31 @@ def _sealed_json(call: DeviceCall, obj: Any) -> Response:
 
 
 @router.post("/heartbeat", responses=_SEALED, summary="Heartbeat (sealed JSON: Heartbeat)")
-async def heartbeat(request: Request, state: State) -> Response:
-    call = await _authenticate(request, state)
+async def heartbeat(call: Device, state: State) -> Response:
     return _sealed_json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
 
 
 @router.post("/task", responses=_SEALED, summary="Next task (sealed JSON: TaskResponse)")
-async def task(request: Request, state: State) -> Response:
-    call = await _authenticate(request, state)
-    t = await run_in_threadpool(state.orchestrator.task_for, call.device_id)
+async def task(call: Device, state: State) -> Response:
+    t = await _work(state, call, functools.partial(state.orchestrator.task_for, call.device_id))
     return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
 
 
 @router.post("/model/{version}", responses=_SEALED, summary="Download a global model (sealed safetensors bytes)")
-async def model(version: int, request: Request, state: State) -> Response:
-    call = await _authenticate(request, state)
-    try:
-        blob = await run_in_threadpool(state.orchestrator.load_model, version)
-    except QFlareError as exc:
-        _record(state, "request_rejected", call.device_id, None, exc, request.url.path)
-        raise
+async def model(version: int, call: Device, state: State) -> Response:
+    blob = await _work(state, call, functools.partial(state.orchestrator.load_model, version))
     return Response(call.seal(blob), media_type=RESPONSE_MEDIA_TYPE)
 
 
 @router.post("/rounds/{round_id}/update", responses=_SEALED, summary="Upload an update (sealed JSON: UpdateAccepted)")
-async def upload_update(round_id: int, request: Request, state: State) -> Response:
-    call = await _authenticate(request, state, update_round=round_id)
-    try:
-        rec = await run_in_threadpool(
-            functools.partial(
-                state.orchestrator.submit_update, call.device_id, round_id, call.payload,
-                provenance=_provenance(call.envelope), allowed_key_sources=call.key_sources,
-                extra_secret=call.extra_secret,
-            )
-        )
-    except QFlareError as exc:
-        _record(state, "update_rejected", call.device_id, round_id, exc, request.url.path, _provenance(call.envelope))
-        raise
+async def upload_update(round_id: int, call: Upload, state: State) -> Response:
+    assert isinstance(call.body, PlainUpdate | SealedUpdate)
+    rec = await _work(
+        state, call,
+        functools.partial(state.orchestrator.submit_update, call.device_id, round_id, call.body,
+                          provenance=_provenance(call.envelope)),
+        kind="update_rejected", round_id=round_id,
+    )
     out = UpdateAccepted(round_id=rec.round_id, device_id=rec.device_id, sha256=rec.sha256,
                          num_examples=rec.num_examples)
     return _sealed_json(call, out.model_dump())

@@ -134,7 +134,10 @@ def _model(row: ModelVersion) -> ModelRecord:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # WAL lets readers go on while a writer commits; FULL sync keeps accepted updates across power loss.
+    # WAL lets readers go on while a writer commits. synchronous=NORMAL under WAL keeps every committed
+    # transaction across a crash of the server process (tests/test_e2e.py SIGKILLs it); a power cut or
+    # OS crash can lose the last transactions before a checkpoint. FULL would close that window at about
+    # twice the commit cost (docs/benchmarks.md); tests/server/test_storage.py pins the setting.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -152,6 +155,10 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
+
+
+KEM_CIPHERTEXT_SCOPE = "*kem-ciphertext"
+"""The nonce table's ``device_id`` for KEM ciphertext hashes (not a valid device id: it has ``*``)."""
 
 
 class Repository:
@@ -252,6 +259,25 @@ class Repository:
         except IntegrityError:
             raise ReplayDetected("this request was seen before") from None
 
+    def record_request(self, device_id: str, nonce: str, kem_ciphertext_id: str | None, *, expires_at: float) -> None:
+        """Record a request's nonce and its KEM ciphertext's hash in one transaction: both or neither.
+
+        Raises ``ReplayDetected``: ``replay`` for a nonce this device used before,
+        ``kem_ciphertext_reused`` for a KEM ciphertext seen before (from any device) within the window.
+        """
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(Nonce).values(device_id=device_id, nonce=nonce, expires_at=expires_at))
+                if kem_ciphertext_id is not None:
+                    try:
+                        c.execute(insert(Nonce).values(device_id=KEM_CIPHERTEXT_SCOPE, nonce=kem_ciphertext_id,
+                                                       expires_at=expires_at))
+                    except IntegrityError:
+                        raise ReplayDetected("this KEM ciphertext was used before: one request, one key",
+                                             reason="kem_ciphertext_reused") from None
+        except IntegrityError:
+            raise ReplayDetected("this request was seen before") from None
+
     def purge_nonces(self, *, now: float) -> int:
         with self._tx() as s:
             result = s.execute(delete(Nonce).where(Nonce.expires_at < now))
@@ -259,7 +285,8 @@ class Repository:
 
     def count_nonces(self) -> int:
         with self._tx() as s:
-            return int(s.scalar(select(func.count()).select_from(Nonce)) or 0)
+            q = select(func.count()).select_from(Nonce).where(Nonce.device_id != KEM_CIPHERTEXT_SCOPE)
+            return int(s.scalar(q) or 0)
 
     # -- enrollment tokens -----------------------------------------------------------------------
     def add_enrollment_token(

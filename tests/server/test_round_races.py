@@ -1,0 +1,129 @@
+"""Defects found under load: a round handed out before the backend knows it, and a round wedged by a
+failure at close. Each test reproduces the observed failure, then checks the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qflare.errors import ConfigError
+from qflare.server.aggregation import InProcessAggregator
+from qflare.server.app import build_state
+from qflare.server.rounds import Orchestrator
+from tests.server.conftest import ADMIN, Harness, config_for, make_harness
+
+
+class _ReaderInTheGap(InProcessAggregator):
+    """Runs a concurrent reader (``task_for``) while the round is being opened, as the web threads can."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__()
+        self.device_id = device_id
+        self.orchestrator: Orchestrator | None = None
+        self.seen: list[tuple[str, bool]] = []
+
+    def begin_round(self, round_id: int, base_model: bytes, spec: Any) -> None:
+        assert self.orchestrator is not None
+        # A reader on another thread cannot take the orchestrator's lock while the round opens; here we
+        # call the unlocked body directly, which is what any reader would see of storage at this instant.
+        task = self.orchestrator._task_for(self.device_id)
+        self.seen.append((task.status, task.round_id in self._rounds if task.round_id is not None else True))
+        super().begin_round(round_id, base_model, spec)
+
+
+def test_a_round_is_never_handed_out_before_the_backend_aggregates_it(tmp_path: Path) -> None:
+    # Prepare: a backend that reads the next task in the middle of opening the round.
+    backend = _ReaderInTheGap("edge_0")
+    gen = make_harness(tmp_path, backend=backend)
+    h = next(gen)
+    backend.orchestrator = h.state.orchestrator
+
+    # Execute
+    rid = h.open_round()
+
+    # Assert: mid-opening the round was not yet visible (before the fix the task said "train" for a
+    # round the backend answered with unknown_round); afterwards it is handed out and accepted.
+    assert backend.seen == [("wait", True)]
+    assert h.post("edge_0", "/v1/device/task").json()["round_id"] == rid
+    assert h.post("edge_0", f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+    gen.close()
+
+
+def test_an_upload_racing_the_round_close_is_a_late_update_not_an_unknown_round(harness: Harness) -> None:
+    # Prepare: the round is finalised by the backend while an upload for it is in flight.
+    rid = harness.open_round()
+    blob = harness.update_blob()
+    orch = harness.state.orchestrator
+    real_validate = orch.backend.validate
+
+    def validate_after_close(round_id: int, data: bytes, **kw: Any) -> Any:
+        harness.clock.advance(61)
+        harness.state.orchestrator.tick()  # deadline: the round fails (no quorum), the backend forgets it
+        return real_validate(round_id, data, **kw)
+
+    orch.backend.validate = validate_after_close  # type: ignore[method-assign]
+
+    # Execute
+    resp = harness.post("edge_0", f"/v1/device/rounds/{rid}/update", blob)
+
+    # Assert: 409 round_closed, which the edge treats as a late update (it was 404 unknown_round).
+    assert resp.status_code == 409, resp.text
+    assert json.loads(resp.raw)["error"]["reason"] == "round_closed"
+    assert harness.state.repo.count_updates() == 0
+
+
+class _FailingEvaluator:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, blob: bytes) -> dict[str, float]:
+        self.calls += 1
+        raise ValueError("could not convert string to float: 'n/a'")
+
+
+def test_a_failure_at_round_close_fails_the_round_keeps_updates_and_the_next_round_starts(harness: Harness) -> None:
+    # Prepare: evaluation breaks at close (the bad evaluation CSV seen in the field).
+    orch = harness.state.orchestrator
+    evaluator = _FailingEvaluator()
+    orch.evaluator = evaluator  # type: ignore[assignment]
+    rid = harness.open_round()
+    for d in ("edge_0", "edge_1"):
+        assert harness.post(d, f"/v1/device/rounds/{rid}/update", harness.update_blob()).status_code == 200
+
+    # Execute: the deadline passes and the ticker runs several times (it used to raise on every tick).
+    harness.clock.advance(61)
+    for _ in range(3):
+        orch.tick()
+
+    # Assert: failed once, with a reason, recorded; accepted updates kept; the next round is open.
+    rnd = harness.state.repo.get_round(rid)
+    assert rnd is not None and rnd.status == "failed" and rnd.close_reason == "close_failed"
+    assert evaluator.calls == 1
+    events = [e for e in harness.state.repo.list_events(limit=100) if e.kind == "round_failed"]
+    assert len(events) == 1 and "ValueError" in (events[0].detail or "")
+    assert harness.state.repo.count_updates() == 2
+    assert len(list(harness.state.repo.iter_update_blobs(rid))) == 2
+    harness.poll_all()  # the devices are active again
+    orch.tick()
+    nxt = orch.current_round()
+    assert nxt is not None and nxt.round_id == rid + 1
+
+
+def test_a_bad_evaluation_file_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    # Prepare: a traffic server whose evaluation CSV does not parse.
+    bad = tmp_path / "eval.csv"
+    bad.write_text("timestamp,sensor_a\nnot-a-time,abc\n")
+    config = config_for(tmp_path)
+    config = config.model_copy(update={
+        "task": "traffic",
+        "evaluation": config.evaluation.model_copy(update={"csv_path": str(bad)}),
+    })
+
+    # Execute / Assert: a ConfigError at start, no server state built.
+    with pytest.raises(ConfigError) as info:
+        build_state(config, admin_token=ADMIN)
+    assert "evaluation.csv_path" in info.value.message
+    assert not (tmp_path / "qflare.db").exists()
