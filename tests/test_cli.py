@@ -52,3 +52,16 @@ def test_keygen_with_a_passphrase_encrypts_the_key(tmp_path: Path, monkeypatch: 
     assert read_private_key(tmp_path / "edge_08.key", token=TOKEN, passphrase="correct horse battery staple")
     with pytest.raises(QFlareError):
         read_private_key(tmp_path / "edge_08.key", token=TOKEN, passphrase="wrong")
+
+
+@pytest.mark.parametrize("columns", ["20", "80", "400"])
+def test_messages_do_not_wrap_whatever_the_terminal_width(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          columns: str) -> None:
+    # Found when tried: from a long clone path, Rich wrapped "without\na passphrase" at 80 columns.
+    deep = tmp_path / ("a-long-directory-name-" * 6) / "keys"
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("COLUMNS", columns)
+    result = runner.invoke(app, ["device", "keygen", "--device-id", "edge_07", "--out-dir", str(deep)])
+    assert result.exit_code == 0, result.output
+    # Assert: the warning is one line, whole, at any width.
+    assert any("without a passphrase" in line for line in result.output.splitlines())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from qflare.cli import bench, device, edge_cmd, enclave, init_cmd, qkd, server_cmd, simulate_cmd
+from qflare.cli.console import make_console
 from qflare.errors import (
     AuthenticationError,
     ConfigError,
@@ -41,7 +41,7 @@ EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (
     (QFlareError, 10),
 )
 
-_err = Console(stderr=True)
+_err = make_console(stderr=True)
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from qflare.cli.console import make_console
+
 app = typer.Typer(help="Benchmarks: print measured figures (and --json for machines).", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 JsonOut = Annotated[bool, typer.Option("--json", help="print the figures as JSON on the last line")]
 

@@ -10,15 +10,15 @@ from typing import Annotated
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from qflare.cli.console import make_console
 from qflare.cli.operator import DEFAULT_SERVER, OperatorClient, resolve_operator_token
 from qflare.errors import ConfigError
 
 app = typer.Typer(help="Device identities: keygen on the device; enroll, token, revoke, list for operators.",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 
 Server = Annotated[str, typer.Option("--server", envvar="QFLARE_SERVER", help="server URL")]
 AdminToken = Annotated[str | None, typer.Option("--admin-token", help="operator token (or $QFLARE_ADMIN_TOKEN)")]

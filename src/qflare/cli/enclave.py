@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from qflare.cli.console import make_console
 from qflare.crypto.keyfile import parse_public_key
 from qflare.crypto.signing import VerifyKey
 from qflare.enclave.client import Enclave
@@ -39,7 +39,7 @@ app = typer.Typer(
 
 BUNDLE_FORMAT = "qflare-quote-bundle/1"
 DEFAULT_WORK_DIR = Path(".qflare/enclave")
-_console = Console()
+_console = make_console()
 
 ConfigOpt = Annotated[
     Path | None,

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from qflare.cli.console import make_console
 from qflare.errors import ConfigError
 
-console = Console()
+console = make_console()
 
 
 def init(

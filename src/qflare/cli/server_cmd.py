@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from qflare.cli.console import make_console
 from qflare.config import load_global_config
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def resolve_admin_token(configured: str | None, token_file: Path) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qflare.cli.console import make_console
 from qflare.config import TrainConfig
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def simulate(
