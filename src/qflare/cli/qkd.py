@@ -43,18 +43,20 @@ EveOpt = Annotated[float, typer.Option("--eavesdrop", min=0.0, max=1.0, help="Fr
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (fresh randomness when omitted).")]
 MuOpt = Annotated[float, typer.Option("--mu", help="Signal mean photon number, in (0, 1].")]
 NuOpt = Annotated[float, typer.Option("--nu", help="Weak decoy mean photon number, in (0, mu).")]
+PDecoyOpt = Annotated[float, typer.Option("--p-decoy", help="Probability of a decoy pulse.")]
+PVacuumOpt = Annotated[float, typer.Option("--p-vacuum", help="Probability of a vacuum pulse.")]
 PNSOpt = Annotated[bool, typer.Option("--pns", help="Photon-number-splitting eavesdropper on the link.")]
 _GYS = {"fibre_loss": 0.21, "detector_efficiency": 0.045, "dark_count": 8.5e-7, "misalignment": 0.033}
 
 
-def _source(kind: str, mu: float, nu: float) -> Source:
+def _source(kind: str, mu: float, nu: float, p_decoy: float = 0.1, p_vacuum: float = 0.1) -> Source:
     try:
         chosen = SourceKind(kind)
     except ValueError:
         raise typer.BadParameter(f"--source must be one of {', '.join(k.value for k in SourceKind)}") from None
     try:
         if chosen is SourceKind.DECOY:
-            return Source.decoy_state(mu, nu)
+            return Source.decoy_state(mu, nu, p_signal=1.0 - p_decoy - p_vacuum, p_decoy=p_decoy, p_vacuum=p_vacuum)
         return Source.weak_coherent(mu) if chosen is SourceKind.WEAK_COHERENT else Source.single_photon()
     except QFlareError as exc:
         raise typer.BadParameter(exc.message) from None
@@ -73,6 +75,8 @@ def bb84(
     source: Annotated[str, typer.Option("--source", help="single-photon, weak-coherent or decoy.")] = "single-photon",
     mu: MuOpt = 0.5,
     nu: NuOpt = 0.1,
+    p_decoy: PDecoyOpt = 0.1,
+    p_vacuum: PVacuumOpt = 0.1,
     pns: PNSOpt = False,
     backend: Annotated[
         str, typer.Option("--backend", help="vectorised, aer (Qiskit simulator) or ibm (IBM Quantum).")
@@ -85,7 +89,7 @@ def bb84(
 ) -> None:
     """Run one BB84 session and print what each stage produced."""
     channel = Channel(distance_km, fibre_loss, detector_efficiency, dark_count, misalignment)
-    src = _source(source, mu, nu)
+    src = _source(source, mu, nu, p_decoy, p_vacuum)
     try:
         result = run_bb84(
             pulses, channel, source=src, pns=pns, eavesdrop=eavesdrop, seed=seed, backend=backend, ibm_token=ibm_token
@@ -181,6 +185,8 @@ def sweep(
     ] = None,
     mu: MuOpt = 0.5,
     nu: NuOpt = 0.1,
+    p_decoy: PDecoyOpt = 0.1,
+    p_vacuum: PVacuumOpt = 0.1,
     mu_no_decoy: Annotated[float, typer.Option("--mu-no-decoy", help="Signal mu of the weak-coherent source.")] = 0.05,
     gys: Annotated[
         bool, typer.Option("--gys", help="The GYS link of Lo, Ma & Chen 2005 (overrides the four channel options).")
@@ -196,7 +202,9 @@ def sweep(
         fibre_loss, detector_efficiency = _GYS["fibre_loss"], _GYS["detector_efficiency"]
         dark_count, misalignment = _GYS["dark_count"], _GYS["misalignment"]
     kinds = source or [k.value for k in SourceKind]
-    sources = {k: _source(k, mu_no_decoy if k == SourceKind.WEAK_COHERENT.value else mu, nu) for k in kinds}
+    sources = {
+        k: _source(k, mu_no_decoy if k == SourceKind.WEAK_COHERENT.value else mu, nu, p_decoy, p_vacuum) for k in kinds
+    }
     steps = int(max_km // step_km)
     distances = [i * step_km for i in range(steps + 1)]
     channel = Channel(0.0, fibre_loss, detector_efficiency, dark_count, misalignment)
