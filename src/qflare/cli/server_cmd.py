@@ -52,6 +52,7 @@ def server(
 
     from qflare.crypto.keyfile import fingerprint
     from qflare.server.app import build_state, create_app
+    from qflare.server.trust import device_config_snippet
 
     cfg = load_global_config(config)
     given = {"host": host, "port": port, "db_url": db, "key_dir": key_dir, "tls_cert": tls_cert, "tls_key": tls_key}
@@ -67,9 +68,13 @@ def server(
     state = build_state(cfg, admin_token=token)
     app = create_app(state, bench_endpoint=bench_endpoint)
     scheme = "https" if cfg.server.tls_cert else "http"
+    url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
     fp = fingerprint(state.gateway.opener.kem_public_key())
-    console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {scheme}://{cfg.server.host}:{cfg.server.port}"
-                  f" (server KEM key {fp})")
+    console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {url}"
+                  f" ({'enclave' if state.enclave is not None else 'server'} KEM key {fp})")
+    ca = str(Path(cfg.server.tls_cert).parent / "ca.pem") if cfg.server.tls_cert else None
+    console.print("# in each device_config.yaml (paths as seen from this machine):\n"
+                  + device_config_snippet(state, server_url=url, ca_file=ca), markup=False, highlight=False)
     uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
                 ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key)
 
