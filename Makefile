@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The tests also exercise optional extras (the Qiskit circuit backend); the demo does not need them.
+EXTRAS_STAMP := $(VENV)/.extras-stamp
 
 .PHONY: demo test lint typecheck bench clean
 
@@ -13,10 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(EXTRAS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,qiskit]'
+	touch $(EXTRAS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/qflare simulate --clients 10 --rounds 20 --task digits
 
-test: $(STAMP)
+test: $(EXTRAS_STAMP)
+	$(BIN)/mypy src/qflare
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
