@@ -23,10 +23,12 @@ from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
+from qflare.server.ledger import AuditLog
 from qflare.server.rounds import Clock, Orchestrator
-from qflare.server.routes import admin, device, public
+from qflare.server.routes import admin, device, ledger, public
 from qflare.server.state import ServerState
 from qflare.server.storage import Repository
+from qflare.server.storage.ledger_store import SqlLogStore
 
 if TYPE_CHECKING:
     from qflare.enclave.backend import EnclaveAggregator
@@ -63,14 +65,19 @@ def build_state(
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
     backend = backend or InProcessAggregator(
-        get_strategy(config.aggregation.rule), max_update_norm=config.aggregation.max_update_norm
+        get_strategy(config.aggregation.rule, **config.aggregation.params),
+        max_update_norm=config.aggregation.max_update_norm,
     )
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
+    # The audit ledger (docs/ledger.md): checkpoints signed with the server's local key for now, also
+    # when an enclave runs (enclave-side signing is not done yet).
+    audit = AuditLog(SqlLogStore(repo.engine), ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock)
+    orch.ledger = audit
     return ServerState(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
-        enclave=enclave,
+        enclave=enclave, ledger=audit,
     )
 
 
@@ -83,6 +90,7 @@ def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
         max_update_norm=config.aggregation.max_update_norm,
         max_payload_bytes=max(config.server.max_update_bytes, 1024),
         aggregation_rule=config.aggregation.rule,
+        aggregation_params=dict(config.aggregation.params),
     )
 
 
@@ -101,6 +109,8 @@ NONCE_PURGE_EVERY = 50  # ticks
 
 def _tick(state: ServerState, n: int) -> None:
     state.orchestrator.tick()
+    if state.ledger is not None:
+        state.ledger.tick()
     if n % NONCE_PURGE_EVERY == 0:
         state.repo.purge_nonces(now=state.clock())
 
@@ -157,6 +167,7 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     app.include_router(device.router)
     app.include_router(admin.router)
     app.include_router(public.router)
+    app.include_router(ledger.router)
 
     if bench_endpoint:
 

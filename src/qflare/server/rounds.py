@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qflare.config import GlobalConfig
 from qflare.errors import (
@@ -31,6 +31,9 @@ from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
 from qflare.server.evaluation import Evaluator
 from qflare.server.storage import Repository, RoundRecord, UpdateRecord
+
+if TYPE_CHECKING:
+    from qflare.server.ledger import AuditLog
 
 log = logging.getLogger("qflare.rounds")
 
@@ -91,6 +94,7 @@ class Orchestrator:
         self.backend = backend
         self.clock = clock
         self.evaluator = evaluator
+        self.ledger: AuditLog | None = None  # set by build_state; docs/ledger.md
         self._lock = threading.RLock()
         self._counts: dict[int, int] = {}
         self._task_signatures: dict[int, str | None] = {}
@@ -233,6 +237,8 @@ class Orchestrator:
             self.backend.accumulate(update)
         self.repo.add_event("update_accepted", now=self.clock(), device_id=device_id, round_id=update.round_id,
                             detail=f"{update.sha256} {provenance}".strip())
+        if self.ledger is not None:
+            self.ledger.update_accepted(device_id, update.round_id, update.sha256, update.num_examples, update.norm)
         return record
 
     # -- the clock -------------------------------------------------------------------------------
@@ -275,6 +281,8 @@ class Orchestrator:
             raise
         self._counts[round_id] = 0
         self.repo.add_event("round_opened", now=now, round_id=round_id, detail=",".join(selected))
+        if self.ledger is not None:
+            self.ledger.round_opened(round_id, model.sha256, self.config.aggregation.rule, now + rc.deadline_seconds)
         log.info("round %d opened: %d of %d active devices selected", round_id, k, len(active))
 
     def _aggregate(self, rnd: RoundRecord, *, reason: str) -> None:
@@ -320,6 +328,9 @@ class Orchestrator:
         self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
                             detail=f"version {version} ({reason}, {len(updates)} updates)")
+        if self.ledger is not None:
+            self.ledger.round_closed(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
+                                     [(u.device_id, u.num_examples) for u in updates])
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 
@@ -335,6 +346,8 @@ class Orchestrator:
         self._counts.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason, detail=detail)
+        if self.ledger is not None:
+            self.ledger.round_failed(rnd.round_id, reason)
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
 
     def load_model(self, version: int) -> bytes:

@@ -13,6 +13,7 @@ from qflare.server.storage import Repository
 
 if TYPE_CHECKING:
     from qflare.enclave.backend import EnclaveAggregator
+    from qflare.server.ledger import AuditLog
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ServerState:
     admin_token: str
     clock: Clock = time.time
     enclave: EnclaveAggregator | None = None
+    ledger: AuditLog | None = None
 
     def close(self) -> None:
         """Release what the state holds: the enclave process and the database pool."""

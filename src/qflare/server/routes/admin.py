@@ -26,6 +26,8 @@ router = APIRouter(prefix="/v1/admin", tags=["operator"])
 def enroll_device(body: DeviceEnroll, state: State, _: Operator) -> DevicePublic:
     """Enroll a device's public identity key (operator enrollment)."""
     rec = enroll_by_operator(state.repo, body.device_id, body.public_key, body.key_source, now=state.clock())
+    if state.ledger is not None:
+        state.ledger.device_enrolled(rec.device_id, rec.public_key)
     return DevicePublic.model_validate(rec)
 
 
@@ -50,6 +52,8 @@ def list_devices(state: State, _: Operator) -> list[DevicePublic]:
 def revoke_device(device_id: str, state: State, _: Operator) -> DevicePublic:
     rec = state.repo.revoke_device(device_id, now=state.clock())
     state.repo.add_event("device_revoked", now=state.clock(), device_id=device_id)
+    if state.ledger is not None:
+        state.ledger.device_revoked(device_id)
     return DevicePublic.model_validate(rec)
 
 

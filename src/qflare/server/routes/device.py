@@ -85,8 +85,10 @@ Upload = Annotated[DeviceCall, Depends(authenticated_upload)]
 
 
 def _record(state: ServerState, kind: str, device: str | None, round_id: int | None, reason: str,
-            detail: str) -> None:
+            detail: str, *, authenticated: bool = False) -> None:
     state.repo.add_event(kind, now=state.clock(), device_id=device, round_id=round_id, reason=reason, detail=detail)
+    if kind == "update_rejected" and state.ledger is not None:
+        state.ledger.update_refused(reason, device if authenticated else None, round_id)
 
 
 async def _work(state: ServerState, call: DeviceCall, fn: Callable[[], T], *, kind: str = "request_rejected",
@@ -96,7 +98,7 @@ async def _work(state: ServerState, call: DeviceCall, fn: Callable[[], T], *, ki
         return await run_in_threadpool(fn)
     except QFlareError as exc:
         _record(state, kind, call.device_id, round_id, exc.reason,
-                f"{call.envelope.path}: {exc.message} {_provenance(call.envelope)}".strip())
+                f"{call.envelope.path}: {exc.message} {_provenance(call.envelope)}".strip(), authenticated=True)
         raise SealedRefusal.for_call(exc, call.seal, error_body(exc.reason, exc.message)) from exc
 
 

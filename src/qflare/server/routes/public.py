@@ -52,4 +52,6 @@ def self_enroll(body: SelfEnroll, state: State) -> DevicePublic:
         state.repo.add_event("request_rejected", now=state.clock(), device_id=body.device_id, reason=exc.reason,
                              detail=f"/v1/enroll: {exc.message}")
         raise
+    if state.ledger is not None:
+        state.ledger.device_enrolled(rec.device_id, rec.public_key)
     return DevicePublic.model_validate(rec)

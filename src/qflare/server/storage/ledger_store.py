@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, LargeBinary, func, insert, select
+from sqlalchemy import BigInteger, Engine, Integer, LargeBinary, Table, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -50,8 +50,10 @@ class LedgerCheckpoint(Base):
     note: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-_TABLES = [LedgerEntry.__table__, LedgerTile.__table__, LedgerCheckpoint.__table__]
-_E, _T, _C = (t for t in _TABLES)
+_E: Table = LedgerEntry.__table__  # type: ignore[assignment]
+_T: Table = LedgerTile.__table__  # type: ignore[assignment]
+_C: Table = LedgerCheckpoint.__table__  # type: ignore[assignment]
+_TABLES = [_E, _T, _C]
 
 
 class SqlLogStore:

@@ -1,0 +1,142 @@
+"""The server writes the audit ledger at each fact and serves it (tlog-tiles + JSON proofs)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qflare.ledger import verify_consistency, verify_inclusion, verify_log
+from qflare.ledger.entries import decode_event
+from qflare.ledger.merkle import leaf_hash
+from qflare.ledger.tiles import root_from_tiles
+
+from .conftest import Harness, make_harness
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    yield from make_harness(tmp_path)
+
+
+def _events(h: Harness) -> list[str]:
+    ledger = h.state.ledger
+    assert ledger is not None
+    return [decode_event(e).EVENT for e in ledger.store.read_entries(0, ledger.store.size())]
+
+
+def _round(h: Harness) -> int:
+    rid = h.open_round()
+    for i, d in enumerate(h.keys):
+        r = h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob(num_examples=10 + i))
+        assert r.status_code == 200, r.text
+    return rid
+
+
+def test_a_round_is_logged_checkpointed_and_verifies(harness: Harness) -> None:
+    # Execute
+    rid = _round(harness)
+
+    # Assert: enrolment x3, round opened, 3 updates, round closed + aggregate, a checkpoint (at 9),
+    # and the next round opened.
+    assert _events(harness) == ["device_enrolled"] * 3 + ["round_opened"] + ["update_accepted"] * 3 + [
+        "round_closed", "aggregate_published", "round_opened"]
+    ledger = harness.state.ledger
+    assert ledger is not None
+    last = decode_event(ledger.store.read_entries(8, 9)[0])
+    assert last.round_id == rid  # type: ignore[attr-defined]
+    assert [w for _, w in last.participants] == [10.0, 11.0, 12.0]  # type: ignore[attr-defined]
+    assert harness.state.repo.latest_model().sha256 == last.model_sha256  # type: ignore[attr-defined, union-attr]
+    report = verify_log(ledger.store, ledger.log_key, origin=ledger.origin)
+    assert report.ok and report.checkpoints_checked == 1 and report.size == 10
+
+
+def test_refusals_revocation_and_failed_rounds_are_logged(harness: Harness) -> None:
+    rid = harness.open_round()
+    bad = harness.post("edge_0", f"/v1/device/rounds/{rid}/update", b"not an update")
+    assert bad.status_code >= 400
+    r = harness.client.post("/v1/admin/devices/edge_2/revoke", headers={"Authorization": "Bearer admin-token"})
+    harness.clock.advance(10_000)
+    harness.state.orchestrator.tick()
+    events = _events(harness)
+    assert "update_refused" in events and "round_failed" in events
+    if r.status_code == 200:
+        assert "device_revoked" in events
+    ledger = harness.state.ledger
+    assert ledger is not None
+    refused = next(decode_event(e) for e in ledger.store.read_entries(0, ledger.store.size())
+                   if decode_event(e).EVENT == "update_refused")
+    assert refused.device_id == "edge_0" and refused.round_id == rid  # type: ignore[attr-defined]
+    assert verify_log(ledger.store, ledger.log_key).ok
+
+
+def test_read_api_serves_tiles_entries_and_proofs_that_verify(harness: Harness) -> None:
+    _round(harness)
+    c = harness.client
+    note = c.get("/ledger/checkpoint")
+    assert note.status_code == 200
+    lines = note.text.split("\n")
+    size, root = int(lines[1]), base64.b64decode(lines[2])
+    assert size == 9
+    assert root_from_tiles(size, lambda p: c.get(f"/ledger/{p}").content) == root
+    bundle = c.get("/ledger/tile/entries/000.p/9")
+    assert bundle.status_code == 200
+
+    e = c.get("/v1/ledger/entries/4").json()
+    assert e["event"]["event"] == "update_accepted"
+    lh = leaf_hash(base64.b64decode(e["entry"]))
+    p = c.get(f"/v1/ledger/proof/inclusion?leaf_hash={lh.hex()}").json()
+    assert p["leaf_index"] == 4 and p["tree_size"] == 9
+    verify_inclusion(lh, 4, 9, [bytes.fromhex(x) for x in p["proof"]], root)
+
+    cp = c.get("/v1/ledger/proof/consistency?first=3&second=9").json()
+    verify_consistency(3, 9, [bytes.fromhex(x) for x in cp["proof"]], bytes.fromhex(cp["first_root"]), root)
+    keys = c.get("/v1/ledger/keys").json()
+    assert keys["size"] == 10 and keys["ed25519_vkey"].startswith(keys["origin"] + "+")
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/ledger/entries/10", 404),
+        ("/v1/ledger/entries/-1", 400),
+        ("/v1/ledger/entries/abc", 400),
+        ("/v1/ledger/entries/99999999999999999999999", 400),
+        ("/v1/ledger/entries/01", 400),
+        ("/v1/ledger/proof/inclusion", 400),
+        ("/v1/ledger/proof/inclusion?leaf_hash=zz", 400),
+        ("/v1/ledger/proof/inclusion?leaf_hash=" + "00" * 32, 404),
+        ("/v1/ledger/proof/inclusion?leaf_hash=" + "00" * 32 + "&tree_size=11", 400),
+        ("/v1/ledger/proof/inclusion?leaf_hash=" + "00" * 32 + "&tree_size=0", 400),
+        ("/v1/ledger/proof/inclusion?leaf_hash=" + "00" * 32 + "&tree_size=x", 400),
+        ("/v1/ledger/proof/consistency", 400),
+        ("/v1/ledger/proof/consistency?first=0&second=10", 400),
+        ("/v1/ledger/proof/consistency?first=5&second=4", 400),
+        ("/v1/ledger/proof/consistency?first=5&second=11", 400),
+        ("/v1/ledger/proof/consistency?first=1e3", 400),
+        ("/ledger/tile/0/000", 404),
+        ("/ledger/tile/0/001.p/1", 404),
+        ("/ledger/tile/0/000.p/11", 404),
+        ("/ledger/tile/0/000.p/0", 400),
+        ("/ledger/tile/0/000.p/256", 400),
+        ("/ledger/tile/0/1", 400),
+        ("/ledger/tile/64/000", 400),
+        ("/ledger/tile/entries/000", 404),
+        ("/ledger/tile/entries/x000/001", 400),
+        ("/ledger/tile/nonsense", 400),
+        ("/ledger/tile/", 400),
+    ],
+)
+def test_bad_or_out_of_range_requests_are_400_or_404(harness: Harness, path: str, status: int) -> None:
+    _round(harness)
+    r = harness.client.get(path)
+    assert r.status_code == status, (path, r.status_code, r.text)
+
+
+def test_a_fresh_server_has_no_checkpoint_yet(tmp_path: Path) -> None:
+    for h in make_harness(tmp_path, enroll_devices=False):
+        assert h.client.get("/ledger/checkpoint").status_code == 404
+        assert h.client.get("/v1/ledger/entries/0").status_code == 404
+        assert h.client.get("/v1/ledger/proof/consistency?first=1").status_code == 400
