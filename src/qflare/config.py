@@ -77,7 +77,9 @@ class RoundsConfig(_Strict):
 class AggregationConfig(_Strict):
     rule: str = Field("fedavg", description="aggregation strategy (qflare.fl.strategies): fedavg, ...")
     max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
-
+    params: dict[str, float | int | None] = Field(
+        default_factory=dict, description="the rule's parameters, e.g. {f: 2} for krum (docs/robustness.md)"
+    )
 
     @field_validator("rule")
     @classmethod
@@ -87,6 +89,16 @@ class AggregationConfig(_Strict):
         if value not in STRATEGIES:
             raise ValueError(f"unknown aggregation rule {value!r}; known: {', '.join(sorted(STRATEGIES))}")
         return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> AggregationConfig:
+        from qflare.fl.strategies import STRATEGIES
+
+        try:
+            STRATEGIES[self.rule].check_params(self.params)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
 
 
 class EvaluationConfig(_Strict):

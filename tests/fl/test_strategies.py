@@ -36,7 +36,7 @@ def test_get_strategy() -> None:
 def test_unknown_strategy() -> None:
     # Execute / Assert
     with pytest.raises(ConfigError) as info:
-        get_strategy("krum")
+        get_strategy("no-such-rule")
     assert info.value.reason == "unknown_strategy"
 
 

@@ -41,6 +41,13 @@ def simulate(
     attackers: Annotated[
         str | None, typer.Option(help="adversaries to add: comma list of impersonate,replay,tamper,revoked")
     ] = None,
+    aggregator: Annotated[
+        str, typer.Option(help="aggregation.rule: bounded-fedavg (default), fedavg, median, trimmed-mean, krum, "
+                          "multi-krum, bulyan, centered-clipping, norm-bound")
+    ] = "bounded-fedavg",
+    aggregator_params: Annotated[
+        str | None, typer.Option(help='aggregation.params as a JSON object, e.g. \'{"f": 2}\'')
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -48,6 +55,12 @@ def simulate(
     from qflare.sim.runner import SimulationConfig, run_simulation
 
     t = get_task(task)
+    try:
+        params = json.loads(aggregator_params) if aggregator_params else {}
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--aggregator-params") from None
+    if not isinstance(params, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--aggregator-params")
     partition = partition or t.partitions[0]
     base = dataclasses.asdict(t.default_train_config())
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
@@ -58,11 +71,14 @@ def simulate(
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
         key_source=key_source,
         enclave=enclave,
+        aggregator=aggregator,
+        aggregator_params=params,
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
         + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={enclave}"
+        + f" aggregator={aggregator}"
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),

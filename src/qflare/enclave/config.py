@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from urllib.parse import unquote
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote
 
 from qflare.errors import ConfigError
 from qflare.fl.strategies import STRATEGIES
@@ -65,6 +65,9 @@ class EnclaveConfig:
     aggregation_rule:
         The aggregation strategy (``qflare.fl.strategies``) every round runs inside; measured, so the
         host cannot swap the rule devices were promised.
+    aggregation_params:
+        The rule's parameters (``aggregation.params``: a JSON object of numbers, validated by the
+        strategy); measured with the rule.
     """
 
     isv_prod_id: int = 1
@@ -79,6 +82,9 @@ class EnclaveConfig:
     update_path_regex: str = DEFAULT_UPDATE_PATH_REGEX
     allowed_key_sources: tuple[str, ...] = ("hybrid", "mlkem")
     aggregation_rule: str = "fedavg"
+    aggregation_params: dict[str, Any] = field(default_factory=dict)
+
+    __hash__ = None  # type: ignore[assignment]  # aggregation_params is a dict
 
     def __post_init__(self) -> None:
         for name in ("isv_prod_id", "isv_svn"):
@@ -123,6 +129,21 @@ class EnclaveConfig:
             raise ConfigError(
                 f"enclave config aggregation_rule must be one of {sorted(STRATEGIES)}", reason="invalid_config"
             )
+        params = self.aggregation_params
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, int | float) and not isinstance(v, bool)
+                                                  and math.isfinite(v)))
+            for k, v in params.items()
+        ):
+            raise ConfigError(
+                "enclave config aggregation_params must be an object of finite numbers or nulls",
+                reason="invalid_config",
+            )
+        try:
+            STRATEGIES[self.aggregation_rule].check_params(params)
+        except ConfigError as exc:
+            raise ConfigError(f"enclave config aggregation_params: {exc.message}", reason="invalid_config") from None
+        object.__setattr__(self, "aggregation_params", dict(sorted(params.items())))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``format``, JSON-ready."""

@@ -64,7 +64,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/crypto/schedule.py",
             "qflare/crypto/secret_access.py",
             "qflare/crypto/signing.py",
-            # fl: parsing, validation, streaming FedAvg (numpy only)
+            # fl: parsing, validation, streaming FedAvg, robust rules (numpy only)
             "qflare/fl/__init__.py",
             "qflare/fl/aggregate.py",
             "qflare/fl/checks.py",
@@ -73,6 +73,9 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/strategies/__init__.py",
             "qflare/fl/strategies/base.py",
             "qflare/fl/strategies/fedavg.py",
+            "qflare/fl/strategies/robust.py",
+            "qflare/fl/robust.py",
+            "qflare/fl/influence.py",
             # the enclave itself: shared formats and the trusted side
             "qflare/enclave/__init__.py",
             "qflare/enclave/channel.py",

@@ -100,7 +100,7 @@ def run_inprocess(
     for r in range(1, rounds + 1):
         start = time.perf_counter()
         global_arrays = get_arrays(global_model)
-        accumulator = strategy.accumulator(spec)
+        accumulator = strategy.accumulator(spec, reference=global_arrays)
         losses, client_seconds, update_bytes = [], [], 0
         for k, dataset in enumerate(datasets):
             tic = time.perf_counter()

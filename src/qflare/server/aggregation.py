@@ -26,7 +26,7 @@ __all__ = ["InProcessAggregator"]
 class _RoundState:
     spec: ModelSpec
     acc: Accumulator
-    base: NDArrays | None  # the round's global model, kept only when the norm bound needs it
+    base: NDArrays | None  # the round's global model, kept only when the norm bound or the rule needs it
 
 
 class InProcessAggregator:
@@ -48,8 +48,10 @@ class InProcessAggregator:
 
     def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
         with self._lock:
-            base = load_arrays(base_model, spec)[0] if self._max_norm is not None else None
-            self._rounds[round_id] = _RoundState(spec=spec, acc=self.strategy.accumulator(spec), base=base)
+            need_base = self._max_norm is not None or self.strategy.needs_reference
+            base = load_arrays(base_model, spec)[0] if need_base else None
+            acc = self.strategy.accumulator(spec, reference=base)
+            self._rounds[round_id] = _RoundState(spec=spec, acc=acc, base=base)
 
     def _state(self, round_id: int) -> _RoundState:
         state = self._rounds.get(round_id)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from qflare.config import (
+    AggregationConfig,
     AttestationConfig,
     DataConfig,
     DeviceConfig,
@@ -72,6 +73,8 @@ class SimulationConfig:
     attackers: tuple[str, ...] = ()
     key_source: str = "mlkem"
     enclave: str = "simulated"  # none | simulated
+    aggregator: str = "bounded-fedavg"  # aggregation.rule (qflare.fl.strategies.STRATEGIES)
+    aggregator_params: dict[str, float | int | None] = field(default_factory=dict)  # aggregation.params
 
 
 def new_run_dir(base: Path) -> Path:
@@ -258,6 +261,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         ),
         training=train,
         enclave=EnclaveSettings(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
+        aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params)),
     )
 
 

@@ -50,7 +50,7 @@ class RoundState:
     base_sha256:
         Hex SHA-256 of the global model the round starts from.
     base:
-        The base model's tensors, kept only when the norm bound needs them.
+        The base model's tensors, kept only when the norm bound or the strategy needs them.
     strategy:
         The configured aggregation rule (measured with the enclave's configuration).
     """
@@ -66,7 +66,7 @@ class RoundState:
     checkpointed_count: int = 0
 
     def __post_init__(self) -> None:
-        self.acc = self.strategy.accumulator(self.spec)
+        self.acc = self.strategy.accumulator(self.spec, reference=self.base)
         self._included_set: set[str] = set(self.included)
 
     @property
@@ -141,7 +141,7 @@ class RoundState:
         state = AccumulatorState(count=count, total_examples=total, arrays=arrays,
                                  weights=tuple(int(w) for w in weights))
         try:
-            self.acc = self.strategy.accumulator(self.spec).from_state(state)
+            self.acc = self.strategy.accumulator(self.spec, reference=self.base).from_state(state)
         except QFlareError:
             raise bad from None
         self.included = [str(i) for i in included]

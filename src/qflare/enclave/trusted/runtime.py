@@ -276,9 +276,11 @@ class EnclaveRuntime:
     def _new_round(self, call: ec.BeginRound | ec.RestoreRound) -> RoundState:
         base_model = self._input(call.base_model)
         spec = ModelSpec.from_json(call.spec_json)
-        base = load_arrays(base_model, spec)[0] if self._config.max_update_norm is not None else None
+        strategy = get_strategy(self._config.aggregation_rule, **self._config.aggregation_params)
+        need_base = self._config.max_update_norm is not None or strategy.needs_reference
+        base = load_arrays(base_model, spec)[0] if need_base else None
         return RoundState(round_id=call.round_id, spec=spec, base_sha256=sha256_hex(base_model), base=base,
-                          strategy=get_strategy(self._config.aggregation_rule))
+                          strategy=strategy)
 
     def _status(self, state: RoundState, *, restored: bool) -> ec.RoundStatusResult:
         return ec.RoundStatusResult(

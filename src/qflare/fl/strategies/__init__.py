@@ -1,21 +1,36 @@
-"""Aggregation strategies: ``get_strategy(name)`` for the configured rule."""
+"""Aggregation strategies: ``get_strategy(name, **params)`` for the configured rule."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from qflare.errors import ConfigError
 from qflare.fl.strategies.base import Strategy
 from qflare.fl.strategies.fedavg import FedAvg
+from qflare.fl.strategies.robust import ROBUST_STRATEGIES, BoundedFedAvg
 
-__all__ = ["STRATEGIES", "FedAvg", "Strategy", "get_strategy"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "BoundedFedAvg", "FedAvg", "Strategy", "get_strategy"]
 
-STRATEGIES: dict[str, type[Strategy]] = {FedAvg.name: FedAvg}
+STRATEGIES: dict[str, type[Strategy]] = {FedAvg.name: FedAvg, **{s.name: s for s in ROBUST_STRATEGIES}}
+"""``aggregation.rule`` -> strategy class. FLTrust is not registered (it needs a server root update)."""
+
+DEFAULT_STRATEGY = BoundedFedAvg.name
+"""The rule of the shipped configuration and ``qflare simulate``: FedAvg with bounded influence."""
 
 
-def get_strategy(name: str) -> Strategy:
-    """The strategy registered under ``name`` with its default settings."""
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """The strategy registered under ``name``, built with ``aggregation.params``.
+
+    Raises
+    ------
+    ConfigError
+        ``unknown_strategy``, or ``invalid_aggregation_params`` naming ``aggregation.<key>``.
+    """
     try:
-        return STRATEGIES[name]()
+        cls = STRATEGIES[name]
     except KeyError:
         raise ConfigError(
             f"unknown aggregation strategy {name!r}; known: {sorted(STRATEGIES)}", reason="unknown_strategy"
         ) from None
+    cls.check_params(params)
+    return cls(**params) if params else cls()

@@ -25,6 +25,6 @@ class FedAvg(Strategy):
         """See :func:`qflare.fl.aggregate.fedavg`."""
         return fedavg(results)
 
-    def accumulator(self, spec: ModelSpec) -> Accumulator:
-        """A :class:`~qflare.fl.aggregate.FedAvgAccumulator`."""
+    def accumulator(self, spec: ModelSpec, *, reference: NDArrays | None = None) -> Accumulator:
+        """A :class:`~qflare.fl.aggregate.FedAvgAccumulator` (``reference`` is not needed)."""
         return FedAvgAccumulator(spec)

@@ -1,0 +1,274 @@
+"""Byzantine-robust rules and bounded FedAvg as :class:`~qflare.fl.strategies.base.Strategy` objects.
+
+Each strategy wraps a pure rule of :mod:`qflare.fl.robust` (the papers are cited there) and keeps
+every update of a round (:class:`~qflare.fl.aggregate.BufferedAccumulator`: memory ``n x model``),
+since these rules need all updates at once. Parameters are the rule's ``aggregation.params`` keys
+(:data:`qflare.fl.robust.RULE_PARAMS`), validated at construction by
+:func:`qflare.fl.robust.check_rule_params`, so a bad value is a ``ConfigError`` naming
+``aggregation.<key>``. Too few updates at round close raise ``AggregationError``
+(``too_few_updates``).
+
+The accumulator receives *full client weights*. Rules that reason about step sizes
+(centered clipping, norm-bound, bounded FedAvg) take the round's base model as ``reference``
+(:attr:`Strategy.needs_reference`), and return full weights.
+
+FLTrust is not registered: it needs a root update trained by the server on its own clean data
+set, which neither backend can supply yet.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from qflare.errors import AggregationError, ConfigError
+from qflare.fl.aggregate import Accumulator, BufferedAccumulator
+from qflare.fl.influence import DEFAULT_COUNT_MULTIPLE, DEFAULT_NORM_MULTIPLE, cap_round_num_examples
+from qflare.fl.robust import ROBUST_RULES, check_rule_params, norm_bound
+from qflare.fl.spec import ModelSpec
+from qflare.fl.strategies.base import Strategy
+from qflare.types import NDArrays
+
+__all__ = [
+    "BoundedFedAvg",
+    "Bulyan",
+    "CenteredClipping",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "NormBound",
+    "ROBUST_STRATEGIES",
+    "RobustStrategy",
+    "TrimmedMean",
+    "bounded_fedavg",
+]
+
+Results = Sequence[tuple[NDArrays, int]]
+
+
+class RobustStrategy(Strategy):
+    """A rule of :data:`qflare.fl.robust.ROBUST_RULES` with its config parameters.
+
+    Parameters
+    ----------
+    **params:
+        The rule's ``aggregation.params`` (e.g. ``f=2`` for Krum); missing keys take the rule's
+        defaults.
+
+    Raises
+    ------
+    ConfigError
+        An unknown key or a value that cannot work (reason ``invalid_aggregation_params``).
+    """
+
+    rule: ClassVar[str]
+
+    def __init__(self, **params: Any) -> None:
+        self.check_params(params)
+        self.params: dict[str, Any] = dict(params)
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, object]) -> None:
+        """:func:`qflare.fl.robust.check_rule_params` with the number of updates not yet known."""
+        check_rule_params(cls.rule, None, params)
+
+    def aggregate(self, results: Results) -> NDArrays:
+        """The rule over all results (no reference: steps are taken relative to nothing)."""
+        return ROBUST_RULES[self.rule](results, **self.params)
+
+    def _aggregate_with(self, reference: NDArrays | None) -> Any:
+        def run(results: Results) -> NDArrays:
+            kwargs = dict(self.params)
+            if self.needs_reference:
+                kwargs["reference"] = reference
+            return ROBUST_RULES[self.rule](results, **kwargs)
+
+        return run
+
+    def accumulator(self, spec: ModelSpec, *, reference: NDArrays | None = None) -> Accumulator:
+        """A buffered accumulator applying the rule at :meth:`~Accumulator.result`.
+
+        Raises
+        ------
+        AggregationError
+            ``missing_reference``: a rule that clips steps was given no base model.
+        """
+        if self.needs_reference and reference is None and self._reference_required:
+            raise AggregationError(
+                f"{self.name} needs the round's base model to measure steps", reason="missing_reference"
+            )
+        return BufferedAccumulator(spec, self._aggregate_with(reference))
+
+    _reference_required: ClassVar[bool] = True
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        return f"{type(self).__name__}({args})"
+
+
+class Median(RobustStrategy):
+    """Coordinate-wise median (Yin et al., ICML 2018); see :func:`qflare.fl.robust.median`."""
+
+    name = rule = "median"
+
+
+class TrimmedMean(RobustStrategy):
+    """Coordinate-wise trimmed mean (Yin et al., ICML 2018), param ``beta``."""
+
+    name = rule = "trimmed-mean"
+
+
+class Krum(RobustStrategy):
+    """Krum (Blanchard et al., NeurIPS 2017), param ``f``: needs ``n >= 2f + 3``."""
+
+    name = rule = "krum"
+
+
+class MultiKrum(RobustStrategy):
+    """Multi-Krum (Blanchard et al., NeurIPS 2017), params ``f``, ``m``."""
+
+    name = rule = "multi-krum"
+
+
+class Bulyan(RobustStrategy):
+    """Bulyan (El Mhamdi et al., ICML 2018), param ``f``: needs ``n >= 4f + 3``."""
+
+    name = rule = "bulyan"
+
+
+class CenteredClipping(RobustStrategy):
+    """Centered clipping (Karimireddy et al., ICML 2021), params ``tau``, ``iterations``.
+
+    Starts from the round's base model when the backend supplies it, else from the coordinate-wise
+    median of the updates.
+    """
+
+    name = rule = "centered-clipping"
+    needs_reference = True
+    _reference_required = False
+
+
+class NormBound(RobustStrategy):
+    """Norm-bounded FedAvg (Sun et al. 2019), params ``bound``, ``median_multiple``."""
+
+    name = rule = "norm-bound"
+    needs_reference = True
+
+
+# -- bounded FedAvg (the default) ---------------------------------------------------------------
+
+_BOUNDED_PARAMS = frozenset({"count_multiple", "norm_multiple"})
+
+
+def _positive(params: Mapping[str, object], key: str, default: float) -> float:
+    value = params.get(key, default)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not ok or not float(value) > 0:  # type: ignore[arg-type]
+        raise ConfigError(f"aggregation.{key}: must be a finite number > 0, got {value!r}",
+                          reason="invalid_aggregation_params")
+    return float(value)  # type: ignore[arg-type]
+
+
+def bounded_fedavg(
+    results: Results,
+    *,
+    reference: NDArrays,
+    count_multiple: float = DEFAULT_COUNT_MULTIPLE,
+    norm_multiple: float = DEFAULT_NORM_MULTIPLE,
+) -> NDArrays:
+    """FedAvg with each device's influence bounded: the QFLARE default.
+
+    1. Each claimed ``num_examples`` is capped at ``count_multiple`` times the round's median claim
+       (:func:`qflare.fl.influence.cap_round_num_examples`), so a device claiming 10^7 samples among
+       peers claiming 100 weighs as if it claimed ``3 x 100``.
+    2. Each step ``x_i - reference`` is clipped to ``norm_multiple`` times the round's median step
+       norm, and the clipped steps are averaged with the capped weights (norm-bounded FedAvg, Sun et
+       al. 2019, :func:`qflare.fl.robust.norm_bound`).
+
+    With at most half the updates hostile, both medians are honest values, so one update moves the
+    aggregate by at most ``w_i * (norm_multiple + 1) * median_norm`` from the honest average, where
+    ``w_i <= count_multiple * median / total`` is its capped weight.
+
+    Raises
+    ------
+    AggregationError
+        No updates, inconsistent tensors, or a total weight of zero.
+    """
+    if not results:
+        raise AggregationError("no updates to aggregate", reason="no_updates")
+    capped = cap_round_num_examples([int(n) for _, n in results], median_multiple=count_multiple)
+    return norm_bound(
+        [(arrays, n) for (arrays, _), n in zip(results, capped, strict=True)],
+        reference=reference,
+        median_multiple=norm_multiple,
+    )
+
+
+class BoundedFedAvg(Strategy):
+    """FedAvg with capped sample counts and clipped steps (:func:`bounded_fedavg`); the default rule.
+
+    Parameters
+    ----------
+    count_multiple:
+        Cap on a claim as a multiple of the round's median claim (default 3.0).
+    norm_multiple:
+        Cap on a step's L2 norm as a multiple of the round's median step norm (default 2.0).
+
+    Keeps every update of the round (memory ``n x model``): the medians need all claims and norms.
+    """
+
+    name = "bounded-fedavg"
+    needs_reference = True
+
+    def __init__(self, **params: Any) -> None:
+        self.check_params(params)
+        self.count_multiple = _positive(params, "count_multiple", DEFAULT_COUNT_MULTIPLE)
+        self.norm_multiple = _positive(params, "norm_multiple", DEFAULT_NORM_MULTIPLE)
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, object]) -> None:
+        """Keys ``count_multiple`` and ``norm_multiple``, each a finite number > 0."""
+        for key in params:
+            if key not in _BOUNDED_PARAMS:
+                accepted = ", ".join(sorted(_BOUNDED_PARAMS))
+                raise ConfigError(
+                    f"aggregation.{key}: not a parameter of {cls.name} (accepted: {accepted})",
+                    reason="invalid_aggregation_params",
+                )
+        for key, default in (("count_multiple", DEFAULT_COUNT_MULTIPLE), ("norm_multiple", DEFAULT_NORM_MULTIPLE)):
+            _positive(params, key, default)
+
+    def aggregate(self, results: Results) -> NDArrays:
+        """Not available without the base model: use :meth:`accumulator` with ``reference``."""
+        raise AggregationError(f"{self.name} needs the round's base model", reason="missing_reference")
+
+    def accumulator(self, spec: ModelSpec, *, reference: NDArrays | None = None) -> Accumulator:
+        """A buffered accumulator applying :func:`bounded_fedavg` relative to ``reference``."""
+        if reference is None:
+            raise AggregationError(f"{self.name} needs the round's base model", reason="missing_reference")
+        base = reference
+
+        def run(results: Results) -> NDArrays:
+            return bounded_fedavg(
+                results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple
+            )
+
+        return BufferedAccumulator(spec, run)
+
+    def __repr__(self) -> str:
+        return f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple})"
+
+
+ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (
+    BoundedFedAvg,
+    Median,
+    TrimmedMean,
+    Krum,
+    MultiKrum,
+    Bulyan,
+    CenteredClipping,
+    NormBound,
+)
+"""Registered in :data:`qflare.fl.strategies.STRATEGIES` (FLTrust is not: see the module docstring)."""
