@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from qflare.config import EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
+from qflare.config import AggregationConfig, EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import serialize_public_key
-from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.fl.port import AggregationBackend
+from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.server.app import build_state, create_app
 from qflare.server.state import ServerState
 
@@ -141,10 +141,12 @@ def enroll(client: TestClient, device_id: str, key: SigningKey, key_source: str 
 
 def make_harness(tmp_path: Path, keys: dict[str, SigningKey] | None = None, *, enroll_devices: bool = True,
                  enclave: bool = False, backend: AggregationBackend | None = None,
-                 **rounds: object) -> Iterator[Harness]:
+                 aggregation: AggregationConfig | None = None, **rounds: object) -> Iterator[Harness]:
     clock = FakeClock()
-    state = build_state(config_for(tmp_path, enclave=enclave, **rounds), admin_token=ADMIN, clock=clock,
-                        backend=backend)
+    config = config_for(tmp_path, enclave=enclave, **rounds)
+    if aggregation is not None:
+        config = config.model_copy(update={"aggregation": aggregation})
+    state = build_state(config, admin_token=ADMIN, clock=clock, backend=backend)
     app = create_app(state, run_ticker=False)
     keys = keys if keys is not None else {f"edge_{i}": _KEYS[i] for i in range(3)}
     with TestClient(app) as client:

@@ -210,7 +210,8 @@ class BufferedAccumulator(Accumulator):
         results: list[tuple[NDArrays, int]] = []
         for i, n in enumerate(state.weights):
             try:
-                upd = {name: np.array(state.arrays[f"{i}/{name}"], copy=True) for name in self.spec}
+                # a sealed checkpoint stores float64: back to each tensor's dtype (exact for float32)
+                upd = {name: np.array(state.arrays[f"{i}/{name}"], dtype=t.dtype) for name, t in self.spec.items()}
             except KeyError:
                 raise AggregationError(f"accumulator state lacks update {i}", reason="bad_accumulator_state") from None
             self.spec.validate(upd)

@@ -1,0 +1,67 @@
+"""Robust rules on the deployed path: too few updates fail the round, the next round recovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qflare.config import AggregationConfig
+from qflare.fl.serialize import load_arrays
+from tests.server.conftest import Harness, make_harness
+
+
+def _upload(h: Harness, rid: int, device: str, **kw: float):  # type: ignore[no-untyped-def]
+    return h.post(device, f"/v1/device/rounds/{rid}/update", h.update_blob(**kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("enclave", [False, True], ids=["in-process", "enclave"])
+def test_too_few_updates_fail_the_round_and_the_next_round_aggregates(tmp_path: Path, enclave: bool) -> None:
+    # Prepare: Multi-Krum with f=0 needs 2f + 3 = 3 updates; quorum is 2
+    agg = AggregationConfig(rule="multi-krum", params={"f": 0, "m": 1})
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=agg):
+        rid = h.open_round()
+        assert _upload(h, rid, "edge_0").status_code == 200
+        assert _upload(h, rid, "edge_1").status_code == 200
+
+        # Execute: the deadline closes the round with 2 updates
+        h.clock.advance(61)
+        h.poll_all()
+        h.state.orchestrator.tick()
+
+        # Assert: a clear failure, the model unchanged, and the next round aggregates with 3
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "failed" and rnd.close_reason == "too_few_updates"
+        nxt = h.state.orchestrator.current_round()
+        assert nxt is not None and nxt.round_id == rid + 1 and nxt.base_version == 0
+        for device, scale in (("edge_0", 1.0), ("edge_1", 1.1), ("edge_2", 50.0)):
+            assert _upload(h, nxt.round_id, device, scale=scale).status_code == 200
+        done = h.state.repo.get_round(nxt.round_id)
+        assert done is not None and done.status == "aggregated", done
+        new, _ = load_arrays(h.state.repo.model_blob(done.new_version), h.state.orchestrator.spec)
+        base = h.global_arrays()
+        scaled = [s for s in (1.0, 1.1)
+                  if all(np.allclose(new[k], v * s, rtol=1e-5, atol=1e-6) for k, v in base.items())]
+        assert scaled, "Multi-Krum (m=1) picked one of the two close updates, not the x50 one"
+
+
+@pytest.mark.parametrize("enclave", [False, True], ids=["in-process", "enclave"])
+def test_bounded_fedavg_on_the_deployed_path_bounds_an_inflated_claim(tmp_path: Path, enclave: bool) -> None:
+    # Prepare: the shipped default rule
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=AggregationConfig(rule="bounded-fedavg")):
+        rid = h.open_round()
+        base = h.global_arrays()
+
+        # Execute: two peers claim 100, one claims 10^7 with a 1000x step
+        assert _upload(h, rid, "edge_0", num_examples=100, scale=1.0).status_code == 200
+        assert _upload(h, rid, "edge_1", num_examples=100, scale=1.0).status_code == 200
+        assert _upload(h, rid, "edge_2", num_examples=10_000_000, scale=1000.0).status_code == 200
+
+        # Assert: the honest steps are zero (scale 1), so the median step norm is 0 and the attacker's
+        # step is clipped away entirely
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "aggregated"
+        new, _ = load_arrays(h.state.repo.model_blob(rnd.new_version), h.state.orchestrator.spec)
+        for name, arr in base.items():
+            np.testing.assert_allclose(new[name], arr, rtol=1e-5, atol=1e-6)
