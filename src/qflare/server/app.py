@@ -25,7 +25,8 @@ from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.ledger import AuditLog
 from qflare.server.rounds import Clock, Orchestrator
-from qflare.server.routes import admin, device, ledger, public
+from qflare.server.routes import admin, device, public
+from qflare.server.routes.ledger import router as ledger_router
 from qflare.server.state import ServerState
 from qflare.server.storage import Repository
 from qflare.server.storage.ledger_store import SqlLogStore
@@ -167,7 +168,7 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     app.include_router(device.router)
     app.include_router(admin.router)
     app.include_router(public.router)
-    app.include_router(ledger.router)
+    app.include_router(ledger_router)
 
     if bench_endpoint:
 
