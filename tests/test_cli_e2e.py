@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qflare.config import EnclaveSettings, GlobalConfig, ServerConfig
+from qflare.config import EnclaveHostConfig, GlobalConfig, ServerConfig
 from qflare.crypto.keyfile import read_private_key, read_public_key
 from qflare.crypto.secret_access import TOKEN
 from qflare.edge.client import DeviceClient
@@ -40,7 +40,7 @@ def test_operator_and_device_commands_over_https(tmp_path: Path) -> None:
     server = ServerConfig(port=port, db_url=f"sqlite:///{tmp_path / 'q.db'}",
                           key_dir=str(tmp_path / ".qflare" / "server-keys"),
                           tls_cert=str(tls / "server.pem"), tls_key=str(tls / "server.key"))
-    cfg = GlobalConfig(enclave=EnclaveSettings(backend="none"), server=server)  # this test is about TLS and the CLI
+    cfg = GlobalConfig(enclave=EnclaveHostConfig(backend="none"), server=server)  # this test is about TLS and the CLI
     (tmp_path / "g.json").write_text(cfg.model_dump_json())  # YAML is a superset of JSON
     (tmp_path / "logs").mkdir()
     proc = spawn_qflare(["server", "--config", str(tmp_path / "g.json")], tmp_path / "logs" / "server.log", env,

@@ -14,14 +14,16 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qflare.crypto import KeySource
 from qflare.errors import ConfigError
+from qflare.fl.training_config import TrainConfig
 
 __all__ = [
     "AggregationConfig",
     "AttestationConfig",
     "DataConfig",
     "DeviceConfig",
-    "EnclaveSettings",
+    "EnclaveHostConfig",
     "EvaluationConfig",
     "GlobalConfig",
     "RetryConfig",
@@ -40,17 +42,6 @@ TaskName = Literal["digits", "traffic", "pollution"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-class TrainConfig(_Strict):
-    """Local training settings the server sends to devices with each task."""
-
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1, le=65536)
-    lr: float = Field(0.1, gt=0, le=10)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
 
 
 class RoundsConfig(_Strict):
@@ -139,8 +130,11 @@ class QKDConfig(_Strict):
     timeout_seconds: float = Field(5.0, gt=0)
 
 
-class EnclaveSettings(_Strict):
-    """Where sensitive work runs: decryption of updates, aggregation, signing of tasks and models."""
+class EnclaveHostConfig(_Strict):
+    """How the host runs the enclave (the server's ``enclave:`` section): which backend, where its state lives.
+
+    What the enclave itself enforces is :class:`qflare.enclave.config.EnclaveConfig`, which is measured.
+    """
 
     backend: Literal["none", "simulated", "gramine"] = Field(
         "simulated", description="none: in the server process (no isolation); gramine: real SGX"
@@ -170,7 +164,7 @@ class GlobalConfig(_Strict):
     aggregation: AggregationConfig = AggregationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
-    enclave: EnclaveSettings = EnclaveSettings()
+    enclave: EnclaveHostConfig = EnclaveHostConfig()
 
 
 class DataConfig(_Strict):
@@ -212,7 +206,7 @@ class DeviceConfig(_Strict):
     server_key_fingerprint: str | None = Field(
         None, description="pin: fetch the server key from the server and require this fingerprint"
     )
-    key_source: Literal["mlkem", "qkd", "hybrid"] = "mlkem"
+    key_source: KeySource = KeySource.MLKEM
     qkd: QKDConfig | None = Field(None, description="this device's KME (master SAE), for key_source qkd/hybrid")
     ca_file: str | None = Field(None, description="pinned CA for HTTPS (qflare init)")
     attestation: AttestationConfig | None = Field(
@@ -229,6 +223,12 @@ class DeviceConfig(_Strict):
     def _server_key_pinned(self) -> DeviceConfig:
         if self.server_public_key_file is None and self.server_key_fingerprint is None and self.attestation is None:
             raise ValueError("pin the server key: set attestation, server_public_key_file or server_key_fingerprint")
+        if self.attestation is not None and (self.server_public_key_file or self.server_key_fingerprint):
+            raise ValueError(
+                "with attestation, pin no server key: the attested quote binds the enclave's keys (a pinned "
+                ".qflare/server-keys/server-kem.pub is not the key an enclave uses); set server_public_key_file "
+                "and server_key_fingerprint to null"
+            )
         if self.key_source != "mlkem" and (self.qkd is None or not self.qkd.peer_sae_id):
             raise ValueError(f"key_source {self.key_source} needs a qkd section with peer_sae_id")
         return self

@@ -160,7 +160,8 @@ def test_a_sealed_refusal_is_authenticated_and_final() -> None:
         env = parse_envelope(req.content, max_size=1 << 20)
         _, sealer = decrypt_envelope(env, SERVER_KEY, allowed_key_sources=("mlkem",))
         err = json.dumps({"error": {"reason": "not_selected", "message": "not selected"}}).encode()
-        return httpx.Response(403, content=sealer.seal(err), headers={"content-type": "application/vnd.qflare.response"})
+        sealed = {"content-type": "application/vnd.qflare.response"}
+        return httpx.Response(403, content=sealer.seal(err), headers=sealed)
 
     node = EdgeNode(_cfg(), _client(handler))
 

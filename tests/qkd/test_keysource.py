@@ -6,9 +6,10 @@ import socket
 
 import pytest
 
+from qflare.crypto import KeySource
 from qflare.errors import ConfigError, QKDError
 from qflare.kme import KMEPairServer
-from qflare.qkd.keysource import KeySourceMode, MLKEMOnly, QKDKeySource, make_key_source
+from qflare.qkd.keysource import MLKEMOnly, QKDKeySource, make_key_source
 from qflare.qkd.pki import DemoPKI
 from tests.qkd.conftest import client
 
@@ -34,7 +35,7 @@ def test_edge_and_server_obtain_the_same_key(kme_pair: KMEPairServer, pki: DemoP
         key_id, key = edge.get_key()  # type: ignore[misc]
         fetched = server.get_key_by_id(key_id, master_sae_id="edge-1")
         # Assert
-        assert edge.mode is KeySourceMode(mode) and edge.uses_qkd
+        assert edge.mode is KeySource(mode) and edge.uses_qkd
         assert fetched == key and len(key) == 32
         with pytest.raises(QKDError) as info:  # a replayed key_ID is refused
             server.get_key_by_id(key_id, master_sae_id="edge-1")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from qflare.config import AggregationConfig, EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
+from qflare.config import AggregationConfig, EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import serialize_public_key
@@ -34,11 +34,11 @@ class FakeClock:
         self.now += seconds
 
 
-def make_config(db_url: str, key_dir: str, enclave: EnclaveSettings | None = None, **rounds: object) -> GlobalConfig:
+def make_config(db_url: str, key_dir: str, enclave: EnclaveHostConfig | None = None, **rounds: object) -> GlobalConfig:
     r = {"total": 2, "min_devices": 3, "min_quorum": 2, "deadline_seconds": 60.0, **rounds}
     return GlobalConfig(
         task="digits",
-        enclave=enclave or EnclaveSettings(backend="none"),
+        enclave=enclave or EnclaveHostConfig(backend="none"),
         server=ServerConfig(db_url=db_url, key_dir=key_dir, max_update_bytes=256 * 1024, max_request_bytes=16384),
         rounds=RoundsConfig.model_validate(r),
         training=TrainConfig(epochs=1, batch_size=32, lr=0.05),
@@ -128,7 +128,7 @@ class Harness:
 
 
 def config_for(tmp_path: Path, *, enclave: bool = False, **rounds: object) -> GlobalConfig:
-    settings = EnclaveSettings(backend="simulated", work_dir=str(tmp_path / "enclave")) if enclave else None
+    settings = EnclaveHostConfig(backend="simulated", work_dir=str(tmp_path / "enclave")) if enclave else None
     return make_config(f"sqlite:///{tmp_path / 'qflare.db'}", str(tmp_path / "server-keys"), settings, **rounds)
 
 

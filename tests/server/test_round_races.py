@@ -17,7 +17,7 @@ from tests.server.conftest import ADMIN, Harness, config_for, make_harness
 
 
 class _ReaderInTheGap(InProcessAggregator):
-    """Runs a concurrent reader (``task_for``) while the round is being opened, as the web threads can."""
+    """Runs a concurrent reader (``assignment_for``) while the round is being opened, as the web threads can."""
 
     def __init__(self, device_id: str) -> None:
         super().__init__()
@@ -29,7 +29,7 @@ class _ReaderInTheGap(InProcessAggregator):
         assert self.orchestrator is not None
         # A reader on another thread cannot take the orchestrator's lock while the round opens; here we
         # call the unlocked body directly, which is what any reader would see of storage at this instant.
-        task = self.orchestrator._task_for(self.device_id)
+        task = self.orchestrator._assignment_for(self.device_id)
         self.seen.append((task.status, task.round_id in self._rounds if task.round_id is not None else True))
         super().begin_round(round_id, base_model, spec)
 

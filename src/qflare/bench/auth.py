@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from qflare.config import EnclaveSettings, GlobalConfig, RoundsConfig, ServerConfig
+from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.bench import run_benchmark
 from qflare.crypto.envelope import seal_request
@@ -89,7 +89,7 @@ def run(
         (d / "logs").mkdir(parents=True, exist_ok=True)
         port = free_port()
         cfg = GlobalConfig(
-            enclave=EnclaveSettings(backend="none"),  # the web tier's cost; `qflare bench enclave` measures that
+            enclave=EnclaveHostConfig(backend="none"),  # the web tier's cost; `qflare bench enclave` measures that
             server=ServerConfig(port=port, db_url=f"sqlite:///{d / 'bench.db'}", key_dir=str(d / "keys"),
                                 max_request_bytes=payload_size + 16384),
             rounds=RoundsConfig(min_devices=clients + 1, min_quorum=1),  # no round opens: heartbeats only

@@ -40,8 +40,8 @@ def init(
     resolve_admin_token(None, directory / "admin_token")
     console.print(f"CA:            {tls / 'ca.pem'}  (devices pin this: ca_file)")
     console.print(f"server TLS:    {tls / 'server.pem'}, {tls / 'server.key'}")
-    console.print(f"server keys:   {directory / 'server-keys'}  (KEM fingerprint {keys.fingerprint()}; devices pin it only"
-                  " with enclave.backend: none; with the enclave on they pin its attested measurement instead)")
+    console.print(f"server keys:   {directory / 'server-keys'}  (KEM fingerprint {keys.fingerprint()}; devices pin"
+                  " it only with enclave.backend: none; with the enclave on they pin its attested measurement)")
     console.print(f"operator token: {directory / 'admin_token'}")
     console.print(
         f"serve HTTPS:   qflare server --tls-cert {tls / 'server.pem'} --tls-key {tls / 'server.key'} "

@@ -8,8 +8,7 @@ shared machine should ``torch.set_num_threads(1)`` first; this module does not t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from qflare.errors import ConfigError, ModelSpecMismatch
 from qflare.fl.spec import ModelSpec, TensorSpec
+from qflare.fl.training_config import OptimizerName, TrainConfig
 from qflare.types import NDArrays
 
 __all__ = [
@@ -31,41 +31,8 @@ __all__ = [
     "train_local",
 ]
 
-OptimizerName = Literal["sgd", "adam"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, ...]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of one client's local training in one round.
-
-    Parameters
-    ----------
-    epochs:
-        Passes over the local data per round.
-    batch_size:
-        Samples per optimiser step (the last batch of an epoch may be smaller).
-    lr:
-        Learning rate.
-    optimizer:
-        ``"sgd"`` or ``"adam"``; a fresh optimiser every round (no state crosses rounds).
-    momentum:
-        SGD momentum (ignored by Adam).
-    weight_decay:
-        L2 penalty.
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: OptimizerName = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`train_local`."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from qflare.qkd.bb84 import BB84Result, run_bb84
 from qflare.qkd.channel import Channel
 from qflare.qkd.client import KMEClient
 from qflare.qkd.keyrate import asymptotic_key_rate, binary_entropy, plob_bound, secret_key_length
-from qflare.qkd.keysource import KeySource, KeySourceMode, MLKEMOnly, QKDKeySource, make_key_source
+from qflare.qkd.keysource import KeyProvider, MLKEMOnly, QKDKeySource, make_key_source
 from qflare.qkd.keystore import BB84Link, KeyStore, KeyStoreLimits, QKDKey
 from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.qkd.wire import KMEStatus
@@ -23,8 +23,7 @@ __all__ = [
     "DemoPKI",
     "KMEClient",
     "KMEStatus",
-    "KeySource",
-    "KeySourceMode",
+    "KeyProvider",
     "KeyStore",
     "KeyStoreLimits",
     "MLKEMOnly",

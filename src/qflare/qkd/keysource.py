@@ -1,7 +1,7 @@
 """Where a request's extra secret comes from: nothing (ML-KEM only), or a QKD key via ETSI 014.
 
-The edge node is the *master* SAE: :meth:`KeySource.get_key` obtains a fresh ``(key_id, key)`` and
-the request header carries ``key_id``. The server is the *slave* SAE: :meth:`KeySource.get_key_by_id`
+The edge node is the *master* SAE: :meth:`KeyProvider.get_key` obtains a fresh ``(key_id, key)`` and
+the request header carries ``key_id``. The server is the *slave* SAE: :meth:`KeyProvider.get_key_by_id`
 fetches the same key from its KME. Modes:
 
 ``mlkem``
@@ -16,31 +16,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from enum import StrEnum
 
+from qflare.crypto import KeySource
 from qflare.errors import ConfigError, QKDError
 from qflare.qkd.client import KMEClient
 from qflare.qkd.keystore import QKDKey
 
-__all__ = ["KeySource", "KeySourceMode", "MLKEMOnly", "QKDKeySource", "make_key_source"]
+__all__ = ["KeyProvider", "MLKEMOnly", "QKDKeySource", "make_key_source"]
 
 
-class KeySourceMode(StrEnum):
-    """How the request key is established."""
-
-    MLKEM = "mlkem"
-    QKD = "qkd"
-    HYBRID = "hybrid"
-
-
-class KeySource(ABC):
+class KeyProvider(ABC):
     """Supplies the QKD part of a request key, if any."""
 
-    mode: KeySourceMode
+    mode: KeySource
 
     @property
     def uses_qkd(self) -> bool:
-        return self.mode is not KeySourceMode.MLKEM
+        return self.mode is not KeySource.MLKEM
 
     @abstractmethod
     def get_key(self) -> QKDKey | None:
@@ -51,10 +43,10 @@ class KeySource(ABC):
         """Slave side: the key the master obtained under ``key_id``."""
 
 
-class MLKEMOnly(KeySource):
+class MLKEMOnly(KeyProvider):
     """No QKD: :meth:`get_key` yields ``None``; a request that names a QKD key is refused."""
 
-    mode = KeySourceMode.MLKEM
+    mode = KeySource.MLKEM
 
     def get_key(self) -> None:
         return None
@@ -63,7 +55,7 @@ class MLKEMOnly(KeySource):
         raise QKDError("this node has no QKD key source, yet a QKD key_ID was sent", reason="qkd_not_configured")
 
 
-class QKDKeySource(KeySource):
+class QKDKeySource(KeyProvider):
     """QKD keys through an ETSI GS QKD 014 KME; required, never silently skipped.
 
     Parameters
@@ -86,16 +78,16 @@ class QKDKeySource(KeySource):
         self,
         client: KMEClient,
         *,
-        mode: KeySourceMode | str = KeySourceMode.HYBRID,
+        mode: KeySource | str = KeySource.HYBRID,
         peer_sae_id: str | None = None,
         key_size_bits: int = 256,
         master_sae_of: Callable[[str], str] | None = None,
     ) -> None:
         try:
-            self.mode = KeySourceMode(mode)
+            self.mode = KeySource(mode)
         except ValueError:
             raise ConfigError(f"unknown key source mode {mode!r}", reason="invalid_key_source") from None
-        if self.mode is KeySourceMode.MLKEM:
+        if self.mode is KeySource.MLKEM:
             raise ConfigError("QKDKeySource needs mode 'qkd' or 'hybrid'", reason="invalid_key_source")
         if key_size_bits <= 0 or key_size_bits % 8:
             raise ConfigError("key_size_bits must be a positive multiple of 8", reason="invalid_key_source")
@@ -145,18 +137,18 @@ class QKDKeySource(KeySource):
 
 
 def make_key_source(
-    mode: KeySourceMode | str,
+    mode: KeySource | str,
     *,
     client: KMEClient | None = None,
     peer_sae_id: str | None = None,
     key_size_bits: int = 256,
-) -> KeySource:
+) -> KeyProvider:
     """The key source for ``mode``; ``qkd``/``hybrid`` need a ``client`` (else :class:`ConfigError`)."""
     try:
-        chosen = KeySourceMode(mode)
+        chosen = KeySource(mode)
     except ValueError:
         raise ConfigError(f"unknown key source mode {mode!r}", reason="invalid_key_source") from None
-    if chosen is KeySourceMode.MLKEM:
+    if chosen is KeySource.MLKEM:
         return MLKEMOnly()
     if client is None:
         raise ConfigError(f"key source mode {chosen.value!r} needs a KME client", reason="invalid_key_source")

@@ -41,8 +41,12 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
-class Task:
-    """What a device is told to do next."""
+class Assignment:
+    """What a device is told to do next (the answer of ``POST /v1/device/task``).
+
+    "Task" alone means a learning problem (:mod:`qflare.fl.tasks`); what a device is asked to do is an
+    assignment: train on a round, wait, or stop.
+    """
 
     status: Literal["train", "wait", "done"]
     retry_after: float = 1.0
@@ -138,23 +142,23 @@ class Orchestrator:
     def finished(self) -> bool:
         return self.completed_rounds() >= self.config.rounds.total
 
-    def task_for(self, device_id: str) -> Task:
+    def assignment_for(self, device_id: str) -> Assignment:
         # Under the lock: a round is handed out only once it is open for every reader (stored and
         # registered with the backend) and not while it is being closed.
         with self._lock:
-            return self._task_for(device_id)
+            return self._assignment_for(device_id)
 
-    def _task_for(self, device_id: str) -> Task:
+    def _assignment_for(self, device_id: str) -> Assignment:
         rc = self.config.rounds
         if self.finished():
-            return Task(status="done", retry_after=0)
+            return Assignment(status="done", retry_after=0)
         rnd = self.current_round()
         if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
-            return Task(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
+            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
         model = self.repo.get_model(rnd.base_version)
         if model is None:
             raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")
-        return Task(
+        return Assignment(
             status="train",
             retry_after=0,
             round_id=rnd.round_id,

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qflare.crypto import KeySource
+
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
@@ -13,7 +15,6 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-KeySourceName = Literal["mlkem", "qkd", "hybrid"]
 
 
 class DeviceEnroll(BaseModel):
@@ -22,14 +23,14 @@ class DeviceEnroll(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     public_key: str = Field(max_length=16384, description="the device's public key file (qflare device keygen)")
-    key_source: KeySourceName = "mlkem"
+    key_source: KeySource = KeySource.MLKEM
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="bind the token to one device id")
     ttl_seconds: float | None = Field(None, gt=0, le=30 * 86400)
-    key_source: KeySourceName = "mlkem"
+    key_source: KeySource = KeySource.MLKEM
 
 
 class TokenCreated(_Out):

@@ -30,7 +30,7 @@ from qflare.config import (
     AttestationConfig,
     DataConfig,
     DeviceConfig,
-    EnclaveSettings,
+    EnclaveHostConfig,
     GlobalConfig,
     QKDConfig,
     RoundsConfig,
@@ -174,9 +174,11 @@ class Federation:
         return key
 
     def device_config(self, device_id: str, data: DataConfig, **extra: Any) -> DeviceConfig:
+        # With the enclave the devices trust its attested quote (which binds its keys); without, the key pin.
+        pin = None if self.attestation is not None else self.server_key_file().name
         return DeviceConfig(
             device_id=device_id, server_url=self.url, identity_key_file=f"{device_id}.key",
-            server_public_key_file=self.server_key_file().name, data=data, poll_interval_seconds=0.5,
+            server_public_key_file=pin, data=data, poll_interval_seconds=0.5,
             attestation=self.attestation, **extra,
         )
 
@@ -246,7 +248,7 @@ def expected_enclave(config: GlobalConfig) -> AttestationConfig:
 
 def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> GlobalConfig:
     task = get_task(sim.task)
-    train = sim.train or TrainConfig.model_validate(dataclasses.asdict(task.default_train_config()))
+    train = sim.train or task.default_train_config()
     quorum = sim.min_quorum or max(1, math.ceil(0.5 * sim.clients))
     return GlobalConfig(
         task=sim.task,  # type: ignore[arg-type]
@@ -260,7 +262,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             deadline_seconds=sim.deadline_seconds, seed=sim.seed,
         ),
         training=train,
-        enclave=EnclaveSettings(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
+        enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
         aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params)),
     )
 

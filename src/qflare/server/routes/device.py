@@ -113,7 +113,7 @@ async def heartbeat(call: Device, state: State) -> Response:
 
 @router.post("/task", responses=_SEALED, summary="Next task (sealed JSON: TaskResponse)")
 async def task(call: Device, state: State) -> Response:
-    t = await _work(state, call, functools.partial(state.orchestrator.task_for, call.device_id))
+    t = await _work(state, call, functools.partial(state.orchestrator.assignment_for, call.device_id))
     return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
 
 
