@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,9 +61,8 @@ def simulate(
     if not isinstance(params, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--aggregator-params")
     partition = partition or t.partitions[0]
-    base = dataclasses.asdict(t.default_train_config())
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-    train = TrainConfig.model_validate({**base, **overrides})
+    train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides})
     sim = SimulationConfig(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
