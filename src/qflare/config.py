@@ -30,6 +30,7 @@ __all__ = [
     "RoundsConfig",
     "QKDConfig",
     "ServerConfig",
+    "SimulationAttackConfig",
     "TrainConfig",
     "dump_yaml",
     "load_device_config",
@@ -193,6 +194,16 @@ class RetryConfig(_Strict):
     give_up_after_seconds: float | None = Field(None, gt=0, description="None retries forever")
 
 
+class SimulationAttackConfig(_Strict):
+    """DANGER, simulations only: makes this device poison the federation (:mod:`qflare.fl.poisoning`).
+
+    The edge node refuses to start with it unless ``QFLARE_SIMULATION=1`` is set.
+    """
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class DeviceConfig(_Strict):
     """An edge node's ``device_config.yaml``."""
 
@@ -218,6 +229,9 @@ class DeviceConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     torch_threads: int = Field(1, ge=1)
     exit_when_done: bool = True
+    simulation_attack: SimulationAttackConfig | None = Field(
+        None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
+    )
 
     @model_validator(mode="after")
     def _server_key_pinned(self) -> DeviceConfig:

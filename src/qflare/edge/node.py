@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from qflare.config import DeviceConfig, TrainConfig
 from qflare.edge.attestation import AttestedEnclave
+from qflare.edge.audit import LedgerAuditor
 from qflare.edge.client import ServerUnavailable
 from qflare.enclave.statements import RoundTask, verify_model_signature, verify_task_signature
 from qflare.errors import (
@@ -21,6 +22,7 @@ from qflare.errors import (
     DecryptionFailed,
     InvalidInput,
     InvalidSignature,
+    LedgerIntegrityError,
     NotFound,
     PermissionDenied,
     QFlareError,
@@ -81,6 +83,7 @@ class EdgeNode:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        auditor: LedgerAuditor | None = None,
     ) -> None:
         import torch
 
@@ -89,6 +92,7 @@ class EdgeNode:
         self.client = client
         self.sleep = sleep
         self.clock = clock
+        self.auditor = auditor  # docs/ledger.md, "Devices as auditors"
         self.stats = NodeStats()
         d = config.data
         self.task = get_task(d.task)
@@ -99,6 +103,51 @@ class EdgeNode:
         self.model = self.task.build_model()
         self.spec = ModelSpec.from_model(self.model)
         self._rng = random.Random(config.device_id)
+        self.poisoner = self._simulation_poisoner(config)
+
+    def _simulation_poisoner(self, config: DeviceConfig) -> Any:
+        """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
+        if config.simulation_attack is None:
+            return None
+        from torch.utils.data import TensorDataset
+
+        from qflare.fl.poisoning import Poisoner, require_simulation
+
+        require_simulation()
+        sa = config.simulation_attack
+        poisoner = Poisoner(sa.kind, sa.params, num_classes=getattr(self.task, "num_classes", None))
+        if sa.kind == "label-flip" and isinstance(self.dataset, TensorDataset):
+            import torch
+
+            *inputs, labels = self.dataset.tensors
+            flipped = torch.from_numpy(poisoner.poison_labels(labels.numpy()))
+            self.dataset = TensorDataset(*inputs, flipped)
+        log.warning("%s: SIMULATION ATTACK %s %s: this device poisons its updates", config.device_id, sa.kind,
+                    sa.params)
+        return poisoner
+
+    def _poison(self, update: dict[str, Any], num_examples: int, base: dict[str, Any], tc: TrainConfig,
+                seed: int) -> tuple[dict[str, Any], int]:
+        import numpy as np
+
+        honest: list[dict[str, Any]] = []
+        if self.poisoner.colluding:
+            # No view of the other devices' updates: estimate them by training honest models on bootstrap
+            # resamples of the local data (see qflare.fl.poisoning).
+            from torch.utils.data import Subset
+
+            gen = np.random.default_rng(seed)
+            honest.append(update)
+            for _ in range(self.poisoner.estimates):
+                idx = gen.integers(0, len(self.dataset), size=len(self.dataset))  # type: ignore[arg-type]
+                set_arrays(self.model, base)
+                train_local(self.model, Subset(self.dataset, idx.tolist()), epochs=tc.epochs,
+                            batch_size=tc.batch_size, lr=tc.lr, optimizer=tc.optimizer, momentum=tc.momentum,
+                            weight_decay=tc.weight_decay, seed=int(gen.integers(2**31)))
+                honest.append(get_arrays(self.model))
+        return self.poisoner.poison_update(  # type: ignore[no-any-return]
+            update, num_examples, reference=base, rng=np.random.default_rng(seed), honest=honest
+        )
 
     def verify_task(self, task: dict[str, Any]) -> None:
         """With an attested enclave, the task must carry the enclave's signature over (round, model hash, deadline)."""
@@ -139,24 +188,31 @@ class EdgeNode:
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
             optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
         )
+        update, num_examples = get_arrays(self.model), result.num_examples
+        if self.poisoner is not None:
+            update, num_examples = self._poison(update, num_examples, arrays, tc, seed)
         meta = {
-            "num_examples": str(result.num_examples),
+            "num_examples": str(num_examples),
             "train_loss": repr(float(result.mean_loss)),
             "round_id": str(round_id),
             "device_id": self.config.device_id,
         }
-        return dump_arrays(get_arrays(self.model), meta)
+        return dump_arrays(update, meta)
 
     def step(self) -> str:
         """One poll: returns the task status seen (``train``, ``wait`` or ``done``)."""
+        if self.auditor is not None:
+            self.auditor.check()  # LedgerIntegrityError (rollback, fork, missing update): stop
         task = self.client.task()
         status = str(task.get("status"))
         if status == "train":
             round_id = int(task["round_id"])
             update = self.train_round(task)
             try:
-                self.client.upload_update(round_id, update)
+                receipt = self.client.upload_update(round_id, update)
                 self.stats.uploads_accepted += 1
+                if self.auditor is not None:
+                    self.auditor.expect(receipt)
                 log.info("%s: round %d update accepted", self.config.device_id, round_id)
             except (Conflict, NotFound, InvalidInput) as exc:
                 # A late update (the round closed or is no longer aggregated), a duplicate, or one the
@@ -194,6 +250,10 @@ class EdgeNode:
             try:
                 status = self.step()
                 delay, down_since, reattested = rc.initial_seconds, None, False
+            except LedgerIntegrityError as exc:
+                log.error("%s: refusing to go on: the server's audit ledger failed verification: %s (%s)",
+                          self.config.device_id, exc.message, exc.reason)
+                raise
             except (ServerUnavailable, QKDError) as exc:
                 # QKD required but no key to be had: wait for the link, never fall back to ML-KEM alone.
                 back_off(exc, "server unavailable")

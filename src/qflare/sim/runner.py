@@ -35,6 +35,7 @@ from qflare.config import (
     QKDConfig,
     RoundsConfig,
     ServerConfig,
+    SimulationAttackConfig,
     TrainConfig,
     dump_yaml,
 )
@@ -75,6 +76,9 @@ class SimulationConfig:
     enclave: str = "simulated"  # none | simulated
     aggregator: str = "bounded-fedavg"  # aggregation.rule (qflare.fl.strategies.STRATEGIES)
     aggregator_params: dict[str, float | int | None] = field(default_factory=dict)  # aggregation.params
+    attack: str | None = None  # model poisoning by enrolled devices (qflare.fl.poisoning.POISONING_KINDS)
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    malicious_fraction: float = 0.0
 
 
 def new_run_dir(base: Path) -> Path:
@@ -337,7 +341,10 @@ def _run(
 ) -> dict[str, Any]:
     task = get_task(sim.task)
     attacks: dict[str, Any] | None = None
-    with start_server(config, run_dir, extra_env=sim.extra_env) as fed, contextlib.ExitStack() as stack:
+    malicious = _malicious_devices(sim, device_ids)
+    # DANGER flag for the edge processes: lets the chosen devices apply their simulation_attack.
+    extra_env = {**sim.extra_env, "QFLARE_SIMULATION": "1"} if malicious else sim.extra_env
+    with start_server(config, run_dir, extra_env=extra_env) as fed, contextlib.ExitStack() as stack:
         campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
         for i, device_id in enumerate(device_ids):
             data = DataConfig(
@@ -347,7 +354,11 @@ def _run(
             )
             fed.enroll(device_id, key_source=sim.key_source)
             url = campaign.proxy.url if campaign is not None and campaign.proxy is not None and i == 0 else fed.url
-            extra = {"key_source": sim.key_source, "qkd": kme.device_config(device_id)} if kme is not None else {}
+            extra: dict[str, Any] = (
+                {"key_source": sim.key_source, "qkd": kme.device_config(device_id)} if kme is not None else {}
+            )
+            if device_id in malicious:
+                extra["simulation_attack"] = malicious[device_id]
             fed.start_edge(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         if campaign is not None:
             campaign.start()
@@ -358,7 +369,27 @@ def _run(
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()
     wall = time.monotonic() - started
-    return _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
+    summary = _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
+    if malicious:
+        summary["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
+                                "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
+        write_summary(summary, run_dir / "summary.json")
+    return summary
+
+
+def _malicious_devices(sim: SimulationConfig, device_ids: list[str]) -> dict[str, SimulationAttackConfig]:
+    """The devices ``--attack`` turns malicious (chosen from the seed) and the attack each one runs."""
+    if sim.attack is None or sim.malicious_fraction <= 0:
+        return {}
+    from qflare.fl.poisoning import Poisoner, choose_malicious
+
+    chosen = choose_malicious(device_ids, sim.malicious_fraction, sim.seed)
+    params = dict(sim.attack_params)
+    if sim.attack == "alie":
+        params.setdefault("n", len(device_ids))
+        params.setdefault("f", max(1, len(chosen)))
+    Poisoner(sim.attack, params, num_classes=getattr(get_task(sim.task), "num_classes", None))  # fail early
+    return {d: SimulationAttackConfig(kind=sim.attack, params=params) for d in chosen}
 
 
 def _prepare_attacks(fed: Federation, sim: SimulationConfig, stack: contextlib.ExitStack) -> AttackCampaign:

@@ -33,6 +33,7 @@ class DigitsTask(Task):
     metric = "accuracy"
     higher_is_better = True
     partitions = ("dirichlet", "iid")
+    num_classes = 10
 
     def __init__(self, *, min_partition_size: int = 10, test_fraction: float = 0.2) -> None:
         self.min_partition_size = min_partition_size
