@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qflare.errors import ConfigError
-from qflare.fl.data.partition import dirichlet_partition, group_partition, iid_partition
+from qflare.fl.data.partition import default_min_size, dirichlet_partition, group_partition, iid_partition
 
 
 def _assert_is_partition(parts: list[np.ndarray], n_samples: int) -> None:
@@ -51,12 +51,8 @@ def test_dirichlet_partition_is_partition_with_min_size(
     min_size = 5
     assume(len(labels) >= n_parts * min_size)
 
-    # Execute
-    try:
-        parts = dirichlet_partition(labels, n_parts, alpha, seed, min_size=min_size)
-    except ConfigError as exc:  # allowed only as the documented "no draw reached min_size" refusal
-        assert exc.reason == "invalid_partition" and "attempts" in exc.message
-        return
+    # Execute: a draw that misses min_size is rebalanced, never refused
+    parts = dirichlet_partition(labels, n_parts, alpha, seed, min_size=min_size)
 
     # Assert
     _assert_is_partition(parts, len(labels))
@@ -123,3 +119,68 @@ def test_group_partition_keeps_groups_whole() -> None:
     _assert_is_partition(one_each, len(groups))
     assert [set(groups[p]) for p in one_each] == [{0}, {1}, {2}, {3}, {4}]
     assert [set(groups[p]) for p in two_parts] == [{0, 1, 2}, {3, 4}]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_classes=st.integers(1, 10),
+    n_samples=st.integers(1, 2000),
+    n_parts=st.integers(1, 2000),
+    alpha=st.sampled_from([0.05, 0.5, 100.0]),
+    seed=st.integers(0, 10_000),
+)
+def test_default_dirichlet_serves_any_client_count_the_data_can(
+    n_classes: int, n_samples: int, n_parts: int, alpha: float, seed: int
+) -> None:
+    # Prepare
+    assume(n_parts <= n_samples)
+    labels = np.arange(n_samples) % n_classes
+
+    # Execute
+    parts = dirichlet_partition(labels, n_parts, alpha, seed)
+
+    # Assert
+    _assert_is_partition(parts, n_samples)
+    assert len(parts) == n_parts and min(len(p) for p in parts) >= default_min_size(n_samples, n_parts) >= 1
+
+
+@pytest.mark.parametrize(("clients", "minimum"), [(10, 10), (100, 7), (200, 3), (1000, 1)])
+def test_digits_split_into_100_and_1000_clients(clients: int, minimum: int) -> None:
+    # Prepare: issue 13: 100 clients failed with invalid_partition (a minimum of 10 each)
+    from qflare.fl.data.digits import digits_split
+
+    labels = digits_split(0, 0.2).y_train
+
+    # Execute
+    parts = dirichlet_partition(labels, clients, 0.5, seed=0)
+
+    # Assert: still label-skewed, every client has data
+    _assert_is_partition(parts, len(labels))
+    assert default_min_size(len(labels), clients) == minimum
+    assert min(len(p) for p in parts) >= minimum
+
+
+def test_default_min_size_is_ten_when_affordable_and_never_zero() -> None:
+    assert default_min_size(10_000, 10) == 10
+    assert default_min_size(1437, 100) == 7
+    assert default_min_size(5, 5) == 1
+
+
+def test_more_clients_than_samples_is_refused_with_the_numbers() -> None:
+    with pytest.raises(ConfigError, match="cannot split 1437 samples into 1500 parts") as info:
+        dirichlet_partition(np.zeros(1437), 1500, 0.5, 0)
+    assert info.value.reason == "invalid_partition"
+
+
+def test_simulate_checks_the_split_before_starting_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Prepare
+    from qflare.sim.runner import SimulationConfig, check_partition
+
+    fine = SimulationConfig(task="digits", clients=100, partition="dirichlet", runs_dir=tmp_path)
+    too_many = SimulationConfig(task="digits", clients=2000, partition="dirichlet", runs_dir=tmp_path)
+
+    # Execute / Assert: 100 clients split; 2000 are refused with the numbers, and no run directory exists
+    check_partition(fine)
+    with pytest.raises(ConfigError, match="cannot split 1437 samples into 2000 parts"):
+        check_partition(too_many)
+    assert not any(tmp_path.iterdir())

@@ -318,11 +318,18 @@ def start_kme_pair(run_dir: Path, device_ids: list[str], *, env: dict[str, str])
         stop_process(proc)
 
 
+def check_partition(sim: SimulationConfig) -> None:
+    """Split the data as every edge will, before anything starts: ``ConfigError`` (``invalid_partition``)
+    naming the sample and client counts if the data cannot serve ``sim.clients`` clients."""
+    get_task(sim.task).client_dataset(0, sim.clients, partition=sim.partition, alpha=sim.alpha, seed=sim.seed)
+
+
 def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run a federation to completion and write its artefacts; returns the summary."""
     started = time.monotonic()
     if sim.partition is None:
         sim = dataclasses.replace(sim, partition=get_task(sim.task).partitions[0])
+    check_partition(sim)
     run_dir = new_run_dir(sim.runs_dir)
     config = build_global_config(sim, run_dir, free_port())
     if config.enclave.backend != "none":

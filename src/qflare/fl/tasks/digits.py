@@ -24,7 +24,8 @@ class DigitsTask(Task):
     Parameters
     ----------
     min_partition_size:
-        Smallest client under a Dirichlet split.
+        Smallest client under a Dirichlet split (default: ``min(10, n // (2 * clients))``, at least 1,
+        :func:`qflare.fl.data.partition.default_min_size`).
     test_fraction:
         Share of each class held out for testing.
     """
@@ -35,7 +36,7 @@ class DigitsTask(Task):
     partitions = ("dirichlet", "iid")
     num_classes = 10
 
-    def __init__(self, *, min_partition_size: int = 10, test_fraction: float = 0.2) -> None:
+    def __init__(self, *, min_partition_size: int | None = None, test_fraction: float = 0.2) -> None:
         self.min_partition_size = min_partition_size
         self.test_fraction = test_fraction
 
