@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.table import Table
 from qflare.cli.console import make_console
 from qflare.cli.operator import DEFAULT_SERVER, OperatorClient, resolve_operator_token
 from qflare.errors import ConfigError
+from qflare.server.schemas import DEVICE_ID_PATTERN
 
 app = typer.Typer(help="Device identities: keygen on the device; enroll, token, revoke, list for operators.",
                   no_args_is_help=True)
@@ -35,6 +37,13 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def check_device_id(device_id: str, option: str = "--device-id") -> None:
+    """A device id names files and URL paths: letters, digits, ``_ . -``, at most 64, never ``.``/``..``."""
+    if not re.fullmatch(DEVICE_ID_PATTERN, device_id) or device_id in {".", ".."}:
+        raise ConfigError(f"{option}: {device_id!r} is not a device id (1-64 letters, digits, '_', '.', '-')",
+                          reason="bad_option")
+
+
 @app.command()
 def keygen(
     device_id: Annotated[str, typer.Option("--device-id", help="the device's id")],
@@ -50,6 +59,7 @@ def keygen(
     from qflare.crypto.keyfile import UnencryptedKeyWarning, fingerprint, write_private_key, write_public_key
     from qflare.crypto.secret_access import TOKEN
 
+    check_device_id(device_id)
     key_path, pub_path = out_dir / f"{device_id}.key", out_dir / f"{device_id}.pub"
     if key_path.exists() and not force:
         raise ConfigError(f"{key_path} exists; use --force to replace the identity", reason="key_exists")

@@ -12,6 +12,7 @@ import typer
 
 from qflare.cli.console import make_console
 from qflare.config import load_global_config
+from qflare.errors import ConfigError
 
 console = make_console(stderr=True)
 
@@ -32,6 +33,21 @@ def resolve_admin_token(configured: str | None, token_file: Path) -> str:
     return token
 
 
+def check_tls_files(cert: str | None, key: str | None) -> None:
+    """:class:`ConfigError` naming the option unless the certificate and key load as a pair."""
+    import ssl
+
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{option}: {path} does not exist or is not a file", reason="bad_option")
+    if cert is not None and key is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {cert} and {key} do not load as a PEM certificate and its key"
+                              f" ({getattr(exc, 'reason', None) or exc})", reason="bad_option") from None
+
+
 def server(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="global_config.yaml")] = None,
     host: Annotated[str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")] = None,
@@ -48,12 +64,6 @@ def server(
     = False,
 ) -> None:
     """Run the QFLARE server (rounds, registry, aggregation) until interrupted."""
-    import uvicorn
-
-    from qflare.crypto.keyfile import fingerprint
-    from qflare.server.app import build_state, create_app
-    from qflare.server.trust import device_config_snippet
-
     cfg = load_global_config(config)
     given = {"host": host, "port": port, "db_url": db, "key_dir": key_dir, "tls_cert": tls_cert, "tls_key": tls_key}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -62,10 +72,25 @@ def server(
 
         merged = {**cfg.server.model_dump(), **overrides}
         cfg = cfg.model_copy(update={"server": parse_config(ServerConfig, merged, source="server options")})
+    # Checked before the heavy imports and the enclave start: a wrong path or URL is refused in a second.
+    check_tls_files(cfg.server.tls_cert, cfg.server.tls_key)
+    from qflare.server.storage import Repository
+
+    try:
+        repo = Repository(cfg.server.db_url)
+    except ConfigError as exc:
+        raise ConfigError(f"--db (server.db_url): {exc.message}", reason=exc.reason) from None
+
+    import uvicorn
+
+    from qflare.crypto.keyfile import fingerprint
+    from qflare.server.app import build_state, create_app
+    from qflare.server.trust import device_config_snippet
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
     token = resolve_admin_token(cfg.server.admin_token, token_file)
-    state = build_state(cfg, admin_token=token)
+    state = build_state(cfg, admin_token=token, repo=repo)
     app = create_app(state, bench_endpoint=bench_endpoint)
     scheme = "https" if cfg.server.tls_cert else "http"
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from qflare.cli.console import make_console
 from qflare.config import TrainConfig
+from qflare.errors import ConfigError
 
 console = make_console(stderr=True)
 
@@ -50,16 +52,16 @@ def simulate(
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
+    # Every option is checked before anything heavy is imported or started (a typo costs a second, not 20).
+    params = check_options(task=task, partition=partition, key_source=key_source, enclave=enclave,
+                           attackers=attackers, aggregator=aggregator, aggregator_params=aggregator_params)
     from qflare.fl.tasks import get_task
     from qflare.sim.runner import SimulationConfig, run_simulation
 
     t = get_task(task)
-    try:
-        params = json.loads(aggregator_params) if aggregator_params else {}
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--aggregator-params") from None
-    if not isinstance(params, dict):
-        raise typer.BadParameter("must be a JSON object", param_hint="--aggregator-params")
+    if partition is not None and partition not in t.partitions:
+        raise ConfigError(f"--partition: task {task} supports {', '.join(t.partitions)}, not {partition!r}",
+                          reason="bad_option")
     partition = partition or t.partitions[0]
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides})
@@ -107,6 +109,46 @@ def simulate(
     _print_summary(summary, t.metric)
     if json_out:
         print(json.dumps(summary, sort_keys=True))
+
+
+KEY_SOURCES = ("mlkem", "qkd", "hybrid")
+SIMULATED_ENCLAVES = ("simulated", "none")
+PARTITIONS = ("dirichlet", "iid", "sensor")  # config.DataConfig.partition; each task supports some
+
+
+def _choice(option: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{option}: {value!r} is not one of {', '.join(allowed)}", reason="bad_option")
+
+
+def check_options(
+    *, task: str, partition: str | None, key_source: str, enclave: str, attackers: str | None, aggregator: str,
+    aggregator_params: str | None,
+) -> dict[str, Any]:
+    """Refuse a bad ``qflare simulate`` option with one :class:`ConfigError` naming it; return the parsed
+    ``--aggregator-params``. Imports nothing heavy (no torch, no server)."""
+    from qflare.config import AggregationConfig, TaskName, parse_config
+    from qflare.fl.strategies import STRATEGIES
+    from qflare.sim.attacks import ATTACKS
+
+    _choice("--task", task, get_args(TaskName))
+    if partition is not None:
+        _choice("--partition", partition, PARTITIONS)
+    _choice("--key-source", key_source, KEY_SOURCES)
+    _choice("--enclave", enclave, SIMULATED_ENCLAVES)
+    for name in (a.strip() for a in (attackers or "").split(",")):
+        if name:
+            _choice("--attackers", name, ATTACKS)
+    _choice("--aggregator", aggregator, sorted(STRATEGIES))
+    try:
+        params = json.loads(aggregator_params) if aggregator_params else {}
+    except ValueError as exc:
+        raise ConfigError(f"--aggregator-params: not JSON ({exc})", reason="bad_option") from None
+    if not isinstance(params, dict):
+        raise ConfigError("--aggregator-params: must be a JSON object", reason="bad_option")
+    parse_config(AggregationConfig, {"rule": aggregator, "params": params}, source="--aggregator-params")
+    return params
 
 
 def _print_summary(summary: dict[str, Any], metric: str) -> None:

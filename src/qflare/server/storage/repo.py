@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.errors import AuthenticationError, Conflict, DuplicateUpdate, NotFound, ReplayDetected
+from qflare.errors import AuthenticationError, ConfigError, Conflict, DuplicateUpdate, NotFound, ReplayDetected
 from qflare.server.storage.tables import Base, Device, EnrollmentToken, Event, ModelVersion, Nonce, Round, Update
 
 
@@ -146,15 +146,40 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine for a SQLite file or a PostgreSQL URL (``postgresql+psycopg://...``)."""
+    """Create an engine for a SQLite file or a PostgreSQL URL (``postgresql+psycopg://...``).
+
+    A URL that names no known database raises :class:`ConfigError` (never echoing its password).
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        elif url.startswith("postgresql+psycopg://"):
+            # A host that drops packets must not hang start-up for minutes.
+            engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError):
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        raise ConfigError(f"database URL: unknown scheme {scheme!r}; use sqlite:///file.db or "
+                          "postgresql://user@host/db", reason="bad_database_url") from None
     return engine
+
+
+def where(engine: Engine) -> str:
+    """The database as an operator may see it in a message: host, port and name, never the password."""
+    u = engine.url
+    if u.get_backend_name() == "sqlite":
+        return f"sqlite file {u.database or ':memory:'}"
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line.replace(secret, "***") if secret else line
 
 
 KEM_CIPHERTEXT_SCOPE = "*kem-ciphertext"
@@ -173,7 +198,12 @@ class Repository:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except (OperationalError, InterfaceError) as exc:
+            self.engine.dispose()
+            raise ConfigError(f"cannot reach the database at {where(self.engine)}: "
+                              f"{_first_line(exc, self.engine.url.password)}", reason="database_unreachable") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
