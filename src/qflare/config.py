@@ -23,9 +23,11 @@ __all__ = [
     "AttestationConfig",
     "DataConfig",
     "DeviceConfig",
+    "DeviceLedgerConfig",
     "EnclaveHostConfig",
     "EvaluationConfig",
     "GlobalConfig",
+    "LedgerConfig",
     "RetryConfig",
     "RoundsConfig",
     "QKDConfig",
@@ -154,6 +156,34 @@ class AttestationConfig(_Strict):
     min_svn: int = Field(1, ge=0)
 
 
+class LedgerConfig(_Strict):
+    """The server's audit ledger (``docs/ledger.md``)."""
+
+    enabled: bool = Field(True, description="keep the audit ledger (off only to measure its cost)")
+    checkpoint_interval_seconds: float = Field(60.0, gt=0, description="checkpoint when the log grew and this passed")
+
+
+class DeviceLedgerConfig(_Strict):
+    """A device auditing the server's ledger: the pinned log key and an optional k-of-n witness policy."""
+
+    origin: str = "qflare.local/ledger"
+    log_key_file: str | None = Field(None, description="the log's composite public key (server-keys/server-sign.pub)")
+    vkeys: list[str] | None = Field(None, description="or the log's two note verifier keys (Ed25519, ML-DSA-65)")
+    require_witnesses: int = Field(0, ge=0, description="cosignatures needed from witness_keys (k of n)")
+    witness_keys: list[str] = Field(default_factory=list, description="trusted witness cosignature verifier keys")
+    state_file: str | None = Field(None, description="the last verified checkpoint (default: beside the identity key)")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> DeviceLedgerConfig:
+        if (self.log_key_file is None) == (self.vkeys is None):
+            raise ValueError("ledger: set exactly one of log_key_file and vkeys")
+        if self.vkeys is not None and len(self.vkeys) != 2:
+            raise ValueError("ledger.vkeys: the Ed25519 and the ML-DSA-65 verifier key")
+        if self.require_witnesses > len(self.witness_keys):
+            raise ValueError("ledger.require_witnesses exceeds the number of witness_keys")
+        return self
+
+
 class GlobalConfig(_Strict):
     """The server's ``global_config.yaml``."""
 
@@ -166,6 +196,7 @@ class GlobalConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
     enclave: EnclaveHostConfig = EnclaveHostConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
 
 class DataConfig(_Strict):
@@ -229,6 +260,7 @@ class DeviceConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     torch_threads: int = Field(1, ge=1)
     exit_when_done: bool = True
+    ledger: DeviceLedgerConfig | None = Field(None, description="audit the server's ledger (docs/ledger.md)")
     simulation_attack: SimulationAttackConfig | None = Field(
         None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
     )

@@ -371,8 +371,10 @@ def test_operator_enrollment_then_heartbeat_task_model_and_upload(h: Harness, ke
 
     update = update_file({k: (v * 0.5).astype(v.dtype) for k, v in arrays.items()}, 42, "0.25")
     out = dev.ok_json(upload_target(rid), update, round_id=rid)
+    ledger = {k: out.pop(k) for k in ("ledger_index", "ledger_leaf_hash")}  # docs/protocol.md 11.5
     assert out == {"round_id": rid, "device_id": "edge_0", "sha256": hashlib.sha256(update).hexdigest(),
                    "num_examples": 42}
+    assert isinstance(ledger["ledger_index"], int) and len(ledger["ledger_leaf_hash"]) == 64
     # Once uploaded, the device waits.
     assert dev.ok_json("/v1/device/task")["status"] == "wait"
     # A target with a query is signed as such and accepted (section 10.2).

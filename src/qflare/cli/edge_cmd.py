@@ -19,6 +19,7 @@ def edge(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Poll the server for tasks, train on local data, upload updates, repeat."""
+    from qflare.edge.audit import build_auditor
     from qflare.edge.node import EdgeNode
     from qflare.edge.setup import build_client
 
@@ -29,5 +30,6 @@ def edge(
     if updates:
         cfg = cfg.model_copy(update=updates)
     with build_client(cfg, config.parent) as client:
-        stats = EdgeNode(cfg, client).run(max_rounds=max_rounds)
+        auditor = build_auditor(cfg, config.parent, client.http)
+        stats = EdgeNode(cfg, client, auditor=auditor).run(max_rounds=max_rounds)
     logging.getLogger("qflare.edge").info("%s finished: %s", cfg.device_id, stats)

@@ -141,6 +141,11 @@ class DeviceClient:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def http(self) -> httpx.Client:
+        """The underlying HTTP client (for the ledger's unauthenticated read API)."""
+        return self._http
+
     def require_attestation(self, policy: AttestationConfig, trust_root: VerifyKey | None) -> None:
         """From now on, send nothing until the server's enclave quote verifies under ``policy``."""
         self._attestation = (policy, trust_root)

@@ -74,7 +74,11 @@ def build_state(
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
     # The audit ledger (docs/ledger.md): checkpoints signed with the server's local key for now, also
     # when an enclave runs (enclave-side signing is not done yet).
-    audit = AuditLog(SqlLogStore(repo.engine), ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock)
+    audit = (
+        AuditLog(SqlLogStore(repo.engine), ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock,
+                 checkpoint_interval=config.ledger.checkpoint_interval_seconds)
+        if config.ledger.enabled else None
+    )
     orch.ledger = audit
     return ServerState(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 
 from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import SigningKey
-from qflare.errors import Conflict
-from qflare.ledger import HybridLogKey, HybridNoteSigner, LedgerEvent, TransparencyLog
+from qflare.errors import Conflict, LedgerIntegrityError, MalformedPayload, NotFound
+from qflare.ledger import HybridLogKey, HybridNoteSigner, LedgerEvent, NoteSignature, TransparencyLog
+from qflare.ledger.cosignature import CosignatureVerifier
 from qflare.ledger.entries import (
     AggregatePublished,
     DeviceEnrolled,
@@ -31,7 +32,11 @@ from qflare.ledger.entries import (
     RoundOpened,
     UpdateAccepted,
     UpdateRefused,
+    encode_event,
 )
+from qflare.ledger.merkle import leaf_hash
+from qflare.ledger.note import parse_note, parse_verifier_key
+from qflare.ledger.witness import parse_add_checkpoint_response
 from qflare.server.storage.ledger_store import SqlLogStore
 
 __all__ = ["DEFAULT_ORIGIN", "AuditLog"]
@@ -40,6 +45,8 @@ log = logging.getLogger("qflare.ledger")
 
 DEFAULT_ORIGIN = "qflare.local/ledger"
 CHECKPOINT_INTERVAL_SECONDS = 60.0
+_MAX_RECEIPTS = 100_000
+_MAX_WITNESSES = 32
 
 
 def _ms(t: float) -> int:
@@ -80,6 +87,10 @@ class AuditLog:
         self.checkpoint_interval = checkpoint_interval
         self.lock = threading.RLock()  # writers and the read API (proofs read the in-memory tree)
         self._pending: list[LedgerEvent] = []
+        # envelope SHA-256 -> (leaf index, leaf hash) of its update_accepted entry, for the upload receipt
+        self._receipts: dict[str, tuple[int, bytes]] = {}
+        # checkpoint body -> cosignature lines pushed by witnesses (served beside the checkpoint)
+        self._cosignatures: dict[bytes, dict[tuple[str, int], NoteSignature]] = {}
         latest = store.latest_checkpoint()
         self._checkpointed_size = latest.size if latest is not None else -1
         self._last_checkpoint_at = clock()
@@ -104,15 +115,28 @@ class AuditLog:
             return True
         try:
             try:
-                self.log.append_events(self._pending)
+                first = self.log.append_events(self._pending)
             except Conflict:  # another writer on the same database: catch up and append after it
                 self.log.refresh()
-                self.log.append_events(self._pending)
+                first = self.log.append_events(self._pending)
         except Exception:  # noqa: BLE001 - the audit log must not fail the server's work; kept for retry
             log.exception("ledger append failed; %d events kept for the next attempt", len(self._pending))
             return False
+        for offset, event in enumerate(self._pending):
+            if isinstance(event, UpdateAccepted):
+                self._remember_receipt(event.envelope_sha256, first + offset, leaf_hash(encode_event(event)))
         self._pending.clear()
         return True
+
+    def _remember_receipt(self, envelope_sha256: str, index: int, leaf: bytes) -> None:
+        if len(self._receipts) >= _MAX_RECEIPTS:  # the oldest go first (dicts keep insertion order)
+            del self._receipts[next(iter(self._receipts))]
+        self._receipts[envelope_sha256] = (index, leaf)
+
+    def receipt(self, envelope_sha256: str) -> tuple[int, bytes] | None:
+        """``(leaf index, leaf hash)`` of the ``update_accepted`` entry of that envelope, if written."""
+        with self.lock:
+            return self._receipts.get(envelope_sha256)
 
     def checkpoint(self) -> bytes | None:
         """Flush and issue a signed checkpoint for the current size (``None`` if that failed)."""
@@ -136,6 +160,55 @@ class AuditLog:
             grew = self.log.size() != self._checkpointed_size
         if due and grew:
             self.checkpoint()
+
+    # -- witnesses -------------------------------------------------------------------------------
+    def add_cosignatures(self, witness_vkey: str, lines: bytes) -> int:
+        """Keep the cosignatures by ``witness_vkey`` in ``lines`` that verify over the latest checkpoint.
+
+        The server does not decide which witnesses to trust (devices do, with their
+        :class:`~qflare.ledger.WitnessPolicy`); it only refuses lines that do not verify, and keeps at
+        most ``_MAX_WITNESSES`` keys per checkpoint. Returns how many lines were kept.
+
+        Raises
+        ------
+        qflare.errors.MalformedPayload
+            ``invalid_verifier_key`` / ``not_a_witness_key`` / ``malformed_note``.
+        qflare.errors.NotFound
+            ``no_checkpoint``.
+        LedgerIntegrityError
+            ``invalid_signature`` (not over the latest checkpoint), ``no_cosignature``.
+        """
+        verifier = parse_verifier_key(witness_vkey)
+        if not isinstance(verifier, CosignatureVerifier):
+            raise MalformedPayload("not a cosignature/v1 verifier key", reason="not_a_witness_key")
+        sigs = parse_add_checkpoint_response(lines)
+        with self.lock:
+            note = self.log.latest_checkpoint()
+            if note is None:
+                raise NotFound("no checkpoint has been issued yet", reason="no_checkpoint")
+            body, _ = parse_note(note)
+            mine = [g for g in sigs if (g.name, g.key_id) == (verifier.name, verifier.key_id)]
+            if not mine:
+                raise LedgerIntegrityError("no cosignature by that key", reason="no_cosignature")
+            for g in mine:
+                verifier.verify_cosignature(body, g.signature)  # LedgerIntegrityError(invalid_signature)
+            kept = self._cosignatures.setdefault(body, {})
+            if len(kept) >= _MAX_WITNESSES and (verifier.name, verifier.key_id) not in kept:
+                raise Conflict("too many witnesses for this checkpoint", reason="too_many_witnesses")
+            kept[(verifier.name, verifier.key_id)] = mine[-1]
+            for old in [b for b in self._cosignatures if b != body]:
+                del self._cosignatures[old]  # only the latest checkpoint is served with cosignatures
+            return len(mine)
+
+    def cosigned_checkpoint(self) -> bytes | None:
+        """The latest checkpoint note with the witnesses' cosignature lines appended (``/ledger/checkpoint``)."""
+        with self.lock:
+            note = self.log.latest_checkpoint()
+            if note is None:
+                return None
+            body, _ = parse_note(note)
+            extra = self._cosignatures.get(body, {})
+            return note + b"".join(g.line() for g in extra.values())
 
     # -- the facts -------------------------------------------------------------------------------
     def device_enrolled(self, device_id: str, public_key: bytes) -> None:

@@ -92,6 +92,10 @@ class UpdateAccepted(_Out):
     device_id: str
     sha256: str
     num_examples: int
+    # Where the update_accepted entry sits in the audit ledger (the device checks its inclusion proof
+    # after the next checkpoint); absent without a ledger or while the append is pending.
+    ledger_index: int | None = None
+    ledger_leaf_hash: str | None = None
 
 
 class Heartbeat(_Out):

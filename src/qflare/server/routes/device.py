@@ -132,6 +132,8 @@ async def upload_update(round_id: int, call: Upload, state: State) -> Response:
                           provenance=_provenance(call.envelope)),
         kind="update_rejected", round_id=round_id,
     )
+    leaf = state.ledger.receipt(rec.sha256) if state.ledger is not None else None
     out = UpdateAccepted(round_id=rec.round_id, device_id=rec.device_id, sha256=rec.sha256,
-                         num_examples=rec.num_examples)
+                         num_examples=rec.num_examples, ledger_index=None if leaf is None else leaf[0],
+                         ledger_leaf_hash=None if leaf is None else leaf[1].hex())
     return _sealed_json(call, out.model_dump())

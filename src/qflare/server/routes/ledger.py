@@ -10,9 +10,9 @@ import base64
 import re
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from qflare.errors import InvalidInput, MalformedPayload, NotFound
+from qflare.errors import InvalidInput, LedgerIntegrityError, MalformedPayload, NotFound
 from qflare.ledger.entries import decode_event, event_fields
 from qflare.ledger.merkle import leaf_hash
 from qflare.ledger.tiles import parse_tile_path
@@ -25,6 +25,7 @@ router = APIRouter(tags=["ledger"])
 _DECIMAL = re.compile(r"(0|[1-9][0-9]{0,18})")
 _HASH = re.compile(r"[0-9a-fA-F]{64}")
 _NOTE_TYPE = "text/plain; charset=utf-8"
+_MAX_COSIGNATURE_BODY = 4096
 
 
 def _audit(state: ServerState) -> AuditLog:
@@ -61,11 +62,34 @@ def _json_value(value: Any) -> Any:
 def checkpoint(state: State) -> Response:
     """The latest signed checkpoint (a C2SP signed note)."""
     audit = _audit(state)
-    with audit.lock:
-        note = audit.log.latest_checkpoint()
+    note = audit.cosigned_checkpoint()  # with the witnesses' cosignature lines
     if note is None:
         raise NotFound("no checkpoint has been issued yet", reason="no_checkpoint")
     return Response(note, media_type=_NOTE_TYPE, headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/ledger/cosignature", response_class=Response)
+async def cosignature(request: Request, state: State) -> Response:
+    """A witness pushes its cosignature of the latest checkpoint: body ``<witness vkey>\n<cosignature line>``.
+
+    Kept when it verifies over the latest checkpoint; served with it at ``/ledger/checkpoint``.
+    """
+    audit = _audit(state)
+    body = await request.body()
+    if len(body) > _MAX_COSIGNATURE_BODY:
+        raise InvalidInput("cosignature body too large", reason="malformed_request")
+    head, sep, lines = body.partition(b"\n")
+    try:
+        vkey = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidInput("the first line must be the witness verifier key", reason="malformed_request") from None
+    if not sep:
+        raise InvalidInput("the first line must be the witness verifier key", reason="malformed_request")
+    try:
+        kept = audit.add_cosignatures(vkey, lines)
+    except LedgerIntegrityError as exc:  # not over the latest checkpoint: the caller's fault (400)
+        raise InvalidInput(exc.message, reason=exc.reason) from None
+    return Response(f"{kept}\n", media_type=_NOTE_TYPE)
 
 
 @router.get("/ledger/tile/{path:path}", response_class=Response)

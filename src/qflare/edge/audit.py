@@ -1,0 +1,312 @@
+"""The device as an auditor of the server's transparency log (``docs/ledger.md``, "Devices as auditors").
+
+On each contact the device fetches the latest checkpoint, verifies it under the log key it pins (both
+halves of the hybrid signature) and, when configured, a k-of-n witness policy; then it checks that the
+new checkpoint extends the last one it verified (a consistency proof), and that each of its own
+accepted updates whose upload receipt named a leaf is included (an inclusion proof). A checkpoint
+older than the last verified one (rollback), another root at the same size or a failing proof (fork),
+or a receipt's entry missing from the log raises :class:`~qflare.errors.LedgerIntegrityError`; the
+node logs the reason and stops.
+
+The last verified checkpoint and the receipts still to check are kept in memory and, when a state
+file is given, persisted there (written to a temporary file and renamed over the old one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from qflare.config import DeviceConfig
+from qflare.crypto import VerifyKey
+from qflare.crypto.keyfile import read_public_key
+from qflare.errors import ConfigError, LedgerIntegrityError, NotFound, QFlareError
+from qflare.ledger import HybridLogKey, WitnessPolicy
+from qflare.ledger.checkpoint import Checkpoint, parse_checkpoint
+from qflare.ledger.cosignature import CosignatureVerifier
+from qflare.ledger.merkle import verify_consistency, verify_inclusion
+from qflare.ledger.note import parse_note, parse_verifier_key
+
+__all__ = ["HttpLedgerReader", "LedgerAuditor", "LedgerReader", "build_auditor"]
+
+log = logging.getLogger("qflare.edge")
+
+_STATE_VERSION = 1
+
+
+class LedgerReader(Protocol):
+    """What the auditor reads from the log's public API."""
+
+    def checkpoint(self) -> bytes | None:
+        """The latest (cosigned) checkpoint note, ``None`` if none was issued yet."""
+        ...
+
+    def consistency(self, first: int, second: int) -> list[bytes]: ...
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]: ...
+
+
+class HttpLedgerReader:
+    """:class:`LedgerReader` over the server's read API (``/ledger/checkpoint``, ``/v1/ledger/proof/*``)."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        from qflare.edge.client import ServerUnavailable, error_from_response
+
+        try:
+            resp = self._http.get(path, params=params)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach the ledger: {exc.__class__.__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            raise error_from_response(resp)
+        return resp
+
+    def checkpoint(self) -> bytes | None:
+        try:
+            return self._get("/ledger/checkpoint").content
+        except NotFound as exc:
+            if exc.reason == "no_checkpoint":
+                return None
+            raise
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        body = self._get("/v1/ledger/proof/consistency", {"first": first, "second": second}).json()
+        return [bytes.fromhex(h) for h in body["proof"]]
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
+        body = self._get("/v1/ledger/proof/inclusion", {"leaf_hash": leaf_hash.hex(), "tree_size": tree_size}).json()
+        return int(body["leaf_index"]), [bytes.fromhex(h) for h in body["proof"]]
+
+
+@dataclass
+class _State:
+    note: bytes | None = None  # the last verified checkpoint note (signature lines included)
+    pending: list[tuple[int, bytes]] = field(default_factory=list)  # receipts not yet covered by a checkpoint
+    verified_updates: int = 0
+
+
+def _refuse(message: str, reason: str) -> LedgerIntegrityError:
+    return LedgerIntegrityError(message, reason=reason)
+
+
+class LedgerAuditor:
+    """Keeps the last verified checkpoint and refuses a log that forked or rolled back.
+
+    Parameters
+    ----------
+    reader:
+        The log's read API.
+    origin:
+        The log origin the checkpoints must carry.
+    log_key:
+        The pinned hybrid log key (both the Ed25519 and the ML-DSA-65 line must verify).
+    witnesses:
+        An optional k-of-n witness policy every checkpoint must meet.
+    state_file:
+        Where the state survives a restart (``None``: memory only).
+    """
+
+    def __init__(
+        self,
+        reader: LedgerReader,
+        *,
+        origin: str,
+        log_key: HybridLogKey,
+        witnesses: WitnessPolicy | None = None,
+        state_file: Path | None = None,
+    ) -> None:
+        self.reader = reader
+        self.origin = origin
+        self.log_key = log_key
+        self.witnesses = witnesses
+        self.state_file = state_file
+        self._state = self._load()
+        self._verified: Checkpoint | None = None
+        if self._state.note is not None:
+            # Our own file: re-verify it anyway, so a corrupted state file is noticed, not trusted.
+            self._verified = self._open(self._state.note)
+
+    # -- state -------------------------------------------------------------------------------------
+    def _load(self) -> _State:
+        if self.state_file is None or not self.state_file.exists():
+            return _State()
+        try:
+            raw = json.loads(self.state_file.read_text())
+            if raw.get("version") != _STATE_VERSION or raw.get("origin") != self.origin:
+                raise ValueError("version or origin")
+            note = raw["checkpoint"]
+            return _State(
+                note=None if note is None else note.encode("utf-8"),
+                pending=[(int(i), bytes.fromhex(h)) for i, h in raw["pending"]],
+                verified_updates=int(raw.get("verified_updates", 0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"ledger state file {self.state_file} is unreadable ({exc})",
+                              reason="ledger_state") from None
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        s = self._state
+        doc = {
+            "version": _STATE_VERSION, "origin": self.origin,
+            "checkpoint": None if s.note is None else s.note.decode("utf-8"),
+            "pending": [[i, h.hex()] for i, h in s.pending], "verified_updates": s.verified_updates,
+        }
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.state_file)  # atomic: the old state or the new, never half of one
+
+    @property
+    def verified(self) -> Checkpoint | None:
+        """The last checkpoint this device verified."""
+        return self._verified
+
+    @property
+    def pending(self) -> list[tuple[int, bytes]]:
+        """Receipts (leaf index, leaf hash) waiting for a checkpoint that covers them."""
+        return list(self._state.pending)
+
+    @property
+    def verified_updates(self) -> int:
+        """How many of this device's accepted updates were proven included."""
+        return self._state.verified_updates
+
+    # -- checks ------------------------------------------------------------------------------------
+    def _open(self, note: bytes) -> Checkpoint:
+        opened = self.log_key.open(note)  # LedgerIntegrityError: invalid_signature, missing_signature_half, ...
+        cp = parse_checkpoint(opened.text, origin=self.origin)
+        if self.witnesses is not None:
+            self.witnesses.check(note, self.log_key.verifiers())  # WitnessQuorumError: witness_quorum_not_met
+        return cp
+
+    def expect(self, receipt: dict[str, Any]) -> None:
+        """Remember an upload receipt's ledger leaf, to be proven included after the next checkpoint."""
+        index, leaf = receipt.get("ledger_index"), receipt.get("ledger_leaf_hash")
+        if index is None or leaf is None:
+            log.warning("the upload receipt names no ledger entry: its inclusion cannot be checked")
+            return
+        self._state.pending.append((int(index), bytes.fromhex(str(leaf))))
+        self._save()
+
+    def check(self) -> Checkpoint | None:
+        """Fetch and verify the latest checkpoint against the last verified one; check pending receipts.
+
+        Returns the (new) verified checkpoint, or ``None`` while the log has issued none.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            ``checkpoint_rollback``, ``checkpoint_fork``, ``checkpoint_missing``, ``inconsistent_checkpoint``,
+            ``update_not_logged``, ``witness_quorum_not_met`` or a signature reason. Final: stop.
+        """
+        note = self.reader.checkpoint()
+        old = self._verified
+        if note is None:
+            if old is not None:
+                raise _refuse(f"the log shows no checkpoint, but this device verified size {old.size}: "
+                              "it was rolled back", "checkpoint_missing")
+            return None
+        due = old is not None and any(i < old.size for i, _ in self._state.pending)
+        if self._state.note is not None and parse_note(note)[0] == parse_note(self._state.note)[0] and not due:
+            if self.witnesses is not None:
+                self.witnesses.check(note, self.log_key.verifiers())
+            return old  # same checkpoint as last time: nothing to prove
+        cp = self._open(note)
+        if old is not None:
+            self._check_extends(old, cp)
+        self._check_receipts(cp)
+        self._verified, self._state.note = cp, note
+        self._save()
+        return cp
+
+    def _check_extends(self, old: Checkpoint, cp: Checkpoint) -> None:
+        if cp.size < old.size:
+            raise _refuse(f"the log was rolled back: checkpoint size {cp.size} is below the size {old.size} "
+                          "this device verified", "checkpoint_rollback")
+        if cp.size == old.size:
+            if cp.root != old.root:
+                raise _refuse(f"the log forked: two checkpoints of size {cp.size} with different roots "
+                              f"({old.root.hex()[:16]}… verified, {cp.root.hex()[:16]}… now)", "checkpoint_fork")
+            return
+        if old.size == 0:
+            return  # the empty tree is a prefix of every tree
+        proof = self.reader.consistency(old.size, cp.size)
+        try:
+            verify_consistency(old.size, cp.size, proof, old.root, cp.root)
+        except LedgerIntegrityError as exc:
+            raise _refuse(f"the log forked: checkpoint {cp.size} does not extend the verified checkpoint "
+                          f"{old.size} ({exc.reason})", "inconsistent_checkpoint") from None
+
+    def _check_receipts(self, cp: Checkpoint) -> None:
+        still: list[tuple[int, bytes]] = []
+        for index, leaf in self._state.pending:
+            if index >= cp.size:
+                still.append((index, leaf))
+                continue
+            try:
+                got, proof = self.reader.inclusion(leaf, cp.size)
+                if got != index:
+                    raise _refuse(f"leaf found at {got}", "index_mismatch")
+                verify_inclusion(leaf, index, cp.size, proof, cp.root)
+            except (LedgerIntegrityError, NotFound) as exc:
+                raise _refuse(f"this device's accepted update (entry {index}) is not in the log's checkpoint "
+                              f"of size {cp.size} ({exc.reason})", "update_not_logged") from None
+            self._state.verified_updates += 1
+            log.info("ledger: accepted update at entry %d proven included in checkpoint %d", index, cp.size)
+        self._state.pending = still
+
+
+def _log_key(cfg: DeviceConfig, base: Path) -> HybridLogKey:
+    lc = cfg.ledger
+    assert lc is not None
+    try:
+        if lc.vkeys is not None:
+            key = HybridLogKey.from_verifier_keys(lc.vkeys[0], lc.vkeys[1])
+        else:
+            assert lc.log_key_file is not None
+            vk = read_public_key(cfg.resolve(lc.log_key_file, base))
+            if not isinstance(vk, VerifyKey):
+                raise ConfigError("ledger.log_key_file is not a signing public key", reason="ledger_key")
+            key = HybridLogKey.from_verify_key(lc.origin, vk)
+    except OSError as exc:
+        raise ConfigError(f"ledger.log_key_file: cannot read it ({exc.strerror})", reason="ledger_key") from None
+    except QFlareError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"ledger: bad log key ({exc.message})", reason="ledger_key") from None
+    if key.name != lc.origin:
+        raise ConfigError(f"ledger: the log key is named {key.name}, not the origin {lc.origin}", reason="ledger_key")
+    return key
+
+
+def _witness_policy(keys: Sequence[str], k: int) -> WitnessPolicy | None:
+    if k == 0:
+        return None
+    verifiers = []
+    for vkey in keys:
+        v = parse_verifier_key(vkey)
+        if not isinstance(v, CosignatureVerifier):
+            raise ConfigError(f"ledger.witness_keys: {vkey[:40]}… is not a cosignature key", reason="ledger_key")
+        verifiers.append(v)
+    return WitnessPolicy(verifiers, k)
+
+
+def build_auditor(cfg: DeviceConfig, base: Path, http: httpx.Client) -> LedgerAuditor | None:
+    """The device's auditor from its ``ledger:`` section (``None`` without one)."""
+    lc = cfg.ledger
+    if lc is None:
+        return None
+    state = cfg.resolve(lc.state_file, base) if lc.state_file else \
+        cfg.resolve(cfg.identity_key_file, base).with_suffix(".ledger.json")
+    return LedgerAuditor(HttpLedgerReader(http), origin=lc.origin, log_key=_log_key(cfg, base),
+                         witnesses=_witness_policy(lc.witness_keys, lc.require_witnesses), state_file=state)

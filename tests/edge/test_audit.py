@@ -1,0 +1,205 @@
+"""Devices as auditors: a device keeps the last checkpoint it verified and refuses a rolled-back or forked log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qflare.config import DeviceConfig, DeviceLedgerConfig
+from qflare.crypto.secret_access import TOKEN
+from qflare.edge.audit import HttpLedgerReader, LedgerAuditor, build_auditor
+from qflare.edge.node import EdgeNode
+from qflare.errors import ConfigError, LedgerIntegrityError
+from qflare.ledger import HybridNoteSigner, MemoryLogStore, TransparencyLog
+from qflare.server.keys import ServerKeys
+
+from ..server.conftest import Harness, make_harness
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    yield from make_harness(tmp_path)
+
+
+def _auditor(h: Harness, reader: Any = None, state_file: Path | None = None) -> LedgerAuditor:
+    ledger = h.state.ledger
+    assert ledger is not None
+    return LedgerAuditor(reader or HttpLedgerReader(h.client), origin=ledger.origin, log_key=ledger.log_key,
+                         state_file=state_file)
+
+
+def _round(h: Harness) -> list[dict[str, Any]]:
+    """One round with all three devices; returns their upload receipts."""
+    rid = h.open_round()
+    receipts = []
+    for i, d in enumerate(h.keys):
+        r = h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob(num_examples=10 + i))
+        assert r.status_code == 200, r.text
+        receipts.append(json.loads(r.content))
+    return receipts
+
+
+class _Serving:
+    """A log's read API that serves a chosen checkpoint note (a rolled-back or forked server)."""
+
+    def __init__(self, real: HttpLedgerReader, note: bytes | None) -> None:
+        self.real, self.note = real, note
+
+    def checkpoint(self) -> bytes | None:
+        return self.note
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        return self.real.consistency(first, second)
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
+        return self.real.inclusion(leaf_hash, tree_size)
+
+
+def test_receipts_name_the_entry_and_after_rounds_every_update_is_proven_included(harness: Harness,
+                                                                                   tmp_path: Path) -> None:
+    # Prepare
+    state = tmp_path / "edge_0.ledger.json"
+    auditor = _auditor(harness, state_file=state)
+    assert auditor.check() is None  # no checkpoint yet: nothing to verify, nothing refused
+
+    # Execute: two rounds; the device remembers every receipt and checks on each contact
+    for _ in range(2):
+        for receipt in _round(harness):
+            assert isinstance(receipt["ledger_index"], int) and len(receipt["ledger_leaf_hash"]) == 64
+            auditor.expect(receipt)
+        cp = auditor.check()
+
+    # Assert
+    assert cp is not None and cp.size == harness.state.ledger.store.latest_checkpoint().size  # type: ignore[union-attr]
+    assert auditor.verified_updates == 6 and auditor.pending == []
+    # The state survives a restart (and is re-verified when loaded).
+    again = _auditor(harness, state_file=state)
+    assert again.verified == cp and again.verified_updates == 6
+    assert again.check() == cp
+
+
+def test_a_rolled_back_log_is_refused(harness: Harness) -> None:
+    _round(harness)
+    first = harness.state.ledger.store.read_checkpoints()[0].note  # type: ignore[union-attr]
+    _round(harness)
+    auditor = _auditor(harness)
+    assert auditor.check() is not None and auditor.verified.size > 10  # type: ignore[union-attr]
+
+    # A device that never saw the newer checkpoint cannot tell (that is what witnesses are for)...
+    assert _auditor(harness, _Serving(HttpLedgerReader(harness.client), first)).check() is not None
+    # ...the device that saw the newer checkpoint refuses the older one:
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), first)
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "checkpoint_rollback"
+    assert "rolled back" in info.value.message
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), None)  # "no checkpoint" after one was seen
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "checkpoint_missing"
+
+
+def _forged(h: Harness, size: int, *, prefix: int = 0) -> bytes:
+    """A checkpoint signed with the log's real key over another tree (the first ``prefix`` entries shared)."""
+    ledger = h.state.ledger
+    assert ledger is not None
+    signer = HybridNoteSigner(ledger.origin, ServerKeys.load_or_create(h.state.config.server.key_dir).signing, TOKEN)
+    other = TransparencyLog(MemoryLogStore(), origin=ledger.origin, signer=signer)
+    other.append(ledger.store.read_entries(0, prefix) + [b"forged %d" % i for i in range(size - prefix)])
+    return other.checkpoint()
+
+
+def test_a_fork_two_checkpoints_of_one_size_with_different_roots_is_detected(harness: Harness) -> None:
+    _round(harness)
+    auditor = _auditor(harness)
+    cp = auditor.check()
+    assert cp is not None
+
+    # Same size, other root (the view shown to another device).
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), _forged(harness, cp.size))
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "checkpoint_fork" and "forked" in info.value.message
+
+
+def test_a_larger_checkpoint_that_does_not_extend_the_verified_one_is_refused(harness: Harness) -> None:
+    _round(harness)
+    auditor = _auditor(harness)
+    cp = auditor.check()
+    assert cp is not None
+    _round(harness)  # the real log grows, so the consistency proof endpoint answers for the bigger size
+    size = harness.state.ledger.log.size()  # type: ignore[union-attr]
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), _forged(harness, size, prefix=cp.size - 1))
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "inconsistent_checkpoint"
+
+
+def test_an_accepted_update_missing_from_the_log_is_refused(harness: Harness) -> None:
+    receipts = _round(harness)
+    auditor = _auditor(harness)
+    auditor.expect({**receipts[0], "ledger_leaf_hash": "ab" * 32})  # the server's receipt, entry not logged
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "update_not_logged"
+
+
+def test_a_checkpoint_signed_by_another_key_is_refused(harness: Harness, tmp_path: Path) -> None:
+    _round(harness)
+    other = ServerKeys.load_or_create(tmp_path / "other-keys").signing
+    ledger = harness.state.ledger
+    assert ledger is not None
+    log = TransparencyLog(MemoryLogStore(), origin=ledger.origin, signer=HybridNoteSigner(ledger.origin, other, TOKEN))
+    log.append([b"x"])
+    auditor = _auditor(harness, _Serving(HttpLedgerReader(harness.client), log.checkpoint()))
+    with pytest.raises(LedgerIntegrityError):
+        auditor.check()
+
+
+class _WaitingClient:
+    """A device client whose server always says wait (the auditor runs before each task poll)."""
+
+    enclave = None
+    attestation_required = False
+
+    def task(self) -> dict[str, Any]:
+        return {"status": "wait", "retry_after": 0.0}
+
+
+def test_an_edge_node_pointed_at_a_rolled_back_log_stops_with_a_clear_reason(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the device verified the latest checkpoint; the server is then restored from an old backup
+    _round(harness)
+    first = harness.state.ledger.store.read_checkpoints()[0].note  # type: ignore[union-attr]
+    _round(harness)
+    auditor = _auditor(harness)
+    auditor.check()
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), first)
+    cfg = DeviceConfig(device_id="edge_0", identity_key_file="k", server_key_fingerprint="x")
+    node = EdgeNode(cfg, _WaitingClient(), sleep=lambda s: None, auditor=auditor)  # type: ignore[arg-type]
+
+    # Execute / Assert
+    with caplog.at_level(logging.ERROR, logger="qflare.edge"), pytest.raises(LedgerIntegrityError) as info:
+        node.run(max_rounds=1)
+    assert info.value.reason == "checkpoint_rollback"
+    assert any("refusing to go on" in r.message and "checkpoint_rollback" in r.message for r in caplog.records)
+
+
+def test_build_auditor_pins_the_log_key_file_and_refuses_a_mismatched_origin(harness: Harness, tmp_path: Path) -> None:
+    key_file = Path(harness.state.config.server.key_dir) / "server-sign.pub"
+    assert key_file.exists()
+    cfg = DeviceConfig(device_id="edge_0", identity_key_file=str(tmp_path / "edge_0.key"), server_key_fingerprint="x",
+                       ledger=DeviceLedgerConfig(log_key_file=str(key_file)))
+    _round(harness)
+    auditor = build_auditor(cfg, tmp_path, harness.client)
+    assert auditor is not None and auditor.check() is not None
+    assert (tmp_path / "edge_0.ledger.json").exists()
+    bad = cfg.model_copy(update={"ledger": DeviceLedgerConfig(log_key_file=str(key_file), origin="elsewhere/log")})
+    with pytest.raises(ConfigError):
+        build_auditor(bad, tmp_path, harness.client)
