@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from qflare.crypto.envelope import parse_envelope
 from qflare.crypto.signing import SigningKey
 from qflare.enclave.client import Enclave, EnclaveIdentity, OpenedRequest, UpdateReceipt
 from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.launcher import DEFAULT_REGION_BYTES, GramineLauncher, SimulatedLauncher, load_or_create_signing_key
+from qflare.enclave.operator import DeviceRegistrar
 from qflare.enclave.quote import EnclavePublicKeys
+from qflare.enclave.registry import DeviceRegistration
 from qflare.enclave.statements import RoundTask
 from qflare.enclave.stored import stored_update_id
 from qflare.errors import EnclaveError, NotFound, QFlareError
@@ -89,7 +92,10 @@ class EnclaveAggregator:
         self._lock = enclave.lock  # one lock for both: restart hooks run inside enclave calls
         self._rounds: dict[int, _HostRound] = {}
         self._signatures: OrderedDict[int, bytes] = OrderedDict()
-        enclave.add_restart_hook(self._restore_rounds)
+        # Registrations handed to the enclave (re-sent after a restart), and who signs new ones.
+        self._registered: dict[str, tuple[DeviceRegistration, bytes, bytes]] = {}
+        self.registrar: DeviceRegistrar | None = None
+        enclave.add_restart_hook(self._on_restart)
 
     @classmethod
     def launch(
@@ -173,6 +179,8 @@ class EnclaveAggregator:
         sources = self.allowed_key_sources if allowed_key_sources is None else tuple(sorted(allowed_key_sources))
         with self._lock:
             self._host_round(round_id)
+            if self.registrar is not None:
+                self.sync_device(parse_envelope(envelope, max_size=max(len(envelope), 1)).device_id)
             receipt = self.enclave.validate_update(
                 round_id, envelope, kind="envelope", allowed_key_sources=sources, extra_secret=extra_secret
             )
@@ -277,7 +285,47 @@ class EnclaveAggregator:
             self._rounds.pop(round_id, None)
             self.enclave.abort_round(round_id)
 
+    # -- the enclave's device registry and model chain ------------------------------------------
+
+    def register_device(self, statement: bytes, signature: bytes) -> None:
+        """Hand the enclave an operator-signed registration (kept here and re-sent after restarts)."""
+        with self._lock:
+            result = self.enclave.register_device(statement, signature)
+            registration = DeviceRegistration.from_bytes(statement)
+            current = self._registered.get(result.device_id)
+            if current is None or current[0].sequence <= registration.sequence:
+                self._registered[result.device_id] = (registration, bytes(statement), bytes(signature))
+
+    def sync_device(self, device_id: str) -> None:
+        """Bring the enclave's statement for ``device_id`` up to the server's records (needs :attr:`registrar`)."""
+        if self.registrar is None:
+            raise EnclaveError("no device registrar is attached", reason="no_operator_key")
+        registration = self.registrar.current(device_id)
+        if registration is None:
+            return  # unknown to the server as well: the enclave refuses its updates
+        with self._lock:
+            sent = self._registered.get(device_id)
+            if sent is not None and sent[0] == registration:
+                return
+            self.register_device(*self.registrar.operator.sign(registration))
+
+    def sync_devices(self, device_ids: Collection[str]) -> None:
+        """:meth:`sync_device` for each id (at start-up: every enrolled device)."""
+        for device_id in device_ids:
+            self.sync_device(device_id)
+
+    def sign_initial_model(self, model: bytes) -> bytes:
+        """The enclave's signature over the version-0 model (round 0), while it has signed nothing else."""
+        with self._lock:
+            return self.enclave.sign_initial_model(model)
+
     # -- restart --------------------------------------------------------------------------------
+
+    def _on_restart(self) -> None:
+        # The registry is sealed inside; re-sending is idempotent and covers a lost registry write.
+        for _registration, statement, signature in list(self._registered.values()):
+            self.enclave.register_device(statement, signature)
+        self._restore_rounds()
 
     def _restore_rounds(self) -> None:
         for round_id, state in self._rounds.items():

@@ -337,6 +337,18 @@ class Enclave:
         )
         return result.signature
 
+    def register_device(self, statement: bytes, signature: bytes) -> ec.RegistrationResult:
+        """Hand the enclave an operator-signed device registration (it verifies the signature itself)."""
+        result: ec.RegistrationResult = self._simple(
+            ec.RegisterDevice(statement=bytes(statement), signature=bytes(signature))
+        )
+        return result
+
+    def sign_initial_model(self, model: bytes) -> bytes:
+        """The enclave's signature over the version-0 model (as the result of round 0)."""
+        result, _ = self._with_input(model, lambda r: ec.SignInitialModel(model=r))
+        return bytes(result.signature)
+
     # -- rounds ---------------------------------------------------------------------------------
 
     def _round_status(self, result: ec.RoundStatusResult) -> RoundStatus:

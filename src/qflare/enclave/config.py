@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
 
-from qflare.errors import ConfigError
+from qflare.crypto.signing import VerifyKey
+from qflare.errors import ConfigError, QFlareError
 from qflare.fl.strategies import STRATEGIES
 
 __all__ = ["CONFIG_FORMAT", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
@@ -68,6 +69,12 @@ class EnclaveConfig:
     aggregation_params:
         The rule's parameters (``aggregation.params``: a JSON object of numbers, validated by the
         strategy); measured with the rule.
+    operator_key:
+        Hex of the operator's composite (ML-DSA-65 + Ed25519) public key. When set, the enclave keeps
+        its own device registry (statements signed by this key, :mod:`qflare.enclave.registry`) and
+        refuses update envelopes whose device signature does not verify against it; plaintext updates
+        are then refused (they carry no device signature). ``None``: the enclave trusts the host's
+        device check (measured, so devices pinning the measurement know which).
     """
 
     isv_prod_id: int = 1
@@ -83,6 +90,7 @@ class EnclaveConfig:
     allowed_key_sources: tuple[str, ...] = ("hybrid", "mlkem")
     aggregation_rule: str = "fedavg"
     aggregation_params: dict[str, Any] = field(default_factory=dict)
+    operator_key: str | None = None
 
     __hash__ = None  # type: ignore[assignment]  # aggregation_params is a dict
 
@@ -144,6 +152,20 @@ class EnclaveConfig:
         except ConfigError as exc:
             raise ConfigError(f"enclave config aggregation_params: {exc.message}", reason="invalid_config") from None
         object.__setattr__(self, "aggregation_params", dict(sorted(params.items())))
+        if self.operator_key is not None:
+            self.operator_verify_key()  # raises ConfigError on anything but a composite public key
+
+    def operator_verify_key(self) -> VerifyKey | None:
+        """The pinned operator key, or ``None`` when device checks are left to the host."""
+        if self.operator_key is None:
+            return None
+        bad = ConfigError("enclave config operator_key must be a composite public key in hex", reason="invalid_config")
+        if not isinstance(self.operator_key, str) or not re.fullmatch(r"[0-9a-f]+", self.operator_key):
+            raise bad
+        try:
+            return VerifyKey.from_bytes(bytes.fromhex(self.operator_key))
+        except (QFlareError, ValueError):
+            raise bad from None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus ``format``, JSON-ready."""

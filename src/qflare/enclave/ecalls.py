@@ -43,11 +43,14 @@ __all__ = [
     "QuoteResult",
     "Region",
     "Replay",
+    "RegisterDevice",
+    "RegistrationResult",
     "RestoreRound",
     "RoundStatusResult",
     "SealResponse",
     "SealedResponseResult",
     "Shutdown",
+    "SignInitialModel",
     "SignTask",
     "SignatureResult",
     "UnsafeDebugKeyDigest",
@@ -193,6 +196,17 @@ class SignatureResult:
 
 
 @dataclass(frozen=True)
+class RegistrationResult:
+    """The enclave's registry after a statement: the device's status and sequence, and the registry size."""
+
+    device_id: str
+    status: str
+    sequence: int
+    changed: bool
+    devices: int
+
+
+@dataclass(frozen=True)
 class DigestResult:
     """A hex SHA-256."""
 
@@ -325,6 +339,25 @@ class SignTask(Ecall):
 
 
 @dataclass(frozen=True)
+class RegisterDevice(Ecall):
+    """Record an operator-signed device enrolment or revocation (:mod:`qflare.enclave.registry`)."""
+
+    name: ClassVar[str] = "register_device"
+    result: ClassVar[type[Any]] = RegistrationResult
+    statement: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class SignInitialModel(Ecall):
+    """Sign the version-0 model (round 0); only while the enclave has signed no model yet."""
+
+    name: ClassVar[str] = "sign_initial_model"
+    result: ClassVar[type[Any]] = SignatureResult
+    model: Region
+
+
+@dataclass(frozen=True)
 class Shutdown(Ecall):
     """Exit cleanly."""
 
@@ -355,6 +388,8 @@ CALLS: Final[dict[str, type[Ecall]]] = {
         Finalize,
         AbortRound,
         SignTask,
+        RegisterDevice,
+        SignInitialModel,
         Shutdown,
         UnsafeDebugKeyDigest,
     )

@@ -83,6 +83,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/enclave/ecalls.py",
             "qflare/enclave/measurement.py",
             "qflare/enclave/quote.py",
+            "qflare/enclave/registry.py",
             "qflare/enclave/sealing.py",
             "qflare/enclave/sigstruct.py",
             "qflare/enclave/statements.py",

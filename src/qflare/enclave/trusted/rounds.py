@@ -64,6 +64,8 @@ class RoundState:
     included: list[str] = field(default_factory=list)
     pending: OrderedDict[str, ParsedUpdate] = field(default_factory=OrderedDict)
     checkpointed_count: int = 0
+    # Header hashes of the update envelopes validated or replayed in this round.
+    seen_envelopes: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.acc = self.strategy.accumulator(self.spec, reference=self.base)
@@ -77,6 +79,10 @@ class RoundState:
     def counted(self, update_id: str) -> bool:
         """Whether ``update_id`` is already in the aggregate."""
         return update_id in self._included_set
+
+    def envelope_seen(self, header_hash: bytes) -> bool:
+        """Whether an update envelope with this header hash was already validated in this round."""
+        return header_hash in self.seen_envelopes
 
     def hold(self, update_id: str, update: ParsedUpdate, *, limit: int) -> None:
         """Keep a validated update until ``accumulate``; drop the oldest beyond ``limit``."""

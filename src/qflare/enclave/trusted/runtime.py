@@ -9,6 +9,7 @@ handed back (:meth:`EnclaveRuntime.open_request`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import traceback
@@ -20,17 +21,24 @@ from pathlib import Path
 from typing import Any, Final
 
 from qflare.crypto import secret_access
-from qflare.crypto.envelope import Envelope, ResponseSealer, decrypt_envelope, parse_envelope
+from qflare.crypto.envelope import (
+    Envelope,
+    ResponseSealer,
+    decrypt_envelope,
+    parse_envelope,
+    verify_envelope_signature,
+)
 from qflare.crypto.kem import SEED_SIZE as KEM_SEED_SIZE
 from qflare.crypto.kem import XWingPrivateKey
 from qflare.crypto.signing import SEED_SIZE as SIGN_SEED_SIZE
-from qflare.crypto.signing import SigningKey
+from qflare.crypto.signing import SigningContext, SigningKey
 from qflare.enclave import ecalls as ec
 from qflare.enclave.channel import SharedRegion
 from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.quote import EnclavePublicKeys, check_nonce, report_data_for
+from qflare.enclave.registry import DeviceRegistry, verify_registration
 from qflare.enclave.sealing import SealingKey
-from qflare.enclave.statements import RoundTask, sign_model, sign_task
+from qflare.enclave.statements import RoundTask, model_statement, sign_model, sign_task
 from qflare.enclave.stored import (
     ENVELOPE_PURPOSE,
     UPDATE_PURPOSE,
@@ -47,10 +55,12 @@ from qflare.errors import (
     CryptoError,
     EnclaveError,
     InvalidInput,
+    InvalidSignature,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
     QFlareError,
+    ReplayDetected,
 )
 from qflare.fl.checks import ParsedUpdate, parse_update
 from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
@@ -60,6 +70,8 @@ from qflare.fl.strategies import get_strategy
 __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
 
 _KEYS_PURPOSE: Final = "enclave-keys"
+_CHAIN_PURPOSE: Final = "model-chain"
+_REGISTRY_PURPOSE: Final = "device-registry"
 _MAX_STATE_FILE: Final = 1 << 34
 
 
@@ -111,7 +123,19 @@ class EnclaveRuntime:
         self._sealing = SealingKey(platform.sealing_root(), identity.code_measurement)
         self._tag = identity.code_measurement.hex()[:16]
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._kem, self._signer = self._load_or_create_keys()
+        self._kem, self._signer, created = self._load_or_create_keys()
+        self._operator = config.operator_verify_key()
+        # Sealed state written with the keys: the last model this enclave signed (the base every new
+        # round must start from) and the device registry. A missing file next to existing keys means
+        # the host deleted it (to roll the chain back, or to drop revocations): refuse, do not reset.
+        self._state_missing = False
+        if created:
+            self._chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None}
+            self._registry = DeviceRegistry()
+            self._save_chain()
+            self._save_registry()
+        else:
+            self._chain, self._registry = self._load_state()
         self._public = EnclavePublicKeys(kem=self._kem.public_key(), signing=self._signer.public_key())
         self._rounds: dict[int, RoundState] = {}
         self._sealers: OrderedDict[bytes, ResponseSealer] = OrderedDict()
@@ -134,6 +158,8 @@ class EnclaveRuntime:
             ec.Finalize: self.finalize,
             ec.AbortRound: self.abort_round,
             ec.SignTask: self.sign_task,
+            ec.RegisterDevice: self.register_device,
+            ec.SignInitialModel: self.sign_initial_model,
             ec.UnsafeDebugKeyDigest: self.unsafe_debug_key_digest,
             ec.Shutdown: self.shutdown,
         }
@@ -168,14 +194,14 @@ class EnclaveRuntime:
     def _keys_path(self) -> Path:
         return self._state_dir / f"keys-{self._tag}.sealed"
 
-    def _load_or_create_keys(self) -> tuple[XWingPrivateKey, SigningKey]:
+    def _load_or_create_keys(self) -> tuple[XWingPrivateKey, SigningKey, bool]:
         path = self._keys_path()
         blob = read_file(path, max_size=65536)
         if blob is None:
             kem, signer = XWingPrivateKey.generate(), SigningKey.generate()
             seeds = kem.private_bytes(secret_access.TOKEN) + signer.private_bytes(secret_access.TOKEN)
             write_atomic(path, self._sealing.seal(seeds, purpose=_KEYS_PURPOSE))
-            return kem, signer
+            return kem, signer, True
         try:
             _, seeds = self._sealing.unseal(blob, purpose=_KEYS_PURPOSE)
         except CryptoError as exc:
@@ -185,7 +211,111 @@ class EnclaveRuntime:
         return (
             XWingPrivateKey.from_seed(seeds[:KEM_SEED_SIZE], secret_access.TOKEN),
             SigningKey.from_seed(seeds[KEM_SEED_SIZE:], secret_access.TOKEN),
+            False,
         )
+
+    # -- sealed state: the model chain and the device registry ----------------------------------
+
+    def _chain_path(self) -> Path:
+        return self._state_dir / f"chain-{self._tag}.sealed"
+
+    def _registry_path(self) -> Path:
+        return self._state_dir / f"registry-{self._tag}.sealed"
+
+    def _save_chain(self) -> None:
+        data = json.dumps(self._chain, sort_keys=True, separators=(",", ":")).encode("ascii")
+        write_atomic(self._chain_path(), self._sealing.seal(data, purpose=_CHAIN_PURPOSE))
+
+    def _save_registry(self) -> None:
+        write_atomic(self._registry_path(), self._sealing.seal(self._registry.to_bytes(), purpose=_REGISTRY_PURPOSE))
+
+    def _load_state(self) -> tuple[dict[str, Any], DeviceRegistry]:
+        chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None}
+        registry = DeviceRegistry()
+        chain_blob = read_file(self._chain_path(), max_size=65536)
+        registry_blob = read_file(self._registry_path(), max_size=_MAX_STATE_FILE)
+        if chain_blob is None or registry_blob is None:
+            self._state_missing = True
+            return chain, registry
+        try:
+            _, chain_data = self._sealing.unseal(chain_blob, purpose=_CHAIN_PURPOSE)
+            _, registry_data = self._sealing.unseal(registry_blob, purpose=_REGISTRY_PURPOSE)
+        except CryptoError as exc:
+            raise EnclaveError(f"sealed enclave state does not open: {exc.message}", reason="unseal_failed") from None
+        loaded = json.loads(chain_data)
+        if not isinstance(loaded, dict) or set(loaded) != set(chain):
+            raise EnclaveError("sealed model chain is malformed", reason="unseal_failed")
+        return loaded, DeviceRegistry.from_bytes(registry_data)
+
+    def _require_state(self) -> None:
+        if self._state_missing:
+            raise EnclaveError(
+                "the enclave's sealed model chain or device registry is missing from its state directory",
+                reason="enclave_state_missing",
+            )
+
+    def register_device(self, call: ec.RegisterDevice) -> ec.RegistrationResult:
+        self._require_state()
+        if self._operator is None:
+            raise PermissionDenied("this enclave pins no operator key", reason="no_operator_key")
+        registration = verify_registration(call.statement, call.signature, operator_key=self._operator)
+        changed = self._registry.apply(registration)
+        if changed:
+            self._save_registry()
+        return ec.RegistrationResult(
+            device_id=registration.device_id, status=registration.status, sequence=registration.sequence,
+            changed=changed, devices=len(self._registry),
+        )
+
+    def _check_device(self, env: Envelope) -> None:
+        """Inside the enclave: the envelope's device is enrolled, not revoked, and signed it."""
+        if self._operator is None:
+            return  # measured choice: the host's device check is trusted
+        self._require_state()
+        registration = self._registry.get(env.device_id)
+        if registration is None:
+            raise PermissionDenied(
+                f"device {env.device_id!r} is not in the enclave's registry", reason="enclave_unknown_device"
+            )
+        if registration.revoked:
+            raise PermissionDenied(f"device {env.device_id!r} is revoked", reason="enclave_device_revoked")
+        if env.key_source.value != registration.key_source:
+            raise PermissionDenied(
+                f"device {env.device_id!r} is enrolled for key source {registration.key_source}",
+                reason="key_source_not_allowed",
+            )
+        try:
+            verify_envelope_signature(env, registration.verify_key())
+        except InvalidSignature:
+            raise InvalidSignature(
+                "the envelope is not signed by the device's enrolled key", reason="enclave_bad_signature"
+            ) from None
+
+    def _check_base(self, base_sha256: str) -> None:
+        """A round starts only from the model this enclave signed last (the first one it adopts)."""
+        self._require_state()
+        last = self._chain["last"]
+        if last is None:
+            # Nothing signed yet: this is the version-0 model; sign it now (sign_initial_model).
+            self._chain = {"initial": base_sha256, "last": base_sha256, "last_round": 0}
+            self._save_chain()
+        elif base_sha256 != last:
+            raise PermissionDenied(
+                "the base model is not the model this enclave signed last", reason="base_model_not_signed"
+            )
+
+    def sign_initial_model(self, call: ec.SignInitialModel) -> ec.SignatureResult:
+        sha = sha256_hex(self._input(call.model))
+        self._require_state()
+        if self._chain["last"] is not None and not (
+            self._chain["last_round"] == 0 and self._chain["initial"] == sha
+        ):
+            raise PermissionDenied(
+                "the enclave has already signed an initial model or a round's result",
+                reason="initial_model_already_signed",
+            )
+        self._check_base(sha)
+        return ec.SignatureResult(signature=self._signer.sign(model_statement(0, sha), SigningContext.GLOBAL_MODEL))
 
     # -- identity and attestation ---------------------------------------------------------------
 
@@ -278,8 +408,10 @@ class EnclaveRuntime:
         spec = ModelSpec.from_json(call.spec_json)
         strategy = get_strategy(self._config.aggregation_rule, **self._config.aggregation_params)
         need_base = self._config.max_update_norm is not None or strategy.needs_reference
+        base_sha256 = sha256_hex(base_model)
         base = load_arrays(base_model, spec)[0] if need_base else None
-        return RoundState(round_id=call.round_id, spec=spec, base_sha256=sha256_hex(base_model), base=base,
+        self._check_base(base_sha256)
+        return RoundState(round_id=call.round_id, spec=spec, base_sha256=base_sha256, base=base,
                           strategy=strategy)
 
     def _status(self, state: RoundState, *, restored: bool) -> ec.RoundStatusResult:
@@ -332,6 +464,10 @@ class EnclaveRuntime:
         header = update_header(call.round_id, update_id)
         if call.kind == "envelope":
             env = self._update_envelope(data, call.round_id)
+            self._check_device(env)
+            if state.envelope_seen(env.header_hash):
+                raise ReplayDetected("this update envelope was seen before in this round",
+                                     reason="enclave_replayed_envelope")
             payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
             request_hash: bytes | None = env.header_hash
             digest = self._hasher.submit(sha256_hex, payload)
@@ -341,6 +477,10 @@ class EnclaveRuntime:
                 self._sealing.seal(env.header_hash + secret, purpose=ENVELOPE_PURPOSE, header=header),
             )
         elif call.kind == "plaintext":
+            if self._operator is not None:
+                raise PermissionDenied(
+                    "this enclave checks device signatures: send the update envelope", reason="envelope_required"
+                )
             payload, request_hash = data, None
             digest = self._hasher.submit(sha256_hex, payload)
             sealing = self._hasher.submit(self._sealing.seal_parts, payload, purpose=UPDATE_PURPOSE, header=header)
@@ -349,6 +489,8 @@ class EnclaveRuntime:
         else:
             raise EnclaveError(f"unknown update kind {call.kind[:32]!r}", reason="ecall_refused")
         state.hold(update_id, update, limit=self._config.max_pending_updates)
+        if request_hash is not None:
+            state.seen_envelopes.add(request_hash)
         return ec.UpdateReceiptResult(
             stored_form="envelope" if request_hash is not None else "sealed",
             update_id=update_id,
@@ -360,22 +502,22 @@ class EnclaveRuntime:
             sealed=self._region.put(*stored, side="output"),
         )
 
-    def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes]:
-        """``(update_id, plaintext update)`` from a stored update, for ``round_id``."""
+    def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes, bytes | None]:
+        """``(update_id, plaintext update, envelope header hash)`` from a stored update, for ``round_id``."""
         parts = parse_stored(data)
         header, sealed = self._sealing.unseal(parts.sealed, purpose=parts.purpose)
         stored_round, update_id = parse_update_header(header)
         if stored_round != round_id:
             raise InvalidInput(f"stored update belongs to round {stored_round}", reason="round_mismatch")
         if parts.envelope is None:
-            return update_id, sealed
+            return update_id, sealed, None
         env = self._update_envelope(parts.envelope, round_id)
         if sealed[:32] != env.header_hash:
             raise CryptoError("stored update does not match its envelope", reason="unseal_failed")
         secret = sealed[33:] if sealed[32:33] == b"\x01" else None
         permitted = self._permitted(tuple(self._config.allowed_key_sources), env)
         payload, _ = decrypt_envelope(env, self._kem, allowed_key_sources=permitted, extra_secret=secret)
-        return update_id, payload
+        return update_id, payload, env.header_hash
 
     def _write_checkpoint(self, path: Path, header: bytes, plaintext: bytes) -> None:
         write_atomic(path, *self._sealing.seal_parts(plaintext, purpose=CHECKPOINT_PURPOSE, header=header))
@@ -421,7 +563,9 @@ class EnclaveRuntime:
 
     def replay(self, call: ec.Replay) -> ec.AccumulatedResult:
         state = self._round(call.round_id)
-        update_id, payload = self._unstore(self._input(call.sealed), call.round_id)
+        update_id, payload, header_hash = self._unstore(self._input(call.sealed), call.round_id)
+        if header_hash is not None:
+            state.seen_envelopes.add(header_hash)
         if state.counted(update_id):
             return self._counted(state, skipped=True)
         state.add(update_id, self._parse(state, payload))
@@ -433,6 +577,9 @@ class EnclaveRuntime:
             raise AggregationError(f"round {call.round_id} has no updates", reason="no_updates")
         model = dump_arrays(state.acc.result(), {"round_id": str(call.round_id)})
         signature = sign_model(call.round_id, model, self._signer)
+        # The chain moves on before the model leaves: the next round must start from this model.
+        self._chain = {"initial": self._chain["initial"], "last": sha256_hex(model), "last_round": call.round_id}
+        self._save_chain()
         # The checkpoint stays until abort_round: if this answer is lost, the round can be restored.
         del self._rounds[call.round_id]
         return ec.FinalizedResult(
