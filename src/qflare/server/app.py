@@ -23,6 +23,7 @@ from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
+from qflare.server.lease import RoundLease
 from qflare.server.ledger import AuditLog
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
@@ -48,6 +49,7 @@ def build_state(
     backend: AggregationBackend | None = None,
     clock: Clock = time.time,
     opener: RequestOpener | None = None,
+    lease: RoundLease | None = None,
 ) -> ServerState:
     """Wire storage, keys, enclave, gateway, aggregation backend, evaluator and orchestrator together."""
     # What can be checked before anything starts is checked first (a bad evaluation file is a start-up
@@ -63,6 +65,7 @@ def build_state(
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
         enclave = launch_enclave(config)
+        attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
     backend = backend or InProcessAggregator(
@@ -71,7 +74,7 @@ def build_state(
     )
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
-    orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator)
+    orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator, lease=lease)
     # The audit ledger (docs/ledger.md): checkpoints signed with the server's local key for now, also
     # when an enclave runs (enclave-side signing is not done yet).
     audit = (
@@ -90,13 +93,25 @@ def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
     """The enclave's own (measured) configuration: the update norm bound and size limit go inside it,
     so the host cannot lift them without changing the measurement devices pin."""
     from qflare.enclave.config import EnclaveConfig
+    from qflare.enclave.operator import OperatorKey
 
     return EnclaveConfig(
         max_update_norm=config.aggregation.max_update_norm,
         max_payload_bytes=max(config.server.max_update_bytes, 1024),
         aggregation_rule=config.aggregation.rule,
         aggregation_params=dict(config.aggregation.params),
+        # The enclave pins the operator key and checks device signatures itself (docs/enclave.md).
+        operator_key=OperatorKey.load_or_create(config.server.key_dir).public_hex,
     )
+
+
+def attach_registrar(enclave: EnclaveAggregator, config: GlobalConfig, repo: Repository) -> None:
+    """Let the enclave's registry follow the device records: every enrolled device now, then each
+    device's current statement before its update is validated (enrolment, revocation)."""
+    from qflare.enclave.operator import DeviceRegistrar, OperatorKey
+
+    enclave.registrar = DeviceRegistrar(OperatorKey.load_or_create(config.server.key_dir), repo.get_device)
+    enclave.sync_devices([d.device_id for d in repo.list_devices()])
 
 
 def launch_enclave(config: GlobalConfig) -> EnclaveAggregator:
