@@ -6,7 +6,7 @@ Layers, bottom to top (a package may import its own layer and those below)::
     1  qflare.crypto
     2  qflare.fl, qflare.qkd, qflare.ledger            (pure domain: no HTTP server, no SQL)
     3  qflare.enclave                                  (host client + trusted code + shared wire formats)
-    4  qflare.edge, qflare.kme                         (device side; the KME HTTP service)
+    4  qflare.edge, qflare.kme, qflare.witness         (device side; the KME and witness HTTP services)
     5  qflare.server                                   (FastAPI, SQLAlchemy)
     6  qflare.sim, qflare.bench, qflare.cli            (tools that drive everything)
 
@@ -32,7 +32,7 @@ LAYER = {
     "fl": 2, "qkd": 2, "ledger": 2,
     "config": 2.5,
     "enclave": 3,
-    "edge": 4, "kme": 4,
+    "edge": 4, "kme": 4, "witness": 4,
     "server": 5,
     "sim": 6, "bench": 6, "cli": 6,
 }

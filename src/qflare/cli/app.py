@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from qflare.cli import bench, device, edge_cmd, enclave, init_cmd, ledger, qkd, server_cmd, simulate_cmd
+from qflare.cli import bench, device, edge_cmd, enclave, init_cmd, ledger, qkd, server_cmd, simulate_cmd, witness
 from qflare.cli.console import make_console
 from qflare.errors import (
     AuthenticationError,
@@ -33,6 +33,7 @@ app.add_typer(qkd.kme_app, name="kme")  # `qflare kme serve` = `qflare qkd kme s
 app.add_typer(enclave.app, name="enclave")
 app.add_typer(bench.app, name="bench")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(witness.app, name="witness")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
 EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (
