@@ -58,6 +58,12 @@ class NodeStats:
     retries: int = 0
     refusals: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line for the log at the end of ``qflare edge``."""
+        refused = f" ({', '.join(sorted(set(self.refusals)))})" if self.refusals else ""
+        return (f"trained {self.rounds_trained} rounds, {self.uploads_accepted} updates accepted, "
+                f"{self.uploads_refused} refused{refused}, {self.retries} retries")
+
 
 class GaveUp(QFlareError):
     default_reason = "gave_up"
@@ -94,6 +100,7 @@ class EdgeNode:
         self.clock = clock
         self.auditor = auditor  # docs/ledger.md, "Devices as auditors"
         self.stats = NodeStats()
+        self._waiting_for: str | None = None  # the last wait reason logged (logged once, not at every poll)
         d = config.data
         self.task = get_task(d.task)
         self.dataset = self.task.client_dataset(
@@ -206,6 +213,7 @@ class EdgeNode:
         task = self.client.task()
         status = str(task.get("status"))
         if status == "train":
+            self._waiting_for = None
             round_id = int(task["round_id"])
             update = self.train_round(task)
             try:
@@ -223,6 +231,10 @@ class EdgeNode:
                             exc.message)
             self.stats.rounds_trained += 1
         elif status == "wait":
+            reason = task.get("reason")
+            if reason and reason != self._waiting_for:
+                log.info("%s: %s", self.config.device_id, reason)
+                self._waiting_for = str(reason)
             self.sleep(min(float(task.get("retry_after", 1.0)) or self.config.poll_interval_seconds,
                            self.config.poll_interval_seconds))
         return status

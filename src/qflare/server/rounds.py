@@ -58,6 +58,7 @@ class Assignment:
     task_signature: str | None = None  # base64, by the enclave: binds round, model hash and deadline
     model_signature: str | None = None  # base64, by the enclave, over the base model (versions >= 1)
     model_round_id: int | None = None  # the round that produced the base model (what its signature names)
+    reason: str | None = None  # with "wait": what the device waits for, in words (logged by the edge node)
 
 
 def initial_model_blob(task_name: str, seed: int) -> bytes:
@@ -154,7 +155,8 @@ class Orchestrator:
             return Assignment(status="done", retry_after=0)
         rnd = self.current_round()
         if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
-            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
+            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),
+                              reason=self._wait_reason(device_id, rnd))
         model = self.repo.get_model(rnd.base_version)
         if model is None:
             raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")
@@ -170,6 +172,18 @@ class Orchestrator:
             model_signature=base64.b64encode(model.signature).decode() if model.signature else None,
             model_round_id=model.round_id,
         )
+
+    def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
+        rc = self.config.rounds
+        if rnd is None:
+            active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
+            if active < rc.min_devices:
+                return (f"waiting for {rc.min_devices} active devices before round {self.repo.last_round_id() + 1}"
+                        f" opens ({active} of {rc.min_devices} active)")
+            return "waiting for the next round to open"
+        if device_id not in rnd.selected:
+            return f"not selected for round {rnd.round_id}; waiting for the next round"
+        return f"update for round {rnd.round_id} received; waiting for the round to close"
 
     def _task_signature(self, rnd: RoundRecord, model_sha256: str) -> str | None:
         # One signature per round serves every device: the task is the same for all of them.

@@ -77,6 +77,7 @@ class TaskResponse(_Out):
     task_signature: str | None = Field(None, description="base64; the enclave's signature over the round task")
     model_signature: str | None = Field(None, description="base64; the enclave's signature over the base model")
     model_round_id: int | None = Field(None, description="the round that produced the base model")
+    reason: str | None = Field(None, description='with "wait": what the device waits for, in words')
 
 
 class AttestationPublic(_Out):
