@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,12 +22,59 @@ def _ledger(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env={**os.environ, "COLUMNS": "200"})
 
 
-def test_verify_after_simulate_and_after_a_flipped_byte(tmp_path: Path) -> None:
-    # Prepare: 3 clients x 2 rounds over real HTTP (the runner behind `qflare simulate`).
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 clients x 2 rounds over real HTTP (the runner behind `qflare simulate`), once for the module."""
     summary = run_simulation(SimulationConfig(task="digits", clients=3, rounds=2, partition="iid",
-                                              runs_dir=tmp_path / "runs"))
+                                              runs_dir=tmp_path_factory.mktemp("sim") / "runs"))
     assert summary["rounds_completed"] == 2
-    db = Path(summary["run_dir"]) / "qflare.db"
+    return Path(summary["run_dir"])
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """The database and the log key beside it (what `ledger verify --db` reads), copied for one test."""
+    dest = tmp_path / "run"
+    shutil.copytree(run_dir / "server-keys", dest / "server-keys")
+    shutil.copy(run_dir / "qflare.db", dest / "qflare.db")
+    return dest / "qflare.db"
+
+
+def test_the_simulated_devices_audited_the_ledger(simulated: Path) -> None:
+    # Every device pinned the log key, verified checkpoints and proved its accepted updates included.
+    for device in ("edge_01", "edge_02", "edge_03"):
+        state = json.loads((simulated / "devices" / f"{device}.ledger.json").read_text())
+        assert state["verified_updates"] >= 1 and state["checkpoint"].startswith("qflare.local/ledger\n")
+        log = (simulated / "logs" / f"{device}.log").read_text()
+        assert "proven included in checkpoint" in log and "refusing to go on" not in log
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line tool is not installed "
+                                                           "(apt-get install sqlite3)")
+def test_verify_fails_naming_the_entry_after_a_byte_flipped_with_the_sqlite3_tool(simulated: Path,
+                                                                                  tmp_path: Path) -> None:
+    # Prepare
+    db = _copy_run(simulated, tmp_path)
+    url = f"sqlite:///{db}"
+    assert _ledger("verify", "--db", url).returncode == 0
+    sqlite3_cli = shutil.which("sqlite3")
+    assert sqlite3_cli is not None
+    read = subprocess.run([sqlite3_cli, str(db), "select hex(entry) from ledger_entries where idx = 7"],
+                          capture_output=True, text=True, check=True)
+    entry = bytearray.fromhex(read.stdout.strip())
+    entry[40] ^= 0x01
+
+    # Execute: the sqlite3 tool writes the entry back with one byte flipped.
+    subprocess.run([sqlite3_cli, str(db), f"update ledger_entries set entry = X'{entry.hex()}' where idx = 7"],
+                   check=True)
+
+    # Assert
+    bad = _ledger("verify", "--db", url)
+    assert bad.returncode == 1
+    assert "entry 7" in bad.stdout and "leaf_hash_mismatch" in bad.stdout
+
+
+def test_verify_after_simulate_and_after_a_flipped_byte(simulated: Path, tmp_path: Path) -> None:
+    db = _copy_run(simulated, tmp_path)
     url = f"sqlite:///{db}"
 
     # Execute / Assert: the honest log verifies; show and audit work.

@@ -30,8 +30,10 @@ from qflare.config import (
     AttestationConfig,
     DataConfig,
     DeviceConfig,
+    DeviceLedgerConfig,
     EnclaveHostConfig,
     GlobalConfig,
+    LedgerConfig,
     QKDConfig,
     RoundsConfig,
     ServerConfig,
@@ -79,6 +81,7 @@ class SimulationConfig:
     attack: str | None = None  # model poisoning by enrolled devices (qflare.fl.poisoning.POISONING_KINDS)
     attack_params: dict[str, Any] = field(default_factory=dict)
     malicious_fraction: float = 0.0
+    ledger: bool = True  # the audit ledger (off only to measure its cost: qflare bench ledger)
 
 
 def new_run_dir(base: Path) -> Path:
@@ -139,6 +142,7 @@ class Federation:
     env: dict[str, str]
     edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     attestation: AttestationConfig | None = None
+    ledger: bool = True  # the server keeps an audit ledger: devices audit it
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
@@ -180,6 +184,10 @@ class Federation:
     def device_config(self, device_id: str, data: DataConfig, **extra: Any) -> DeviceConfig:
         # With the enclave the devices trust its attested quote (which binds its keys); without, the key pin.
         pin = None if self.attestation is not None else self.server_key_file().name
+        # With a ledger the devices audit it (docs/ledger.md, "Devices as auditors"), pinning its key.
+        log_key = self.run_dir / "server-keys" / "server-sign.pub"
+        if self.ledger and "ledger" not in extra and log_key.exists():
+            extra["ledger"] = DeviceLedgerConfig(log_key_file=str(log_key.resolve()))
         return DeviceConfig(
             device_id=device_id, server_url=self.url, identity_key_file=f"{device_id}.key",
             server_public_key_file=pin, data=data, poll_interval_seconds=0.5,
@@ -214,7 +222,8 @@ def start_server(
     url = f"http://{config.server.host}:{config.server.port}"
     proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log",
                         env)
-    fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env)
+    fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env,
+                     ledger=config.ledger.enabled)
     try:
         wait_healthy(url, proc)
         if config.enclave.backend == "simulated":
@@ -268,6 +277,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
         aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params)),
+        ledger=LedgerConfig(enabled=sim.ledger),
     )
 
 
