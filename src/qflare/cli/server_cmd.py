@@ -17,6 +17,10 @@ from qflare.errors import ConfigError
 console = make_console(stderr=True)
 
 
+DEVICE_TRUST_FILE = "device_trust.yaml"
+"""Written next to the operator token at every start: the lines a device config needs to trust this server."""
+
+
 def resolve_admin_token(configured: str | None, token_file: Path) -> str:
     """The operator token: ``QFLARE_ADMIN_TOKEN``, the config, or one generated into ``token_file`` (0600)."""
     token = os.environ.get("QFLARE_ADMIN_TOKEN") or configured
@@ -62,6 +66,8 @@ def server(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     bench_endpoint: Annotated[bool, typer.Option(hidden=True, help="add POST /bench/bare (qflare bench auth)")]
     = False,
+    workers: Annotated[int, typer.Option(help="web worker processes (PostgreSQL and enclave.backend: none "
+                                         "for more than 1)")] = 1,
 ) -> None:
     """Run the QFLARE server (rounds, registry, aggregation) until interrupted."""
     cfg = load_global_config(config)
@@ -80,6 +86,20 @@ def server(
         repo = Repository(cfg.server.db_url)
     except ConfigError as exc:
         raise ConfigError(f"--db (server.db_url): {exc.message}", reason=exc.reason) from None
+    from qflare.server.lease import open_lease
+    from qflare.server.workers import check_workers, run_workers
+
+    check_workers(cfg, workers, repo.engine.dialect.name)
+    # One round owner per database: a second server that cannot follow it (the enclave) is refused here.
+    lease = open_lease(repo.engine, cfg.server.db_url, shared_ok=cfg.enclave.backend == "none")
+    if workers > 1:
+        lease.release()
+        repo.close()
+        token = resolve_admin_token(cfg.server.admin_token, token_file)
+        console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {workers} workers on "
+                      f"{cfg.server.host}:{cfg.server.port} (in-process aggregation, one round owner)")
+        run_workers(cfg, admin_token=token, workers=workers, log_level=log_level, bench_endpoint=bench_endpoint)
+        return
 
     import uvicorn
 
@@ -90,16 +110,22 @@ def server(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
     token = resolve_admin_token(cfg.server.admin_token, token_file)
-    state = build_state(cfg, admin_token=token, repo=repo)
+    state = build_state(cfg, admin_token=token, repo=repo, lease=lease)
     app = create_app(state, bench_endpoint=bench_endpoint)
     scheme = "https" if cfg.server.tls_cert else "http"
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
     fp = fingerprint(state.gateway.opener.kem_public_key())
     console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {url}"
                   f" ({'enclave' if state.enclave is not None else 'server'} KEM key {fp})")
-    ca = str(Path(cfg.server.tls_cert).parent / "ca.pem") if cfg.server.tls_cert else None
-    console.print("# in each device_config.yaml (paths as seen from this machine):\n"
-                  + device_config_snippet(state, server_url=url, ca_file=ca), markup=False, highlight=False)
+    ca = str(Path(cfg.server.tls_cert).parent.resolve() / "ca.pem") if cfg.server.tls_cert else None
+    snippet = device_config_snippet(state, server_url=url, ca_file=ca)
+    console.print("# in each device_config.yaml (paths as seen from this machine):\n" + snippet,
+                  markup=False, highlight=False)
+    # `qflare device provision` writes ready device configs from this file (rewritten at every start).
+    trust_file = token_file.parent / DEVICE_TRUST_FILE
+    trust_file.parent.mkdir(parents=True, exist_ok=True)
+    trust_file.write_text(snippet + "\n", encoding="utf-8")
+    console.print(f"device trust written to {trust_file} (read by qflare device provision)")
     uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
                 ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key)
 

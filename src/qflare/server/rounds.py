@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from qflare.config import GlobalConfig
 from qflare.errors import (
     AggregationError,
+    Conflict,
     DuplicateUpdate,
     EnclaveError,
     NotFound,
@@ -30,6 +31,7 @@ from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
 from qflare.server.evaluation import Evaluator
+from qflare.server.lease import RoundLease, SoleLease
 from qflare.server.storage import Repository, RoundRecord, UpdateRecord
 
 if TYPE_CHECKING:
@@ -58,7 +60,6 @@ class Assignment:
     task_signature: str | None = None  # base64, by the enclave: binds round, model hash and deadline
     model_signature: str | None = None  # base64, by the enclave, over the base model (versions >= 1)
     model_round_id: int | None = None  # the round that produced the base model (what its signature names)
-    reason: str | None = None  # with "wait": what the device waits for, in words (logged by the edge node)
 
 
 def initial_model_blob(task_name: str, seed: int) -> bytes:
@@ -83,6 +84,10 @@ class Orchestrator:
         Validates and aggregates updates (in-process or behind the enclave boundary).
     clock:
         Returns the current time in seconds; a parameter so that tests control deadlines.
+    lease:
+        Round ownership (:mod:`qflare.server.lease`). Every process accepts updates into the database;
+        only the lease holder opens and closes rounds, replaying the updates other processes accepted
+        before it decides (default: always the owner).
     """
 
     def __init__(
@@ -93,7 +98,9 @@ class Orchestrator:
         *,
         clock: Clock = time.time,
         evaluator: Evaluator | None = None,
+        lease: RoundLease | None = None,
     ) -> None:
+        self.lease: RoundLease = lease or SoleLease()
         self.repo = repo
         self.config = config
         self.backend = backend
@@ -102,6 +109,10 @@ class Orchestrator:
         self.ledger: AuditLog | None = None  # set by build_state; docs/ledger.md
         self._lock = threading.RLock()
         self._counts: dict[int, int] = {}
+        # Per round begun in the backend: the devices whose updates it has counted (accepted here or
+        # replayed from the database after another worker accepted them).
+        self._seen: dict[int, set[str]] = {}
+        self._owner = False
         self._task_signatures: dict[int, str | None] = {}
         task = get_task(config.task)
         self.metric: str = task.metric
@@ -109,8 +120,12 @@ class Orchestrator:
 
     # -- start-up --------------------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Create model version 0 if needed and resume any round left open by a crash."""
+        """Create model version 0 if needed and resume any round left open by a crash (the owner only)."""
         with self._lock:
+            if not self.lease.held():
+                self._owner = False
+                return
+            self._owner = True
             now = self.clock()
             if self.repo.latest_model() is None:
                 blob = initial_model_blob(self.config.task, self.config.seed)
@@ -124,10 +139,12 @@ class Orchestrator:
 
     def _resume(self, rnd: RoundRecord) -> None:
         self.backend.begin_round(rnd.round_id, self.repo.model_blob(rnd.base_version), self.spec)
-        count = 0
-        for _record, stored in self.repo.iter_update_blobs(rnd.round_id):
+        seen: set[str] = set()
+        for record, stored in self.repo.iter_update_blobs(rnd.round_id):
             self.backend.replay(rnd.round_id, stored)
-            count += 1
+            seen.add(record.device_id)
+        self._seen[rnd.round_id] = seen
+        count = len(seen)
         self._counts[rnd.round_id] = count
         self.repo.add_event("round_resumed", now=self.clock(), round_id=rnd.round_id, detail=f"{count} updates")
         log.info("resumed round %d with %d accepted updates", rnd.round_id, count)
@@ -155,8 +172,7 @@ class Orchestrator:
             return Assignment(status="done", retry_after=0)
         rnd = self.current_round()
         if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
-            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),
-                              reason=self._wait_reason(device_id, rnd))
+            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
         model = self.repo.get_model(rnd.base_version)
         if model is None:
             raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")
@@ -172,18 +188,6 @@ class Orchestrator:
             model_signature=base64.b64encode(model.signature).decode() if model.signature else None,
             model_round_id=model.round_id,
         )
-
-    def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
-        rc = self.config.rounds
-        if rnd is None:
-            active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
-            if active < rc.min_devices:
-                return (f"waiting for {rc.min_devices} active devices before round {self.repo.last_round_id() + 1}"
-                        f" opens ({active} of {rc.min_devices} active)")
-            return "waiting for the next round to open"
-        if device_id not in rnd.selected:
-            return f"not selected for round {rnd.round_id}; waiting for the next round"
-        return f"update for round {rnd.round_id} received; waiting for the round to close"
 
     def _task_signature(self, rnd: RoundRecord, model_sha256: str) -> str | None:
         # One signature per round serves every device: the task is the same for all of them.
@@ -208,6 +212,8 @@ class Orchestrator:
             raise PermissionDenied(f"device {device_id!r} is not selected for round {round_id}", reason="not_selected")
         if self.repo.has_update(round_id, device_id):
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
+        with self._lock:
+            self._ensure_round(rnd)
         try:
             validated = self.backend.validate(round_id, update)
         except NotFound as exc:
@@ -220,7 +226,9 @@ class Orchestrator:
             record = self._accept(device_id, validated, provenance)
             count = self._counts[round_id]
             rc = self.config.rounds
-            if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
+            full = count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum)
+            # A follower leaves closing to the owner, whose next tick counts this update from the database.
+            if full and self._owner and self.lease.held():
                 self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
                 self._maybe_open_round()
         return record
@@ -246,6 +254,7 @@ class Orchestrator:
         # From here the update is durably accepted: count it even if the backend fails now, since a
         # restarted backend replays it from storage.
         self._counts[update.round_id] = self._counts.get(update.round_id, 0) + 1
+        self._seen.setdefault(update.round_id, set()).add(device_id)
         try:
             self.backend.accumulate(update)
         except EnclaveError as exc:
@@ -261,16 +270,68 @@ class Orchestrator:
 
     # -- the clock -------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Close a round at its deadline, and open the next round when enough devices are active."""
+        """Close a round at its deadline, and open the next round when enough devices are active.
+
+        Only the lease holder does this; a follower only keeps its backend on the open round. The owner
+        first counts what other workers accepted (replaying it from the database), so a quorum reached
+        across workers closes the round and none of their updates is discarded.
+        """
         with self._lock:
+            held = self.lease.held()
+            if held and not self._owner:
+                self._forget_rounds(keep=set())  # rebuild from the database: another owner may have moved on
+                self.bootstrap()
+            self._owner = held
             rnd = self.current_round()
-            if rnd is not None and self.clock() >= rnd.deadline_at:
+            if not held:
+                if rnd is not None:
+                    self._ensure_round(rnd)
+                self._forget_rounds(keep={rnd.round_id} if rnd is not None else set())
+                return
+            if rnd is not None:
+                self._ensure_round(rnd)
+                self._sync(rnd)
                 count = self._counts.get(rnd.round_id, 0)
-                if count >= self.config.rounds.min_quorum:
-                    self._aggregate(rnd, reason="deadline")
-                else:
-                    self._fail(rnd, reason="deadline_no_quorum")
+                rc = self.config.rounds
+                if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
+                    self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+                elif self.clock() >= rnd.deadline_at:
+                    if count >= rc.min_quorum:
+                        self._aggregate(rnd, reason="deadline")
+                    else:
+                        self._fail(rnd, reason="deadline_no_quorum", expect_updates=count)
+            self._forget_rounds(keep={r.round_id for r in self.repo.open_rounds()})
             self._maybe_open_round()
+
+    def _ensure_round(self, rnd: RoundRecord) -> None:
+        """Begin ``rnd`` in this process's backend if it is not yet (a round another process opened)."""
+        if rnd.round_id not in self._seen:
+            self.backend.begin_round(rnd.round_id, self.repo.model_blob(rnd.base_version), self.spec)
+            self._seen[rnd.round_id] = set()
+            self._counts.setdefault(rnd.round_id, 0)
+
+    def _sync(self, rnd: RoundRecord) -> None:
+        """Count the updates of ``rnd`` that other processes accepted (the owner, before it decides)."""
+        seen = self._seen.setdefault(rnd.round_id, set())
+        for device_id in self.repo.update_device_ids(rnd.round_id):
+            if device_id in seen:
+                continue
+            blob = self.repo.update_blob(rnd.round_id, device_id)
+            if blob is None:
+                continue
+            self.backend.replay(rnd.round_id, blob)
+            seen.add(device_id)
+        self._counts[rnd.round_id] = len(seen)
+
+    def _forget_rounds(self, *, keep: set[int]) -> None:
+        for round_id in [r for r in self._seen if r not in keep]:
+            try:
+                self.backend.abort_round(round_id)
+            except Exception:  # noqa: BLE001 - forgetting local state must not stop the clock
+                log.exception("round %d: the backend could not drop it", round_id)
+            self._seen.pop(round_id, None)
+            self._counts.pop(round_id, None)
+            self._task_signatures.pop(round_id, None)
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
@@ -298,6 +359,7 @@ class Orchestrator:
             self.backend.abort_round(round_id)
             raise
         self._counts[round_id] = 0
+        self._seen[round_id] = set()
         self.repo.add_event("round_opened", now=now, round_id=round_id, detail=",".join(selected))
         if self.ledger is not None:
             self.ledger.round_opened(round_id, model.sha256, self.config.aggregation.rule, now + rc.deadline_seconds)
@@ -307,6 +369,15 @@ class Orchestrator:
         """Close ``rnd`` with a new model; any failure fails the round (with its reason) instead of wedging it."""
         try:
             self._close_with_model(rnd, reason=reason)
+        except Conflict as exc:
+            if exc.reason != "round_changed":
+                raise
+            # Another worker accepted an update after this one counted: rebuild the aggregate from the
+            # database; the next tick closes with every update.
+            log.info("round %d: an update arrived while closing; recounting", rnd.round_id)
+            self._forget_rounds(keep={r for r in self._seen if r != rnd.round_id})
+            self._ensure_round(rnd)
+            self._sync(rnd)
         except AggregationError as exc:
             self._fail(rnd, reason=exc.reason, detail=exc.message)
         except Exception as exc:  # noqa: BLE001 - any error at close must fail the round, never wedge it
@@ -316,6 +387,9 @@ class Orchestrator:
 
     def _close_with_model(self, rnd: RoundRecord, *, reason: str) -> None:
         started = time.perf_counter()
+        self._ensure_round(rnd)
+        self._sync(rnd)
+        counted = self._counts.get(rnd.round_id, 0)
         blob = self.backend.finalize(rnd.round_id)
         updates = self.repo.round_updates(rnd.round_id)
         signature = self.backend.model_signature(rnd.round_id)
@@ -341,8 +415,10 @@ class Orchestrator:
             new_model=(version, blob, sha256_hex(blob), self.spec.fingerprint(), signature),
             metrics=metrics,
             drop_update_blobs=not self.config.server.keep_update_blobs,
+            expect_updates=counted,
         )
         self._counts.pop(rnd.round_id, None)
+        self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
                             detail=f"version {version} ({reason}, {len(updates)} updates)")
@@ -352,16 +428,27 @@ class Orchestrator:
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 
-    def _fail(self, rnd: RoundRecord, *, reason: str, detail: str | None = None, keep_updates: bool = False) -> None:
+    def _fail(self, rnd: RoundRecord, *, reason: str, detail: str | None = None, keep_updates: bool = False,
+              expect_updates: int | None = None) -> None:
         """Fail ``rnd``. ``keep_updates`` keeps the accepted updates' stored bytes (a failure of the server,
-        not of the devices: an operator can inspect or re-aggregate them)."""
+        not of the devices: an operator can inspect or re-aggregate them). With ``expect_updates`` the
+        round fails only if it still has exactly that many updates (else the next tick decides again)."""
+        if expect_updates is not None and len(self.repo.update_device_ids(rnd.round_id)) != expect_updates:
+            return
         try:
             self.backend.abort_round(rnd.round_id)
         except Exception:  # noqa: BLE001 - the round fails in storage whatever the backend says
             log.exception("round %d: the backend could not abort it", rnd.round_id)
-        self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
-                              drop_update_blobs=not keep_updates)
+        try:
+            self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
+                                  drop_update_blobs=not keep_updates, expect_updates=expect_updates)
+        except Conflict as exc:
+            if exc.reason != "round_changed":
+                raise
+            self._seen.pop(rnd.round_id, None)  # the backend dropped it: the next tick begins and recounts
+            return
         self._counts.pop(rnd.round_id, None)
+        self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason, detail=detail)
         if self.ledger is not None:

@@ -28,7 +28,8 @@ class ServerState:
     ledger: AuditLog | None = None
 
     def close(self) -> None:
-        """Release what the state holds: the enclave process and the database pool."""
+        """Release what the state holds: the enclave process, the round lease and the database pool."""
         if self.enclave is not None:
             self.enclave.close()
+        self.orchestrator.lease.release()
         self.repo.close()

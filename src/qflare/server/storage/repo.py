@@ -446,14 +446,24 @@ class Repository:
         new_model: tuple[int, bytes, str, str, bytes | None] | None = None,
         metrics: dict[str, Any] | None = None,
         drop_update_blobs: bool = True,
+        expect_updates: int | None = None,
     ) -> RoundRecord:
-        """Close an open round; with ``new_model`` = (version, blob, sha256, spec, signature) store it atomically."""
+        """Close an open round; with ``new_model`` = (version, blob, sha256, spec, signature) store it atomically.
+
+        ``expect_updates`` fences the close against other server processes: the round row is locked (as
+        ``add_update`` locks it), and if the round holds another number of updates than the caller
+        aggregated, nothing changes and :class:`Conflict` ``round_changed`` is raised.
+        """
         with self._tx() as s:
             row = s.get(Round, round_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
             if row.status != "open":
                 raise Conflict(f"round {round_id} is already {row.status}", reason="round_closed")
+            if expect_updates is not None:
+                n = s.scalar(select(func.count()).select_from(Update).where(Update.round_id == round_id))
+                if int(n or 0) != expect_updates:
+                    raise Conflict(f"round {round_id} has {n} updates, not {expect_updates}", reason="round_changed")
             row.status = status
             row.close_reason = reason
             row.closed_at = now
@@ -536,6 +546,19 @@ class Repository:
                 row = s.get(Update, update_id)
                 if row is not None and row.blob is not None:
                     yield _update(row), bytes(row.blob)
+
+    def update_device_ids(self, round_id: int) -> list[str]:
+        """The devices with an accepted update in ``round_id``, in acceptance order."""
+        with self._tx() as s:
+            q = select(Update.device_id).where(Update.round_id == round_id).order_by(Update.update_id)
+            return list(s.scalars(q))
+
+    def update_blob(self, round_id: int, device_id: str) -> bytes | None:
+        """One accepted update's stored bytes (``None`` once dropped at close)."""
+        with self._tx() as s:
+            q = select(Update.blob).where(Update.round_id == round_id, Update.device_id == device_id)
+            blob = s.scalar(q)
+            return bytes(blob) if blob is not None else None
 
     def _update_ids(self, round_id: int) -> list[int]:
         with self._tx() as s:
