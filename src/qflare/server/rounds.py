@@ -148,6 +148,12 @@ class Orchestrator:
         self._counts[rnd.round_id] = count
         self.repo.add_event("round_resumed", now=self.clock(), round_id=rnd.round_id, detail=f"{count} updates")
         log.info("resumed round %d with %d accepted updates", rnd.round_id, count)
+        # A crash between a round's last accepted update and its close leaves a round that only the
+        # deadline would close: close it now when the updates already stored suffice.
+        rc = self.config.rounds
+        if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
+            self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+            self._maybe_open_round()
 
     # -- queries ---------------------------------------------------------------------------------
     def current_round(self) -> RoundRecord | None:
