@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from qflare.server.deps import Operator, State
@@ -68,8 +68,9 @@ def list_models(state: State, _: Operator) -> list[ModelPublic]:
 
 
 @router.get("/events", response_model=list[EventPublic])
-def list_events(state: State, _: Operator, kind: str | None = None, limit: int = 1000) -> list[EventPublic]:
-    return [EventPublic.model_validate(e) for e in state.repo.list_events(kind=kind, limit=min(limit, 10000))]
+def list_events(state: State, _: Operator, kind: str | None = None,
+                limit: int = Query(1000, ge=1, le=10000)) -> list[EventPublic]:
+    return [EventPublic.model_validate(e) for e in state.repo.list_events(kind=kind, limit=limit)]
 
 
 def _status(state: ServerState) -> StatusResponse:

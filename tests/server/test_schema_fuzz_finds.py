@@ -1,0 +1,36 @@
+"""Issue 12: inputs schemathesis found answered 500, and the OpenAPI description of the device routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.server.conftest import ADMIN, Harness, make_harness
+
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+def enclave_harness(tmp_path: Path):  # type: ignore[no-untyped-def]
+    yield from make_harness(tmp_path, enclave=True)
+
+
+def test_attestation_nonce_with_odd_hex_digits_is_refused_not_500(enclave_harness: Harness) -> None:
+    r = enclave_harness.client.get("/v1/enclave/attestation", params={"nonce": "a" * 33})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["reason"] == "invalid_request"
+    ok = enclave_harness.client.get("/v1/enclave/attestation", params={"nonce": "ab" * 16})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "10001", "-9223372036854775809000", "99999999999999999999999"])
+def test_events_limit_out_of_range_is_422(harness: Harness, limit: str) -> None:
+    r = harness.client.get("/v1/admin/events", params={"limit": limit}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["reason"] == "invalid_request"
+
+
+def test_events_limit_in_range(harness: Harness) -> None:
+    for limit in ("1", "10000"):
+        assert harness.client.get("/v1/admin/events", params={"limit": limit}, headers=AUTH).status_code == 200
