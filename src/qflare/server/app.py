@@ -83,6 +83,11 @@ def build_state(
         if config.ledger.enabled else None
     )
     orch.ledger = audit
+    gateway.ledger = audit
+    if enclave is not None and audit is not None:
+        # The enclave's quote at start, its nonce the log's current root (the quote is bound to the log).
+        ident = enclave.identity()
+        audit.enclave_quote_published(ident.measurement, enclave.quote(audit.log.root()), ident.public_keys.encode())
     return ServerState(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
         enclave=enclave, ledger=audit,

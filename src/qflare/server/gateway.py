@@ -21,6 +21,7 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -39,6 +40,9 @@ from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.server.errors import SEALED_MEDIA_TYPE
 from qflare.server.keys import RequestOpener, Sealer
 from qflare.server.storage import DeviceRecord, Repository
+
+if TYPE_CHECKING:
+    from qflare.server.ledger import AuditLog
 
 RESPONSE_MEDIA_TYPE = SEALED_MEDIA_TYPE
 # last_seen is a liveness hint: one write per device every few seconds is enough.
@@ -156,6 +160,7 @@ class DeviceGateway:
         self.opener = opener
         self.window = window_seconds
         self.qkd_lookup = qkd_lookup
+        self.ledger: AuditLog | None = None  # set by build_state: key-source refusals are logged
         self._keys = _DeviceKeyCache()
         self._touched: dict[str, float] = {}
         # Stands in for an unknown device's key: nobody holds its private half (it is discarded).
@@ -187,6 +192,8 @@ class DeviceGateway:
         if device.revoked:
             raise PermissionDenied(f"device {env.device_id!r} is revoked", reason="device_revoked")
         if env.key_source.value != device.key_source:
+            if self.ledger is not None:
+                self.ledger.key_source_refused(env.key_source.value, "key_source_not_allowed", device.device_id)
             raise PermissionDenied(
                 f"device {device.device_id!r} must use key source {device.key_source}, not {env.key_source.value}",
                 reason="key_source_not_allowed",
@@ -196,7 +203,14 @@ class DeviceGateway:
         kem_id = hashlib.sha256(env.kem_ciphertext).hexdigest() if env.kem_ciphertext else None
         self.repo.record_request(device.device_id, env.nonce.hex(), kem_id,
                                  expires_at=env.timestamp_ms / 1000 + self.window + 1)
-        extra = self._qkd_key(env)
+        try:
+            extra = self._qkd_key(env)
+        except QKDError as exc:
+            # The server's KME could not deliver the device's QKD key: the link failed this request.
+            if self.ledger is not None:
+                self.ledger.qkd_link_aborted(f"{device.device_id}->server", exc.reason)
+                self.ledger.key_source_refused(env.key_source.value, exc.reason, device.device_id)
+            raise
         sources = (device.key_source,)
         body: DeviceBody
         sealer: Sealer

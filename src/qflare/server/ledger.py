@@ -27,6 +27,9 @@ from qflare.ledger.entries import (
     AggregatePublished,
     DeviceEnrolled,
     DeviceRevoked,
+    EnclaveQuotePublished,
+    KeySourceRefused,
+    QkdLinkAborted,
     RoundClosed,
     RoundFailed,
     RoundOpened,
@@ -87,6 +90,7 @@ class AuditLog:
         self.checkpoint_interval = checkpoint_interval
         self.lock = threading.RLock()  # writers and the read API (proofs read the in-memory tree)
         self._pending: list[LedgerEvent] = []
+        self._enclave: tuple[bytes, str] | None = None  # the enclave identity last logged
         # envelope SHA-256 -> (leaf index, leaf hash) of its update_accepted entry, for the upload receipt
         self._receipts: dict[str, tuple[int, bytes]] = {}
         # checkpoint body -> cosignature lines pushed by witnesses (served beside the checkpoint)
@@ -244,6 +248,23 @@ class AuditLog:
             AggregatePublished(round_id, model_sha256, rule, {"weighting": "num_examples"}, weights, now),
         )
         self.checkpoint()
+
+    def key_source_refused(self, key_source: str, reason: str, device_id: str | None) -> None:
+        self.record(KeySourceRefused(key_source, reason, device_id, _ms(self.clock())))
+
+    def qkd_link_aborted(self, link_id: str, reason: str, qber: float | None = None) -> None:
+        self.record(QkdLinkAborted(link_id, reason, qber, _ms(self.clock())))
+
+    def enclave_quote_published(self, measurement: bytes, quote: bytes, public_keys: bytes) -> None:
+        """Log the enclave's quote once per identity (measurement + public keys): at start, and again
+        when a restarted enclave comes back with other keys."""
+        ident = (bytes(measurement), hashlib.sha256(public_keys).hexdigest())
+        with self.lock:
+            if self._enclave == ident:
+                return
+            self._enclave = ident
+        self.record(EnclaveQuotePublished(measurement.hex(), hashlib.sha256(quote).hexdigest(), ident[1],
+                                          _ms(self.clock())))
 
     def round_failed(self, round_id: int, reason: str) -> None:
         self.record(RoundFailed(round_id, reason, _ms(self.clock())))

@@ -34,8 +34,11 @@ def attestation(state: State, nonce: str = Query(pattern=r"^(?:[0-9a-f]{2}){16,6
     if enclave is None:
         raise NotFound("this server runs without an enclave", reason="no_enclave")
     ident = enclave.identity()
+    quote = enclave.quote(bytes.fromhex(nonce))
+    if state.ledger is not None:  # logged once per enclave identity (a restart with new keys logs again)
+        state.ledger.enclave_quote_published(ident.measurement, quote, ident.public_keys.encode())
     return AttestationPublic(
-        quote=base64.b64encode(enclave.quote(bytes.fromhex(nonce))).decode(),
+        quote=base64.b64encode(quote).decode(),
         public_keys=base64.b64encode(ident.public_keys.encode()).decode(),
         measurement=ident.measurement.hex(),
         signer=ident.signer.hex(),
