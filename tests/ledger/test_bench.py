@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qflare.bench.ledger import run
+from pathlib import Path
+
+from qflare.bench.ledger import ledger_round_cost, run, run_sql
 from qflare.ledger.store import MemoryLogStore
 
 
@@ -20,3 +22,11 @@ def test_bench_reports_every_figure() -> None:
     } <= set(result)
     assert result["inclusion_ms"] > 0 and result["consistency_ms"] > 0
     assert 0 < result["memory_appends_vs_baseline"] < 10
+
+
+def test_sql_appends_and_the_per_round_cost_are_measured(tmp_path: Path) -> None:
+    # The SQLite part of `qflare bench ledger` (PostgreSQL takes a URL; the simulation is too slow here).
+    sql = run_sql(0.05, tmp_path)
+    cost = ledger_round_cost(tmp_path, clients=2, rounds=2)
+    assert sql["sqlite_appends_per_s"] > 0 and "postgres_appends_per_s" not in sql
+    assert cost["ledger_ms_per_round"] > 0 and cost["clients"] == 2

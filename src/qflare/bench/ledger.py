@@ -5,7 +5,9 @@ Figures are ratios against a baseline measured in the same run on the same machi
 proof timings are per proof (generate from the stored tiles, then verify), for random leaves and
 random size pairs of a 1,000,000-leaf log on the in-memory store; the goal is under 5 ms each.
 
-Entry point: :func:`run` (not wired into the CLI).
+Entry points: :func:`run` (in memory and on a given store), :func:`run_sql` (``SqlLogStore`` on SQLite
+and, given a URL, PostgreSQL), :func:`ledger_round_cost` (the audit log's own work for one round) and
+:func:`simulate_cost` (``qflare simulate`` with and without the ledger). ``qflare bench ledger`` runs them.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from qflare.ledger.log import TransparencyLog
 from qflare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from qflare.ledger.store import LogStore, MemoryLogStore
 
-__all__ = ["run"]
+__all__ = ["ledger_round_cost", "run", "run_sql", "simulate_cost"]
 
 _BATCH = 1000
 _PROOF_TREE = 1_000_000
@@ -120,6 +123,72 @@ def run(
         print(f"build {proof_tree_size}-leaf log: {out['build_proof_tree_seconds']:9.2f} s")
         print(f"inclusion gen+verify:      {out['inclusion_ms']:12.3f} ms (goal < 5 ms)")
         print(f"consistency gen+verify:    {out['consistency_ms']:12.3f} ms (goal < 5 ms)")
+    return out
+
+
+def run_sql(seconds: float, work_dir: Path, postgres_url: str | None = None) -> dict[str, Any]:
+    """Appends/s in batches of 1,000 through ``SqlLogStore`` on a fresh SQLite file (and PostgreSQL)."""
+    from qflare.server.storage.ledger_store import SqlLogStore
+
+    out: dict[str, Any] = {"batch": _BATCH}
+    store = SqlLogStore(f"sqlite:///{(work_dir / 'bench-ledger.db').resolve()}")
+    try:
+        out["sqlite_appends_per_s"] = _appends_per_second(store, seconds)
+    finally:
+        store.close()
+    if postgres_url is not None:
+        pg = SqlLogStore(postgres_url)
+        try:
+            if pg.size() != 0:
+                raise ValueError("the PostgreSQL database must hold no ledger (use an empty schema)")
+            out["postgres_appends_per_s"] = _appends_per_second(pg, seconds)
+        finally:
+            pg.close()
+    return out
+
+
+def ledger_round_cost(work_dir: Path, *, clients: int, rounds: int = 20) -> dict[str, Any]:
+    """The audit log's own time for one round of ``clients`` updates, on SQLite, as the server does it:
+    ``round_opened``, one ``update_accepted`` per client (one transaction each), ``round_closed`` +
+    ``aggregate_published`` and a signed checkpoint."""
+    from qflare.crypto import SigningKey
+    from qflare.server.ledger import AuditLog
+    from qflare.server.storage.ledger_store import SqlLogStore
+
+    store = SqlLogStore(f"sqlite:///{(work_dir / 'bench-round.db').resolve()}")
+    audit = AuditLog(store, SigningKey.generate(), clock=time.time)
+    h = "ab" * 32
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        audit.round_opened(r, h, "fedavg", time.time() + 60)
+        for c in range(clients):
+            audit.update_accepted(f"edge_{c:02d}", r, hashlib.sha256(b"%d/%d" % (r, c)).hexdigest(), 600, 1.25)
+        audit.round_closed(r, h, "fedavg", [(f"edge_{c:02d}", 600) for c in range(clients)])
+    per_round = (time.perf_counter() - t0) / rounds
+    store.close()
+    return {"clients": clients, "ledger_ms_per_round": 1000 * per_round}
+
+
+def _mean_round_seconds(run_dir: Path) -> float:
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        values = [float(r["round_seconds"]) for r in csv.DictReader(f) if r.get("round_seconds")]
+    return sum(values) / len(values)
+
+
+def simulate_cost(work_dir: Path, *, clients: int = 3, rounds: int = 3, enclave: str = "none") -> dict[str, Any]:
+    """Mean round time of a short ``qflare simulate`` run with the ledger and without (``ledger.enabled``),
+    and the ratio. With the ledger the devices also audit it (a checkpoint GET per poll, proofs)."""
+    from qflare.sim.runner import SimulationConfig, run_simulation
+
+    out: dict[str, Any] = {"clients": clients, "rounds": rounds, "enclave": enclave}
+    for label, enabled in (("without", False), ("with", True)):
+        summary = run_simulation(SimulationConfig(task="digits", clients=clients, rounds=rounds, partition="iid",
+                                                  enclave=enclave, ledger=enabled,
+                                                  runs_dir=work_dir / f"sim-{label}"))
+        out[f"round_seconds_{label}_ledger"] = _mean_round_seconds(Path(summary["run_dir"]))
+    out["round_time_ratio"] = out["round_seconds_with_ledger"] / out["round_seconds_without_ledger"]
     return out
 
 

@@ -76,3 +76,32 @@ def enclave(
     with console.status("running in-process and enclave rounds"):
         figures = run(updates=updates, params=params, repeats=repeats)
     _show("qflare bench enclave", figures, json_out)
+
+
+@app.command()
+def ledger(
+    seconds: Annotated[float, typer.Option(help="time budget of each throughput and proof phase")] = 2.0,
+    proof_tree: Annotated[int, typer.Option(help="leaves in the proof tree")] = 1_000_000,
+    postgres: Annotated[str | None, typer.Option(help="also measure appends on this (empty) PostgreSQL URL")] = None,
+    simulate: Annotated[bool, typer.Option(help="round-time cost of the ledger in qflare simulate")] = True,
+    clients: Annotated[int, typer.Option(help="clients of the simulation and of the per-round cost")] = 3,
+    rounds: Annotated[int, typer.Option(help="rounds of each simulation")] = 3,
+    json_out: JsonOut = False,
+) -> None:
+    """Ledger appends/s (memory, SQLite, PostgreSQL), proofs at 1M leaves, and its cost per simulated round."""
+    import tempfile
+    from pathlib import Path
+
+    from qflare.bench.ledger import ledger_round_cost, run, run_sql, simulate_cost
+
+    with tempfile.TemporaryDirectory(prefix="qflare-bench-ledger-") as tmp, console.status("running the benchmarks"):
+        work = Path(tmp)
+        figures: dict[str, Any] = {"memory_and_proofs": run(seconds, proof_tree_size=proof_tree, print_report=False)}
+        figures["sql"] = run_sql(seconds, work, postgres)
+        figures["round"] = ledger_round_cost(work, clients=clients)
+        if simulate:
+            sim = simulate_cost(work, clients=clients, rounds=rounds)
+            sim["ledger_share_of_round"] = figures["round"]["ledger_ms_per_round"] / 1000 / sim[
+                "round_seconds_with_ledger"]
+            figures["simulate"] = sim
+    _show("qflare bench ledger", figures, json_out)
