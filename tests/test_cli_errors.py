@@ -107,3 +107,11 @@ def test_keygen_refuses_a_device_id_that_is_not_one(tmp_path: Path, device_id: s
     code, lines, _ = run_qflare(tmp_path, "device", "keygen", "--device-id", device_id, "--out-dir", "keys")
     assert_one_line_error(code, lines, "--device-id")
     assert not (tmp_path / "keys").exists()
+
+
+def test_version_prints_one_line(tmp_path: Path) -> None:
+    from qflare import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "qflare", "--version"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"qflare {__version__}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -23,6 +24,24 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # never print locals: they may hold keys
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from qflare import __version__
+
+        print(f"qflare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """QFLARE: quantum-safe federated learning for fleets of edge devices."""
+
+
 app.command("server")(server_cmd.server)
 app.command("edge")(edge_cmd.edge)
 app.command("simulate")(simulate_cmd.simulate)

@@ -171,9 +171,113 @@ def list_devices(
     if json_out:
         print(json.dumps(devices))
         return
-    table = Table("device", "status", "key source", "fingerprint", "enrolled (UTC)", "last seen (UTC)")
+    table = Table("device", "status", "key source", "fingerprint", "enrolled (UTC)", "last seen (UTC)", "reason")
     for d in devices:
-        style = "red" if d["status"] == "revoked" else None
+        style = "red" if d["status"] == "revoked" else "yellow" if d["status"] == "quarantined" else None
         table.add_row(d["device_id"], d["status"], d["key_source"], d["fingerprint"], _when(d["created_at"]),
-                      _when(d["last_seen_at"]), style=style)
+                      _when(d["last_seen_at"]), d.get("quarantine_reason") or "", style=style)
     console.print(table)
+
+
+@app.command()
+def restore(
+    device_id: Annotated[str, typer.Argument(help="the device's id")],
+    server: Server = DEFAULT_SERVER,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+) -> None:
+    """Restore a quarantined device: it is selected for rounds again (operator)."""
+    with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
+        rec = op.request("POST", f"/v1/admin/devices/{device_id}/restore")
+    console.print(f"restored {rec['device_id']} (status {rec['status']})")
+
+
+@app.command()
+def provision(
+    device_ids: Annotated[list[str], typer.Argument(help="one or more device ids")],
+    out_dir: Annotated[Path, typer.Option(help="<out-dir>/<id>/ gets the key, the config and the pinned files")]
+    = Path("devices"),
+    trust_file: Annotated[Path, typer.Option(help="written by `qflare server` at start")] = Path(
+        ".qflare/device_trust.yaml"),
+    task: Annotated[str, typer.Option(help="digits | traffic | pollution (the server's task)")] = "digits",
+    key_source: Annotated[str, typer.Option(help="mlkem | qkd | hybrid")] = "mlkem",
+    seed: Annotated[int, typer.Option(help="data partition seed")] = 0,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the server to come up")] = 120.0,
+    server: Annotated[str | None, typer.Option("--server", envvar="QFLARE_SERVER",
+                                               help="server URL (default: the trust file's)")] = None,
+    admin_token: AdminToken = None,
+    ca_file: CAFile = None,
+    force: Annotated[bool, typer.Option(help="replace existing device folders")] = False,
+) -> None:
+    """Operator: for each device, an identity key, its enrollment and a ready ``device_config.yaml``.
+
+    Each ``<out-dir>/<id>/`` is self-contained (paths in its config are relative to the folder): copy it to
+    the device and run ``qflare edge --config <id>/device_config.yaml``. The trust lines (enclave
+    measurement, signer and attestation root, or the server key pin) come from the file ``qflare server``
+    writes at start, so run this after the server has started; it waits for the server up to ``--wait``.
+    """
+    import copy
+    import shutil
+    import time
+    import warnings
+
+    import yaml
+
+    from qflare.config import DeviceConfig, dump_yaml, parse_config
+    from qflare.crypto import SigningKey
+    from qflare.crypto.keyfile import UnencryptedKeyWarning, serialize_public_key, write_private_key, write_public_key
+    from qflare.crypto.secret_access import TOKEN
+    from qflare.edge.client import ServerUnavailable
+
+    for i, device_id in enumerate(device_ids):
+        check_device_id(device_id, option=f"device id #{i + 1}")
+        if (out_dir / device_id).exists() and not force:
+            raise ConfigError(f"{out_dir / device_id} exists; use --force to replace it", reason="key_exists")
+    token = resolve_operator_token(admin_token)
+    # Wait for the server (it may just have been started in the background), then read what it wrote.
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            trust = yaml.safe_load(trust_file.read_text(encoding="utf-8")) if trust_file.exists() else None
+            url = server or (trust or {}).get("server_url")
+            if not url:
+                raise ServerUnavailable(f"{trust_file} is not written yet (has `qflare server` started?)")
+            ca = ca_file or (Path(trust["ca_file"]) if trust and trust.get("ca_file") else None)
+            with OperatorClient(url, token, verify=_verify(ca), timeout=10) as op:
+                op.request("GET", "/v1/admin/devices")
+            break
+        except ServerUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            console.print(f"waiting for the server ({exc.message})", markup=False, highlight=False)
+            time.sleep(1.0)
+    assert trust is not None and url
+    with OperatorClient(url, token, verify=_verify(ca)) as op:
+        for i, device_id in enumerate(device_ids):
+            folder = out_dir / device_id
+            folder.mkdir(parents=True, exist_ok=True)
+            key = SigningKey.generate()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnencryptedKeyWarning)  # said once below
+                write_private_key(folder / f"{device_id}.key", key, token=TOKEN, passphrase=None)
+            write_public_key(folder / f"{device_id}.pub", key.public_key())
+            rec = op.request("POST", "/v1/admin/devices", {
+                "device_id": device_id, "public_key": serialize_public_key(key.public_key()).decode(),
+                "key_source": key_source})
+            cfg: dict[str, object] = {k: v for k, v in copy.deepcopy(trust).items() if k != "server_url"}
+            cfg.update(device_id=device_id, server_url=url, identity_key_file=f"{device_id}.key",
+                       key_source=key_source,
+                       data={"task": task, "num_partitions": len(device_ids), "partition_index": i, "seed": seed})
+            if ca is not None:
+                shutil.copyfile(ca, folder / "ca.pem")
+                cfg["ca_file"] = "ca.pem"
+            att = cfg.get("attestation")
+            if isinstance(att, dict) and att.get("trust_root_file"):
+                root = Path(att["trust_root_file"])
+                shutil.copyfile(root, folder / root.name)
+                att["trust_root_file"] = root.name
+            dump_yaml(parse_config(DeviceConfig, cfg, source=f"{folder}/device_config.yaml"),
+                      folder / "device_config.yaml")
+            console.print(f"{device_id}: enrolled (key {rec['fingerprint']}); {folder / 'device_config.yaml'}")
+    console.print(f"[yellow]warning:[/] the keys in {out_dir} are not encrypted (mode 0600): move each folder to "
+                  "its device and delete it here")
