@@ -34,3 +34,21 @@ def test_events_limit_out_of_range_is_422(harness: Harness, limit: str) -> None:
 def test_events_limit_in_range(harness: Harness) -> None:
     for limit in ("1", "10000"):
         assert harness.client.get("/v1/admin/events", params={"limit": limit}, headers=AUTH).status_code == 200
+
+
+def test_openapi_describes_envelope_bodies_and_error_responses(harness: Harness) -> None:
+    spec = harness.client.get("/openapi.json").json()
+    device_ops = [(p, op) for p, item in spec["paths"].items() if p.startswith("/v1/device/") for op in item.values()]
+    assert len(device_ops) == 4
+    for path, op in device_ops:
+        body = op["requestBody"]["content"]["application/vnd.qflare.envelope"]["schema"]
+        assert body == {"type": "string", "format": "binary"}, path
+        assert "application/vnd.qflare.response" in op["responses"]["200"]["content"], path
+    for path, item in spec["paths"].items():
+        if not path.startswith(("/v1/", "/ledger/")):
+            continue
+        for op in item.values():
+            for code in ("400", "401", "404", "422", "429", "503"):
+                ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/ErrorResponse"), (path, code)
+    assert "HTTPValidationError" not in spec.get("components", {}).get("schemas", {})

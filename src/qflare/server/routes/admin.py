@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare.server.deps import Operator, State
 from qflare.server.enrollment import enroll_by_operator, new_token, token_hash
+from qflare.server.openapi import error_responses
 from qflare.server.schemas import (
     DeviceEnroll,
     DevicePublic,
@@ -19,7 +20,7 @@ from qflare.server.schemas import (
 )
 from qflare.server.state import ServerState
 
-router = APIRouter(prefix="/v1/admin", tags=["operator"])
+router = APIRouter(prefix="/v1/admin", tags=["operator"], responses=error_responses())
 
 
 @router.post("/devices", response_model=DevicePublic, status_code=201)

@@ -23,10 +23,11 @@ from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.server.deps import State
 from qflare.server.errors import SealedRefusal, error_body
 from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited, request_target
+from qflare.server.openapi import ENVELOPE_BODY, error_responses
 from qflare.server.schemas import Heartbeat, TaskResponse, UpdateAccepted
 from qflare.server.state import ServerState
 
-router = APIRouter(prefix="/v1/device", tags=["device"])
+router = APIRouter(prefix="/v1/device", tags=["device"], responses=error_responses(sealed=True))
 
 _SEALED: dict[int | str, dict[str, Any]] = {
     200: {"content": {RESPONSE_MEDIA_TYPE: {}}, "description": "sealed response (docs/protocol.md)"}
@@ -106,24 +107,26 @@ def _sealed_json(call: DeviceCall, obj: Any) -> Response:
     return Response(call.seal(json.dumps(obj, separators=(",", ":")).encode()), media_type=RESPONSE_MEDIA_TYPE)
 
 
-@router.post("/heartbeat", responses=_SEALED, summary="Heartbeat (sealed JSON: Heartbeat)")
+@router.post("/heartbeat", responses=_SEALED, openapi_extra=ENVELOPE_BODY, summary="Heartbeat (sealed JSON: Heartbeat)")
 async def heartbeat(call: Device, state: State) -> Response:
     return _sealed_json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
 
 
-@router.post("/task", responses=_SEALED, summary="Next task (sealed JSON: TaskResponse)")
+@router.post("/task", responses=_SEALED, openapi_extra=ENVELOPE_BODY, summary="Next task (sealed JSON: TaskResponse)")
 async def task(call: Device, state: State) -> Response:
     t = await _work(state, call, functools.partial(state.orchestrator.assignment_for, call.device_id))
     return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
 
 
-@router.post("/model/{version}", responses=_SEALED, summary="Download a global model (sealed safetensors bytes)")
+@router.post("/model/{version}", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
+             summary="Download a global model (sealed safetensors bytes)")
 async def model(version: int, call: Device, state: State) -> Response:
     blob = await _work(state, call, functools.partial(state.orchestrator.load_model, version))
     return Response(call.seal(blob), media_type=RESPONSE_MEDIA_TYPE)
 
 
-@router.post("/rounds/{round_id}/update", responses=_SEALED, summary="Upload an update (sealed JSON: UpdateAccepted)")
+@router.post("/rounds/{round_id}/update", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
+             summary="Upload an update (sealed JSON: UpdateAccepted)")
 async def upload_update(round_id: int, call: Upload, state: State) -> Response:
     assert isinstance(call.body, PlainUpdate | SealedUpdate)
     rec = await _work(

@@ -18,9 +18,10 @@ from qflare.ledger.merkle import leaf_hash
 from qflare.ledger.tiles import parse_tile_path
 from qflare.server.deps import State
 from qflare.server.ledger import AuditLog
+from qflare.server.openapi import error_responses
 from qflare.server.state import ServerState
 
-router = APIRouter(tags=["ledger"])
+router = APIRouter(tags=["ledger"], responses=error_responses())
 
 _DECIMAL = re.compile(r"(0|[1-9][0-9]{0,18})")
 _HASH = re.compile(r"[0-9a-fA-F]{64}")

@@ -10,9 +10,10 @@ from qflare.crypto.keyfile import fingerprint, serialize_public_key
 from qflare.errors import NotFound, QFlareError
 from qflare.server.deps import State
 from qflare.server.enrollment import enroll_with_token
+from qflare.server.openapi import error_responses
 from qflare.server.schemas import AttestationPublic, DevicePublic, SelfEnroll, ServerKeysPublic
 
-router = APIRouter(prefix="/v1", tags=["public"])
+router = APIRouter(prefix="/v1", tags=["public"], responses=error_responses())
 
 
 @router.get("/server/keys", response_model=ServerKeysPublic)
