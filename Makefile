@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The tests also exercise optional extras (the Qiskit circuit backend); the demo does not need them.
 EXTRAS_STAMP := $(VENV)/.extras-stamp
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean compose-test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src/qflare
+
+# Slow (image builds, a real Docker daemon; about 15-30 minutes): its own target, not part of `make test`.
+compose-test:
+	bash docker/compose-test.sh
 
 bench: $(STAMP)
 	$(BIN)/qflare bench auth

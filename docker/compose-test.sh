@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# make compose-test: the Compose federation tested for real on this machine (docs/deploy.md).
+#
+# 1. installs Debian's docker.io, docker-compose and debootstrap if missing (apt-get);
+# 2. starts dockerd unless one answers, and stops it by its PID at the end;
+# 3. builds a python base image from Debian packages (debootstrap + docker import): no registry is needed;
+# 4. builds the three images with BuildKit, handing pip this machine's configuration (`pip config list`:
+#    CA bundle, local wheels) as a build secret and a bind mount: nothing of it lands in a layer or a
+#    published file;
+# 5. brings the stack up, waits for round 1, kills and restarts the server container, waits for round 2,
+#    tears everything down. Logs to $LOG (default runs/compose-test.log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOG=${LOG:-$ROOT/runs/compose-test.log}
+WORK=${WORK:-/var/tmp/qflare-compose}
+DOCKER=${DOCKER:-/usr/bin/docker}        # Debian's client (a newer client elsewhere in PATH needs buildx)
+COMPOSE=${COMPOSE:-docker-compose}       # Compose 1.29 from Debian; `docker compose` (v2) reads the same file
+BASE_TAG=qflare-base:bookworm
+PROJECT=qflare-ct
+TIMEOUT=${TIMEOUT:-900}
+mkdir -p "$(dirname "$LOG")" "$WORK"
+exec > >(tee "$LOG") 2>&1
+say() { printf '%s compose-test: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+t0=$(date +%s)
+
+# 1. packages
+need=()
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+# 2. the daemon
+DOCKERD_PID=""
+cleanup() {
+  say "tearing down"
+  (cd "$ROOT" && QFLARE_IMAGE_TAG=ct $COMPOSE -p $PROJECT down -v --remove-orphans) >/dev/null 2>&1 || true
+  if [ -n "$DOCKERD_PID" ]; then
+    say "stopping dockerd (pid $DOCKERD_PID)"
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    wait "$DOCKERD_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+if ! $DOCKER info >/dev/null 2>&1; then
+  say "starting dockerd"
+  /usr/sbin/dockerd >"$WORK/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 1; done
+  $DOCKER info >/dev/null 2>&1 || { say "dockerd did not start"; tail -20 "$WORK/dockerd.log"; exit 1; }
+fi
+say "docker $($DOCKER version --format '{{.Server.Version}}'), $($COMPOSE version --short 2>/dev/null || $COMPOSE version)"
+
+# 3. the base image from Debian's packages
+if ! $DOCKER image inspect $BASE_TAG >/dev/null 2>&1; then
+  say "debootstrap bookworm (python3, venv, ca-certificates)"
+  rm -rf "$WORK/rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates,libgomp1 \
+    bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -20 "$WORK/debootstrap.log"; exit 1; }
+  rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+  tar -C "$WORK/rootfs" -c . | $DOCKER import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - $BASE_TAG
+  rm -rf "$WORK/rootfs"
+fi
+say "base image $BASE_TAG: $($DOCKER image inspect $BASE_TAG --format '{{.Size}}') bytes"
+
+# 4. build. pip's configuration of this machine, as a secret (never in a layer); local wheels bind-mounted.
+PIPCONF="$WORK/pip.conf"
+WHEELS="$ROOT/docker/wheels"         # ignored by git; bind-mounted at build time only
+mkdir -p "$WHEELS"
+cert=$(pip config get global.cert 2>/dev/null || true)
+links=$(pip config get global.find-links 2>/dev/null || true)
+{
+  echo "[global]"
+  [ -n "$cert" ] && echo "cert = /run/secrets/pip_cert"
+  echo "find-links = /wheels"
+  echo "disable-pip-version-check = 1"
+  echo "default-timeout = 180"
+} >"$PIPCONF"
+if [ -n "$links" ] && [ -d "$links" ]; then
+  for w in "$links"/*.whl; do [ -e "$WHEELS/$(basename "$w")" ] || ln -f "$w" "$WHEELS/" 2>/dev/null || cp "$w" "$WHEELS/"; done
+fi
+secrets=(--secret id=pip_conf,src="$PIPCONF")
+[ -n "$cert" ] && secrets+=(--secret id=pip_cert,src="$cert")
+for svc in server edge kme; do
+  say "building qflare-$svc"
+  DOCKER_BUILDKIT=1 $DOCKER build --network host --progress plain -f docker/$svc.Dockerfile \
+    --build-arg BASE_IMAGE=$BASE_TAG "${secrets[@]}" -t qflare-$svc:ct . >"$WORK/build-$svc.log" 2>&1 \
+    || { tail -40 "$WORK/build-$svc.log"; exit 1; }
+done
+for svc in server edge kme; do
+  say "image qflare-$svc:ct $($DOCKER image inspect qflare-$svc:ct --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+done
+
+# 5. the federation
+export QFLARE_IMAGE_TAG=ct
+wait_round() {   # wait until the server reports at least $1 completed rounds
+  local want=$1 deadline=$(( $(date +%s) + TIMEOUT ))
+  while :; do
+    n=$($COMPOSE -p $PROJECT exec -T server python3 -c "import json,urllib.request,os;print(json.load(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8000/v1/admin/status',headers={'Authorization':'Bearer '+open('/state/admin_token').read().strip()})))['rounds_completed'])" 2>/dev/null || echo -1)
+    [ "$n" -ge "$want" ] 2>/dev/null && { say "rounds completed: $n"; return 0; }
+    [ "$(date +%s)" -lt "$deadline" ] || { say "no round $want in ${TIMEOUT}s"; $COMPOSE -p $PROJECT logs --tail 40; return 1; }
+    sleep 5
+  done
+}
+say "compose up"
+$COMPOSE -p $PROJECT up -d --no-build
+wait_round 1
+say "killing the server container"
+$COMPOSE -p $PROJECT kill -s SIGKILL server
+$COMPOSE -p $PROJECT up -d --no-build server
+wait_round 2
+$COMPOSE -p $PROJECT ps
+say "PASSED in $(( $(date +%s) - t0 )) s"
