@@ -28,6 +28,7 @@ __all__ = [
     "EvaluationConfig",
     "GlobalConfig",
     "LedgerConfig",
+    "ReputationConfig",
     "RetryConfig",
     "RoundsConfig",
     "QKDConfig",
@@ -93,6 +94,14 @@ class AggregationConfig(_Strict):
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         return self
+
+
+class ReputationConfig(_Strict):
+    """Quarantine of devices whose updates are refused or flagged as outliers (qflare.server.reputation)."""
+
+    enabled: bool = True
+    threshold: int = Field(3, ge=1, description="rounds with a refused or flagged update that quarantine a device")
+    window: int = Field(5, ge=1, description="... among the last this many rounds (by round id)")
 
 
 class EvaluationConfig(_Strict):
@@ -193,6 +202,7 @@ class GlobalConfig(_Strict):
     rounds: RoundsConfig = RoundsConfig()
     training: TrainConfig = TrainConfig()
     aggregation: AggregationConfig = AggregationConfig()
+    reputation: ReputationConfig = ReputationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
     enclave: EnclaveHostConfig = EnclaveHostConfig()

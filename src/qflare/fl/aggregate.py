@@ -13,12 +13,16 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qflare.errors import AggregationError, UpdateRejected
 from qflare.fl.spec import ModelSpec
 from qflare.types import NDArrays
+
+if TYPE_CHECKING:
+    from qflare.fl.robust import RuleOutcome
 
 __all__ = [
     "Accumulator",
@@ -87,6 +91,10 @@ class Accumulator(ABC):
         The model's tensors; updates that do not match raise ``ModelSpecMismatch`` /
         ``NonFiniteValues`` from :meth:`ModelSpec.validate`.
     """
+
+    last_outcome: RuleOutcome | None = None
+    """The rule's verdict per update (indices in :meth:`add` order) from the last :meth:`result`, for
+    rules that give one (the robust rules, bounded FedAvg); ``None`` for streaming FedAvg."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -193,11 +201,23 @@ class BufferedAccumulator(Accumulator):
         The model's tensors (see :class:`Accumulator`).
     aggregate_fn:
         The rule, e.g. :func:`fedavg` or a robust rule with the same signature.
+    outcome_fn:
+        Instead of ``aggregate_fn``: a rule returning a :class:`~qflare.fl.robust.RuleOutcome`, kept
+        as :attr:`last_outcome`.
     """
 
-    def __init__(self, spec: ModelSpec, aggregate_fn: AggregateFn) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        aggregate_fn: AggregateFn | None = None,
+        *,
+        outcome_fn: Callable[[Sequence[tuple[NDArrays, int]]], RuleOutcome] | None = None,
+    ) -> None:
         super().__init__(spec)
+        if (aggregate_fn is None) == (outcome_fn is None):
+            raise TypeError("give exactly one of aggregate_fn and outcome_fn")
         self._aggregate_fn = aggregate_fn
+        self._outcome_fn = outcome_fn
         self._results: list[tuple[NDArrays, int]] = []
 
     def _export(self) -> tuple[NDArrays, tuple[int, ...]]:
@@ -224,6 +244,10 @@ class BufferedAccumulator(Accumulator):
         self._results.append(({name: np.array(arrays[name], copy=True) for name in self.spec}, num_examples))
 
     def _result(self) -> NDArrays:
+        if self._outcome_fn is not None:
+            self.last_outcome = self._outcome_fn(self._results)
+            return self.last_outcome.arrays
+        assert self._aggregate_fn is not None
         return self._aggregate_fn(self._results)
 
 

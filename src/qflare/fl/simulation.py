@@ -8,18 +8,22 @@ the deployed system takes, minus networking and cryptography: ``get_arrays`` -> 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 from qflare.errors import ConfigError
+from qflare.fl.poisoning import Poisoner
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.fl.strategies import FedAvg, Strategy
 from qflare.fl.tasks import Task, get_task
 from qflare.fl.train import TrainConfig, get_arrays, set_arrays, train_local
+from qflare.types import NDArrays
 
 __all__ = ["RoundMetrics", "client_seed", "run_inprocess"]
 
@@ -62,6 +66,8 @@ def run_inprocess(
     strategy: Strategy | None = None,
     csv_path: str | Path | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
+    attack: Poisoner | None = None,
+    malicious: Sequence[int] = (),
 ) -> list[RoundMetrics]:
     """Run ``rounds`` rounds with all ``clients`` taking part in each; return per-round metrics.
 
@@ -82,6 +88,10 @@ def run_inprocess(
         Aggregation rule; default :class:`~qflare.fl.strategies.FedAvg`.
     on_round:
         Called with each round's metrics as soon as they exist (progress output).
+    attack, malicious:
+        Model poisoning (:mod:`qflare.fl.poisoning`) by the clients with these indices. Colluding
+        attacks (ALIE, IPM) are given the honest clients' updates of the same round (the omniscient
+        attacker of their papers).
     """
     if clients < 1 or rounds < 1:
         raise ConfigError("need at least one client and one round", reason="invalid_config")
@@ -92,6 +102,11 @@ def run_inprocess(
         task.client_dataset(k, clients, partition=partition, alpha=alpha, seed=seed, csv_path=csv_path)
         for k in range(clients)
     ]
+    bad = frozenset(malicious) if attack is not None else frozenset()
+    if attack is not None and attack.kind == "label-flip":
+        for k in bad:
+            *inputs, labels = datasets[k].tensors  # type: ignore[attr-defined]
+            datasets[k] = TensorDataset(*inputs, torch.from_numpy(attack.poison_labels(labels.numpy())))
     test = task.test_dataset(seed=seed, csv_path=csv_path)
     global_model = task.build_model(seed)
     local_model = task.build_model(seed)
@@ -102,16 +117,25 @@ def run_inprocess(
         global_arrays = get_arrays(global_model)
         accumulator = strategy.accumulator(spec, reference=global_arrays)
         losses, client_seconds, update_bytes = [], [], 0
+        trained: list[tuple[NDArrays, int]] = []
         for k, dataset in enumerate(datasets):
             tic = time.perf_counter()
             set_arrays(local_model, global_arrays)
             result = train_local(local_model, dataset, **config.as_kwargs(), seed=client_seed(seed, r, k))
             client_seconds.append(time.perf_counter() - tic)
-            payload = dump_arrays(get_arrays(local_model))
+            trained.append((get_arrays(local_model), result.num_examples))
+            losses.append((result.mean_loss, result.num_examples))
+        honest = [u for k, (u, _) in enumerate(trained) if k not in bad]
+        for k, (update, num_examples) in enumerate(trained):
+            if k in bad:
+                assert attack is not None
+                rng = np.random.default_rng(client_seed(seed, r, k))
+                update, num_examples = attack.poison_update(update, num_examples, reference=global_arrays, rng=rng,
+                                                            honest=honest if attack.colluding else ())
+            payload = dump_arrays(update)
             update_bytes += len(payload)
             arrays, _ = load_arrays(payload, spec)
-            accumulator.add(arrays, result.num_examples)
-            losses.append((result.mean_loss, result.num_examples))
+            accumulator.add(arrays, num_examples)
         set_arrays(global_model, accumulator.result())
         metrics = task.evaluate(global_model, test)
         total = sum(n for _, n in losses)

@@ -9,7 +9,7 @@ code: :func:`qflare.fl.checks.parse_update` validates, the configured
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qflare.errors import AggregationError, NotFound
 from qflare.fl.aggregate import Accumulator
@@ -27,6 +27,7 @@ class _RoundState:
     spec: ModelSpec
     acc: Accumulator
     base: NDArrays | None  # the round's global model, kept only when the norm bound or the rule needs it
+    sha256s: list[str] = field(default_factory=list)  # of each accumulated update, in add order
 
 
 class InProcessAggregator:
@@ -44,6 +45,7 @@ class InProcessAggregator:
         self.strategy = strategy or FedAvg()
         self._max_norm = max_update_norm
         self._rounds: dict[int, _RoundState] = {}
+        self._flagged: dict[int, list[str]] = {}
         self._lock = threading.Lock()
 
     def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
@@ -78,7 +80,9 @@ class InProcessAggregator:
 
     def accumulate(self, update: ValidatedUpdate) -> None:
         with self._lock:
-            self._state(update.round_id).acc.add(update.handle, update.num_examples)
+            state = self._state(update.round_id)
+            state.acc.add(update.handle, update.num_examples)
+            state.sha256s.append(update.sha256)
 
     def replay(self, round_id: int, stored: bytes) -> None:
         self.accumulate(self.validate(round_id, PlainUpdate(stored)))
@@ -89,8 +93,15 @@ class InProcessAggregator:
             if state.acc.count == 0:
                 raise AggregationError(f"round {round_id} has no updates", reason="no_updates")
             result = state.acc.result()
+            outcome = state.acc.last_outcome
+            self._flagged[round_id] = [state.sha256s[i] for i in outcome.flagged] if outcome is not None else []
             del self._rounds[round_id]
         return dump_arrays(result, {"round_id": str(round_id)})
+
+    def flagged_updates(self, round_id: int) -> list[str]:
+        """SHA-256 of the updates the rule flagged when ``round_id`` was finalized (once; then forgotten)."""
+        with self._lock:
+            return self._flagged.pop(round_id, [])
 
     def abort_round(self, round_id: int) -> None:
         with self._lock:

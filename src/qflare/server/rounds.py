@@ -21,6 +21,7 @@ from qflare.errors import (
     Conflict,
     DuplicateUpdate,
     EnclaveError,
+    InvalidInput,
     NotFound,
     PermissionDenied,
     QFlareError,
@@ -32,6 +33,7 @@ from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
 from qflare.server.evaluation import Evaluator
 from qflare.server.lease import RoundLease, SoleLease
+from qflare.server.reputation import Reputation
 from qflare.server.storage import Repository, RoundRecord, UpdateRecord
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class Orchestrator:
         self.clock = clock
         self.evaluator = evaluator
         self.ledger: AuditLog | None = None  # set by build_state; docs/ledger.md
+        self.reputation = Reputation(repo, config.reputation, clock=clock, ledger=lambda: self.ledger)
         self._lock = threading.RLock()
         self._counts: dict[int, int] = {}
         # Per round begun in the backend: the devices whose updates it has counted (accepted here or
@@ -226,6 +229,9 @@ class Orchestrator:
             # The round closed while this upload was in flight: to the device that is a late update.
             if exc.reason == "unknown_round":
                 self._raise_if_closed(round_id)
+            raise
+        except InvalidInput as exc:
+            self.reputation.strike(device_id, round_id, f"refused {exc.reason}")
             raise
         with self._lock:
             self._raise_if_closed(round_id)
@@ -398,6 +404,8 @@ class Orchestrator:
         counted = self._counts.get(rnd.round_id, 0)
         blob = self.backend.finalize(rnd.round_id)
         updates = self.repo.round_updates(rnd.round_id)
+        flagged_fn = getattr(self.backend, "flagged_updates", None)  # the rule's outliers (in-process backend)
+        flagged = set(flagged_fn(rnd.round_id)) if flagged_fn is not None else set()
         signature = self.backend.model_signature(rnd.round_id)
         metrics: dict[str, Any] = {
             "num_updates": len(updates),
@@ -428,6 +436,9 @@ class Orchestrator:
         self._task_signatures.pop(rnd.round_id, None)
         self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
                             detail=f"version {version} ({reason}, {len(updates)} updates)")
+        for u in updates:
+            if u.sha256 in flagged:
+                self.reputation.strike(u.device_id, rnd.round_id, f"flagged by {self.config.aggregation.rule}")
         if self.ledger is not None:
             self.ledger.round_closed(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
                                      [(u.device_id, u.num_examples) for u in updates])

@@ -57,6 +57,7 @@ class DevicePublic(_Out):
     created_at: float
     last_seen_at: float | None
     revoked_at: float | None
+    quarantine_reason: str | None = None  # why reputation quarantined it (status "quarantined")
 
 
 class ServerKeysPublic(_Out):

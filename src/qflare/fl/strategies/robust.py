@@ -18,6 +18,7 @@ set, which neither backend can supply yet.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,13 @@ from typing import Any, ClassVar
 from qflare.errors import AggregationError, ConfigError
 from qflare.fl.aggregate import Accumulator, BufferedAccumulator
 from qflare.fl.influence import DEFAULT_COUNT_MULTIPLE, DEFAULT_NORM_MULTIPLE, cap_round_num_examples
-from qflare.fl.robust import ROBUST_RULES, check_rule_params, norm_bound
+from qflare.fl.robust import (
+    ROBUST_RULES,
+    ROBUST_RULES_WITH_OUTCOME,
+    RuleOutcome,
+    check_rule_params,
+    norm_bound_with_outcome,
+)
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies.base import Strategy
 from qflare.types import NDArrays
@@ -43,6 +50,7 @@ __all__ = [
     "RobustStrategy",
     "TrimmedMean",
     "bounded_fedavg",
+    "bounded_fedavg_with_outcome",
 ]
 
 Results = Sequence[tuple[NDArrays, int]]
@@ -79,11 +87,11 @@ class RobustStrategy(Strategy):
         return ROBUST_RULES[self.rule](results, **self.params)
 
     def _aggregate_with(self, reference: NDArrays | None) -> Any:
-        def run(results: Results) -> NDArrays:
+        def run(results: Results) -> RuleOutcome:
             kwargs = dict(self.params)
             if self.needs_reference:
                 kwargs["reference"] = reference
-            return ROBUST_RULES[self.rule](results, **kwargs)
+            return ROBUST_RULES_WITH_OUTCOME[self.rule](results, **kwargs)
 
         return run
 
@@ -99,7 +107,7 @@ class RobustStrategy(Strategy):
             raise AggregationError(
                 f"{self.name} needs the round's base model to measure steps", reason="missing_reference"
             )
-        return BufferedAccumulator(spec, self._aggregate_with(reference))
+        return BufferedAccumulator(spec, outcome_fn=self._aggregate_with(reference))
 
     _reference_required: ClassVar[bool] = True
 
@@ -178,6 +186,19 @@ def bounded_fedavg(
     count_multiple: float = DEFAULT_COUNT_MULTIPLE,
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
 ) -> NDArrays:
+    """FedAvg with each device's influence bounded: the QFLARE default (:func:`bounded_fedavg_with_outcome`)."""
+    return bounded_fedavg_with_outcome(
+        results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple
+    ).arrays
+
+
+def bounded_fedavg_with_outcome(
+    results: Results,
+    *,
+    reference: NDArrays,
+    count_multiple: float = DEFAULT_COUNT_MULTIPLE,
+    norm_multiple: float = DEFAULT_NORM_MULTIPLE,
+) -> RuleOutcome:
     """FedAvg with each device's influence bounded: the QFLARE default.
 
     1. Each claimed ``num_examples`` is capped at ``count_multiple`` times the round's median claim
@@ -191,6 +212,8 @@ def bounded_fedavg(
     aggregate by at most ``w_i * (norm_multiple + 1) * median_norm`` from the honest average, where
     ``w_i <= count_multiple * median / total`` is its capped weight.
 
+    The outcome flags every update whose step was clipped or whose claim was capped.
+
     Raises
     ------
     AggregationError
@@ -198,12 +221,15 @@ def bounded_fedavg(
     """
     if not results:
         raise AggregationError("no updates to aggregate", reason="no_updates")
-    capped = cap_round_num_examples([int(n) for _, n in results], median_multiple=count_multiple)
-    return norm_bound(
+    claimed = [int(n) for _, n in results]
+    capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
+    outcome = norm_bound_with_outcome(
         [(arrays, n) for (arrays, _), n in zip(results, capped, strict=True)],
         reference=reference,
         median_multiple=norm_multiple,
     )
+    over = {i for i, (c, n) in enumerate(zip(claimed, capped, strict=True)) if n < c}
+    return dataclasses.replace(outcome, flagged=tuple(sorted(set(outcome.flagged) | over)))
 
 
 class BoundedFedAvg(Strategy):
@@ -250,12 +276,12 @@ class BoundedFedAvg(Strategy):
             raise AggregationError(f"{self.name} needs the round's base model", reason="missing_reference")
         base = reference
 
-        def run(results: Results) -> NDArrays:
-            return bounded_fedavg(
+        def run(results: Results) -> RuleOutcome:
+            return bounded_fedavg_with_outcome(
                 results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple
             )
 
-        return BufferedAccumulator(spec, run)
+        return BufferedAccumulator(spec, outcome_fn=run)
 
     def __repr__(self) -> str:
         return f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
+from qflare.errors import Conflict, NotFound
 from qflare.server.deps import Operator, State
 from qflare.server.enrollment import enroll_by_operator, new_token, token_hash
 from qflare.server.openapi import error_responses
@@ -46,7 +47,25 @@ def create_enrollment_token(body: TokenCreate, state: State, _: Operator) -> Tok
 
 @router.get("/devices", response_model=list[DevicePublic])
 def list_devices(state: State, _: Operator) -> list[DevicePublic]:
-    return [DevicePublic.model_validate(d) for d in state.repo.list_devices()]
+    reputation = state.orchestrator.reputation
+    return [
+        DevicePublic.model_validate(d).model_copy(
+            update={"quarantine_reason": reputation.reason(d.device_id) if d.status == "quarantined" else None}
+        )
+        for d in state.repo.list_devices()
+    ]
+
+
+@router.post("/devices/{device_id}/restore", response_model=DevicePublic)
+def restore_device(device_id: str, state: State, _: Operator) -> DevicePublic:
+    """Make a quarantined device selectable again (its earlier strikes are forgiven)."""
+    rec = state.orchestrator.reputation.restore(device_id)
+    if rec is None:
+        current = state.repo.get_device(device_id)
+        if current is None:
+            raise NotFound(f"device {device_id!r} is not registered", reason="unknown_device")
+        raise Conflict(f"device {device_id!r} is {current.status}, not quarantined", reason="not_quarantined")
+    return DevicePublic.model_validate(rec)
 
 
 @router.post("/devices/{device_id}/revoke", response_model=DevicePublic)

@@ -257,6 +257,17 @@ class Repository:
         with self._tx() as s:
             return [_device(r) for r in s.scalars(select(Device).order_by(Device.device_id))]
 
+    def set_device_status(self, device_id: str, status: str, *, expect: str) -> DeviceRecord | None:
+        """Move a device from ``expect`` to ``status`` (quarantine, restore); ``None`` if it was not ``expect``."""
+        with self._tx() as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                raise NotFound(f"device {device_id!r} is not registered", reason="unknown_device")
+            if row.status != expect:
+                return None
+            row.status = status
+            return _device(row)
+
     def revoke_device(self, device_id: str, *, now: float) -> DeviceRecord:
         with self._tx() as s:
             row = s.get(Device, device_id)
@@ -597,6 +608,16 @@ class Repository:
             q = select(Event).order_by(Event.event_id.desc()).limit(limit)
             if kind is not None:
                 q = q.where(Event.kind == kind)
+            return [
+                EventRecord(r.event_id, r.ts, r.kind, r.device_id, r.round_id, r.reason, r.detail)
+                for r in s.scalars(q)
+            ]
+
+    def device_events(self, device_id: str, kinds: tuple[str, ...], *, limit: int = 1000) -> list[EventRecord]:
+        """The device's events of these kinds, newest first."""
+        with self._tx() as s:
+            q = (select(Event).where(Event.device_id == device_id, Event.kind.in_(kinds))
+                 .order_by(Event.event_id.desc()).limit(limit))
             return [
                 EventRecord(r.event_id, r.ts, r.kind, r.device_id, r.round_id, r.reason, r.detail)
                 for r in s.scalars(q)
