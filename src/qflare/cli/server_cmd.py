@@ -25,9 +25,9 @@ def resolve_admin_token(configured: str | None, token_file: Path) -> str:
     """The operator token: ``QFLARE_ADMIN_TOKEN``, the config, or one generated into ``token_file`` (0600)."""
     token = os.environ.get("QFLARE_ADMIN_TOKEN") or configured
     if token:
-        return token
+        return _strong(token, "QFLARE_ADMIN_TOKEN" if os.environ.get("QFLARE_ADMIN_TOKEN") else "server.admin_token")
     if token_file.exists():
-        return token_file.read_text().strip()
+        return _strong(token_file.read_text().strip(), str(token_file))
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -35,6 +35,33 @@ def resolve_admin_token(configured: str | None, token_file: Path) -> str:
         fh.write(token + "\n")
     console.print(f"operator token written to {token_file} (mode 0600)")
     return token
+
+
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def _strong(token: str, source: str) -> str:
+    # The bearer token is the whole operator credential: a guessable one is refused, wherever it comes from.
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(f"{source}: the operator token has {len(token)} characters; at least "
+                          f"{MIN_ADMIN_TOKEN_CHARS} are required", reason="weak_admin_token")
+    return token
+
+
+def plaintext_exposure_warning(host: str, tls_cert: str | None) -> str | None:
+    """The warning for serving plain HTTP beyond this machine (bearer token and metadata in clear), if due."""
+    import ipaddress
+
+    if tls_cert is not None or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (f"WARNING: serving plain HTTP on {host}, reachable beyond this machine: the operator's bearer token "
+            "and all request metadata cross the network in clear. Use --tls-cert/--tls-key (qflare init writes "
+            "a local CA and certificate) or bind 127.0.0.1 behind a TLS proxy.")
 
 
 def check_tls_files(cert: str | None, key: str | None) -> None:
@@ -80,6 +107,10 @@ def server(
         cfg = cfg.model_copy(update={"server": parse_config(ServerConfig, merged, source="server options")})
     # Checked before the heavy imports and the enclave start: a wrong path or URL is refused in a second.
     check_tls_files(cfg.server.tls_cert, cfg.server.tls_key)
+    exposure = plaintext_exposure_warning(cfg.server.host, cfg.server.tls_cert)
+    if exposure is not None:
+        console.print(f"[bold red]{exposure}[/]", highlight=False)
+        logging.getLogger("qflare.server").warning(exposure)
     from qflare.server.storage import Repository
 
     try:

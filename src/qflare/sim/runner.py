@@ -107,6 +107,11 @@ def spawn_qflare(
         )
 
 
+def edge_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the operator's secrets: an edge process authenticates with its own key only."""
+    return {k: v for k, v in env.items() if k != "QFLARE_ADMIN_TOKEN"}
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -199,7 +204,7 @@ class Federation:
         dump_yaml(device, path)
         self.edges[device.device_id] = spawn_qflare(
             ["edge", "--config", str(path), "--log-level", "info"],
-            self.run_dir / "logs" / f"{device.device_id}.log", self.env,
+            self.run_dir / "logs" / f"{device.device_id}.log", edge_env(self.env),
         )
 
     def stop(self) -> None:
