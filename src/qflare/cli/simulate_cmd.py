@@ -105,7 +105,13 @@ def simulate(
                                 f"rejected {status['rejected_updates']}")
 
         summary = run_simulation(sim, on_progress=on_progress)
-        progress.update(overall, completed=summary["rounds_completed"])
+        # End on the run's final figures, not on the last poll (it read "5/10" beside "200 accepted").
+        final = summary.get(f"final_{t.metric}")
+        progress.update(overall, completed=summary["rounds_completed"],
+                        info=f"{t.metric} {final:.4f}" if isinstance(final, float) else "")
+        progress.update(current, description="all rounds", total=1, completed=1,
+                        info=f"updates accepted {summary.get('accepted_updates', 0)}, "
+                        f"rejected {summary.get('rejected_updates', 0)}")
     _print_summary(summary, t.metric)
     if json_out:
         print(json.dumps(summary, sort_keys=True))

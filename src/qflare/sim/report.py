@@ -23,7 +23,20 @@ def write_metrics_csv(rounds: Sequence[dict[str, Any]], path: Path) -> None:
             w.writerow({**m, **{k: r.get(k) for k in ("round_id", "status", "close_reason", "new_version")}})
 
 
-def write_plot(rounds: Sequence[dict[str, Any]], metric: str, path: Path, *, title: str) -> None:
+UNITS = {"traffic": "vehicles/h", "pollution": "NO2, ug/m3"}
+"""The forecasting tasks' units on the generated city data (a user's CSV has its own)."""
+
+
+def metric_label(metric: str, task: str, *, user_data: bool = False) -> str:
+    """The y-axis label: the metric with its unit (``test MAE (vehicles/h)``, ``test accuracy (fraction)``)."""
+    if metric == "accuracy":
+        return "test accuracy (fraction correct)"
+    unit = "the CSV's units" if user_data else UNITS.get(task, "the data's units")
+    return f"test {metric.upper() if metric in ('mae', 'rmse') else metric} ({unit})"
+
+
+def write_plot(rounds: Sequence[dict[str, Any]], metric: str, path: Path, *, title: str,
+               ylabel: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +54,7 @@ def write_plot(rounds: Sequence[dict[str, Any]], metric: str, path: Path, *, tit
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"test {metric}")
+    ax.set_ylabel(ylabel or f"test {metric}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -49,7 +49,7 @@ from qflare.fl.tasks import get_task
 from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
 from qflare.sim.net import free_port
-from qflare.sim.report import write_metrics_csv, write_plot, write_summary
+from qflare.sim.report import metric_label, write_metrics_csv, write_plot, write_summary
 
 
 class SimulationError(QFlareError):
@@ -463,7 +463,7 @@ def _finish(
     write_metrics_csv(rounds, run_dir / "metrics.csv")
     write_plot(rounds, metric, run_dir / f"{metric}.png",
                title=f"QFLARE {sim.task}: {sim.clients} clients, {sim.partition}"
-               + (f"({sim.alpha})" if sim.partition == "dirichlet" else ""))
+               + (f"({sim.alpha})" if sim.partition == "dirichlet" else ""), ylabel=metric_label(metric, sim.task))
     done = [r for r in rounds if r["status"] == "aggregated"]
     final = (done[-1].get("metrics") or {}) if done else {}
     summary: dict[str, Any] = {
