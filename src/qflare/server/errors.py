@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qflare import errors as e
 
@@ -96,6 +97,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         status = 400 if reason == "malformed_json" else 422
         return JSONResponse(error_body(reason, detail[:1000]), status_code=status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # Nobody is left to answer; one line instead of uvicorn's traceback for an unhandled exception.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        log.info("client %s disconnected during %s %s", client, request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
