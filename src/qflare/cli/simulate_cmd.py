@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
@@ -19,7 +19,7 @@ console = make_console(stderr=True)
 
 
 def simulate(
-    clients: Annotated[int, typer.Option(min=1, max=200, help="number of edge nodes")] = 10,
+    clients: Annotated[int, typer.Option(min=1, max=5000, help="number of edge nodes")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="training rounds")] = 20,
     task: Annotated[str, typer.Option(help="digits | traffic | pollution")] = "digits",
     partition: Annotated[
@@ -49,6 +49,19 @@ def simulate(
     aggregator_params: Annotated[
         str | None, typer.Option(help='aggregation.params as a JSON object, e.g. \'{"f": 2}\'')
     ] = None,
+    attack: Annotated[
+        str | None, typer.Option(help="model poisoning by enrolled devices: sign-flip, scaling, gaussian, label-flip, "
+                                 "sample-inflation, alie, ipm (simulation only; docs/robustness.md)")
+    ] = None,
+    attack_params: Annotated[str | None, typer.Option(help='the attack\'s parameters as JSON, e.g. \'{"factor": 10}\'')
+                             ] = None,
+    malicious_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of devices running --attack (chosen from --seed)")
+    ] = 0.3,
+    devices_per_process: Annotated[
+        int | None, typer.Option(min=1, help="virtual devices per edge process (1: a process per device; "
+                                 "default: 2 processes up to 100 devices, one per 50 above)")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -73,6 +86,10 @@ def simulate(
         enclave=enclave,
         aggregator=aggregator,
         aggregator_params=params,
+        attack=attack,
+        attack_params=_attack_params(attack, attack_params),
+        malicious_fraction=malicious_fraction if attack else 0.0,
+        devices_per_process=devices_per_process,
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
@@ -157,6 +174,23 @@ def check_options(
     return params
 
 
+def _attack_params(attack: str | None, raw: str | None) -> dict[str, Any]:
+    from qflare.fl.poisoning import POISONING_KINDS
+
+    if attack is None:
+        if raw:
+            raise ConfigError("--attack-params: given without --attack", reason="bad_option")
+        return {}
+    _choice("--attack", attack, POISONING_KINDS)
+    try:
+        params = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise ConfigError(f"--attack-params: not JSON ({exc})", reason="bad_option") from None
+    if not isinstance(params, dict):
+        raise ConfigError("--attack-params: must be a JSON object", reason="bad_option")
+    return params
+
+
 def _print_summary(summary: dict[str, Any], metric: str) -> None:
     table = Table(title="QFLARE run summary", show_header=False)
     for key in ("task", "clients", "rounds_completed", f"final_{metric}", f"baseline_{metric}", "wall_seconds",
@@ -166,6 +200,9 @@ def _print_summary(summary: dict[str, Any], metric: str) -> None:
             shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)
             table.add_row(key, shown)
     console.print(table)
+    if "poisoning" in summary:
+        p = summary["poisoning"]
+        console.print(f"[red]poisoning[/]: {p['attack']} {p['params']} by {', '.join(p['malicious'])}")
     if "attacks" in summary:
         at = Table("attack", "attempts", "rejected", "accepted", "reasons", title="attacks")
         for name, st in summary["attacks"].items():
