@@ -72,8 +72,11 @@ say "base image $BASE_TAG: $($DOCKER image inspect $BASE_TAG --format '{{.Size}}
 PIPCONF="$WORK/pip.conf"
 WHEELS="$ROOT/docker/wheels"         # ignored by git; bind-mounted at build time only
 mkdir -p "$WHEELS"
-cert=$(pip config get global.cert 2>/dev/null || true)
-links=$(pip config get global.find-links 2>/dev/null || true)
+pipcfg() {   # a key of `pip config list` (global, else the environment's PIP_* settings)
+  python3 -m pip config list 2>/dev/null | sed -n "s/^\(global\|:env:\)\.$1='\(.*\)'\$/\2/p" | head -1
+}
+cert=$(pipcfg cert)
+links=$(pipcfg find-links)
 {
   echo "[global]"
   [ -n "$cert" ] && echo "cert = /run/secrets/pip_cert"

@@ -82,6 +82,15 @@ class SimulationConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     malicious_fraction: float = 0.0
     ledger: bool = True  # the audit ledger (off only to measure its cost: qflare bench ledger)
+    # Virtual devices per edge process (qflare.sim.fleet); 1: one process per device; None: auto.
+    devices_per_process: int | None = None
+
+
+def edge_processes(clients: int, devices_per_process: int | None) -> int:
+    """How many edge processes host ``clients`` devices: auto is 2 up to 100 devices, one per 50 above."""
+    if devices_per_process is not None:
+        return math.ceil(clients / max(1, devices_per_process))
+    return min(clients, max(2, math.ceil(clients / 50)))
 
 
 def new_run_dir(base: Path) -> Path:
@@ -206,6 +215,20 @@ class Federation:
             ["edge", "--config", str(path), "--log-level", "info"],
             self.run_dir / "logs" / f"{device.device_id}.log", edge_env(self.env),
         )
+
+    def start_fleet(self, name: str, devices: list[DeviceConfig], *, train_slots: int = 1) -> None:
+        """One process hosting ``devices`` as virtual devices (:mod:`qflare.sim.fleet`), each its own config."""
+        paths = []
+        for device in devices:
+            path = self.device_dir / f"{device.device_id}.yaml"
+            dump_yaml(device, path)
+            paths.append(str(path))
+        with (self.run_dir / "logs" / f"{name}.log").open("wb") as log:
+            self.edges[name] = subprocess.Popen(
+                [sys.executable, "-m", "qflare.sim.fleet", "--train-slots", str(train_slots),
+                 "--log-dir", str(self.run_dir / "logs"), *paths],
+                stdout=log, stderr=subprocess.STDOUT, env=edge_env(self.env), start_new_session=True,
+            )
 
     def stop(self) -> None:
         for proc in self.edges.values():
@@ -368,6 +391,7 @@ def _run(
     extra_env = {**sim.extra_env, "QFLARE_SIMULATION": "1"} if malicious else sim.extra_env
     with start_server(config, run_dir, extra_env=extra_env) as fed, contextlib.ExitStack() as stack:
         campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
+        devices: list[DeviceConfig] = []
         for i, device_id in enumerate(device_ids):
             data = DataConfig(
                 task=sim.task,  # type: ignore[arg-type]
@@ -381,7 +405,14 @@ def _run(
             )
             if device_id in malicious:
                 extra["simulation_attack"] = malicious[device_id]
-            fed.start_edge(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
+            devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
+        n_proc = edge_processes(len(devices), sim.devices_per_process)
+        if n_proc >= len(devices):
+            for device in devices:
+                fed.start_edge(device)
+        else:
+            for k in range(n_proc):
+                fed.start_fleet(f"fleet_{k + 1:02d}", devices[k::n_proc])
         if campaign is not None:
             campaign.start()
         status = _wait_finished(fed, sim, on_progress)

@@ -1,0 +1,106 @@
+"""Many virtual edge devices in one process: what ``qflare simulate`` runs instead of one process per device.
+
+Each device is the same :class:`~qflare.edge.node.EdgeNode` that ``qflare edge`` runs, in its own thread,
+with its own ``device_config.yaml``: its own identity key, KEM encapsulations and one-time envelopes, HTTP
+client, data shard and model. What the devices of one process share is only what a real device also
+has for itself and never sends: the Python interpreter and the torch library (loaded once, which is what
+makes a few hundred devices fit one machine). ``train_slots`` bounds how many train at the same moment,
+so that memory holds one training's activations per slot, not per device.
+
+Run as ``python -m qflare.sim.fleet [--train-slots N] CONFIG.yaml ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_fleet"]
+
+log = logging.getLogger("qflare.sim.fleet")
+
+
+def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, results: dict[str, str]) -> None:
+    from qflare.cli.edge_cmd import connect
+    from qflare.config import load_device_config
+    from qflare.edge.audit import build_auditor
+    from qflare.edge.node import EdgeNode
+    from qflare.edge.setup import build_client
+
+    cfg = load_device_config(path)
+    try:
+        with connect(lambda: build_client(cfg, path.parent), cfg) as client:
+            node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http))
+            node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
+            stats = node.run(max_rounds=max_rounds)
+        results[cfg.device_id] = "ok"
+        log.info("%s finished: %s", cfg.device_id, stats.summary())
+    except Exception as exc:  # noqa: BLE001 - one device's failure is reported, the others go on
+        results[cfg.device_id] = f"{type(exc).__name__}: {exc}"
+        log.exception("%s failed", cfg.device_id)
+
+
+def _gated(fn: Callable[[dict[str, Any]], bytes], gate: threading.Semaphore) -> Callable[[dict[str, Any]], bytes]:
+    def train(task: dict[str, Any]) -> bytes:
+        with gate:
+            return fn(task)
+
+    return train
+
+
+class _ThreadFilter(logging.Filter):
+    def __init__(self, thread_name: str) -> None:
+        super().__init__()
+        self.thread_name = thread_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName == self.thread_name
+
+
+def run_fleet(configs: Sequence[Path], *, train_slots: int = 1, max_rounds: int | None = None) -> dict[str, str]:
+    """Run one device per config until each is done; returns ``device_id -> "ok"`` or the failure."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per training slot: the slots, not torch, use the cores
+    gate = threading.Semaphore(max(1, train_slots))
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=_run_one, args=(Path(p), gate, max_rounds, results), name=Path(p).stem,
+                                daemon=True) for p in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qflare.sim.fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", type=Path, help="device_config.yaml files, one per device")
+    parser.add_argument("--train-slots", type=int, default=1, help="devices training at the same time")
+    parser.add_argument("--max-rounds", type=int, default=None)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-dir", type=Path, default=None, help="also one <device_id>.log per device here")
+    args = parser.parse_args(argv)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(threadName)s " + fmt[12:])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.log_dir is not None:
+        for path in args.configs:  # each device's thread is named after its config file
+            handler = logging.FileHandler(args.log_dir / f"{path.stem}.log")
+            handler.setFormatter(logging.Formatter(fmt))
+            handler.addFilter(_ThreadFilter(path.stem))
+            logging.getLogger().addHandler(handler)
+    results = run_fleet(args.configs, train_slots=args.train_slots, max_rounds=args.max_rounds)
+    failed = {d: r for d, r in results.items() if r != "ok"}
+    for d, r in sorted(failed.items()):
+        print(f"{d}: {r}", file=sys.stderr)
+    return 1 if failed or len(results) < len(args.configs) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

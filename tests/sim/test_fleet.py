@@ -1,0 +1,36 @@
+"""Virtual devices: many EdgeNodes per process, each with its own identity, keys, data and envelopes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qflare.sim.runner import SimulationConfig, edge_processes, run_simulation
+
+
+@pytest.mark.parametrize(("clients", "per_process", "expected"),
+                         [(3, 1, 3), (3, None, 2), (100, None, 2), (200, None, 4), (1000, None, 20), (10, 5, 2),
+                          (1, None, 1)])
+def test_edge_processes(clients: int, per_process: int | None, expected: int) -> None:
+    assert edge_processes(clients, per_process) == expected
+
+
+@pytest.mark.slow
+def test_four_virtual_devices_in_one_process_run_the_full_protocol(tmp_path: Path) -> None:
+    # Prepare: one edge process hosts all four devices (each its own config, key and shard)
+    sim = SimulationConfig(task="digits", clients=4, rounds=2, partition="iid", devices_per_process=4,
+                           runs_dir=tmp_path / "runs")
+
+    # Execute
+    summary = run_simulation(sim)
+
+    # Assert: both rounds aggregated all four updates; one fleet log, one log per device
+    run_dir = Path(summary["run_dir"])
+    assert summary["rounds_completed"] == 2 and summary["accepted_updates"] == 8
+    logs = sorted(p.name for p in (run_dir / "logs").iterdir())
+    assert "fleet_01.log" in logs and "fleet_02.log" not in logs
+    for d in ("edge_01", "edge_02", "edge_03", "edge_04"):
+        assert "update accepted" in (run_dir / "logs" / f"{d}.log").read_text()
+    keys = {(run_dir / "devices" / f"edge_0{i}.key").read_bytes() for i in range(1, 5)}
+    assert len(keys) == 4  # four identities
