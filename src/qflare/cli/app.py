@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from qflare.cli import bench, device, edge_cmd, enclave, init_cmd, ledger, qkd, server_cmd, simulate_cmd, witness
+from qflare.cli import (
+    bench,
+    device,
+    edge_cmd,
+    enclave,
+    init_cmd,
+    ledger,
+    ops,
+    qkd,
+    server_cmd,
+    simulate_cmd,
+    witness,
+)
 from qflare.cli.console import make_console
 from qflare.errors import (
     AuthenticationError,
@@ -53,6 +65,10 @@ app.add_typer(enclave.app, name="enclave")
 app.add_typer(bench.app, name="bench")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(witness.app, name="witness")
+app.command("status")(ops.status)
+app.command("events")(ops.events)
+app.add_typer(ops.rounds_app, name="rounds")
+app.add_typer(ops.model_app, name="model")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
 EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (

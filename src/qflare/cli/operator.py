@@ -37,10 +37,14 @@ class OperatorClient:
         self._http.close()
 
     def request(self, method: str, path: str, json: Any = None) -> Any:
+        return self.raw(method, path, json).json()
+
+    def raw(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
+        """The answer itself (for bytes and headers); errors raised as for :meth:`request`."""
         try:
-            resp = self._http.request(method, path, json=json)
+            resp = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"cannot reach {self._http.base_url}: {exc}") from None
         if resp.status_code >= 400:
             raise error_from_response(resp)
-        return resp.json()
+        return resp

@@ -126,6 +126,21 @@ class ModelPublic(_Out):
     created_at: float
 
 
+class UpdatePublic(_Out):
+    round_id: int
+    device_id: str
+    num_examples: int
+    train_loss: float | None
+    sha256: str
+    size_bytes: int
+    received_at: float
+
+
+class RoundDetailPublic(_Out):
+    round: RoundPublic
+    updates: list[UpdatePublic]
+
+
 class EventPublic(_Out):
     event_id: int
     ts: float

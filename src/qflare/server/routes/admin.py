@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from qflare.errors import Conflict, NotFound
+from qflare.server import services
 from qflare.server.deps import Operator, State
 from qflare.server.enrollment import enroll_by_operator, new_token, token_hash
 from qflare.server.openapi import error_responses
@@ -14,6 +15,7 @@ from qflare.server.schemas import (
     DevicePublic,
     EventPublic,
     ModelPublic,
+    RoundDetailPublic,
     RoundPublic,
     StatusResponse,
     TokenCreate,
@@ -82,6 +84,21 @@ def list_rounds(state: State, _: Operator) -> list[RoundPublic]:
     return [RoundPublic.model_validate(r) for r in state.repo.list_rounds()]
 
 
+@router.get("/rounds/{round_id}", response_model=RoundDetailPublic)
+def show_round(round_id: int, state: State, _: Operator) -> RoundDetailPublic:
+    """One round with the updates it accepted."""
+    return RoundDetailPublic.model_validate(services.round_detail(state, round_id))
+
+
+@router.get("/models/{version}/safetensors", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def export_model(version: int, state: State, _: Operator) -> Response:
+    """A global model's safetensors bytes; ``X-QFLARE-SHA256`` is their hash as stored at aggregation."""
+    m = services.model_bytes(state, version)
+    return Response(m.blob, media_type="application/octet-stream",
+                    headers={"X-QFLARE-SHA256": m.record.sha256, "X-QFLARE-Model-Version": str(version)})
+
+
 @router.get("/models", response_model=list[ModelPublic])
 def list_models(state: State, _: Operator) -> list[ModelPublic]:
     return [ModelPublic.model_validate(m) for m in state.repo.list_models()]
@@ -94,29 +111,7 @@ def list_events(state: State, _: Operator, kind: str | None = None,
 
 
 def _status(state: ServerState) -> StatusResponse:
-    repo, orch, cfg = state.repo, state.orchestrator, state.config
-    now = state.clock()
-    current = orch.current_round()
-    latest = repo.latest_model()
-    devices = repo.list_devices()
-    done = [r for r in repo.list_rounds() if r.status == "aggregated"]
-    return StatusResponse(
-        task=cfg.task,
-        metric=orch.metric,
-        rounds_total=cfg.rounds.total,
-        rounds_completed=orch.completed_rounds(),
-        rounds_failed=repo.count_rounds("failed"),
-        finished=orch.finished(),
-        current_round=RoundPublic.model_validate(current) if current else None,
-        current_round_updates=len(repo.round_updates(current.round_id)) if current else 0,
-        latest_metrics=done[-1].metrics if done else None,
-        latest_model_version=latest.version if latest else None,
-        accepted_updates=repo.count_updates(),
-        rejected_updates=repo.count_events("update_rejected"),
-        rejected_requests=repo.count_events("request_rejected"),
-        devices_registered=len(devices),
-        devices_active=len(repo.active_devices(since=now - cfg.rounds.active_window_seconds)),
-    )
+    return StatusResponse.model_validate(services.status(state))
 
 
 @router.get("/status", response_model=StatusResponse)

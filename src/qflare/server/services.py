@@ -1,0 +1,92 @@
+"""What the operator routes do, without HTTP: run status, a round with its updates, a model's bytes.
+
+The admin routes (``server/routes/admin.py``) stay thin: parse, call one function here, shape the answer.
+Everything returns plain frozen records (the routes map them to ``server/schemas.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qflare.errors import NotFound
+from qflare.server.state import ServerState
+from qflare.server.storage.repo import ModelRecord, RoundRecord, UpdateRecord
+
+__all__ = ["ModelBytes", "RoundDetail", "Status", "model_bytes", "round_detail", "status"]
+
+
+@dataclass(frozen=True)
+class Status:
+    """The run at a glance (``GET /v1/admin/status``, ``qflare status``)."""
+
+    task: str
+    metric: str
+    rounds_total: int
+    rounds_completed: int
+    rounds_failed: int
+    finished: bool
+    current_round: RoundRecord | None
+    current_round_updates: int
+    latest_metrics: dict[str, Any] | None
+    latest_model_version: int | None
+    accepted_updates: int
+    rejected_updates: int
+    rejected_requests: int
+    devices_registered: int
+    devices_active: int
+
+
+def status(state: ServerState) -> Status:
+    repo, orch, cfg = state.repo, state.orchestrator, state.config
+    now = state.clock()
+    current = orch.current_round()
+    latest = repo.latest_model()
+    done = [r for r in repo.list_rounds() if r.status == "aggregated"]
+    return Status(
+        task=cfg.task,
+        metric=orch.metric,
+        rounds_total=cfg.rounds.total,
+        rounds_completed=orch.completed_rounds(),
+        rounds_failed=repo.count_rounds("failed"),
+        finished=orch.finished(),
+        current_round=current,
+        current_round_updates=len(repo.round_updates(current.round_id)) if current else 0,
+        latest_metrics=done[-1].metrics if done else None,
+        latest_model_version=latest.version if latest else None,
+        accepted_updates=repo.count_updates(),
+        rejected_updates=repo.count_events("update_rejected"),
+        rejected_requests=repo.count_events("request_rejected"),
+        devices_registered=len(repo.list_devices()),
+        devices_active=len(repo.active_devices(since=now - cfg.rounds.active_window_seconds)),
+    )
+
+
+@dataclass(frozen=True)
+class RoundDetail:
+    """One round with the updates it accepted (``qflare rounds show``)."""
+
+    round: RoundRecord
+    updates: tuple[UpdateRecord, ...]
+
+
+def round_detail(state: ServerState, round_id: int) -> RoundDetail:
+    rnd = state.repo.get_round(round_id)
+    if rnd is None:
+        raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+    return RoundDetail(rnd, tuple(state.repo.round_updates(round_id)))
+
+
+@dataclass(frozen=True)
+class ModelBytes:
+    """A stored global model: its record and its safetensors bytes (``qflare model export``)."""
+
+    record: ModelRecord
+    blob: bytes
+
+
+def model_bytes(state: ServerState, version: int) -> ModelBytes:
+    rec = state.repo.get_model(version)
+    if rec is None:
+        raise NotFound(f"model version {version} does not exist", reason="unknown_model_version")
+    return ModelBytes(rec, state.repo.model_blob(version))
