@@ -72,8 +72,8 @@ class RoundsConfig(_Strict):
 class AggregationConfig(_Strict):
     rule: str = Field("fedavg", description="aggregation strategy (qflare.fl.strategies): fedavg, ...")
     max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
-    params: dict[str, float | int | None] = Field(
-        default_factory=dict, description="the rule's parameters, e.g. {f: 2} for krum (docs/robustness.md)"
+    params: dict[str, float | int | str | None] = Field(
+        default_factory=dict, description="the rule's parameters, e.g. {f: 2} for krum, {base: median} for fedadam"
     )
 
     @field_validator("rule")

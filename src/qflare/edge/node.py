@@ -194,6 +194,7 @@ class EdgeNode:
         result = train_local(
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
             optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
+            proximal_mu=tc.proximal_mu,
         )
         update, num_examples = get_arrays(self.model), result.num_examples
         if self.poisoner is not None:

@@ -76,6 +76,8 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/strategies/robust.py",
             "qflare/fl/robust.py",
             "qflare/fl/influence.py",
+            "qflare/fl/optimizers.py",
+            "qflare/fl/strategies/server_opt.py",
             # the enclave itself: shared formats and the trusted side
             "qflare/enclave/__init__.py",
             "qflare/enclave/channel.py",

@@ -59,11 +59,14 @@ def train_local(
     weight_decay: float = 0.0,
     seed: int = 0,
     loss_fn: LossFn | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset``; deterministic for a ``seed`` on one thread.
 
-    ``loss_fn`` defaults to ``model.loss``. Raises ``ConfigError`` for impossible settings or an
-    empty dataset.
+    ``loss_fn`` defaults to ``model.loss``. With ``proximal_mu > 0`` the loss gains FedProx's
+    proximal term ``mu / 2 * ||w - w_start||^2`` (``w_start``: the weights on entry, i.e. the round's
+    global model; see :class:`~qflare.fl.training_config.TrainConfig`). ``mean_loss`` reports the
+    task loss without it. Raises ``ConfigError`` for impossible settings or an empty dataset.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(
@@ -76,7 +79,11 @@ def train_local(
     criterion = loss_fn or getattr(model, "loss", None)
     if criterion is None:
         raise ConfigError(f"{type(model).__name__} has no loss(); pass loss_fn", reason="invalid_train_config")
+    if proximal_mu < 0:
+        raise ConfigError(f"proximal_mu must be >= 0, got {proximal_mu}", reason="invalid_train_config")
     opt = _optimizer(model, optimizer, lr, momentum, weight_decay)
+    # Don't track the start point's gradient: it is the fixed anchor of the proximal term.
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     generator = torch.Generator().manual_seed(seed)
     model.train()
     total, steps = 0.0, 0
@@ -86,7 +93,11 @@ def train_local(
             *inputs, target = batch
             opt.zero_grad(set_to_none=True)
             loss = criterion(model(*inputs), target)
-            loss.backward()
+            objective = loss
+            if anchor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                objective = loss + 0.5 * proximal_mu * prox
+            objective.backward()
             opt.step()
             total += float(loss.detach()) * len(target)
             steps += 1

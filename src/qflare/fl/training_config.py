@@ -30,6 +30,10 @@ class TrainConfig(BaseModel):
         SGD momentum (ignored by Adam).
     weight_decay:
         L2 penalty.
+    proximal_mu:
+        FedProx (Li, Sahu, Zaheer, Sanjabi, Talwalkar & Smith, MLSys 2020, "Federated Optimization in
+        Heterogeneous Networks"): adds ``mu / 2 * ||w - w_global||^2`` to the local loss, keeping
+        local models near the round's global model; 0 (default) is plain local training.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,6 +44,7 @@ class TrainConfig(BaseModel):
     optimizer: OptimizerName = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    proximal_mu: float = Field(0.0, ge=0, le=100)
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`~qflare.fl.train.train_local`."""

@@ -8,10 +8,26 @@ from qflare.errors import ConfigError
 from qflare.fl.strategies.base import Strategy
 from qflare.fl.strategies.fedavg import FedAvg
 from qflare.fl.strategies.robust import ROBUST_STRATEGIES, BoundedFedAvg
+from qflare.fl.strategies.server_opt import SERVER_OPT_STRATEGIES, FedAdagrad, FedAdam, FedAvgM, FedYogi
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "BoundedFedAvg", "FedAvg", "Strategy", "get_strategy"]
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "BoundedFedAvg",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedYogi",
+    "Strategy",
+    "get_strategy",
+]
 
-STRATEGIES: dict[str, type[Strategy]] = {FedAvg.name: FedAvg, **{s.name: s for s in ROBUST_STRATEGIES}}
+STRATEGIES: dict[str, type[Strategy]] = {
+    FedAvg.name: FedAvg,
+    **{s.name: s for s in ROBUST_STRATEGIES},
+    **{s.name: s for s in SERVER_OPT_STRATEGIES},
+}
 """``aggregation.rule`` -> strategy class. FLTrust is not registered (it needs a server root update)."""
 
 DEFAULT_STRATEGY = BoundedFedAvg.name
