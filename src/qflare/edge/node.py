@@ -20,6 +20,7 @@ from qflare.errors import (
     AuthenticationError,
     Conflict,
     DecryptionFailed,
+    DuplicateUpdate,
     InvalidInput,
     InvalidSignature,
     LedgerIntegrityError,
@@ -207,6 +208,35 @@ class EdgeNode:
         }
         return dump_arrays(update, meta)
 
+    UPLOAD_ATTEMPTS = 5
+
+    def _send_update(self, round_id: int, update: bytes) -> dict[str, Any] | None:
+        """Upload ``update``; after a 5xx re-send it (a fresh envelope each time, docs/protocol.md 13.3).
+
+        A 5xx can come after the server durably accepted the update (the enclave died while sealing
+        the answer), so a ``duplicate_update`` refusal of a re-send means accepted: ``None`` is returned
+        (there is no receipt). A duplicate on the first attempt stays a refusal.
+        """
+        rc = self.config.retry
+        delay = rc.initial_seconds
+        for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
+            try:
+                return self.client.upload_update(round_id, update)
+            except ServerUnavailable as exc:
+                if attempt == self.UPLOAD_ATTEMPTS:
+                    raise
+                self.stats.retries += 1
+                wait = delay * (0.5 + self._rng.random())
+                log.info("%s: round %d upload unanswered (%s: %s); re-sending in %.1f s", self.config.device_id,
+                         round_id, exc.reason, exc.message, wait)
+                self.sleep(wait)
+                delay = min(delay * 2, rc.max_seconds)
+            except DuplicateUpdate:
+                if attempt == 1:
+                    raise
+                return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def step(self) -> str:
         """One poll: returns the task status seen (``train``, ``wait`` or ``done``)."""
         if self.auditor is not None:
@@ -218,11 +248,12 @@ class EdgeNode:
             round_id = int(task["round_id"])
             update = self.train_round(task)
             try:
-                receipt = self.client.upload_update(round_id, update)
+                receipt = self._send_update(round_id, update)
                 self.stats.uploads_accepted += 1
-                if self.auditor is not None:
+                if self.auditor is not None and receipt is not None:
                     self.auditor.expect(receipt)
-                log.info("%s: round %d update accepted", self.config.device_id, round_id)
+                log.info("%s: round %d update accepted%s", self.config.device_id, round_id,
+                         "" if receipt is not None else " (duplicate_update after an unanswered attempt)")
             except (Conflict, NotFound, InvalidInput) as exc:
                 # A late update (the round closed or is no longer aggregated), a duplicate, or one the
                 # server's validation refused: a normal event in a federation. Log it, go on to the next task.
