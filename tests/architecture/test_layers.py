@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a package may import its own layer and those below)::
 
-    0  qflare.errors, qflare.types
+    0  qflare.errors, qflare.types, qflare.logs        (log format and the request/device ids it prints)
     1  qflare.crypto
     2  qflare.fl, qflare.qkd, qflare.ledger            (pure domain: no HTTP server, no SQL)
     3  qflare.enclave                                  (host client + trusted code + shared wire formats)
@@ -27,7 +27,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "qflare"
 
 LAYER = {
-    "errors": 0, "types": 0, "__init__": 0, "__main__": 6,
+    "errors": 0, "types": 0, "logs": 0, "__init__": 0, "__main__": 6,
     "crypto": 1,
     "fl": 2, "qkd": 2, "ledger": 2,
     "config": 2.5,

@@ -8,10 +8,10 @@ import logging
 import httpx
 import pytest
 
-from qflare.cli.edge_cmd import connect
 from qflare.config import RetryConfig
 from qflare.edge.client import ServerUnavailable
 from qflare.edge.node import EdgeNode, GaveUp, NodeStats
+from qflare.edge.setup import connect
 from tests.edge.test_client import _cfg, _client, _sealed
 
 

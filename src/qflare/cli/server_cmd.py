@@ -13,6 +13,7 @@ import typer
 from qflare.cli.console import make_console
 from qflare.config import load_global_config
 from qflare.errors import ConfigError
+from qflare.logs import configure_logging
 
 console = make_console(stderr=True)
 
@@ -91,6 +92,8 @@ def server(
     tls_cert: Annotated[str | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
     tls_key: Annotated[str | None, typer.Option(help="private key for --tls-cert (PEM)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_format: Annotated[str, typer.Option(help="text | json (one object per line, with request and device id)")]
+    = "text",
     bench_endpoint: Annotated[bool, typer.Option(hidden=True, help="add POST /bench/bare (qflare bench auth)")]
     = False,
     workers: Annotated[int, typer.Option(help="web worker processes (PostgreSQL and enclave.backend: none "
@@ -138,8 +141,7 @@ def server(
     from qflare.server.app import build_state, create_app
     from qflare.server.trust import device_config_snippet
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
+    configure_logging(log_level, log_format)
     token = resolve_admin_token(cfg.server.admin_token, token_file)
     state = build_state(cfg, admin_token=token, repo=repo, lease=lease)
     app = create_app(state, bench_endpoint=bench_endpoint)
@@ -158,5 +160,7 @@ def server(
     trust_file.write_text(snippet + "\n", encoding="utf-8")
     console.print(f"device trust written to {trust_file} (read by qflare device provision)")
     uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
-                ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key)
+                ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key,
+                # JSON: uvicorn's own lines go through the root logger's formatter too
+                log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG)
 

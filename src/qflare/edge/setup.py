@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +107,24 @@ def build_client(cfg: DeviceConfig, base: Path, *, qkd_keys: QKDKeyFetcher | Non
         root = load_trust_root(cfg.resolve(a.trust_root_file, base)) if a.trust_root_file else None
         client.require_attestation(a, root)  # verified before the first request is sealed
     return client
+
+
+def connect(build: Callable[[], DeviceClient], cfg: DeviceConfig, *, sleep: Callable[[float], None] = time.sleep,
+            clock: Callable[[], float] = time.monotonic) -> DeviceClient:
+    """Build the client, retrying (with the cause in each line) while the server cannot be reached: an edge
+    started before its server waits for it, as the node loop does later."""
+    from qflare.edge.node import GaveUp  # lazy: the node loop imports torch
+
+    rc, log = cfg.retry, logging.getLogger("qflare.edge")
+    delay, started = rc.initial_seconds, clock()
+    while True:
+        try:
+            return build()
+        except ServerUnavailable as exc:
+            if rc.give_up_after_seconds is not None and clock() - started > rc.give_up_after_seconds:
+                raise GaveUp(f"server unavailable for {clock() - started:.0f} s: {exc.message}",
+                             reason=exc.reason) from None
+            log.info("%s: server unavailable (%s: %s); retrying in %.1f s", cfg.device_id, exc.reason, exc.message,
+                     delay)
+            sleep(delay)
+            delay = min(delay * 2, rc.max_seconds)

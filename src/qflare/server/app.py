@@ -25,6 +25,8 @@ from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.lease import RoundLease
 from qflare.server.ledger import AuditLog
+from qflare.server.metrics import install_metrics
+from qflare.server.request_context import install_request_ids
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
 from qflare.server.routes.ledger import router as ledger_router
@@ -189,6 +191,8 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     )
     app.state.qflare = state
     install_error_handlers(app)
+    install_metrics(app, state)
+    install_request_ids(app)  # outermost: the request id is bound before anything logs
     app.include_router(device.router)
     app.include_router(admin.router)
     app.include_router(public.router)

@@ -26,11 +26,10 @@ log = logging.getLogger("qflare.sim.fleet")
 
 
 def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, results: dict[str, str]) -> None:
-    from qflare.cli.edge_cmd import connect
     from qflare.config import load_device_config
     from qflare.edge.audit import build_auditor
     from qflare.edge.node import EdgeNode
-    from qflare.edge.setup import build_client
+    from qflare.edge.setup import build_client, connect
 
     cfg = load_device_config(path)
     try:

@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from qflare.crypto.envelope import Envelope, parse_envelope
 from qflare.errors import QFlareError, Unauthenticated
 from qflare.fl.port import PlainUpdate, SealedUpdate
+from qflare.logs import bind_device
 from qflare.server.deps import State
 from qflare.server.errors import SealedRefusal, error_body
 from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited, request_target
@@ -56,14 +57,17 @@ async def _authenticate(request: Request, state: ServerState, *, update_round: i
     body = b""
     try:
         body = await read_body_limited(request, limit)
-        return await run_in_threadpool(
+        call = await run_in_threadpool(
             functools.partial(
                 state.gateway.authenticate, body, method=request.method, target=request_target(request),
                 round_id=update_round, now=state.clock(), max_size=limit, update=update,
             )
         )
+        bind_device(call.device_id)  # for the logs (qflare.logs)
+        return call
     except QFlareError as exc:
         device, how = _claimed(body, limit) if body else (None, "")
+        bind_device(device)
         # The server's record keeps the precise cause that the caller is not told.
         reason = exc.cause if isinstance(exc, Unauthenticated) else exc.reason
         _record(state, "update_rejected" if update else "request_rejected", device, update_round, reason,

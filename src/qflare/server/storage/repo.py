@@ -603,6 +603,13 @@ class Repository:
                 )
             )
 
+    def count_events_by_reason(self, kinds: Sequence[str]) -> dict[tuple[str, str | None], int]:
+        """``{(kind, reason): count}`` over events of ``kinds`` (the metrics' refusals by reason)."""
+        with self._tx() as s:
+            q = select(Event.kind, Event.reason, func.count()).where(Event.kind.in_(kinds)).group_by(
+                Event.kind, Event.reason)
+            return {(kind, reason): int(n) for kind, reason, n in s.execute(q)}
+
     def list_events(self, *, kind: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._tx() as s:
             q = select(Event).order_by(Event.event_id.desc()).limit(limit)
