@@ -109,6 +109,18 @@ class EvaluationConfig(_Strict):
     csv_path: str | None = None
 
 
+class RateLimitConfig(_Strict):
+    """Token buckets (server/ratelimit.py): ``per_second`` refill and ``burst``; ``enabled: false`` turns all off."""
+
+    enabled: bool = True
+    operator_failures_per_second: float = Field(0.5, gt=0, description="wrong operator tokens, per source")
+    operator_failures_burst: int = Field(10, ge=1)
+    enrollment_per_second: float = Field(1.0, gt=0, description="self-enrollment attempts, per source")
+    enrollment_burst: int = Field(20, ge=1)
+    device_refusals_per_second: float = Field(20.0, gt=0, description="device requests refused unopened, per source")
+    device_refusals_burst: int = Field(200, ge=1)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -122,6 +134,7 @@ class ServerConfig(_Strict):
     enrollment_token_ttl_seconds: float = Field(3600.0, gt=0)
     tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")
     tls_key: str | None = Field(None, description="PEM private key for tls_cert")
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

@@ -12,6 +12,7 @@ Domain packages raise these; only ``qflare.server.errors`` maps them to HTTP sta
     │   ├── NonFiniteValues         NaN or Inf in a tensor
     │   └── UpdateRejected          a well-formed update that fails a policy check (norm, ...)
     ├── PayloadTooLarge             over a configured size limit
+    ├── RateLimited                 too many requests from one source or device (retry after)
     ├── AuthenticationError         the sender could not be authenticated
     │   ├── Unauthenticated         one answer for unknown device / bad signature (cause kept server-side)
     │   ├── UnknownDevice
@@ -52,6 +53,7 @@ __all__ = [
     "NonFiniteValues",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "PermissionDenied",
     "QFlareError",
     "QKDError",
@@ -115,6 +117,16 @@ class UpdateRejected(InvalidInput):
 
 class PayloadTooLarge(QFlareError):
     default_reason = "payload_too_large"
+
+
+class RateLimited(QFlareError):
+    """Refused for rate; ``retry_after`` is when one more request would be allowed, in seconds."""
+
+    default_reason = "rate_limited"
+
+    def __init__(self, message: str = "", *, reason: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class AuthenticationError(QFlareError):

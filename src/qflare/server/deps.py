@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from qflare.errors import AuthenticationError
+from qflare.server.ratelimit import RateLimits, build_rate_limits, source_of
 from qflare.server.state import ServerState
 
 
@@ -19,9 +20,25 @@ def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
+def rate_limits(request: Request) -> RateLimits:
+    """The app's limiters, built from the config at first use."""
+    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+    if limits is None:
+        limits = build_rate_limits(get_state(request).config.server.rate_limits)
+        request.app.state.rate_limits = limits
+    return limits
+
+
 def require_operator(request: Request, state: State) -> None:
+    # Wrong tokens are limited per source (guessing); a source over its budget is refused before the compare.
+    limiter = rate_limits(request).operator_failures
+    source = source_of(request.client)
+    if limiter is not None:
+        limiter.check(source)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
+        if limiter is not None:
+            limiter.charge(source)
         raise AuthenticationError("operator credential missing or wrong", reason="operator_auth")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ STATUS_TABLE: tuple[tuple[type[e.QFlareError], int], ...] = (
     (e.UpdateRejected, 422),
     (e.InvalidInput, 400),
     (e.PayloadTooLarge, 413),
+    (e.RateLimited, 429),
     (e.AuthenticationError, 401),
     (e.PermissionDenied, 403),
     (e.NotFound, 404),
@@ -86,6 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("server error %s: %s", exc.reason, exc.message)
         headers = {"Retry-After": "1"} if status == 503 else None
+        if isinstance(exc, e.RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse(error_body(exc.reason, exc.message), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

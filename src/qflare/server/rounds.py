@@ -34,7 +34,7 @@ from qflare.fl.train import get_arrays
 from qflare.server.evaluation import Evaluator
 from qflare.server.lease import RoundLease, SoleLease
 from qflare.server.reputation import Reputation
-from qflare.server.storage import Repository, RoundRecord, UpdateRecord
+from qflare.server.storage import NewEvent, Repository, RoundRecord, UpdateRecord
 
 if TYPE_CHECKING:
     from qflare.server.ledger import AuditLog
@@ -262,6 +262,8 @@ class Orchestrator:
             blob=update.stored,
             size_bytes=update.size_bytes,
             now=self.clock(),
+            event=NewEvent("update_accepted", device_id=device_id, round_id=update.round_id,
+                           detail=f"{update.sha256} {provenance}".strip()),
         )
         # From here the update is durably accepted: count it even if the backend fails now, since a
         # restarted backend replays it from storage.
@@ -366,13 +368,13 @@ class Orchestrator:
             self.repo.open_round(
                 round_id, base_version=model.version, selected=selected, now=now,
                 deadline_at=now + rc.deadline_seconds,
+                event=NewEvent("round_opened", round_id=round_id, detail=",".join(selected)),
             )
         except BaseException:
             self.backend.abort_round(round_id)
             raise
         self._counts[round_id] = 0
         self._seen[round_id] = set()
-        self.repo.add_event("round_opened", now=now, round_id=round_id, detail=",".join(selected))
         if self.ledger is not None:
             self.ledger.round_opened(round_id, model.sha256, self.config.aggregation.rule, now + rc.deadline_seconds)
         log.info("round %d opened: %d of %d active devices selected", round_id, k, len(active))
@@ -430,12 +432,12 @@ class Orchestrator:
             metrics=metrics,
             drop_update_blobs=not self.config.server.keep_update_blobs,
             expect_updates=counted,
+            event=NewEvent("round_aggregated", round_id=rnd.round_id,
+                           detail=f"version {version} ({reason}, {len(updates)} updates)"),
         )
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
-        self.repo.add_event("round_aggregated", now=self.clock(), round_id=rnd.round_id,
-                            detail=f"version {version} ({reason}, {len(updates)} updates)")
         for u in updates:
             if u.sha256 in flagged:
                 self.reputation.strike(u.device_id, rnd.round_id, f"flagged by {self.config.aggregation.rule}")
@@ -458,7 +460,8 @@ class Orchestrator:
             log.exception("round %d: the backend could not abort it", rnd.round_id)
         try:
             self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
-                                  drop_update_blobs=not keep_updates, expect_updates=expect_updates)
+                                  drop_update_blobs=not keep_updates, expect_updates=expect_updates,
+                                  event=NewEvent("round_failed", round_id=rnd.round_id, reason=reason, detail=detail))
         except Conflict as exc:
             if exc.reason != "round_changed":
                 raise

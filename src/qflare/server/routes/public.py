@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from qflare.crypto.keyfile import fingerprint, serialize_public_key
 from qflare.errors import NotFound, QFlareError
-from qflare.server.deps import State
+from qflare.server.deps import State, rate_limits
 from qflare.server.enrollment import enroll_with_token
 from qflare.server.openapi import error_responses
+from qflare.server.ratelimit import source_of
 from qflare.server.schemas import AttestationPublic, DevicePublic, SelfEnroll, ServerKeysPublic
 
 router = APIRouter(prefix="/v1", tags=["public"], responses=error_responses())
@@ -48,8 +49,11 @@ def attestation(state: State, nonce: str = Query(pattern=r"^(?:[0-9a-f]{2}){16,6
 
 
 @router.post("/enroll", response_model=DevicePublic, status_code=201)
-def self_enroll(body: SelfEnroll, state: State) -> DevicePublic:
+def self_enroll(body: SelfEnroll, state: State, request: Request) -> DevicePublic:
     """A device enrolls its own public key with a one-time token (and proves it holds the private key)."""
+    limiter = rate_limits(request).enrollment
+    if limiter is not None:
+        limiter.take(source_of(request.client))  # token guessing: a budget of attempts per source
     try:
         rec = enroll_with_token(state.repo, body.device_id, body.public_key, body.token, body.signature,
                                 now=state.clock())

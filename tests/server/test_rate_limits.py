@@ -1,0 +1,51 @@
+"""Issue 12: per-source rate limits on operator-token guessing and self-enrollment answer 429 with Retry-After."""
+
+from __future__ import annotations
+
+import pytest
+
+from qflare.errors import RateLimited
+from qflare.server.ratelimit import TokenBucketLimiter
+from tests.server.conftest import ADMIN, Harness
+
+
+def test_bucket_refills_at_its_rate() -> None:
+    t = [0.0]
+    lim = TokenBucketLimiter(2.0, 3, name="x", clock=lambda: t[0])
+    for _ in range(3):
+        lim.take("a")
+    with pytest.raises(RateLimited) as info:
+        lim.take("a")
+    assert info.value.reason == "rate_limited_x" and info.value.retry_after == pytest.approx(0.5)
+    lim.take("b")  # another key has its own bucket
+    t[0] += 0.5
+    lim.take("a")
+
+
+def test_bucket_memory_is_bounded() -> None:
+    lim = TokenBucketLimiter(1.0, 1, name="x", clock=lambda: 0.0, max_keys=100)
+    for i in range(1000):
+        lim.take(f"k{i}")
+    assert len(lim._buckets) == 100
+
+
+def test_wrong_operator_tokens_are_limited_per_source(harness: Harness) -> None:
+    # Execute: the default burst of wrong tokens (10), then one more.
+    codes = [harness.client.get("/v1/admin/status", headers={"Authorization": f"Bearer wrong-{i:020d}"}).status_code
+             for i in range(11)]
+    # Assert
+    assert codes == [401] * 10 + [429]
+    r = harness.client.get("/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert r.json()["error"]["reason"] == "rate_limited_operator_auth"
+
+
+def test_correct_operator_requests_are_not_limited(harness: Harness) -> None:
+    for _ in range(50):
+        assert harness.client.get("/v1/admin/devices", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_enrollment_attempts_are_limited_per_source(harness: Harness) -> None:
+    body = {"device_id": "guess", "public_key": "x", "token": "guess-0000000000000000", "signature": "AA=="}
+    codes = [harness.client.post("/v1/enroll", json=body).status_code for _ in range(21)]
+    assert 429 not in codes[:20] and codes[20] == 429
