@@ -50,6 +50,23 @@ def auth(
 
 
 @app.command()
+def aggregate(
+    clients: Annotated[int, typer.Option(help="updates")] = 100,
+    params: Annotated[int, typer.Option(help="float32 values per update")] = 1_000_000,
+    f: Annotated[int, typer.Option(help="Krum / Multi-Krum f")] = 10,
+    repeat: Annotated[int, typer.Option(help="runs per figure (best is kept)")] = 2,
+    no_rules: Annotated[bool, typer.Option("--no-rules", help="skip median, trimmed mean, Krum, Multi-Krum")] = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Streaming FedAvg accumulator vs a NumPy copy and Flower-style FedAvg (GB/s), and robust rule times."""
+    from qflare.bench.aggregate import run
+
+    with console.status("timing the copy baseline, the accumulator and the rules"):
+        figures = run(clients=clients, params=params, f=f, repeat=repeat, rules=not no_rules)
+    _show("qflare bench aggregate", figures, json_out)
+
+
+@app.command()
 def qkd(
     pulses: Annotated[int, typer.Option(help="pulses per simulator call")] = 10_000_000,
     seconds: Annotated[float, typer.Option(help="duration of each benchmark")] = 3.0,

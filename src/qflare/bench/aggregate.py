@@ -1,0 +1,108 @@
+"""Aggregation benchmark: the streaming FedAvg accumulator and the robust rules on n x d float32 updates.
+
+Baselines are measured in the same run, on the same updates:
+
+- *copy*: ``np.copyto`` of every update into a preallocated n x d float32 matrix (one read and one
+  write of each value: what any rule that touches every value costs at least);
+- *Flower-style*: FedAvg as Flower's ``aggregate_inplace`` computes it (scale each client's tensors
+  by ``n_i / total``, then ``np.add`` them layer by layer). Flower is not a QFLARE dependency, so this
+  is a re-implementation of its arithmetic, not Flower's code.
+
+Throughput is update bytes in per second (n x d x 4 bytes / time). The streaming accumulator is
+timed twice: ``_add`` alone (the arithmetic) and ``add`` (with the spec and finiteness checks every
+update goes through). Peak memory is tracemalloc's peak during the timed call (NumPy allocations).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from qflare.fl.aggregate import FedAvgAccumulator
+from qflare.fl.robust import ROBUST_RULES
+from qflare.fl.spec import ModelSpec
+from qflare.types import NDArrays
+
+__all__ = ["make_updates", "run"]
+
+
+def make_updates(clients: int, params: int, *, seed: int = 0) -> list[tuple[NDArrays, int]]:
+    """``clients`` updates of four float32 tensors, ``params`` values in all."""
+    rng = np.random.default_rng(seed)
+    sizes = [params // 2, params // 4, params // 8, params - params // 2 - params // 4 - params // 8]
+    return [
+        ({f"t{i}": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(sizes)}, int(rng.integers(50, 500)))
+        for _ in range(clients)
+    ]
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    """Best wall time of ``repeat`` calls and the largest tracemalloc peak (MiB)."""
+    best, peak = float("inf"), 0.0
+    for _ in range(repeat):
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        peak = max(peak, tracemalloc.get_traced_memory()[1] / 2**20)
+        tracemalloc.stop()
+    return best, peak
+
+
+def _flower_style(results: list[tuple[NDArrays, int]]) -> list[np.ndarray]:
+    total = sum(n for _, n in results)
+    scale = [n / total for _, n in results]
+    params = [scale[0] * x for x in results[0][0].values()]
+    for (arrays, _), s in zip(results[1:], scale[1:], strict=True):
+        params = [np.add(p, s * x) for p, x in zip(params, arrays.values(), strict=True)]
+    return params
+
+
+def run(*, clients: int = 100, params: int = 1_000_000, f: int = 10, repeat: int = 2,
+        rules: bool = True) -> dict[str, Any]:
+    """Measure everything; return the figures (times in s, rates in GB/s, memory in MiB)."""
+    results = make_updates(clients, params)
+    spec = ModelSpec.from_arrays(results[0][0])
+    nbytes = clients * params * 4
+    gb = nbytes / 1e9
+    matrix = np.empty((clients, params), dtype=np.float32)
+
+    def copy() -> None:
+        for i, (arrays, _) in enumerate(results):
+            at = 0
+            for a in arrays.values():
+                np.copyto(matrix[i, at:at + a.size], a)
+                at += a.size
+
+    def stream(validate: bool) -> Callable[[], None]:
+        def go() -> None:
+            acc = FedAvgAccumulator(spec)
+            for arrays, n in results:
+                if validate:
+                    acc.add(arrays, n)
+                else:
+                    acc._add(arrays, n)
+            acc._total_examples = sum(n for _, n in results)
+            acc._count = len(results)
+            acc.result()
+        return go
+
+    figures: dict[str, Any] = {"clients": clients, "params": params, "update_MiB_total": round(nbytes / 2**20, 1),
+                               "numpy": np.__version__}
+    copy_s, copy_mem = _timed(copy, repeat)
+    figures["copy"] = {"seconds": copy_s, "GB_per_s": gb / copy_s, "peak_MiB": copy_mem}
+    for name, fn in (("flower_style_fedavg", lambda: _flower_style(results)),
+                     ("streaming_fedavg_arithmetic", stream(False)),
+                     ("streaming_fedavg_add_validated", stream(True))):
+        s, mem = _timed(fn, repeat)
+        figures[name] = {"seconds": s, "GB_per_s": gb / s, "x_copy_bandwidth": copy_s / s, "peak_MiB": mem}
+    if rules:
+        for rule, kw in (("median", {}), ("trimmed-mean", {"beta": 0.1}), ("krum", {"f": f}),
+                         ("multi-krum", {"f": f})):
+            s, mem = _timed(lambda r=rule, k=kw: ROBUST_RULES[r](results, **k), 1)  # type: ignore[misc]
+            figures[rule] = {"seconds": s, "x_copy_time": s / copy_s, "peak_MiB": mem, **kw}
+    return figures
