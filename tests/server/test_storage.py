@@ -135,3 +135,24 @@ def test_sqlite_durability_setting_is_the_documented_one(tmp_path: Path) -> None
             assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     finally:
         repo.close()
+
+
+def test_a_state_change_and_its_event_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    # Prepare: a device, then an enrollment that fails (duplicate id) with an event attached.
+    from qflare.server.storage import NewEvent
+
+    repo = Repository(f"sqlite:///{tmp_path / 'tx.db'}")
+    try:
+        repo.add_device("edge_01", now=1.0, public_key=b"k", fingerprint="f",
+                        event=NewEvent("device_enrolled", device_id="edge_01"))
+        # Execute
+        with pytest.raises(Conflict):
+            repo.add_device("edge_01", now=2.0, public_key=b"k", fingerprint="f",
+                            event=NewEvent("device_enrolled", device_id="edge_01"))
+        repo.revoke_device("edge_01", now=3.0, event=NewEvent("device_revoked", device_id="edge_01"))
+        repo.revoke_device("edge_01", now=4.0, event=NewEvent("device_revoked", device_id="edge_01"))
+
+        # Assert: one event per state change that happened; none for the refused one or the no-op.
+        assert [e.kind for e in reversed(repo.list_events())] == ["device_enrolled", "device_revoked"]
+    finally:
+        repo.close()

@@ -10,7 +10,7 @@ import secrets
 from qflare.crypto.keyfile import fingerprint, parse_public_key
 from qflare.crypto.signing import SigningContext, SigningKey, VerifyKey
 from qflare.errors import InvalidInput, MalformedPayload, QFlareError
-from qflare.server.storage import DeviceRecord, Repository
+from qflare.server.storage import DeviceRecord, NewEvent, Repository
 
 
 def token_hash(token: str) -> str:
@@ -49,10 +49,9 @@ def enroll_by_operator(
     repo: Repository, device_id: str, public_key: str, key_source: str, *, now: float
 ) -> DeviceRecord:
     key = parse_device_key(public_key)
-    rec = repo.add_device(device_id, now=now, public_key=key.to_bytes(), fingerprint=fingerprint(key),
-                          key_source=key_source)
-    repo.add_event("device_enrolled", now=now, device_id=device_id, detail=f"by operator, key {rec.fingerprint}")
-    return rec
+    fp = fingerprint(key)
+    return repo.add_device(device_id, now=now, public_key=key.to_bytes(), fingerprint=fp, key_source=key_source,
+                           event=NewEvent("device_enrolled", device_id=device_id, detail=f"by operator, key {fp}"))
 
 
 def enroll_with_token(repo: Repository, device_id: str, public_key: str, token: str, signature: str, *,
@@ -63,7 +62,6 @@ def enroll_with_token(repo: Repository, device_id: str, public_key: str, token: 
     except (binascii.Error, ValueError):
         raise MalformedPayload("signature is not base64", reason="bad_signature_encoding") from None
     key.verify(sig, enrollment_message(device_id, token, key), SigningContext.ENROLLMENT)
-    rec = repo.enroll_with_token(token_hash(token), device_id, public_key=key.to_bytes(),
-                                 fingerprint=fingerprint(key), now=now)
-    repo.add_event("device_enrolled", now=now, device_id=device_id, detail=f"by token, key {rec.fingerprint}")
-    return rec
+    fp = fingerprint(key)
+    return repo.enroll_with_token(token_hash(token), device_id, public_key=key.to_bytes(), fingerprint=fp, now=now,
+                                  event=NewEvent("device_enrolled", device_id=device_id, detail=f"by token, key {fp}"))

@@ -276,8 +276,6 @@ class Orchestrator:
                 raise
             log.warning("enclave unavailable while counting an accepted update; retrying once (it restarts)")
             self.backend.accumulate(update)
-        self.repo.add_event("update_accepted", now=self.clock(), device_id=device_id, round_id=update.round_id,
-                            detail=f"{update.sha256} {provenance}".strip())
         if self.ledger is not None:
             self.ledger.update_accepted(device_id, update.round_id, update.sha256, update.num_examples, update.norm)
         return record
@@ -470,7 +468,6 @@ class Orchestrator:
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
-        self.repo.add_event("round_failed", now=self.clock(), round_id=rnd.round_id, reason=reason, detail=detail)
         if self.ledger is not None:
             self.ledger.round_failed(rnd.round_id, reason)
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")

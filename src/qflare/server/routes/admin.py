@@ -22,6 +22,7 @@ from qflare.server.schemas import (
     TokenCreated,
 )
 from qflare.server.state import ServerState
+from qflare.server.storage import NewEvent
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"], responses=error_responses())
 
@@ -42,8 +43,8 @@ def create_enrollment_token(body: TokenCreate, state: State, _: Operator) -> Tok
     token = new_token()
     ttl = body.ttl_seconds or state.config.server.enrollment_token_ttl_seconds
     state.repo.add_enrollment_token(token_hash(token), device_id=body.device_id, key_source=body.key_source,
-                                    now=now, expires_at=now + ttl)
-    state.repo.add_event("enrollment_token_issued", now=now, device_id=body.device_id)
+                                    now=now, expires_at=now + ttl,
+                                    event=NewEvent("enrollment_token_issued", device_id=body.device_id))
     return TokenCreated(token=token, device_id=body.device_id, expires_at=now + ttl)
 
 
@@ -72,8 +73,7 @@ def restore_device(device_id: str, state: State, _: Operator) -> DevicePublic:
 
 @router.post("/devices/{device_id}/revoke", response_model=DevicePublic)
 def revoke_device(device_id: str, state: State, _: Operator) -> DevicePublic:
-    rec = state.repo.revoke_device(device_id, now=state.clock())
-    state.repo.add_event("device_revoked", now=state.clock(), device_id=device_id)
+    rec = state.repo.revoke_device(device_id, now=state.clock(), event=NewEvent("device_revoked", device_id=device_id))
     if state.ledger is not None:
         state.ledger.device_revoked(device_id)
     return DevicePublic.model_validate(rec)

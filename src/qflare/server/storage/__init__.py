@@ -4,9 +4,10 @@ from qflare.server.storage.repo import (
     DeviceRecord,
     EventRecord,
     ModelRecord,
+    NewEvent,
     Repository,
     RoundRecord,
     UpdateRecord,
 )
 
-__all__ = ["DeviceRecord", "EventRecord", "ModelRecord", "Repository", "RoundRecord", "UpdateRecord"]
+__all__ = ["DeviceRecord", "EventRecord", "ModelRecord", "NewEvent", "Repository", "RoundRecord", "UpdateRecord"]

@@ -182,6 +182,21 @@ def _first_line(exc: BaseException, secret: str | None) -> str:
     return line.replace(secret, "***") if secret else line
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to write in the same transaction as the state change it records (see ``event=``)."""
+
+    kind: str
+    device_id: str | None = None
+    round_id: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def row(self, now: float) -> Event:
+        return Event(ts=now, kind=self.kind, device_id=self.device_id, round_id=self.round_id, reason=self.reason,
+                     detail=(self.detail or "")[:2000] or None)
+
+
 KEM_CIPHERTEXT_SCOPE = "*kem-ciphertext"
 """The nonce table's ``device_id`` for KEM ciphertext hashes (not a valid device id: it has ``*``)."""
 
@@ -223,6 +238,7 @@ class Repository:
         public_key: bytes,
         fingerprint: str,
         key_source: str = "mlkem",
+        event: NewEvent | None = None,
     ) -> DeviceRecord:
         try:
             with self._tx() as s:
@@ -235,6 +251,8 @@ class Repository:
                     created_at=now,
                 )
                 s.add(row)
+                if event is not None:
+                    s.add(event.row(now))
                 s.flush()
                 return _device(row)
         except IntegrityError:
@@ -268,7 +286,7 @@ class Repository:
             row.status = status
             return _device(row)
 
-    def revoke_device(self, device_id: str, *, now: float) -> DeviceRecord:
+    def revoke_device(self, device_id: str, *, now: float, event: NewEvent | None = None) -> DeviceRecord:
         with self._tx() as s:
             row = s.get(Device, device_id)
             if row is None:
@@ -276,6 +294,8 @@ class Repository:
             if row.status != "revoked":
                 row.status = "revoked"
                 row.revoked_at = now
+                if event is not None:
+                    s.add(event.row(now))
             return _device(row)
 
     def touch_device(self, device_id: str, *, now: float, min_interval: float = 0.0) -> None:
@@ -331,14 +351,18 @@ class Repository:
 
     # -- enrollment tokens -----------------------------------------------------------------------
     def add_enrollment_token(
-        self, token_hash: str, *, device_id: str | None, key_source: str, now: float, expires_at: float
+        self, token_hash: str, *, device_id: str | None, key_source: str, now: float, expires_at: float,
+        event: NewEvent | None = None,
     ) -> None:
         with self._tx() as s:
             s.add(EnrollmentToken(token_hash=token_hash, device_id=device_id, key_source=key_source,
                                   created_at=now, expires_at=expires_at))
+            if event is not None:
+                s.add(event.row(now))
 
     def enroll_with_token(
-        self, token_hash: str, device_id: str, *, public_key: bytes, fingerprint: str, now: float
+        self, token_hash: str, device_id: str, *, public_key: bytes, fingerprint: str, now: float,
+        event: NewEvent | None = None,
     ) -> DeviceRecord:
         """Consume a one-time token and register the device in one transaction."""
         try:
@@ -357,6 +381,8 @@ class Repository:
                 row = Device(device_id=device_id, status="active", public_key=public_key, fingerprint=fingerprint,
                              key_source=tok.key_source, created_at=now)
                 s.add(row)
+                if event is not None:
+                    s.add(event.row(now))
                 s.flush()
                 return _device(row)
         except IntegrityError:
@@ -411,7 +437,8 @@ class Repository:
 
     # -- rounds ----------------------------------------------------------------------------------
     def open_round(
-        self, round_id: int, *, base_version: int, selected: Sequence[str], now: float, deadline_at: float
+        self, round_id: int, *, base_version: int, selected: Sequence[str], now: float, deadline_at: float,
+        event: NewEvent | None = None,
     ) -> RoundRecord:
         with self._tx() as s:
             row = Round(
@@ -423,6 +450,8 @@ class Repository:
                 deadline_at=deadline_at,
             )
             s.add(row)
+            if event is not None:
+                s.add(event.row(now))
             s.flush()
             return _round(row)
 
@@ -457,6 +486,7 @@ class Repository:
         new_model: tuple[int, bytes, str, str, bytes | None] | None = None,
         metrics: dict[str, Any] | None = None,
         drop_update_blobs: bool = True,
+        event: NewEvent | None = None,
         expect_updates: int | None = None,
     ) -> RoundRecord:
         """Close an open round; with ``new_model`` = (version, blob, sha256, spec, signature) store it atomically.
@@ -490,6 +520,8 @@ class Repository:
                 row.new_version = version
             if drop_update_blobs:
                 s.execute(update(Update).where(Update.round_id == round_id).values(blob=None))
+            if event is not None:
+                s.add(event.row(now))
             s.flush()
             return _round(row)
 
@@ -512,6 +544,7 @@ class Repository:
         blob: bytes,
         now: float,
         size_bytes: int | None = None,
+        event: NewEvent | None = None,
     ) -> UpdateRecord:
         """Record an accepted update; the (round, device) unique constraint makes duplicates atomic."""
         try:
@@ -532,6 +565,8 @@ class Repository:
                     received_at=now,
                 )
                 s.add(row)
+                if event is not None:
+                    s.add(event.row(now))
                 s.flush()
                 return _update(row)
         except IntegrityError:
@@ -591,17 +626,9 @@ class Repository:
         reason: str | None = None,
         detail: str | None = None,
     ) -> None:
+        """An event on its own (a refusal, a start-up fact); a state change passes its event with ``event=``."""
         with self._tx() as s:
-            s.add(
-                Event(
-                    ts=now,
-                    kind=kind,
-                    device_id=device_id,
-                    round_id=round_id,
-                    reason=reason,
-                    detail=(detail or "")[:2000] or None,
-                )
-            )
+            s.add(NewEvent(kind, device_id, round_id, reason, detail).row(now))
 
     def count_events_by_reason(self, kinds: Sequence[str]) -> dict[tuple[str, str | None], int]:
         """``{(kind, reason): count}`` over events of ``kinds`` (the metrics' refusals by reason)."""
