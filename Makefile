@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,qiskit]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,qiskit,dp,he]'
 	touch $(EXTRAS_STAMP)
 
 demo: $(STAMP)
