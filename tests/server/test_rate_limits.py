@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from qflare.config import RateLimitConfig
 from qflare.errors import RateLimited
-from qflare.server.ratelimit import TokenBucketLimiter
+from qflare.server.ratelimit import TokenBucketLimiter, build_rate_limits
 from tests.server.conftest import ADMIN, Harness
 
 
@@ -49,3 +50,17 @@ def test_enrollment_attempts_are_limited_per_source(harness: Harness) -> None:
     body = {"device_id": "guess", "public_key": "x", "token": "guess-0000000000000000", "signature": "AA=="}
     codes = [harness.client.post("/v1/enroll", json=body).status_code for _ in range(21)]
     assert 429 not in codes[:20] and codes[20] == 429
+
+
+def test_a_source_flooding_refused_device_requests_is_cut_off_and_stops_adding_events(harness: Harness) -> None:
+    # Prepare: a burst of 20 refused requests, refilled slowly (the default is 200 at 20/s).
+    harness.client.app.state.rate_limits = build_rate_limits(  # type: ignore[attr-defined]
+        RateLimitConfig(device_refusals_per_second=0.01, device_refusals_burst=20))
+    events_before = harness.state.repo.count_events("request_rejected")
+    # Execute: garbage envelopes.
+    codes = [harness.client.post("/v1/device/heartbeat", content=b"garbage").status_code for _ in range(25)]
+    # Assert: 400s, then 429 with Retry-After; the event rows stop growing with the 429s.
+    assert codes[:20] == [400] * 20 and codes[20:] == [429] * 5
+    r = harness.client.post("/v1/device/heartbeat", content=b"garbage")
+    assert r.status_code == 429 and "Retry-After" in r.headers
+    assert harness.state.repo.count_events("request_rejected") - events_before == 20

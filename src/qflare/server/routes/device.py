@@ -21,10 +21,11 @@ from qflare.crypto.envelope import Envelope, parse_envelope
 from qflare.errors import QFlareError, Unauthenticated
 from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.logs import bind_device
-from qflare.server.deps import State
+from qflare.server.deps import State, rate_limits
 from qflare.server.errors import SealedRefusal, error_body
 from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited, request_target
 from qflare.server.openapi import ENVELOPE_BODY, error_responses
+from qflare.server.ratelimit import source_of
 from qflare.server.schemas import Heartbeat, TaskResponse, UpdateAccepted
 from qflare.server.state import ServerState
 
@@ -54,6 +55,12 @@ def _provenance(env: Envelope) -> str:
 async def _authenticate(request: Request, state: ServerState, *, update_round: int | None) -> DeviceCall:
     update = update_round is not None
     limit = state.config.server.max_update_bytes if update else state.config.server.max_request_bytes
+    # A source whose requests keep being refused (garbage, guessing, replays) is cut off before any work,
+    # and no longer adds event rows: what is recorded is bounded by the bucket (docs/robustness.md).
+    refusals = rate_limits(request).device_refusals
+    source = source_of(request.client)
+    if refusals is not None:
+        refusals.check(source)
     body = b""
     try:
         body = await read_body_limited(request, limit)
@@ -66,6 +73,8 @@ async def _authenticate(request: Request, state: ServerState, *, update_round: i
         bind_device(call.device_id)  # for the logs (qflare.logs)
         return call
     except QFlareError as exc:
+        if refusals is not None:
+            refusals.charge(source)
         device, how = _claimed(body, limit) if body else (None, "")
         bind_device(device)
         # The server's record keeps the precise cause that the caller is not told.
