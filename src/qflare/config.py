@@ -135,6 +135,11 @@ class ServerConfig(_Strict):
     tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")
     tls_key: str | None = Field(None, description="PEM private key for tls_cert")
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    header_timeout_seconds: float = Field(10.0, gt=0, description="request line and headers complete within this")
+    max_header_bytes: int = Field(16384, ge=1024, description="larger request headers are answered 431")
+    body_chunk_timeout_seconds: float = Field(10.0, gt=0, description="longest gap between body chunks")
+    body_timeout_seconds: float = Field(300.0, gt=0, description="the whole request body within this")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

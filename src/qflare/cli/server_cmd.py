@@ -159,8 +159,11 @@ def server(
     trust_file.parent.mkdir(parents=True, exist_ok=True)
     trust_file.write_text(snippet + "\n", encoding="utf-8")
     console.print(f"device trust written to {trust_file} (read by qflare device provision)")
+    from qflare.server.transport import uvicorn_options
+
     uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
                 ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key,
                 # JSON: uvicorn's own lines go through the root logger's formatter too
-                log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG)
+                log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+                **uvicorn_options(cfg.server))  # header/body deadlines, 431 (server/transport.py)
 
