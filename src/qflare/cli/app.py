@@ -15,6 +15,7 @@ from qflare.cli import (
     enclave,
     init_cmd,
     ledger,
+    operator_cmd,
     ops,
     qkd,
     server_cmd,
@@ -69,6 +70,7 @@ app.command("status")(ops.status)
 app.command("events")(ops.events)
 app.add_typer(ops.rounds_app, name="rounds")
 app.add_typer(ops.model_app, name="model")
+app.add_typer(operator_cmd.app, name="operator")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
 EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (

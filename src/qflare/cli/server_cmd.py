@@ -89,6 +89,9 @@ def server(
         ".qflare/admin_token"
     ),
     key_dir: Annotated[str | None, typer.Option(help="the server's PQ keys (default from config)")] = None,
+    operators_file: Annotated[Path, typer.Option(help="dashboard accounts (qflare operator add)")] = Path(
+        ".qflare/operators.json"
+    ),
     tls_cert: Annotated[str | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
     tls_key: Annotated[str | None, typer.Option(help="private key for --tls-cert (PEM)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
@@ -144,7 +147,9 @@ def server(
     configure_logging(log_level, log_format)
     token = resolve_admin_token(cfg.server.admin_token, token_file)
     state = build_state(cfg, admin_token=token, repo=repo, lease=lease)
-    app = create_app(state, bench_endpoint=bench_endpoint)
+    from qflare.server.operators import OperatorAccounts
+
+    app = create_app(state, bench_endpoint=bench_endpoint, operators=OperatorAccounts(operators_file))
     scheme = "https" if cfg.server.tls_cert else "http"
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
     fp = fingerprint(state.gateway.opener.kem_public_key())

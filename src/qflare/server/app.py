@@ -18,6 +18,7 @@ from qflare.config import GlobalConfig, QKDConfig
 from qflare.fl.port import AggregationBackend
 from qflare.fl.strategies import get_strategy
 from qflare.server.aggregation import InProcessAggregator
+from qflare.server.dashboard import install_dashboard
 from qflare.server.enclave_link import EnclaveOpener
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
@@ -26,6 +27,7 @@ from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.lease import RoundLease
 from qflare.server.ledger import AuditLog
 from qflare.server.metrics import install_metrics
+from qflare.server.operators import OperatorAccounts
 from qflare.server.request_context import install_request_ids
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
@@ -162,8 +164,11 @@ async def _ticker(state: ServerState) -> None:
         await asyncio.sleep(TICK_SECONDS)
 
 
-def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: bool = False) -> FastAPI:
+def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: bool = False,
+               operators: OperatorAccounts | None = None) -> FastAPI:
     """Create the app around ``state``; with ``run_ticker`` a background task drives deadlines.
+
+    ``operators`` are the named accounts that may sign in to ``/dashboard`` (the operator token always may).
 
     ``bench_endpoint`` adds ``POST /bench/bare``, an unauthenticated endpoint doing the same framework
     work as a device route (read the body, answer small JSON), the baseline of ``qflare bench auth``.
@@ -192,6 +197,7 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     app.state.qflare = state
     install_error_handlers(app)
     install_metrics(app, state)
+    install_dashboard(app, state, operators)
     install_request_ids(app)  # outermost: the request id is bound before anything logs
     app.include_router(device.router)
     app.include_router(admin.router)

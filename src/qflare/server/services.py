@@ -13,7 +13,10 @@ from qflare.errors import NotFound
 from qflare.server.state import ServerState
 from qflare.server.storage.repo import ModelRecord, RoundRecord, UpdateRecord
 
-__all__ = ["ModelBytes", "RoundDetail", "Status", "model_bytes", "round_detail", "status"]
+__all__ = [
+    "DashboardView", "DeviceRow", "EnclaveView", "ModelBytes", "RoundDetail", "Status", "dashboard_view",
+    "model_bytes", "round_detail", "status",
+]
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,75 @@ def model_bytes(state: ServerState, version: int) -> ModelBytes:
     if rec is None:
         raise NotFound(f"model version {version} does not exist", reason="unknown_model_version")
     return ModelBytes(rec, state.repo.model_blob(version))
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    status: str
+    key_source: str
+    last_seen_at: float | None
+    accepted: int
+    refused: int
+
+
+@dataclass(frozen=True)
+class EnclaveView:
+    backend: str
+    measurement: str | None = None
+    signer: str | None = None
+    simulated: bool | None = None
+    quote: str = "no enclave (enclave.backend: none)"
+
+
+@dataclass(frozen=True)
+class DashboardView:
+    """Everything ``/dashboard`` shows, read in one go."""
+
+    status: Status
+    rounds: tuple[RoundRecord, ...]
+    devices: tuple[DeviceRow, ...]
+    refusals_by_reason: tuple[tuple[str, str, int], ...]  # (kind, reason, count), most frequent first
+    refusal_times: tuple[tuple[float, str | None], ...]
+    enclave: EnclaveView
+    ledger_size: int | None
+    ledger_checkpoint: str | None
+    qkd_kme: str | None
+
+
+def _enclave_view(state: ServerState) -> EnclaveView:
+    if state.enclave is None:
+        return EnclaveView(backend=state.config.enclave.backend)
+    import os
+
+    ident = state.enclave.identity()
+    try:
+        quote = state.enclave.quote(os.urandom(32))
+        status = f"a fresh quote was issued just now ({len(quote)} bytes); devices verify it against the pins"
+    except Exception as exc:  # noqa: BLE001 - shown to the operator, whatever the enclave raised
+        status = f"quote failed: {exc}"
+    return EnclaveView(backend=state.config.enclave.backend, measurement=ident.measurement.hex(),
+                       signer=ident.signer.hex(), simulated=ident.simulated, quote=status)
+
+
+def dashboard_view(state: ServerState) -> DashboardView:
+    repo = state.repo
+    counts = repo.per_device_counts()
+    devices = tuple(
+        DeviceRow(d.device_id, d.status, d.key_source, d.last_seen_at, *counts.get(d.device_id, (0, 0)))
+        for d in repo.list_devices()
+    )
+    by_reason = sorted(((k, r or "unknown", n) for (k, r), n in
+                        repo.count_events_by_reason(("request_rejected", "update_rejected")).items()),
+                       key=lambda t: (-t[2], t[0], t[1]))
+    ledger_size = checkpoint = None
+    if state.ledger is not None:
+        ledger_size = state.ledger.log.size()
+        note = state.ledger.log.latest_checkpoint()
+        checkpoint = note.decode(errors="replace") if note else None
+    return DashboardView(
+        status=status(state), rounds=tuple(repo.list_rounds()), devices=devices,
+        refusals_by_reason=tuple(by_reason), refusal_times=tuple(repo.refusal_times()),
+        enclave=_enclave_view(state), ledger_size=ledger_size, ledger_checkpoint=checkpoint,
+        qkd_kme=state.config.qkd.kme_url if state.config.qkd is not None else None,
+    )

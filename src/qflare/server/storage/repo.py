@@ -630,6 +630,23 @@ class Repository:
         with self._tx() as s:
             s.add(NewEvent(kind, device_id, round_id, reason, detail).row(now))
 
+    def per_device_counts(self) -> dict[str, tuple[int, int]]:
+        """``{device_id: (updates accepted, requests and updates refused)}`` (the dashboard's device table)."""
+        with self._tx() as s:
+            accepted = {d: n for d, n in s.execute(select(Update.device_id, func.count()).group_by(Update.device_id))}
+            q = select(Event.device_id, func.count()).where(
+                Event.kind.in_(("request_rejected", "update_rejected")), Event.device_id.is_not(None)
+            ).group_by(Event.device_id)
+            refused = {d: n for d, n in s.execute(q)}
+        return {d: (int(accepted.get(d, 0)), int(refused.get(d, 0))) for d in {*accepted, *refused} if d}
+
+    def refusal_times(self, *, limit: int = 5000) -> list[tuple[float, str | None]]:
+        """``(ts, reason)`` of the newest refusals, oldest first (the dashboard's refusals over time)."""
+        with self._tx() as s:
+            q = select(Event.ts, Event.reason).where(Event.kind.in_(("request_rejected", "update_rejected"))).order_by(
+                Event.event_id.desc()).limit(limit)
+            return [(float(ts), reason) for ts, reason in reversed(list(s.execute(q)))]
+
     def count_events_by_reason(self, kinds: Sequence[str]) -> dict[tuple[str, str | None], int]:
         """``{(kind, reason): count}`` over events of ``kinds`` (the metrics' refusals by reason)."""
         with self._tx() as s:
