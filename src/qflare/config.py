@@ -69,7 +69,29 @@ class RoundsConfig(_Strict):
         return self
 
 
+class PrivacyConfig(_Strict):
+    """Differential privacy (qflare.fl.privacy, docs/privacy.md): ``central`` clips and noises in the aggregator."""
+
+    mode: Literal["none", "central"] = "none"
+    noise_multiplier: float | None = Field(None, gt=0, description="noise std / clip; or give target_epsilon")
+    target_epsilon: float | None = Field(
+        None, gt=0, description="budget for rounds.total; alone, the accountant picks noise_multiplier for it"
+    )
+    clip: float = Field(1.0, gt=0, description="L2 bound on each step (update - base); the first bound if adaptive")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    adaptive: bool = Field(False, description="adaptive clipping (Andrew et al. 2021) towards target_quantile")
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_learning_rate: float = Field(0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _noise_given(self) -> PrivacyConfig:
+        if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("privacy.noise_multiplier or privacy.target_epsilon is needed with mode central")
+        return self
+
+
 class AggregationConfig(_Strict):
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     rule: str = Field("fedavg", description="aggregation strategy (qflare.fl.strategies): fedavg, ...")
     max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
     params: dict[str, float | int | str | None] = Field(
@@ -225,6 +247,20 @@ class GlobalConfig(_Strict):
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
     enclave: EnclaveHostConfig = EnclaveHostConfig()
     ledger: LedgerConfig = LedgerConfig()
+
+    @model_validator(mode="after")
+    def _privacy_budget_fits(self) -> GlobalConfig:
+        # Refuse at start a DP budget the planned rounds would exceed (not after spending it).
+        privacy = self.aggregation.privacy
+        if privacy.mode == "central" and privacy.target_epsilon is not None and privacy.noise_multiplier is not None:
+            from qflare.fl.privacy import plan_central
+
+            try:
+                plan_central(noise_multiplier=privacy.noise_multiplier, target_epsilon=privacy.target_epsilon,
+                             delta=privacy.delta, sampling_rate=self.rounds.fraction, rounds=self.rounds.total)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return self
 
 
 class DataConfig(_Strict):
