@@ -89,22 +89,30 @@ if [ -n "$links" ] && [ -d "$links" ]; then
 fi
 secrets=(--secret id=pip_conf,src="$PIPCONF")
 [ -n "$cert" ] && secrets+=(--secret id=pip_cert,src="$cert")
-for svc in server edge kme; do
+for svc in postgres server edge kme; do
+  if [ "${REBUILD:-1}" = 0 ] && $DOCKER image inspect qflare-$svc:ct >/dev/null 2>&1; then
+    say "qflare-$svc:ct exists (REBUILD=0)"; continue
+  fi
   say "building qflare-$svc"
   DOCKER_BUILDKIT=1 $DOCKER build --network host --progress plain -f docker/$svc.Dockerfile \
     --build-arg BASE_IMAGE=$BASE_TAG "${secrets[@]}" -t qflare-$svc:ct . >"$WORK/build-$svc.log" 2>&1 \
     || { tail -40 "$WORK/build-$svc.log"; exit 1; }
 done
-for svc in server edge kme; do
+for svc in postgres server edge kme; do
   say "image qflare-$svc:ct $($DOCKER image inspect qflare-$svc:ct --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
 done
 
 # 5. the federation
 export QFLARE_IMAGE_TAG=ct
+QFLARE_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+export QFLARE_ADMIN_TOKEN
+rounds_completed() {   # from the host, through the published port (127.0.0.1:8000)
+  python3 -c "import json,os,urllib.request as u;print(json.load(u.urlopen(u.Request('http://127.0.0.1:8000/v1/admin/status',headers={'Authorization':'Bearer '+os.environ['QFLARE_ADMIN_TOKEN']}),timeout=5))['rounds_completed'])" 2>/dev/null || echo -1
+}
 wait_round() {   # wait until the server reports at least $1 completed rounds
   local want=$1 deadline=$(( $(date +%s) + TIMEOUT ))
   while :; do
-    n=$($COMPOSE -p $PROJECT exec -T server python3 -c "import json,urllib.request,os;print(json.load(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8000/v1/admin/status',headers={'Authorization':'Bearer '+open('/state/admin_token').read().strip()})))['rounds_completed'])" 2>/dev/null || echo -1)
+    n=$(rounds_completed)
     [ "$n" -ge "$want" ] 2>/dev/null && { say "rounds completed: $n"; return 0; }
     [ "$(date +%s)" -lt "$deadline" ] || { say "no round $want in ${TIMEOUT}s"; $COMPOSE -p $PROJECT logs --tail 40; return 1; }
     sleep 5
@@ -113,9 +121,12 @@ wait_round() {   # wait until the server reports at least $1 completed rounds
 say "compose up"
 $COMPOSE -p $PROJECT up -d --no-build
 wait_round 1
-say "killing the server container"
+before=$(rounds_completed)
+say "killing the server container (SIGKILL) after $before rounds"
 $COMPOSE -p $PROJECT kill -s SIGKILL server
 $COMPOSE -p $PROJECT up -d --no-build server
-wait_round 2
+wait_round $((before + 1))
 $COMPOSE -p $PROJECT ps
+say "the restarted server's log:"
+$COMPOSE -p $PROJECT logs --no-color --tail 12 server | grep -E "resumed|opened|aggregated|QFLARE server" || true
 say "PASSED in $(( $(date +%s) - t0 )) s"
