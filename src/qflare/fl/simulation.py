@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from qflare.errors import ConfigError
 from qflare.fl.poisoning import Poisoner
+from qflare.fl.privacy import PrivacyAccountant
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.fl.strategies import FedAvg, Strategy
 from qflare.fl.tasks import Task, get_task
@@ -43,6 +44,7 @@ class RoundMetrics:
     seconds: float
     client_seconds: list[float] = field(default_factory=list)
     update_bytes: int = 0
+    privacy: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -68,6 +70,7 @@ def run_inprocess(
     on_round: Callable[[RoundMetrics], None] | None = None,
     attack: Poisoner | None = None,
     malicious: Sequence[int] = (),
+    accountant: PrivacyAccountant | None = None,
 ) -> list[RoundMetrics]:
     """Run ``rounds`` rounds with all ``clients`` taking part in each; return per-round metrics.
 
@@ -92,6 +95,10 @@ def run_inprocess(
         Model poisoning (:mod:`qflare.fl.poisoning`) by the clients with these indices. Colluding
         attacks (ALIE, IPM) are given the honest clients' updates of the same round (the omniscient
         attacker of their papers).
+    accountant:
+        With central DP (``strategy`` a :mod:`qflare.fl.privacy` wrapper): the privacy spent per round
+        (sampling rate 1, every client takes part) goes into :attr:`RoundMetrics.privacy`; a round that
+        would exceed the accountant's budget is not run, so the model is the last one within budget.
     """
     if clients < 1 or rounds < 1:
         raise ConfigError("need at least one client and one round", reason="invalid_config")
@@ -113,6 +120,8 @@ def run_inprocess(
     spec = task.model_spec()
     history: list[RoundMetrics] = []
     for r in range(1, rounds + 1):
+        if accountant is not None and accountant.would_exceed(1.0):
+            break  # stop cleanly: the global model is the one of the last round within budget
         start = time.perf_counter()
         global_arrays = get_arrays(global_model)
         accumulator = strategy.accumulator(spec, reference=global_arrays)
@@ -138,6 +147,7 @@ def run_inprocess(
             accumulator.add(arrays, num_examples)
         set_arrays(global_model, accumulator.result())
         metrics = task.evaluate(global_model, test)
+        spent = accountant.spend(1.0).as_dict() if accountant is not None else None
         total = sum(n for _, n in losses)
         round_metrics = RoundMetrics(
             round=r,
@@ -146,6 +156,7 @@ def run_inprocess(
             seconds=time.perf_counter() - start,
             client_seconds=client_seconds,
             update_bytes=update_bytes,
+            privacy=spent,
         )
         history.append(round_metrics)
         if on_round is not None:
