@@ -162,6 +162,8 @@ class ServerConfig(_Strict):
     body_chunk_timeout_seconds: float = Field(10.0, gt=0, description="longest gap between body chunks")
     body_timeout_seconds: float = Field(300.0, gt=0, description="the whole request body within this")
     keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    refusal_event_retention_seconds: float = Field(7 * 86400.0, gt=0, description="refusal events older are purged")
+    max_refusal_events: int = Field(100_000, ge=100, description="at most this many refusal events are kept")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

@@ -29,6 +29,7 @@ from qflare.server.ledger import AuditLog
 from qflare.server.metrics import install_metrics
 from qflare.server.operators import OperatorAccounts
 from qflare.server.request_context import install_request_ids
+from qflare.server.retention import purge_refusals
 from qflare.server.rounds import Clock, Orchestrator
 from qflare.server.routes import admin, device, public
 from qflare.server.routes.ledger import router as ledger_router
@@ -142,6 +143,9 @@ def _tick(state: ServerState, n: int) -> None:
         state.ledger.tick()
     if n % NONCE_PURGE_EVERY == 0:
         state.repo.purge_nonces(now=state.clock())
+        cfg = state.config.server
+        purge_refusals(state.repo.engine, before=state.clock() - cfg.refusal_event_retention_seconds,
+                       keep_at_most=cfg.max_refusal_events)
 
 
 def qkd_lookup(cfg: QKDConfig) -> QKDKeyLookup:
