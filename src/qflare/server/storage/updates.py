@@ -1,0 +1,103 @@
+"""Accepted updates and their stored bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from qflare.errors import Conflict, DuplicateUpdate, NotFound
+from qflare.server.storage.engine import StoreBase
+from qflare.server.storage.records import (
+    NewEvent,
+    UpdateRecord,
+    _update,
+)
+from qflare.server.storage.tables import Round, Update
+
+
+class UpdateStore(StoreBase):
+    """Accepted updates and their stored bytes."""
+
+    def add_update(
+        self,
+        round_id: int,
+        device_id: str,
+        *,
+        num_examples: int,
+        train_loss: float | None,
+        sha256: str,
+        blob: bytes,
+        now: float,
+        size_bytes: int | None = None,
+        event: NewEvent | None = None,
+    ) -> UpdateRecord:
+        """Record an accepted update; the (round, device) unique constraint makes duplicates atomic."""
+        try:
+            with self._tx() as s:
+                rnd = s.get(Round, round_id, with_for_update=True)
+                if rnd is None:
+                    raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
+                if rnd.status != "open":
+                    raise Conflict(f"round {round_id} is {rnd.status}", reason="round_closed")
+                row = Update(
+                    round_id=round_id,
+                    device_id=device_id,
+                    num_examples=num_examples,
+                    train_loss=train_loss,
+                    sha256=sha256,
+                    size_bytes=len(blob) if size_bytes is None else size_bytes,
+                    blob=blob,
+                    received_at=now,
+                )
+                s.add(row)
+                if event is not None:
+                    s.add(event.row(now))
+                s.flush()
+                return _update(row)
+        except IntegrityError:
+            raise DuplicateUpdate(
+                f"device {device_id!r} already sent an update for round {round_id}"
+            ) from None
+
+    def has_update(self, round_id: int, device_id: str) -> bool:
+        with self._tx() as s:
+            q = select(Update.update_id).where(Update.round_id == round_id, Update.device_id == device_id)
+            return s.scalar(q) is not None
+
+    def round_updates(self, round_id: int) -> list[UpdateRecord]:
+        with self._tx() as s:
+            q = select(Update).where(Update.round_id == round_id).order_by(Update.update_id)
+            return [_update(r) for r in s.scalars(q)]
+
+    def iter_update_blobs(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
+        """Yield accepted updates with their bytes one at a time (used to resume after a restart)."""
+        ids = [r for r in self._update_ids(round_id)]
+        for update_id in ids:
+            with self._tx() as s:
+                row = s.get(Update, update_id)
+                if row is not None and row.blob is not None:
+                    yield _update(row), bytes(row.blob)
+
+    def update_device_ids(self, round_id: int) -> list[str]:
+        """The devices with an accepted update in ``round_id``, in acceptance order."""
+        with self._tx() as s:
+            q = select(Update.device_id).where(Update.round_id == round_id).order_by(Update.update_id)
+            return list(s.scalars(q))
+
+    def update_blob(self, round_id: int, device_id: str) -> bytes | None:
+        """One accepted update's stored bytes (``None`` once dropped at close)."""
+        with self._tx() as s:
+            q = select(Update.blob).where(Update.round_id == round_id, Update.device_id == device_id)
+            blob = s.scalar(q)
+            return bytes(blob) if blob is not None else None
+
+    def _update_ids(self, round_id: int) -> list[int]:
+        with self._tx() as s:
+            q = select(Update.update_id).where(Update.round_id == round_id).order_by(Update.update_id)
+            return list(s.scalars(q))
+
+    def count_updates(self) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Update)) or 0)
