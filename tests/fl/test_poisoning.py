@@ -10,7 +10,10 @@ from qflare.fl.poisoning import POISONING_KINDS, Poisoner, choose_malicious, req
 
 BASE = {"w": np.zeros(4, dtype=np.float32)}
 HONEST = {"w": np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)}
-OTHERS = [{"w": np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)}, {"w": np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32)}]
+OTHERS = [
+    {"w": np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)},
+    {"w": np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32)},
+]
 
 
 def test_the_malicious_devices_depend_on_the_seed_alone() -> None:
