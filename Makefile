@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(EXTRAS_STAMP)
 	$(BIN)/mypy src/qflare
 	$(BIN)/ruff check src tests
+	sh scripts/ensure-chromium.sh  # Debian's chromium for tests/test_dashboard_browser.py (quiet, idempotent)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
