@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The tests also exercise optional extras (the Qiskit circuit backend); the demo does not need them.
 EXTRAS_STAMP := $(VENV)/.extras-stamp
 
-.PHONY: demo test lint typecheck bench clean compose-test
+.PHONY: demo test lint typecheck bench clean compose-test fuzz
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }

@@ -385,6 +385,8 @@ def _read_yaml(path: str | Path) -> Any:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read ({exc.strerror})", reason="config_unreadable") from None
+    except UnicodeDecodeError as exc:  # found by tests/fuzz/test_parsers.py
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})", reason="config_not_yaml") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
