@@ -38,6 +38,11 @@ typecheck: $(STAMP)
 compose-test:
 	bash docker/compose-test.sh
 
+# The fuzzers of make test (tests/fuzz) with a longer budget: examples per parser / per API operation.
+fuzz: $(STAMP)
+	QFLARE_FUZZ_EXAMPLES=$${QFLARE_FUZZ_EXAMPLES:-3000} QFLARE_FUZZ_API_EXAMPLES=$${QFLARE_FUZZ_API_EXAMPLES:-100} \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
+
 bench: $(STAMP)
 	$(BIN)/qflare bench auth
 	$(BIN)/qflare bench qkd
