@@ -14,3 +14,11 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_environment_snapshot() -> None:
+    # qflare.environment reads the environment once; a test's monkeypatch.setenv must be seen.
+    from qflare.environment import environment
+
+    environment.cache_clear()

@@ -67,3 +67,21 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_global_config(tmp_path / "nope.yaml")
     assert info.value.reason == "config_unreadable"
+
+
+def test_the_environment_is_read_in_one_place() -> None:
+    # Every os.environ read in src/qflare outside qflare.environment is either a child-process environment
+    # being built or the multi-worker spec handed to workers; nothing else reads the environment.
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "qflare"
+    reads = []
+    for path in src.rglob("*.py"):
+        if path.name == "environment.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            exempt = "env = {" in line or "SPEC_ENV" in line  # a child's environment; the worker spec
+            if re.search(r"os\.environ\.get|os\.getenv|os\.environ\[", line) and not exempt:
+                reads.append(f"{path.relative_to(src)}:{n}: {line.strip()}")
+    assert reads == []

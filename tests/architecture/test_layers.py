@@ -27,7 +27,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "qflare"
 
 LAYER = {
-    "errors": 0, "types": 0, "logs": 0, "__init__": 0, "__main__": 6,
+    "errors": 0, "types": 0, "logs": 0, "environment": 0, "__init__": 0, "__main__": 6,
     "crypto": 1,
     "fl": 2, "qkd": 2, "ledger": 2,
     "config": 2.5,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from qflare.cli.console import make_console
 from qflare.cli.operator import DEFAULT_SERVER, OperatorClient, resolve_operator_token
+from qflare.environment import environment
 from qflare.errors import ConfigError
 from qflare.server.schemas import DEVICE_ID_PATTERN
 
@@ -65,7 +65,7 @@ def keygen(
         raise ConfigError(f"{key_path} exists; use --force to replace the identity", reason="key_exists")
     passphrase = None
     if passphrase_env:
-        passphrase = os.environ.get(passphrase_env)
+        passphrase = environment().named(passphrase_env)
         if not passphrase:
             raise ConfigError(f"${passphrase_env} is empty or not set", reason="passphrase")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def join(
     from qflare.edge.client import error_from_response
     from qflare.server.enrollment import sign_enrollment
 
-    passphrase = os.environ.get(passphrase_env) if passphrase_env else None
+    passphrase = environment().named(passphrase_env) if passphrase_env else None
     sk = read_private_key(key, token=TOKEN, passphrase=passphrase)
     if not isinstance(sk, SigningKey):
         raise ConfigError(f"{key} is not a signing identity key")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from qflare.edge.client import ServerUnavailable, error_from_response
+from qflare.environment import environment
 from qflare.errors import ConfigError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -16,7 +16,7 @@ DEFAULT_TOKEN_FILE = Path(".qflare/admin_token")
 
 
 def resolve_operator_token(explicit: str | None, token_file: Path = DEFAULT_TOKEN_FILE) -> str:
-    token = explicit or os.environ.get("QFLARE_ADMIN_TOKEN")
+    token = explicit or environment().admin_token
     if token:
         return token
     if token_file.exists():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from qflare.cli.console import make_console
+from qflare.environment import environment
 from qflare.errors import ConfigError
 
 app = typer.Typer(help="Operator accounts for the dashboard: add, list.", no_args_is_help=True)
@@ -27,7 +27,7 @@ def add(
     """Add an operator (or set a new password); the server reads the file at start."""
     from qflare.server.operators import OperatorAccounts
 
-    password = os.environ.get(password_env)
+    password = environment().named(password_env)
     if not password:
         raise ConfigError(f"--password-env: ${password_env} is empty or not set", reason="bad_option")
     OperatorAccounts(file).add(name, password)

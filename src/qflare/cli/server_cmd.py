@@ -12,6 +12,7 @@ import typer
 
 from qflare.cli.console import make_console
 from qflare.config import load_global_config
+from qflare.environment import ADMIN_TOKEN_ENV, environment
 from qflare.errors import ConfigError
 from qflare.logs import configure_logging
 
@@ -24,9 +25,10 @@ DEVICE_TRUST_FILE = "device_trust.yaml"
 
 def resolve_admin_token(configured: str | None, token_file: Path) -> str:
     """The operator token: ``QFLARE_ADMIN_TOKEN``, the config, or one generated into ``token_file`` (0600)."""
-    token = os.environ.get("QFLARE_ADMIN_TOKEN") or configured
+    from_env = environment().admin_token
+    token = from_env or configured
     if token:
-        return _strong(token, "QFLARE_ADMIN_TOKEN" if os.environ.get("QFLARE_ADMIN_TOKEN") else "server.admin_token")
+        return _strong(token, ADMIN_TOKEN_ENV if from_env else "server.admin_token")
     if token_file.exists():
         return _strong(token_file.read_text().strip(), str(token_file))
     token_file.parent.mkdir(parents=True, exist_ok=True)

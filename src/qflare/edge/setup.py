@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from qflare.crypto.keyfile import fingerprint, parse_public_key, read_private_ke
 from qflare.crypto.secret_access import TOKEN
 from qflare.edge.attestation import load_trust_root
 from qflare.edge.client import DeviceClient, QKDKeyFetcher, ServerUnavailable
+from qflare.environment import environment
 from qflare.errors import ConfigError, QFlareError
 
 
@@ -25,7 +25,7 @@ def load_identity(cfg: DeviceConfig, base: Path) -> SigningKey:
     path = cfg.resolve(cfg.identity_key_file, base)
     passphrase = None
     if cfg.identity_key_passphrase_env:
-        passphrase = os.environ.get(cfg.identity_key_passphrase_env)
+        passphrase = environment().named(cfg.identity_key_passphrase_env)
         if passphrase is None:
             raise ConfigError(f"identity_key_passphrase_env: ${cfg.identity_key_passphrase_env} is not set")
     try:

@@ -24,13 +24,13 @@ from qflare.crypto.keyfile import read_private_key, write_private_key, write_pub
 from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import SigningKey, VerifyKey
 from qflare.enclave.registry import DeviceRegistration, sign_registration
+from qflare.environment import environment
 from qflare.errors import ConfigError
 
 __all__ = ["OPERATOR_KEY_FILE", "DeviceRegistrar", "OperatorKey", "RegistryRecord", "registration_for"]
 
 OPERATOR_KEY_FILE: Final = "operator.key"
 OPERATOR_PUB_FILE: Final = "operator.pub"
-_PASSPHRASE_ENV: Final = "QFLARE_SERVER_KEY_PASSPHRASE"
 
 
 class OperatorKey:
@@ -44,7 +44,7 @@ class OperatorKey:
         """Load ``key_dir/operator.key``, generating it (0600) and ``operator.pub`` on first use."""
         d = Path(key_dir)
         path = d / OPERATOR_KEY_FILE
-        passphrase = os.environ.get(_PASSPHRASE_ENV) or None
+        passphrase = environment().server_key_passphrase
         if not path.exists():
             d.mkdir(parents=True, exist_ok=True)
             key = SigningKey.generate()

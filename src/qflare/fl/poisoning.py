@@ -33,13 +33,13 @@ Colluding attacks (``alie``, ``ipm``) need the honest updates of the round. Who 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from qflare.environment import SIMULATION_ENV, environment
 from qflare.errors import ConfigError
 from qflare.fl.attacks import (
     alie_z,
@@ -62,7 +62,6 @@ __all__ = [
     "require_simulation",
 ]
 
-SIMULATION_ENV = "QFLARE_SIMULATION"
 """Environment flag (``1``) without which an edge node refuses a ``simulation_attack``."""
 
 _PARAMS: dict[str, frozenset[str]] = {
@@ -82,8 +81,8 @@ COLLUDING_KINDS = frozenset({"alie", "ipm"})
 
 def require_simulation(environ: Mapping[str, str] | None = None) -> None:
     """Raise ``ConfigError`` unless ``QFLARE_SIMULATION=1``: a poisoning hook must never run by accident."""
-    env = os.environ if environ is None else environ
-    if env.get(SIMULATION_ENV) != "1":
+    allowed = environment().simulation if environ is None else environ.get(SIMULATION_ENV) == "1"
+    if not allowed:
         raise ConfigError(
             f"simulation_attack is set but {SIMULATION_ENV}=1 is not: this device would poison the federation; "
             "refusing (it is for qflare simulate only)",

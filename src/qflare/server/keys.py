@@ -7,7 +7,6 @@ opener whose private key never leaves the enclave process; the gateway only sees
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ from qflare.crypto.envelope import Envelope, decrypt_envelope
 from qflare.crypto.keyfile import fingerprint, read_private_key, write_private_key, write_public_key
 from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import VerifyKey
+from qflare.environment import SERVER_KEY_PASSPHRASE_ENV, environment
 from qflare.errors import ConfigError
 
 KEM_KEY_FILE = "server-kem.key"
 KEM_PUB_FILE = "server-kem.pub"
 SIGN_KEY_FILE = "server-sign.key"
 SIGN_PUB_FILE = "server-sign.pub"
-PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
+PASSPHRASE_ENV = SERVER_KEY_PASSPHRASE_ENV
 
 
 class Sealer(Protocol):
@@ -71,7 +71,7 @@ class ServerKeys:
     def load_or_create(cls, key_dir: str | Path) -> ServerKeys:
         """Load the keys from ``key_dir``, generating them on first start (private files mode 0600)."""
         d = Path(key_dir)
-        passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        passphrase = environment().server_key_passphrase
         kem_path, sign_path = d / KEM_KEY_FILE, d / SIGN_KEY_FILE
         if kem_path.exists() != sign_path.exists():
             raise ConfigError(f"{d}: found only one of {KEM_KEY_FILE} and {SIGN_KEY_FILE}", reason="server_keys")

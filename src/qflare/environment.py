@@ -1,0 +1,59 @@
+"""The process environment, read in one place.
+
+Every part of QFLARE that takes a value from an environment variable asks :func:`environment` for it,
+so what the environment can change is listed here and nowhere else:
+
+``QFLARE_ADMIN_TOKEN``
+    The operator's bearer token (server and operator CLI).
+``QFLARE_SERVER_KEY_PASSPHRASE``
+    Encrypts the server's and the operator's key files at rest.
+``QFLARE_SIMULATION``
+    ``1`` lets a device run a simulation-only poisoning hook (``qflare simulate --attack``).
+Variables named in a configuration
+    A key file's passphrase (``identity_key_passphrase_env``, ``--passphrase-env``, ``--password-env``):
+    :meth:`Environment.named`.
+
+The snapshot is taken on first use; tests that change the environment call ``environment.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+__all__ = ["ADMIN_TOKEN_ENV", "SERVER_KEY_PASSPHRASE_ENV", "SIMULATION_ENV", "Environment", "environment"]
+
+ADMIN_TOKEN_ENV = "QFLARE_ADMIN_TOKEN"
+SERVER_KEY_PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
+SIMULATION_ENV = "QFLARE_SIMULATION"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A read-only snapshot of the variables QFLARE uses."""
+
+    variables: Mapping[str, str] = field(repr=False)
+
+    @property
+    def admin_token(self) -> str | None:
+        return self.variables.get(ADMIN_TOKEN_ENV) or None
+
+    @property
+    def server_key_passphrase(self) -> str | None:
+        return self.variables.get(SERVER_KEY_PASSPHRASE_ENV) or None
+
+    @property
+    def simulation(self) -> bool:
+        return self.variables.get(SIMULATION_ENV) == "1"
+
+    def named(self, name: str) -> str | None:
+        """The variable a configuration names (a passphrase), or ``None`` if unset or empty."""
+        return self.variables.get(name) or None
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    """The environment as it was when first asked for (read once)."""
+    return Environment(dict(os.environ))
