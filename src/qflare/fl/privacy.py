@@ -50,6 +50,7 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacyPlan",
     "PrivacySpent",
+    "central_from_config",
     "epsilon_for",
     "noise_for_epsilon",
     "plan_central",
@@ -399,3 +400,26 @@ def plan_central(*, noise_multiplier: float | None, target_epsilon: float | None
                 reason="privacy_budget_exceeded",
             )
     return PrivacyPlan(z, target_epsilon, planned)
+
+
+def central_from_config(strategy: Strategy, *, mode: str, noise_multiplier: float | None,
+                        target_epsilon: float | None, clip: float, delta: float, adaptive: bool = False,
+                        target_quantile: float = 0.5, clip_learning_rate: float = 0.2, sampling_rate: float,
+                        rounds: int | None, expected_clients: int = 10,
+                        seed: int | None = None) -> tuple[Strategy, PrivacyAccountant | None]:
+    """``strategy`` wrapped as ``aggregation.privacy`` says, and the accountant of the run (``None`` for mode none)."""
+    if mode == "none":
+        return strategy, None
+    if mode != "central":
+        raise ConfigError(f"aggregation.privacy.mode: unknown mode {mode!r}", reason="invalid_privacy_params")
+    plan = plan_central(noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
+                        sampling_rate=sampling_rate, rounds=rounds)
+    wrapped: DPFixedClipping
+    if adaptive:
+        wrapped = DPAdaptiveClipping(strategy, noise_multiplier=plan.noise_multiplier, initial_clip=clip,
+                                     target_quantile=target_quantile, clip_learning_rate=clip_learning_rate,
+                                     expected_clients=expected_clients, seed=seed)
+    else:
+        wrapped = DPFixedClipping(strategy, clip=clip, noise_multiplier=plan.noise_multiplier, seed=seed)
+    return wrapped, PrivacyAccountant(plan.noise_multiplier, delta, budget=plan.budget)
+

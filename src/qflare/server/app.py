@@ -15,7 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare import __version__
 from qflare.config import GlobalConfig, QKDConfig
+from qflare.errors import ConfigError
 from qflare.fl.port import AggregationBackend
+from qflare.fl.privacy import central_from_config
 from qflare.fl.strategies import get_strategy
 from qflare.server.aggregation import InProcessAggregator
 from qflare.server.dashboard import install_dashboard
@@ -73,10 +75,17 @@ def build_state(
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    backend = backend or InProcessAggregator(
+    privacy = config.aggregation.privacy
+    if privacy.mode != "none" and config.enclave.backend != "none":
+        # The enclave builds its strategy from its measured config, which does not carry privacy yet:
+        # refuse rather than report an epsilon for noise nobody added.
+        raise ConfigError("aggregation.privacy.mode: central DP runs with enclave.backend: none only (for now)",
+                          reason="privacy_needs_inprocess")
+    strategy, accountant = central_from_config(
         get_strategy(config.aggregation.rule, **config.aggregation.params),
-        max_update_norm=config.aggregation.max_update_norm,
+        **privacy.model_dump(), sampling_rate=config.rounds.fraction, rounds=config.rounds.total,
     )
+    backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator, lease=lease)
@@ -88,6 +97,10 @@ def build_state(
         if config.ledger.enabled else None
     )
     orch.ledger = audit
+    orch.privacy = accountant
+    if accountant is not None:
+        for _ in range(orch.completed_rounds()):  # a restarted server has spent these already
+            accountant.spend(config.rounds.fraction)
     gateway.ledger = audit
     if enclave is not None and audit is not None:
         # The enclave's quote at start, its nonce the log's current root (the quote is bound to the log).

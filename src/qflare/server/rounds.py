@@ -32,11 +32,13 @@ from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays
 from qflare.server.evaluation import Evaluator
+from qflare.server.faults import crash_point
 from qflare.server.lease import RoundLease, SoleLease
 from qflare.server.reputation import Reputation
 from qflare.server.storage import NewEvent, Repository, RoundRecord, UpdateRecord
 
 if TYPE_CHECKING:
+    from qflare.fl.privacy import PrivacyAccountant
     from qflare.server.ledger import AuditLog
 
 log = logging.getLogger("qflare.rounds")
@@ -62,6 +64,7 @@ class Assignment:
     task_signature: str | None = None  # base64, by the enclave: binds round, model hash and deadline
     model_signature: str | None = None  # base64, by the enclave, over the base model (versions >= 1)
     model_round_id: int | None = None  # the round that produced the base model (what its signature names)
+    reason: str | None = None  # with "wait": what the device waits for, in words (logged by the edge node)
 
 
 def initial_model_blob(task_name: str, seed: int) -> bytes:
@@ -109,6 +112,7 @@ class Orchestrator:
         self.clock = clock
         self.evaluator = evaluator
         self.ledger: AuditLog | None = None  # set by build_state; docs/ledger.md
+        self.privacy: PrivacyAccountant | None = None  # central DP spend, set by build_state; docs/privacy.md
         self.reputation = Reputation(repo, config.reputation, clock=clock, ledger=lambda: self.ledger)
         self._lock = threading.RLock()
         self._counts: dict[int, int] = {}
@@ -167,7 +171,9 @@ class Orchestrator:
         return self.repo.count_rounds("aggregated")
 
     def finished(self) -> bool:
-        return self.completed_rounds() >= self.config.rounds.total
+        # A DP budget that one more round would exceed ends the run: the model stays the last within budget.
+        over_budget = self.privacy is not None and self.privacy.would_exceed(self.config.rounds.fraction)
+        return over_budget or self.completed_rounds() >= self.config.rounds.total
 
     def assignment_for(self, device_id: str) -> Assignment:
         # Under the lock: a round is handed out only once it is open for every reader (stored and
@@ -181,7 +187,8 @@ class Orchestrator:
             return Assignment(status="done", retry_after=0)
         rnd = self.current_round()
         if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
-            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10))
+            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),
+                              reason=self._wait_reason(device_id, rnd))
         model = self.repo.get_model(rnd.base_version)
         if model is None:
             raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")
@@ -197,6 +204,18 @@ class Orchestrator:
             model_signature=base64.b64encode(model.signature).decode() if model.signature else None,
             model_round_id=model.round_id,
         )
+
+    def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
+        rc = self.config.rounds
+        if rnd is None:
+            active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
+            if active < rc.min_devices:
+                return (f"waiting for {rc.min_devices} active devices before round {self.repo.last_round_id() + 1}"
+                        f" opens ({active} of {rc.min_devices} active)")
+            return "waiting for the next round to open"
+        if device_id not in rnd.selected:
+            return f"not selected for round {rnd.round_id}; waiting for the next round"
+        return f"update for round {rnd.round_id} received; waiting for the round to close"
 
     def _task_signature(self, rnd: RoundRecord, model_sha256: str) -> str | None:
         # One signature per round serves every device: the task is the same for all of them.
@@ -236,6 +255,7 @@ class Orchestrator:
         with self._lock:
             self._raise_if_closed(round_id)
             record = self._accept(device_id, validated, provenance)
+            crash_point("after_commit")  # crash tests only (server/faults.py)
             count = self._counts[round_id]
             rc = self.config.rounds
             full = count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum)
@@ -403,6 +423,7 @@ class Orchestrator:
         self._sync(rnd)
         counted = self._counts.get(rnd.round_id, 0)
         blob = self.backend.finalize(rnd.round_id)
+        crash_point("during_aggregation")  # crash tests only (server/faults.py)
         updates = self.repo.round_updates(rnd.round_id)
         flagged_fn = getattr(self.backend, "flagged_updates", None)  # the rule's outliers (in-process backend)
         flagged = set(flagged_fn(rnd.round_id)) if flagged_fn is not None else set()
@@ -419,6 +440,8 @@ class Orchestrator:
             metrics["train_loss"] = sum(lo * n for lo, n in losses) / sum(n for _, n in losses)
         if self.evaluator is not None and self.config.evaluation.enabled:
             metrics.update(self.evaluator.evaluate(blob))
+        if self.privacy is not None:
+            metrics["privacy"] = self.privacy.spend(self.config.rounds.fraction).as_dict()
         latest = self.repo.latest_model()
         version = (latest.version if latest is not None else 0) + 1
         self.repo.close_round(

@@ -1,0 +1,65 @@
+"""Central DP on the deployed path (in-process backend): epsilon in the round metrics, stop at the budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qflare.config import AggregationConfig, PrivacyConfig
+from qflare.errors import ConfigError
+from qflare.fl.privacy import DPFixedClipping, epsilon_for
+from tests.server.conftest import Harness, config_for, make_harness
+
+
+def _upload(h: Harness, rid: int, device: str, **kw: float):  # type: ignore[no-untyped-def]
+    return h.post(device, f"/v1/device/rounds/{rid}/update", h.update_blob(**kw))  # type: ignore[arg-type]
+
+
+def test_round_metrics_carry_epsilon_and_the_run_stops_at_its_budget(tmp_path: Path) -> None:
+    # Prepare: a budget for the two planned rounds at z=2
+    budget = epsilon_for(2.0, 1.0, 2, 1e-5) + 1e-9
+    agg = AggregationConfig(rule="fedavg", privacy=PrivacyConfig(mode="central", noise_multiplier=2.0,
+                                                                 target_epsilon=budget, clip=1.0))
+    for h in make_harness(tmp_path, aggregation=agg):
+        backend = h.state.orchestrator.backend
+        assert isinstance(getattr(backend, "strategy", None), DPFixedClipping)
+        rid = h.open_round()
+        # the budget shrinks to what one round spends (as when more devices are selected than planned)
+        accountant = h.state.orchestrator.privacy
+        assert accountant is not None and not h.state.orchestrator.finished()
+        accountant.budget = epsilon_for(2.0, 1.0, 1, 1e-5) + 1e-9
+        # Execute
+        for device in ("edge_0", "edge_1", "edge_2"):
+            assert _upload(h, rid, device, scale=1.0).status_code == 200
+        # Assert
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "aggregated"
+        privacy = rnd.metrics["privacy"]
+        assert privacy["mode"] == "central" and privacy["delta"] == 1e-5
+        assert privacy["epsilon"] == pytest.approx(epsilon_for(2.0, 1.0, 1, 1e-5))
+        assert h.state.orchestrator.finished()
+        h.state.orchestrator.tick()
+        assert h.state.orchestrator.current_round() is None
+        assert h.state.repo.latest_model().version == rnd.new_version  # type: ignore[union-attr]
+
+
+def test_central_dp_with_the_enclave_backend_is_refused(tmp_path: Path) -> None:
+    from qflare.server.app import build_state
+
+    config = config_for(tmp_path, enclave=True)
+    config = config.model_copy(update={"aggregation": AggregationConfig(
+        privacy=PrivacyConfig(mode="central", noise_multiplier=1.0))})
+    with pytest.raises(ConfigError) as err:
+        build_state(config, admin_token="x" * 32)
+    assert err.value.reason == "privacy_needs_inprocess"
+
+
+def test_a_budget_the_planned_rounds_exceed_is_refused_at_start(tmp_path: Path) -> None:
+    from qflare.server.app import build_state
+
+    config = config_for(tmp_path).model_copy(update={"aggregation": AggregationConfig(
+        privacy=PrivacyConfig(mode="central", noise_multiplier=2.0, target_epsilon=1.0))})
+    with pytest.raises(ConfigError) as err:
+        build_state(config, admin_token="x" * 32)
+    assert err.value.reason == "privacy_budget_exceeded"
