@@ -27,7 +27,7 @@ from qflare.server.storage.records import (
     UpdateRecord,
 )
 from qflare.server.storage.rounds import RoundStore
-from qflare.server.storage.tables import Base
+from qflare.server.storage.schema import upgrade_schema
 from qflare.server.storage.updates import UpdateStore
 
 __all__ = [
@@ -57,7 +57,7 @@ class Repository(DeviceStore, NonceStore, ModelStore, RoundStore, UpdateStore, E
         self.url = url
         self.engine = make_engine(url)
         try:
-            Base.metadata.create_all(self.engine)
+            upgrade_schema(self.engine)  # Alembic: a new database, or an older one upgraded in place
         except (OperationalError, InterfaceError) as exc:
             self.engine.dispose()
             raise ConfigError(f"cannot reach the database at {where(self.engine)}: "
