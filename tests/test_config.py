@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from qflare.config import GlobalConfig, dump_yaml, load_device_config, load_global_config
 from qflare.errors import ConfigError
@@ -85,3 +86,17 @@ def test_the_environment_is_read_in_one_place() -> None:
             if re.search(r"os\.environ\.get|os\.getenv|os\.environ\[", line) and not exempt:
                 reads.append(f"{path.relative_to(src)}:{n}: {line.strip()}")
     assert reads == []
+
+
+def test_production_refuses_the_demo_only_bypasses_naming_each() -> None:
+    from qflare.config import GlobalConfig
+
+    demo = GlobalConfig.model_validate({"enclave": {"backend": "simulated"}})
+    assert any("simulated" in b for b in demo.demo_bypasses())
+    with pytest.raises(ValidationError) as info:
+        GlobalConfig.model_validate({"server": {"deployment": "production", "admin_token": "x" * 32},
+                                     "enclave": {"backend": "none"}})
+    text = str(info.value)
+    assert "enclave.backend: none" in text and "server.admin_token" in text
+    ok = GlobalConfig.model_validate({"server": {"deployment": "production"}, "enclave": {"backend": "gramine"}})
+    assert ok.demo_bypasses() == []

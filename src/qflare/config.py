@@ -144,6 +144,11 @@ class RateLimitConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    deployment: Literal["demo", "production"] = Field(
+        "demo",
+        description="production refuses the demo-only bypasses: a simulated or absent enclave (no isolation) "
+                    "and an operator token written in the config file",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     db_url: str = "sqlite:///qflare.db"
@@ -203,7 +208,9 @@ class AttestationConfig(_Strict):
     expected_measurement: str = Field(pattern=r"^[0-9a-f]{64}$", description="qflare enclave measure")
     expected_signer: str = Field(pattern=r"^[0-9a-f]{64}$", description="the enclave signer (MRSIGNER)")
     trust_root_file: str | None = Field(None, description="simulated platform's attestation public key")
-    allow_simulated: bool = Field(False, description="accept a simulated enclave (demos only)")
+    allow_simulated: bool = Field(
+        False, description="DEMO ONLY: accept a simulated enclave, which has no hardware isolation (logged at start)"
+    )
     min_svn: int = Field(1, ge=0)
 
 
@@ -249,6 +256,25 @@ class GlobalConfig(_Strict):
     qkd: QKDConfig | None = Field(None, description="the server's KME (slave SAE), for qkd/hybrid devices")
     enclave: EnclaveHostConfig = EnclaveHostConfig()
     ledger: LedgerConfig = LedgerConfig()
+
+    def demo_bypasses(self) -> list[str]:
+        """The demo-only shortcuts this configuration uses, in words (printed at start; refused in production)."""
+        found = []
+        if self.enclave.backend == "none":
+            found.append("enclave.backend: none (updates decrypted and aggregated in the server process)")
+        elif self.enclave.backend == "simulated":
+            found.append("enclave.backend: simulated (an enclave process without hardware isolation, "
+                         "signed by a development key)")
+        if self.server.admin_token:
+            found.append("server.admin_token in the config file (use QFLARE_ADMIN_TOKEN or the token file)")
+        return found
+
+    @model_validator(mode="after")
+    def _no_demo_bypass_in_production(self) -> GlobalConfig:
+        if self.server.deployment == "production" and self.demo_bypasses():
+            raise ValueError("server.deployment is production, which refuses the demo-only "
+                             + "; ".join(self.demo_bypasses()))
+        return self
 
     @model_validator(mode="after")
     def _privacy_budget_fits(self) -> GlobalConfig:

@@ -9,6 +9,8 @@ so what the environment can change is listed here and nowhere else:
     Encrypts the server's and the operator's key files at rest.
 ``QFLARE_SIMULATION``
     ``1`` lets a device run a simulation-only poisoning hook (``qflare simulate --attack``).
+``QFLARE_UNSAFE_CRASH_AT``
+    Crash tests only: SIGKILL the server at a named step (:mod:`qflare.server.faults`).
 Variables named in a configuration
     A key file's passphrase (``identity_key_passphrase_env``, ``--passphrase-env``, ``--password-env``):
     :meth:`Environment.named`.
@@ -23,11 +25,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-__all__ = ["ADMIN_TOKEN_ENV", "SERVER_KEY_PASSPHRASE_ENV", "SIMULATION_ENV", "Environment", "environment"]
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "SERVER_KEY_PASSPHRASE_ENV",
+    "SIMULATION_ENV",
+    "UNSAFE_CRASH_AT_ENV",
+    "Environment",
+    "environment",
+]
 
 ADMIN_TOKEN_ENV = "QFLARE_ADMIN_TOKEN"
 SERVER_KEY_PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
 SIMULATION_ENV = "QFLARE_SIMULATION"
+UNSAFE_CRASH_AT_ENV = "QFLARE_UNSAFE_CRASH_AT"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,10 @@ class Environment:
     @property
     def simulation(self) -> bool:
         return self.variables.get(SIMULATION_ENV) == "1"
+
+    @property
+    def unsafe_crash_at(self) -> str:
+        return self.variables.get(UNSAFE_CRASH_AT_ENV, "")
 
     def named(self, name: str) -> str | None:
         """The variable a configuration names (a passphrase), or ``None`` if unset or empty."""

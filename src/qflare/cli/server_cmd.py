@@ -157,6 +157,8 @@ def server(
     fp = fingerprint(state.gateway.opener.kem_public_key())
     console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {url}"
                   f" ({'enclave' if state.enclave is not None else 'server'} KEM key {fp})")
+    for bypass in cfg.demo_bypasses():  # refused with server.deployment: production
+        console.print(f"DEMO ONLY: {bypass}", markup=False, highlight=False)
     ca = str(Path(cfg.server.tls_cert).parent.resolve() / "ca.pem") if cfg.server.tls_cert else None
     snippet = device_config_snippet(state, server_url=url, ca_file=ca)
     console.print("# in each device_config.yaml (paths as seen from this machine):\n" + snippet,

@@ -20,6 +20,8 @@ from qflare.edge.client import DeviceClient, QKDKeyFetcher, ServerUnavailable
 from qflare.environment import environment
 from qflare.errors import ConfigError, QFlareError
 
+log = logging.getLogger("qflare.edge")
+
 
 def load_identity(cfg: DeviceConfig, base: Path) -> SigningKey:
     path = cfg.resolve(cfg.identity_key_file, base)
@@ -105,6 +107,9 @@ def build_client(cfg: DeviceConfig, base: Path, *, qkd_keys: QKDKeyFetcher | Non
     if cfg.attestation is not None:
         a = cfg.attestation
         root = load_trust_root(cfg.resolve(a.trust_root_file, base)) if a.trust_root_file else None
+        if a.allow_simulated:
+            log.warning("%s: DEMO ONLY: attestation.allow_simulated accepts a simulated enclave, which has no "
+                        "hardware isolation", cfg.device_id)
         client.require_attestation(a, root)  # verified before the first request is sealed
     return client
 
