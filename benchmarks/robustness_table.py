@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from qflare.errors import NonFiniteValues
 from qflare.fl.poisoning import POISONING_KINDS, Poisoner, choose_malicious
 from qflare.fl.simulation import run_inprocess
 from qflare.fl.strategies import get_strategy
@@ -59,19 +61,26 @@ def run_cell(task: str, rule: str, params: dict[str, Any], attack: str | None, r
     if attack is not None:
         ids = [str(i) for i in range(n)]
         malicious = [int(i) for i in choose_malicious(ids, FRACTION, seed=0)]
-        params = {"n": n, "f": len(malicious)} if attack == "alie" else {}
-        poisoner = Poisoner(attack, params, num_classes=getattr(t, "num_classes", None))
+        attack_params = {"n": n, "f": len(malicious)} if attack == "alie" else {}
+        poisoner = Poisoner(attack, attack_params, num_classes=getattr(t, "num_classes", None))
     partition = "dirichlet" if task == "digits" else None
-    history = run_inprocess(t, n, rounds, partition=partition, alpha=0.5, seed=0,
-                            strategy=get_strategy(rule, **params), attack=poisoner, malicious=malicious)
+    try:
+        history = run_inprocess(t, n, rounds, partition=partition, alpha=0.5, seed=0,
+                                strategy=get_strategy(rule, **params), attack=poisoner, malicious=malicious)
+    except NonFiniteValues:
+        return float("nan")  # the global model diverged to NaN/Inf: shown as "diverged"
     value = float(history[-1].metrics[t.metric])
-    return value if value == value else float("inf")  # NaN (a diverged model) -> inf for MAE, shown as "nan"
+    return value if math.isfinite(value) else float("nan")
 
 
 def table(task: str, cells: dict[str, float], rounds: int) -> tuple[str, list[str]]:
     t = get_task(task)
     acc = t.metric == "accuracy"
-    fmt = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.1f}" if v != float("inf") else "diverged")
+    def fmt(v: float) -> str:
+        if not math.isfinite(v):
+            return "diverged"
+        return f"{100 * v:.1f}" if acc else f"{v:.1f}"
+
     clean = cells["fedavg|clean"]
     cols = rules(CLIENTS[task])
     robust = [c for c, r, _ in cols if r != "fedavg"]
@@ -82,6 +91,8 @@ def table(task: str, cells: dict[str, float], rounds: int) -> tuple[str, list[st
         lines.append(f"| {attack} | " + " | ".join(row) + " |")
     # goals, in points (accuracy %) or MAE units
     def gap(v: float) -> float:
+        if not math.isfinite(v):
+            return math.inf
         return (clean - v) * 100 if acc else v - clean
 
     checks = []
