@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from qflare.server.app import build_state, create_app
 from tests.server.conftest import ADMIN, FakeClock, Harness, config_for, enroll
-from tests.server.test_storage import PG_URL, _pg_available
+from tests.server.pg import PG_URL, pg_available
 
 
 def test_openapi_docs_list_every_route(harness: Harness) -> None:
@@ -32,7 +32,7 @@ def test_health_and_server_keys_are_public(harness: Harness) -> None:
 
 @pytest.fixture
 def pg_harness(tmp_path: Path) -> Iterator[Harness]:
-    if not _pg_available():
+    if not pg_available():
         pytest.skip("no PostgreSQL at 127.0.0.1:5432")
     schema = f"qflare_app_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)

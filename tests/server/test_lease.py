@@ -6,36 +6,24 @@ first, seeing nothing, failed the round with ``deadline_no_quorum``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from qflare.errors import ConfigError, Conflict
 from qflare.server.app import build_state, create_app
 from qflare.server.lease import PostgresLease, SqliteLease, open_lease
 from qflare.server.storage import Repository
 from tests.server.conftest import _KEYS, ADMIN, FakeClock, Harness, config_for, enroll
-from tests.server.test_storage import PG_URL, _pg_available
+from tests.server.pg import fresh_schema
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    if not _pg_available():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
-    schema = f"qflare_lease_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("qflare_lease") as url:
+        yield url
 
 
 def _server(tmp_path: Path, url: str, clock: FakeClock, keys: dict[str, object], **rounds: object) -> Iterator[Harness]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from qflare.crypto import SigningKey, secret_access
 from qflare.errors import Conflict
@@ -15,8 +13,7 @@ from qflare.ledger import HybridNoteSigner, LogStore, MemoryLogStore, Transparen
 from qflare.ledger.merkle import leaf_hash, root_from_leaf_hashes
 from qflare.ledger.store import StoredCheckpoint
 from qflare.server.storage.ledger_store import SqlLogStore
-
-from .test_storage import PG_URL, _pg_available
+from tests.server.pg import fresh_schema
 
 ORIGIN = "qflare.test/ledger"
 
@@ -31,20 +28,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogStore]:
         yield s
         s.close()
         return
-    if not _pg_available():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
-    schema = f"qflare_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    s = SqlLogStore(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield s
-    finally:
-        s.close()
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema() as url:
+        s = SqlLogStore(url)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def _entries(n: int, start: int = 0) -> list[bytes]:

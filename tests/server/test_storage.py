@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from qflare.errors import Conflict, DuplicateUpdate, NotFound
 from qflare.server.storage import Repository
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_available() -> bool:
-    try:
-        with create_engine(PG_URL, connect_args={"connect_timeout": 2}).connect() as c:
-            c.execute(text("select 1"))
-        return True
-    except Exception:
-        return False
+from tests.server.pg import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -31,20 +19,12 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]
         yield r
         r.close()
         return
-    if not _pg_available():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
-    schema = f"qflare_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    r = Repository(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield r
-    finally:
-        r.close()
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema() as url:
+        r = Repository(url)
+        try:
+            yield r
+        finally:
+            r.close()
 
 
 def test_devices_register_revoke_and_refuse_duplicates(repo: Repository) -> None:

@@ -9,14 +9,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig, TrainConfig, dump_yaml
@@ -27,7 +25,7 @@ from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
 from qflare.server.rounds import initial_model_blob
 from qflare.server.storage import Repository
-from tests.server.test_storage import PG_URL, _pg_available
+from tests.server.pg import fresh_schema
 
 ADMIN = "operator-token-for-worker-tests-0123456789"
 N_DEVICES = 200
@@ -43,18 +41,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    if not _pg_available():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
-    schema = f"qflare_workers_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("qflare_workers") as url:
+        yield url
 
 
 @pytest.fixture
