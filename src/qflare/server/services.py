@@ -11,11 +11,11 @@ from typing import Any
 
 from qflare.errors import NotFound
 from qflare.server.state import ServerState
-from qflare.server.storage.repo import ModelRecord, RoundRecord, UpdateRecord
+from qflare.server.storage.repo import DeviceRecord, ModelRecord, RoundRecord, UpdateRecord
 
 __all__ = [
-    "DashboardView", "DeviceRow", "EnclaveView", "ModelBytes", "RoundDetail", "Status", "dashboard_view",
-    "model_bytes", "round_detail", "status",
+    "DashboardView", "DeviceRow", "EnclaveView", "IssuedToken", "ModelBytes", "RoundDetail", "Status",
+    "dashboard_view", "issue_enrollment_token", "model_bytes", "revoke_device", "round_detail", "status",
 ]
 
 
@@ -86,6 +86,40 @@ class ModelBytes:
 
     record: ModelRecord
     blob: bytes
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A one-time enrollment token, shown once (only its hash is stored)."""
+
+    token: str
+    device_id: str | None
+    expires_at: float
+
+
+def issue_enrollment_token(state: ServerState, *, device_id: str | None, key_source: str,
+                           ttl_seconds: float | None) -> IssuedToken:
+    """Store a token's hash with its expiry and the ``enrollment_token_issued`` event, in one transaction."""
+    from qflare.server.enrollment import new_token, token_hash
+    from qflare.server.storage import NewEvent
+
+    now = state.clock()
+    token = new_token()
+    expires_at = now + (ttl_seconds or state.config.server.enrollment_token_ttl_seconds)
+    state.repo.add_enrollment_token(token_hash(token), device_id=device_id, key_source=key_source, now=now,
+                                    expires_at=expires_at,
+                                    event=NewEvent("enrollment_token_issued", device_id=device_id))
+    return IssuedToken(token, device_id, expires_at)
+
+
+def revoke_device(state: ServerState, device_id: str) -> DeviceRecord:
+    """Revoke with its ``device_revoked`` event in one transaction, then record it in the audit ledger."""
+    from qflare.server.storage import NewEvent
+
+    rec = state.repo.revoke_device(device_id, now=state.clock(), event=NewEvent("device_revoked", device_id=device_id))
+    if state.ledger is not None:
+        state.ledger.device_revoked(device_id)
+    return rec
 
 
 def model_bytes(state: ServerState, version: int) -> ModelBytes:

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from qflare.errors import Conflict, NotFound
 from qflare.server import services
 from qflare.server.deps import Operator, State
-from qflare.server.enrollment import enroll_by_operator, new_token, token_hash
+from qflare.server.enrollment import enroll_by_operator
 from qflare.server.openapi import error_responses
 from qflare.server.schemas import (
     DeviceEnroll,
@@ -22,7 +22,6 @@ from qflare.server.schemas import (
     TokenCreated,
 )
 from qflare.server.state import ServerState
-from qflare.server.storage import NewEvent
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"], responses=error_responses())
 
@@ -39,13 +38,9 @@ def enroll_device(body: DeviceEnroll, state: State, _: Operator) -> DevicePublic
 @router.post("/enrollment-tokens", response_model=TokenCreated, status_code=201)
 def create_enrollment_token(body: TokenCreate, state: State, _: Operator) -> TokenCreated:
     """Issue a one-time, expiring token with which a device enrolls its own key."""
-    now = state.clock()
-    token = new_token()
-    ttl = body.ttl_seconds or state.config.server.enrollment_token_ttl_seconds
-    state.repo.add_enrollment_token(token_hash(token), device_id=body.device_id, key_source=body.key_source,
-                                    now=now, expires_at=now + ttl,
-                                    event=NewEvent("enrollment_token_issued", device_id=body.device_id))
-    return TokenCreated(token=token, device_id=body.device_id, expires_at=now + ttl)
+    issued = services.issue_enrollment_token(state, device_id=body.device_id, key_source=body.key_source,
+                                             ttl_seconds=body.ttl_seconds)
+    return TokenCreated.model_validate(issued)
 
 
 @router.get("/devices", response_model=list[DevicePublic])
@@ -73,10 +68,7 @@ def restore_device(device_id: str, state: State, _: Operator) -> DevicePublic:
 
 @router.post("/devices/{device_id}/revoke", response_model=DevicePublic)
 def revoke_device(device_id: str, state: State, _: Operator) -> DevicePublic:
-    rec = state.repo.revoke_device(device_id, now=state.clock(), event=NewEvent("device_revoked", device_id=device_id))
-    if state.ledger is not None:
-        state.ledger.device_revoked(device_id)
-    return DevicePublic.model_validate(rec)
+    return DevicePublic.model_validate(services.revoke_device(state, device_id))
 
 
 @router.get("/rounds", response_model=list[RoundPublic])
