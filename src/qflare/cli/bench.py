@@ -11,7 +11,8 @@ from rich.table import Table
 
 from qflare.cli.console import make_console
 
-app = typer.Typer(help="Benchmarks: print measured figures (and --json for machines).", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: print measured figures (and --json for machines). Without a NAME: all of them.",
+                  invoke_without_command=True)
 console = make_console()
 
 JsonOut = Annotated[bool, typer.Option("--json", help="print the figures as JSON on the last line")]
@@ -30,6 +31,33 @@ def _show(title: str, figures: dict[str, Any], json_out: bool) -> None:
     console.print(table)
     if json_out:
         print(json.dumps(figures))
+
+
+@app.callback()
+def everything(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="print all figures as one JSON object on the last line")]
+    = False,
+    quick: Annotated[bool, typer.Option(help="small budgets (about a minute; noisier figures)")] = False,
+) -> None:
+    """Without a NAME, run every benchmark (auth, aggregate, qkd, enclave, ledger) with a progress bar."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qflare.bench.suite import BENCHMARKS, run_all
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=make_console(stderr=True)) as bar:
+        job = bar.add_task("starting", total=len(BENCHMARKS))
+
+        def started(name: str) -> None:
+            done = list(BENCHMARKS).index(name)
+            bar.update(job, completed=done, description=f"qflare bench {name}")
+
+        figures = run_all(quick=quick, on_start=started)
+        bar.update(job, completed=len(BENCHMARKS), description="done")
+    _show("qflare bench", figures, json_out)
 
 
 @app.command()
