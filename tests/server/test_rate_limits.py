@@ -34,8 +34,10 @@ def test_wrong_operator_tokens_are_limited_per_source(harness: Harness) -> None:
     # Execute: the default burst of wrong tokens (10), then one more.
     codes = [harness.client.get("/v1/admin/status", headers={"Authorization": f"Bearer wrong-{i:020d}"}).status_code
              for i in range(11)]
-    # Assert
+    # Assert: each refused guess recorded, the ones cut off by the limit not.
     assert codes == [401] * 10 + [429]
+    events = harness.state.repo.list_events(kind="request_rejected")
+    assert sum(e.reason == "operator_auth" for e in events) == 10
     r = harness.client.get("/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     assert r.json()["error"]["reason"] == "rate_limited_operator_auth"

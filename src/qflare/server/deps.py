@@ -39,6 +39,9 @@ def require_operator(request: Request, state: State) -> None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
         if limiter is not None:
             limiter.charge(source)
+        # Recorded (the server's own record): bounded by the bucket above and the refusal retention.
+        state.repo.add_event("request_rejected", now=state.clock(), reason="operator_auth",
+                             detail=f"{request.method} {request.url.path} from {source}")
         raise AuthenticationError("operator credential missing or wrong", reason="operator_auth")
 
 
