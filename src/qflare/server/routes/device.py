@@ -56,7 +56,7 @@ async def _authenticate(request: Request, state: ServerState, *, update_round: i
     update = update_round is not None
     limit = state.config.server.max_update_bytes if update else state.config.server.max_request_bytes
     # A source whose requests keep being refused (garbage, guessing, replays) is cut off before any work,
-    # and no longer adds event rows: what is recorded is bounded by the bucket (docs/robustness.md).
+    # and no longer adds event rows: what is recorded is bounded by the bucket (and server/retention.py).
     refusals = rate_limits(request).device_refusals
     source = source_of(request.client)
     if refusals is not None:
