@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from qflare.errors import ConfigError, Conflict
 from qflare.server.app import build_state, create_app
@@ -160,3 +161,41 @@ def test_sqlite_is_single_process(tmp_path: Path) -> None:
     assert info.value.reason == "database_in_use" and "SQLite is single-process" in info.value.message
     first.release()
     SqliteLease(db).release()  # free again once released
+
+
+@pytest.mark.postgres
+def test_a_holder_whose_connection_dies_loses_the_lease_to_the_next(pg_url: str) -> None:
+    # Prepare: the holder probes its connection with short keepalives (a SIGKILLed holder is noticed)
+    repo = Repository(pg_url)
+    try:
+        holder, follower = PostgresLease(repo.engine), PostgresLease(repo.engine)
+        assert holder.held()
+        assert holder._conn is not None
+        assert holder._conn.execute(text("SHOW tcp_keepalives_idle")).scalar() == "5"
+        pid = holder._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert not follower.held()
+
+        # Execute: the database ends the holder's session (what failed keepalives do)
+        with repo.engine.begin() as c:
+            c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+        # Assert
+        assert follower.held() and not holder.held()
+        follower.release()
+    finally:
+        repo.close()
+
+
+@pytest.mark.postgres
+def test_a_restarted_server_waits_for_the_lease_of_its_dead_predecessor(pg_url: str) -> None:
+    import threading
+
+    repo = Repository(pg_url)
+    try:
+        old = open_lease(repo.engine, pg_url, shared_ok=False)
+        threading.Timer(1.5, old.release).start()
+        new = open_lease(repo.engine, pg_url, shared_ok=False, wait_seconds=20)
+        assert new.held()
+        new.release()
+    finally:
+        repo.close()

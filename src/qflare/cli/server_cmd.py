@@ -130,7 +130,7 @@ def server(
 
     check_workers(cfg, workers, repo.engine.dialect.name)
     # One round owner per database: a second server that cannot follow it (the enclave) is refused here.
-    lease = open_lease(repo.engine, cfg.server.db_url, shared_ok=cfg.enclave.backend == "none")
+    lease = open_lease(repo.engine, cfg.server.db_url, shared_ok=cfg.enclave.backend == "none", wait_seconds=30)
     if workers > 1:
         lease.release()
         repo.close()

@@ -21,6 +21,8 @@ import fcntl
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -144,6 +146,11 @@ class PostgresLease:
     def _try_acquire(self) -> bool:
         conn = self.engine.connect()
         try:
+            # The database must notice a killed holder (SIGKILL, a vanished container: no FIN is sent) in
+            # seconds, not after the kernel's two-hour keepalive default: its side of this connection probes.
+            conn.execute(text("SET tcp_keepalives_idle = 5"))
+            conn.execute(text("SET tcp_keepalives_interval = 2"))
+            conn.execute(text("SET tcp_keepalives_count = 3"))
             got = bool(conn.execute(text(f"SELECT pg_try_advisory_lock({_KEY_SQL})")).scalar())
             conn.commit()
             if not got:
@@ -186,11 +193,14 @@ class PostgresLease:
                 self._conn, self._token = None, 0
 
 
-def open_lease(engine: Engine, url: str, *, shared_ok: bool) -> RoundLease:
+def open_lease(engine: Engine, url: str, *, shared_ok: bool, wait_seconds: float = 0.0,
+               sleep: Callable[[float], None] = time.sleep) -> RoundLease:
     """The lease for a server on ``url``; refuses (``ConfigError``) a second server that cannot share.
 
     ``shared_ok`` says whether this server can follow another owner (in-process aggregation); with the
     enclave, each server has its own enclave and keys, so only one server may run on a database.
+    ``wait_seconds``: how long a server that cannot share waits for the lease first (a restart after a
+    crash: the database releases a killed holder's lock once its keepalives fail, within about 11 s).
     """
     if engine.dialect.name == "sqlite":
         path = sqlite_path(url)
@@ -198,6 +208,12 @@ def open_lease(engine: Engine, url: str, *, shared_ok: bool) -> RoundLease:
     if engine.dialect.name != "postgresql":
         return SoleLease()
     lease = PostgresLease(engine)
+    waited = 0.0
+    while not shared_ok and not lease.held() and waited < wait_seconds:
+        if waited == 0:
+            log.warning("the round lease is held by %s; waiting up to %.0f s", lease.holder_now(), wait_seconds)
+        sleep(1.0)
+        waited += 1.0
     if not lease.held() and not shared_ok:
         u = make_url(url)
         raise ConfigError(
