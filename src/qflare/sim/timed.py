@@ -40,7 +40,8 @@ Mode = Literal["sync", "async"]
 
 @dataclass(frozen=True)
 class TimedConfig:
-    """One timed run. ``time_budget_seconds`` (virtual) ends it; so does ``stop_at_target``."""
+    """One timed run. ``time_budget_seconds`` (virtual) ends it; so do ``max_trainings`` (local trainings,
+    the host's compute) and ``stop_at_target``."""
 
     task: str = "digits"
     clients: int = 50
@@ -51,6 +52,7 @@ class TimedConfig:
     target: float | None = None
     stop_at_target: bool = False
     time_budget_seconds: float = 600.0
+    max_trainings: int | None = None  # host compute budget: stop after this many local trainings
     base_train_seconds: float = 1.0
     fraction: float = 1.0
     deadline_seconds: float | None = None  # sync; default 1.5 x the slowest device's nominal time
@@ -128,7 +130,8 @@ def run_timed(config: TimedConfig, profiles: list[DeviceProfile]) -> TimedResult
         history.append({"time": round(t, 3), "version": version, **m})
         if not hit and _reached(task, m[task.metric], config.target):
             hit.append(t)
-        return bool(hit) and config.stop_at_target
+        over = config.max_trainings is not None and sum(tasks_started) >= config.max_trainings
+        return over or (bool(hit) and config.stop_at_target)
 
     if config.mode == "sync":
         accepted, refused = _run_sync(config, devices, nominal, initial, train, record)
