@@ -43,21 +43,28 @@ def test_short_operator_token_from_the_environment_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
 ) -> None:
     from qflare.cli.server_cmd import resolve_admin_token
+    from qflare.environment import environment
     from qflare.errors import ConfigError
 
     monkeypatch.setenv("QFLARE_ADMIN_TOKEN", token)
+    environment.cache_clear()
     with pytest.raises(ConfigError) as info:
         resolve_admin_token(None, tmp_path / "admin_token")
     assert info.value.reason == "weak_admin_token" and "QFLARE_ADMIN_TOKEN" in info.value.message
     monkeypatch.setenv("QFLARE_ADMIN_TOKEN", "a" * 16)
+    environment.cache_clear()
     assert resolve_admin_token(None, tmp_path / "admin_token") == "a" * 16
+    monkeypatch.delenv("QFLARE_ADMIN_TOKEN")
+    environment.cache_clear()
 
 
 def test_short_token_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qflare.cli.server_cmd import resolve_admin_token
+    from qflare.environment import environment
     from qflare.errors import ConfigError
 
     monkeypatch.delenv("QFLARE_ADMIN_TOKEN", raising=False)
+    environment.cache_clear()
     (tmp_path / "admin_token").write_text("short\n")
     with pytest.raises(ConfigError):
         resolve_admin_token(None, tmp_path / "admin_token")
@@ -87,3 +94,23 @@ def test_qflare_server_on_all_interfaces_prints_the_warning(tmp_path: Path, monk
     assert result.exit_code != 0
     out = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert "WARNING: serving plain HTTP on 0.0.0.0" in " ".join(out.split())
+
+
+def test_status_polls_reuse_one_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    built: list[int] = []
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, json={"rounds_completed": 0}))
+    real = httpx.Client
+
+    def counting(*args: Any, **kw: Any) -> httpx.Client:
+        built.append(1)
+        return real(*args, transport=transport, **kw)
+
+    monkeypatch.setattr(runner.httpx, "Client", counting)
+    fed = runner.Federation(run_dir=tmp_path, url="http://127.0.0.1:1", admin_token="x" * 16, server=None,  # type: ignore[arg-type]
+                            env={})
+    for _ in range(5):
+        assert fed.status() == {"rounds_completed": 0}
+    assert len(built) == 1
+    fed._status_client.close()  # type: ignore[union-attr]

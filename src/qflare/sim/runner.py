@@ -157,15 +157,18 @@ class Federation:
     edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     attestation: AttestationConfig | None = None
     ledger: bool = True  # the server keeps an audit ledger: devices audit it
+    _status_client: httpx.Client | None = field(default=None, repr=False)
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
 
     def status(self) -> dict[str, Any]:
-        with self.admin() as c:
-            r = c.get("/v1/admin/status")
-            r.raise_for_status()
-            return dict(r.json())
+        # One client for every poll (a client per poll cost a connection and, over TLS, an SSL context).
+        if self._status_client is None:
+            self._status_client = self.admin()
+        r = self._status_client.get("/v1/admin/status")
+        r.raise_for_status()
+        return dict(r.json())
 
     @property
     def device_dir(self) -> Path:
@@ -231,6 +234,9 @@ class Federation:
             )
 
     def stop(self) -> None:
+        if self._status_client is not None:
+            self._status_client.close()
+            self._status_client = None
         for proc in self.edges.values():
             stop_process(proc, grace=5)
         stop_process(self.server)
