@@ -88,3 +88,24 @@ def test_every_spelling_of_an_upload_target_is_an_upload_path() -> None:
                    "/v1/device/rounds/5/%75pdate?"):
         assert cfg.update_path_round(target) == 5, target
     assert cfg.update_path_round("/v1/device/task?x=/v1/device/rounds/5/update") is None
+
+
+def test_central_dp_parameters_are_measured_validated_and_canonical() -> None:
+    from qflare.enclave.measurement import measure
+
+    plain = EnclaveConfig()
+    dp = EnclaveConfig(privacy={"mode": "central", "noise_multiplier": 2, "clip": 1})
+    assert dp.privacy == {"adaptive": False, "clip": 1.0, "mode": "central", "noise_multiplier": 2.0}
+    assert "privacy" not in plain.to_dict()  # configs without DP keep their measurement
+    assert EnclaveConfig.from_json(dp.canonical_json()) == dp
+    runtime = {"python": "x"}
+    assert measure(dp, runtime=runtime).value != measure(plain, runtime=runtime).value
+    noisier = EnclaveConfig(privacy={"mode": "central", "noise_multiplier": 1.0, "clip": 1.0})
+    assert measure(noisier, runtime=runtime).value != measure(dp, runtime=runtime).value
+    for bad in ({"mode": "central", "noise_multiplier": 0, "clip": 1.0}, {"mode": "central", "clip": 1.0},
+                {"mode": "central", "noise_multiplier": 1.0, "clip": -1.0}, {"mode": "local", "noise_multiplier": 1.0},
+                {"mode": "central", "noise_multiplier": 1.0, "clip": 1.0, "seed": 3},
+                {"mode": "central", "noise_multiplier": True, "clip": 1.0}):
+        with pytest.raises(ConfigError) as err:
+            EnclaveConfig(privacy=bad)
+        assert err.value.reason == "invalid_config" and "privacy" in err.value.message

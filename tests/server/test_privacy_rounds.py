@@ -44,15 +44,39 @@ def test_round_metrics_carry_epsilon_and_the_run_stops_at_its_budget(tmp_path: P
         assert h.state.repo.latest_model().version == rnd.new_version  # type: ignore[union-attr]
 
 
-def test_central_dp_with_the_enclave_backend_is_refused(tmp_path: Path) -> None:
-    from qflare.server.app import build_state
+@pytest.mark.parametrize("enclave", [False, True], ids=["inprocess", "enclave"])
+def test_a_central_dp_round_clips_and_noises_where_the_updates_are_aggregated(tmp_path: Path,
+                                                                               enclave: bool) -> None:
+    import numpy as np
 
-    config = config_for(tmp_path, enclave=True)
-    config = config.model_copy(update={"aggregation": AggregationConfig(
-        privacy=PrivacyConfig(mode="central", noise_multiplier=1.0))})
-    with pytest.raises(ConfigError) as err:
-        build_state(config, admin_token="x" * 32)
-    assert err.value.reason == "privacy_needs_inprocess"
+    from qflare.enclave.measurement import measure
+    from qflare.fl.serialize import load_arrays
+    from qflare.server.app import enclave_config_for
+
+    # Prepare: z=1, clip 0.01, three devices whose steps (-0.5 x model) are far larger than the clip
+    z, clip = 1.0, 0.01
+    agg = AggregationConfig(rule="fedavg", privacy=PrivacyConfig(mode="central", noise_multiplier=z, clip=clip))
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=agg):
+        if enclave:
+            # the enclave's measured config carries the resolved DP parameters; the host backend has no strategy
+            measured = measure(enclave_config_for(h.state.config)).config
+            assert measured.privacy == {"adaptive": False, "clip": clip, "mode": "central", "noise_multiplier": z}
+            assert h.state.enclave is not None and h.state.orchestrator.backend is h.state.enclave
+        base = h.global_arrays()
+        rid = h.open_round()
+        # Execute
+        for device in ("edge_0", "edge_1", "edge_2"):
+            assert _upload(h, rid, device, scale=0.5).status_code == 200
+        # Assert: epsilon from the host's accountant, and a model = base + clipped mean + N(0, (z clip / 3)^2)
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "aggregated"
+        assert rnd.metrics["privacy"]["epsilon"] == pytest.approx(epsilon_for(z, 1.0, 1, 1e-5))
+        new, _ = load_arrays(h.state.repo.model_blob(rnd.new_version), h.state.orchestrator.spec)  # type: ignore[arg-type]
+        step = {k: -0.5 * v for k, v in base.items()}
+        norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in step.values())))
+        clipped_mean = {k: v * (clip / norm) for k, v in step.items()}
+        residual = np.concatenate([(new[k] - base[k] - clipped_mean[k]).ravel() for k in base])
+        assert residual.std() == pytest.approx(z * clip / 3, rel=0.1)
 
 
 def test_a_budget_the_planned_rounds_exceed_is_refused_at_start(tmp_path: Path) -> None:

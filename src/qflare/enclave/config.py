@@ -20,7 +20,8 @@ from urllib.parse import unquote
 
 from qflare.crypto.signing import VerifyKey
 from qflare.errors import ConfigError, QFlareError
-from qflare.fl.strategies import STRATEGIES
+from qflare.fl.privacy import dp_from_params, dp_params
+from qflare.fl.strategies import STRATEGIES, get_strategy
 
 __all__ = ["CONFIG_FORMAT", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
 
@@ -75,6 +76,12 @@ class EnclaveConfig:
         refuses update envelopes whose device signature does not verify against it; plaintext updates
         are then refused (they carry no device signature). ``None``: the enclave trusts the host's
         device check (measured, so devices pinning the measurement know which).
+    privacy:
+        Central DP (:func:`qflare.fl.privacy.dp_params` form: ``mode: central``, the resolved
+        ``noise_multiplier``, ``clip``, ``adaptive`` and the adaptive rule's parameters): the enclave wraps
+        the rule in the DP wrapper, so updates are clipped and the noise is drawn inside. Empty: no DP (and
+        the key is left out of :meth:`to_dict`, so such measurements are unchanged). The accountant runs on
+        the host: it needs only the public noise multiplier, sampling rate and round count.
     """
 
     isv_prod_id: int = 1
@@ -91,6 +98,7 @@ class EnclaveConfig:
     aggregation_rule: str = "fedavg"
     aggregation_params: dict[str, Any] = field(default_factory=dict)
     operator_key: str | None = None
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     __hash__ = None  # type: ignore[assignment]  # aggregation_params is a dict
 
@@ -154,6 +162,14 @@ class EnclaveConfig:
         object.__setattr__(self, "aggregation_params", dict(sorted(params.items())))
         if self.operator_key is not None:
             self.operator_verify_key()  # raises ConfigError on anything but a composite public key
+        if not isinstance(self.privacy, dict):
+            raise ConfigError("enclave config privacy must be an object", reason="invalid_config")
+        if self.privacy:
+            try:  # one canonical form: the resolved parameters of the wrapper they build
+                canonical = dp_params(dp_from_params(get_strategy(self.aggregation_rule, **params), self.privacy))
+            except ConfigError as exc:
+                raise ConfigError(f"enclave config privacy: {exc.message}", reason="invalid_config") from None
+            object.__setattr__(self, "privacy", dict(sorted(canonical.items())))
 
     def operator_verify_key(self) -> VerifyKey | None:
         """The pinned operator key, or ``None`` when device checks are left to the host."""
@@ -171,6 +187,8 @@ class EnclaveConfig:
         """The fields plus ``format``, JSON-ready."""
         doc: dict[str, Any] = {"format": CONFIG_FORMAT, **asdict(self)}
         doc["allowed_key_sources"] = list(self.allowed_key_sources)
+        if not self.privacy:
+            del doc["privacy"]
         return doc
 
     def canonical_json(self) -> bytes:

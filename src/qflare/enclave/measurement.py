@@ -78,6 +78,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/influence.py",
             "qflare/fl/optimizers.py",
             "qflare/fl/strategies/server_opt.py",
+            "qflare/fl/privacy.py",  # central DP wrappers (EnclaveConfig.privacy); the accountant stays on the host
             # the enclave itself: shared formats and the trusted side
             "qflare/enclave/__init__.py",
             "qflare/enclave/channel.py",

@@ -51,6 +51,8 @@ __all__ = [
     "PrivacyPlan",
     "PrivacySpent",
     "central_from_config",
+    "dp_from_params",
+    "dp_params",
     "epsilon_for",
     "noise_for_epsilon",
     "plan_central",
@@ -423,3 +425,46 @@ def central_from_config(strategy: Strategy, *, mode: str, noise_multiplier: floa
         wrapped = DPFixedClipping(strategy, clip=clip, noise_multiplier=plan.noise_multiplier, seed=seed)
     return wrapped, PrivacyAccountant(plan.noise_multiplier, delta, budget=plan.budget)
 
+
+
+# --- the enclave's measured form --------------------------------------------------------------
+
+_PARAM_KEYS = frozenset({"mode", "noise_multiplier", "clip", "adaptive", "target_quantile", "clip_learning_rate",
+                         "clipped_count_stddev"})
+
+
+def dp_params(strategy: DPFixedClipping) -> dict[str, Any]:
+    """The resolved parameters of ``strategy`` (JSON numbers): what ``EnclaveConfig.privacy`` carries, so the
+    enclave builds the same wrapper with :func:`dp_from_params` (no accountant there: z is already resolved)."""
+    doc: dict[str, Any] = {"mode": "central", "noise_multiplier": strategy.noise_multiplier, "clip": strategy.clip,
+                           "adaptive": isinstance(strategy, DPAdaptiveClipping)}
+    if isinstance(strategy, DPAdaptiveClipping):
+        doc.update(clip=strategy.clip_history[0], target_quantile=strategy.target_quantile,
+                   clip_learning_rate=strategy.clip_learning_rate, clipped_count_stddev=strategy.clipped_count_stddev)
+    return doc
+
+
+def dp_from_params(strategy: Strategy, params: Mapping[str, Any]) -> DPFixedClipping:
+    """``strategy`` wrapped as :func:`dp_params` output says; ``ConfigError`` on unknown keys or bad values."""
+    unknown = sorted(set(params) - _PARAM_KEYS)
+    if unknown or params.get("mode") != "central":
+        raise ConfigError(f"aggregation.privacy: unknown keys {unknown} or mode {params.get('mode')!r} (need central)",
+                          reason="invalid_privacy_params")
+    for key in ("noise_multiplier", "clip", "target_quantile", "clip_learning_rate", "clipped_count_stddev"):
+        value = params.get(key, 1.0 if key in ("noise_multiplier", "clip") else None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"aggregation.privacy.{key}: must be a number", reason="invalid_privacy_params")
+    adaptive = params.get("adaptive", False)
+    if not isinstance(adaptive, bool):
+        raise ConfigError("aggregation.privacy.adaptive: must be true or false", reason="invalid_privacy_params")
+    if not adaptive:
+        extra = sorted(set(params) - {"mode", "noise_multiplier", "clip", "adaptive"})
+        if extra:
+            raise ConfigError(f"aggregation.privacy: {extra} apply to adaptive clipping only",
+                              reason="invalid_privacy_params")
+        return DPFixedClipping(strategy, clip=params.get("clip"), noise_multiplier=params.get("noise_multiplier"))  # type: ignore[arg-type]
+    return DPAdaptiveClipping(
+        strategy, noise_multiplier=params.get("noise_multiplier"), initial_clip=params.get("clip"),  # type: ignore[arg-type]
+        target_quantile=params.get("target_quantile", 0.5), clip_learning_rate=params.get("clip_learning_rate", 0.2),
+        clipped_count_stddev=params.get("clipped_count_stddev"),
+    )

@@ -15,10 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare import __version__
 from qflare.config import GlobalConfig, QKDConfig
-from qflare.errors import ConfigError
 from qflare.fl.port import AggregationBackend
-from qflare.fl.privacy import central_from_config
-from qflare.fl.strategies import get_strategy
+from qflare.fl.privacy import DPFixedClipping, PrivacyAccountant, central_from_config, dp_params
+from qflare.fl.strategies import Strategy, get_strategy
 from qflare.server.aggregation import InProcessAggregator
 from qflare.server.dashboard import install_dashboard
 from qflare.server.enclave_link import EnclaveOpener
@@ -68,6 +67,9 @@ def build_state(
     )
     if evaluator is not None:
         evaluator.check()
+    # Central DP: a budget the planned rounds exceed is refused before the enclave starts. With an enclave
+    # the wrapper is built inside it from its measured config (enclave_config_for); the accountant stays here.
+    strategy, accountant = central_strategy(config)
     repo = repo or Repository(config.server.db_url)
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
@@ -75,16 +77,6 @@ def build_state(
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    privacy = config.aggregation.privacy
-    if privacy.mode != "none" and config.enclave.backend != "none":
-        # The enclave builds its strategy from its measured config, which does not carry privacy yet:
-        # refuse rather than report an epsilon for noise nobody added.
-        raise ConfigError("aggregation.privacy.mode: central DP runs with enclave.backend: none only (for now)",
-                          reason="privacy_needs_inprocess")
-    strategy, accountant = central_from_config(
-        get_strategy(config.aggregation.rule, **config.aggregation.params),
-        **privacy.model_dump(), sampling_rate=config.rounds.fraction, rounds=config.rounds.total,
-    )
     backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
@@ -112,12 +104,21 @@ def build_state(
     )
 
 
+def central_strategy(config: GlobalConfig) -> tuple[Strategy, PrivacyAccountant | None]:
+    """The aggregation rule, wrapped for central DP as ``aggregation.privacy`` says, and the run's accountant."""
+    return central_from_config(
+        get_strategy(config.aggregation.rule, **config.aggregation.params),
+        **config.aggregation.privacy.model_dump(), sampling_rate=config.rounds.fraction, rounds=config.rounds.total,
+    )
+
+
 def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
     """The enclave's own (measured) configuration: the update norm bound and size limit go inside it,
     so the host cannot lift them without changing the measurement devices pin."""
     from qflare.enclave.config import EnclaveConfig
     from qflare.enclave.operator import OperatorKey
 
+    strategy, _ = central_strategy(config)
     return EnclaveConfig(
         max_update_norm=config.aggregation.max_update_norm,
         max_payload_bytes=max(config.server.max_update_bytes, 1024),
@@ -125,6 +126,8 @@ def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
         aggregation_params=dict(config.aggregation.params),
         # The enclave pins the operator key and checks device signatures itself (docs/enclave.md).
         operator_key=OperatorKey.load_or_create(config.server.key_dir).public_hex,
+        # Central DP inside the enclave: the resolved noise multiplier and clip are measured.
+        privacy=dp_params(strategy) if isinstance(strategy, DPFixedClipping) else {},
     )
 
 

@@ -63,6 +63,7 @@ from qflare.errors import (
     ReplayDetected,
 )
 from qflare.fl.checks import ParsedUpdate, parse_update
+from qflare.fl.privacy import DPFixedClipping, dp_from_params
 from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import get_strategy
@@ -125,6 +126,12 @@ class EnclaveRuntime:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._kem, self._signer, created = self._load_or_create_keys()
         self._operator = config.operator_verify_key()
+        # Central DP (config.privacy): one wrapper for the enclave's life (the adaptive clip moves with the
+        # rounds); its noise is drawn here from the OS entropy, so the host never knows it.
+        self._dp: DPFixedClipping | None = (
+            dp_from_params(get_strategy(config.aggregation_rule, **config.aggregation_params), config.privacy)
+            if config.privacy else None
+        )
         # Sealed state written with the keys: the last model this enclave signed (the base every new
         # round must start from) and the device registry. A missing file next to existing keys means
         # the host deleted it (to roll the chain back, or to drop revocations): refuse, do not reset.
@@ -407,6 +414,9 @@ class EnclaveRuntime:
         base_model = self._input(call.base_model)
         spec = ModelSpec.from_json(call.spec_json)
         strategy = get_strategy(self._config.aggregation_rule, **self._config.aggregation_params)
+        if self._dp is not None:
+            self._dp.strategy = strategy  # a fresh rule per round, as without DP
+            strategy = self._dp
         need_base = self._config.max_update_norm is not None or strategy.needs_reference
         base_sha256 = sha256_hex(base_model)
         base = load_arrays(base_model, spec)[0] if need_base else None
