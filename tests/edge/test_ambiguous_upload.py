@@ -60,3 +60,14 @@ def test_duplicate_without_an_unanswered_attempt_is_a_refusal(monkeypatch: pytes
     stats = node.run()
     assert server.uploads == [b"the-update"]
     assert stats.uploads_accepted == 0 and stats.refusals == ["duplicate_update"]
+
+
+def test_a_429_is_retried_like_a_5xx() -> None:
+    import httpx
+
+    from qflare.edge.client import error_from_response
+
+    resp = httpx.Response(429, headers={"Retry-After": "3"},
+                          json={"error": {"reason": "rate_limited_device_refusals", "message": "slow down"}})
+    err = error_from_response(resp)
+    assert isinstance(err, ServerUnavailable) and err.reason == "rate_limited_device_refusals"

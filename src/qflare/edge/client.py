@@ -84,7 +84,8 @@ def error_from_response(resp: httpx.Response, opener: ResponseOpener | None = No
         message = str(body["error"]["message"])
     except (ValueError, KeyError, TypeError):
         pass
-    if resp.status_code >= 500:
+    if resp.status_code >= 500 or resp.status_code == 429:
+        # 429 (rate limited, with Retry-After) is retried like a 5xx: back off, then a fresh envelope.
         err: e.QFlareError = ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
     else:
         cls = _BY_REASON.get(reason) or _BY_STATUS.get(resp.status_code, e.QFlareError)
