@@ -30,13 +30,21 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
     from qflare.edge.audit import build_auditor
     from qflare.edge.node import EdgeNode
     from qflare.edge.setup import build_client, connect
+    from qflare.sim.realistic import attach_simulation, simulated_device_for, write_device_report
 
     cfg = load_device_config(path)
     try:
         with connect(lambda: build_client(cfg, path.parent), cfg) as client:
             node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http))
             node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
-            stats = node.run(max_rounds=max_rounds)
+            simulated = simulated_device_for(cfg.device_id, seed=cfg.data.seed)  # --device-profiles only
+            if simulated is not None:
+                attach_simulation(node, simulated)
+            try:
+                stats = node.run(max_rounds=max_rounds)
+            finally:
+                if simulated is not None:
+                    write_device_report(simulated, path.parent / f"{cfg.device_id}.sim.json")
         results[cfg.device_id] = "ok"
         log.info("%s finished: %s", cfg.device_id, stats.summary())
     except Exception as exc:  # noqa: BLE001 - one device's failure is reported, the others go on
