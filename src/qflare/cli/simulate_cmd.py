@@ -62,12 +62,22 @@ def simulate(
         int | None, typer.Option(min=1, help="virtual devices per edge process (1: a process per device; "
                                  "default: 2 processes up to 100 devices, one per 50 above)")
     ] = None,
+    dp: Annotated[str, typer.Option("--dp", help="none | central: clip and noise in the aggregator (the enclave "
+                                    "when there is one); docs/privacy.md")] = "none",
+    noise_multiplier: Annotated[float | None, typer.Option(help="--dp central: noise std / clip")] = None,
+    clip: Annotated[float | None, typer.Option(help="--dp central: L2 bound on each update's step (default 1.0)")
+                    ] = None,
+    target_epsilon: Annotated[float | None, typer.Option(
+        help="--dp central: the budget; alone, the accountant picks the noise multiplier for --rounds")] = None,
+    delta: Annotated[float | None, typer.Option(help="--dp central: delta (default 1e-5)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
     # Every option is checked before anything heavy is imported or started (a typo costs a second, not 20).
     params = check_options(task=task, partition=partition, key_source=key_source, enclave=enclave,
                            attackers=attackers, aggregator=aggregator, aggregator_params=aggregator_params)
+    privacy = check_privacy(dp, noise_multiplier=noise_multiplier, clip=clip, target_epsilon=target_epsilon,
+                            delta=delta, fraction=fraction, rounds=rounds)
     from qflare.fl.tasks import get_task
     from qflare.sim.runner import SimulationConfig, run_simulation
 
@@ -90,6 +100,7 @@ def simulate(
         attack_params=_attack_params(attack, attack_params),
         malicious_fraction=malicious_fraction if attack else 0.0,
         devices_per_process=devices_per_process,
+        privacy=privacy,
     )
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
@@ -172,6 +183,32 @@ def check_options(
         raise ConfigError("--aggregator-params: must be a JSON object", reason="bad_option")
     parse_config(AggregationConfig, {"rule": aggregator, "params": params}, source="--aggregator-params")
     return params
+
+
+def check_privacy(dp: str, *, noise_multiplier: float | None, clip: float | None, target_epsilon: float | None,
+                  delta: float | None, fraction: float, rounds: int) -> dict[str, Any]:
+    """``--dp`` and its options as ``aggregation.privacy`` keys; the plan is resolved here (dp-accounting), so
+    a budget the planned rounds would exceed is refused before anything starts."""
+    _choice("--dp", dp, ("none", "central"))
+    given = {"noise_multiplier": noise_multiplier, "clip": clip, "target_epsilon": target_epsilon, "delta": delta}
+    if dp == "none":
+        used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if used:
+            raise ConfigError(f"{', '.join(used)}: given without --dp central", reason="bad_option")
+        return {}
+    if noise_multiplier is None and target_epsilon is None:
+        raise ConfigError("--dp central: give --noise-multiplier Z or --target-epsilon E", reason="bad_option")
+    from qflare.config import PrivacyConfig, parse_config
+    from qflare.fl.privacy import plan_central
+
+    doc = {"mode": dp, **{k: v for k, v in given.items() if v is not None}}
+    cfg = parse_config(PrivacyConfig, doc, source="--dp options")
+    try:
+        plan_central(noise_multiplier=cfg.noise_multiplier, target_epsilon=cfg.target_epsilon, delta=cfg.delta,
+                     sampling_rate=fraction, rounds=rounds)
+    except ConfigError as exc:
+        raise ConfigError(f"--dp central: {exc.message}", reason=exc.reason) from None
+    return doc
 
 
 def _attack_params(attack: str | None, raw: str | None) -> dict[str, Any]:

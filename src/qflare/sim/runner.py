@@ -34,6 +34,7 @@ from qflare.config import (
     EnclaveHostConfig,
     GlobalConfig,
     LedgerConfig,
+    PrivacyConfig,
     QKDConfig,
     RoundsConfig,
     ServerConfig,
@@ -84,6 +85,7 @@ class SimulationConfig:
     ledger: bool = True  # the audit ledger (off only to measure its cost: qflare bench ledger)
     # Virtual devices per edge process (qflare.sim.fleet); 1: one process per device; None: auto.
     devices_per_process: int | None = None
+    privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -310,7 +312,8 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         ),
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
-        aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params)),
+        aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params),
+                                      privacy=PrivacyConfig(**sim.privacy)),
         ledger=LedgerConfig(enabled=sim.ledger),
     )
 
@@ -526,5 +529,11 @@ def _finish(
     summary["enclave"] = sim.enclave
     if attacks is not None:
         summary["attacks"] = attacks
+    if sim.privacy.get("mode", "none") != "none":
+        # what the host's accountant reported for the last aggregated round (docs/privacy.md)
+        spent = final.get("privacy") or {}
+        summary["privacy"] = {"mode": sim.privacy["mode"], "epsilon": spent.get("epsilon"),
+                              "delta": spent.get("delta", sim.privacy.get("delta", 1e-5)),
+                              "rounds": spent.get("rounds", 0), "noise_multiplier": spent.get("noise_multiplier")}
     write_summary(summary, run_dir / "summary.json")
     return summary
