@@ -1,0 +1,65 @@
+"""Selection by availability, speed, staleness and contribution, with no device starving."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from qflare.server.selection import DeviceRecord, score, select_devices
+
+
+def _fleet() -> list[DeviceRecord]:
+    fast = [DeviceRecord(f"fast_{i:02d}", median_seconds=1.0) for i in range(14)]
+    slow = [DeviceRecord(f"slow_{i}", median_seconds=10.0, availability=0.5) for i in range(6)]
+    return fast + slow
+
+
+def _simulate(rounds: int, k: int, max_wait: int) -> tuple[Counter[str], dict[str, int]]:
+    fleet = {r.device_id: r for r in _fleet()}
+    since = dict.fromkeys(fleet, 1_000_000)
+    counts: Counter[str] = Counter()
+    worst_gap = dict.fromkeys(fleet, 0)
+    for r in range(rounds):
+        records = [DeviceRecord(**{**rec.__dict__, "rounds_since_selected": since[d]}) for d, rec in fleet.items()]
+        chosen = select_devices(records, k, seed=f"s:{r}", max_wait_rounds=max_wait)
+        assert len(chosen) == k and len(set(chosen)) == k
+        for d in fleet:
+            if d in chosen:
+                if since[d] < 1_000_000:
+                    worst_gap[d] = max(worst_gap[d], since[d])
+                since[d] = 1
+                counts[d] += 1
+            else:
+                since[d] = since[d] + 1 if since[d] < 1_000_000 else since[d]
+    return counts, worst_gap
+
+
+def test_fast_available_devices_are_preferred() -> None:
+    counts, _ = _simulate(300, 5, max_wait=1000)
+    fast = sum(v for d, v in counts.items() if d.startswith("fast")) / 14
+    slow = sum(v for d, v in counts.items() if d.startswith("slow")) / 6
+    assert fast > 3 * slow
+
+
+def test_no_device_starves() -> None:
+    # Execute: k=5 of 20 devices, max_wait 6 rounds
+    counts, worst_gap = _simulate(300, 5, max_wait=6)
+
+    # Assert: every device chosen, none waited more than max_wait rounds (at most k overdue at a time)
+    assert set(counts) == {r.device_id for r in _fleet()}
+    assert max(worst_gap.values()) <= 6
+
+
+def test_score_factors() -> None:
+    base = score(DeviceRecord("a", median_seconds=1.0), fastest_seconds=1.0)
+    assert base == 1.0
+    assert score(DeviceRecord("b", median_seconds=4.0), fastest_seconds=1.0) == 0.25
+    assert score(DeviceRecord("c", staleness=3), fastest_seconds=None) == 0.5
+    assert score(DeviceRecord("d", selected=10, accepted=0), fastest_seconds=None) == 0.05  # floor: never zero
+    assert score(DeviceRecord("e", availability=0.5, selected=4, accepted=2), fastest_seconds=None) == 0.25
+
+
+def test_selection_is_deterministic_and_bounded() -> None:
+    fleet = _fleet()
+    assert select_devices(fleet, 5, seed="x") == select_devices(fleet, 5, seed="x")
+    assert select_devices(fleet, 50, seed="x") == sorted(r.device_id for r in fleet)
+    assert select_devices([], 3, seed="x") == [] and select_devices(fleet, 0, seed="x") == []
