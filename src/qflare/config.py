@@ -9,7 +9,7 @@ start-up, and then passed around as immutable objects.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from qflare.crypto import KeySource
 from qflare.errors import ConfigError
 from qflare.fl.training_config import TrainConfig
+
+if TYPE_CHECKING:
+    from qflare.fl.data.csv_series import CsvSource
 
 __all__ = [
     "AggregationConfig",
@@ -126,9 +129,30 @@ class ReputationConfig(_Strict):
     window: int = Field(5, ge=1, description="... among the last this many rounds (by round id)")
 
 
+class CsvLayoutConfig(_Strict):
+    """How ``csv_path`` is laid out (docs: README, "Your own data"); the defaults read METR-LA/PEMS exports."""
+
+    delimiter: str | None = Field(None, description="None: whichever of , ; tab the header uses most")
+    decimal: Literal[".", ","] = "."
+    timestamp_columns: list[str] | None = Field(None, description="None: the first column; UCI: [Date, Time]")
+    timestamp_format: str | None = Field(None, description="strptime format; None: ISO 8601")
+    columns: list[str] | None = Field(None, description="sensor columns to use; None: every other column")
+    missing_value: float | None = Field(None, description="a reading meaning missing: 0 (METR-LA), -200 (UCI)")
+
+    def source(self, path: str) -> CsvSource:
+        from qflare.fl.data.csv_series import CsvLayout, CsvSource
+
+        return CsvSource(path, CsvLayout(
+            delimiter=self.delimiter, decimal=self.decimal,
+            timestamp_columns=tuple(self.timestamp_columns) if self.timestamp_columns else None,
+            timestamp_format=self.timestamp_format, columns=tuple(self.columns) if self.columns else None,
+            missing_sentinel=self.missing_value))
+
+
 class EvaluationConfig(_Strict):
     enabled: bool = True
     csv_path: str | None = None
+    csv: CsvLayoutConfig = CsvLayoutConfig()
 
 
 class RateLimitConfig(_Strict):
@@ -303,6 +327,7 @@ class DataConfig(_Strict):
     partition_index: int = Field(0, ge=0)
     seed: int = 0
     csv_path: str | None = None
+    csv: CsvLayoutConfig = CsvLayoutConfig()
 
     @model_validator(mode="after")
     def _index_in_range(self) -> DataConfig:

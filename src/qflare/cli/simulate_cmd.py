@@ -62,6 +62,19 @@ def simulate(
         int | None, typer.Option(min=1, help="virtual devices per edge process (1: a process per device; "
                                  "default: 2 processes up to 100 devices, one per 50 above)")
     ] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="traffic/pollution: your CSV (timestamp column(s) + one "
+                                             "column per sensor) instead of the generated city")] = None,
+    csv_delimiter: Annotated[str | None, typer.Option(help="field separator (default: guessed from the header)")]
+    = None,
+    csv_decimal: Annotated[str, typer.Option(help="decimal mark: . or ,")] = ".",
+    csv_timestamp_columns: Annotated[str | None, typer.Option(help="comma list, e.g. Date,Time (default: the first)")]
+    = None,
+    csv_timestamp_format: Annotated[str | None, typer.Option(help="strptime format, e.g. '%d/%m/%Y %H.%M.%S' "
+                                                             "(default: ISO 8601)")] = None,
+    csv_columns: Annotated[str | None, typer.Option(help="comma list of sensor columns (default: all others)")]
+    = None,
+    csv_missing: Annotated[float | None, typer.Option(help="a reading meaning missing: 0 (METR-LA), -200 (UCI)")]
+    = None,
     dp: Annotated[str, typer.Option("--dp", help="none | central: clip and noise in the aggregator (the enclave "
                                     "when there is one); docs/privacy.md")] = "none",
     noise_multiplier: Annotated[float | None, typer.Option(help="--dp central: noise std / clip")] = None,
@@ -76,6 +89,9 @@ def simulate(
     # Every option is checked before anything heavy is imported or started (a typo costs a second, not 20).
     params = check_options(task=task, partition=partition, key_source=key_source, enclave=enclave,
                            attackers=attackers, aggregator=aggregator, aggregator_params=aggregator_params)
+    csv_layout = check_csv(task, csv, delimiter=csv_delimiter, decimal=csv_decimal,
+                           timestamp_columns=csv_timestamp_columns, timestamp_format=csv_timestamp_format,
+                           columns=csv_columns, missing=csv_missing)
     privacy = check_privacy(dp, noise_multiplier=noise_multiplier, clip=clip, target_epsilon=target_epsilon,
                             delta=delta, fraction=fraction, rounds=rounds)
     from qflare.fl.tasks import get_task
@@ -100,6 +116,7 @@ def simulate(
         attack_params=_attack_params(attack, attack_params),
         malicious_fraction=malicious_fraction if attack else 0.0,
         devices_per_process=devices_per_process,
+        csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
     )
     console.print(
@@ -226,6 +243,39 @@ def _attack_params(attack: str | None, raw: str | None) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ConfigError("--attack-params: must be a JSON object", reason="bad_option")
     return params
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def check_csv(task: str, csv: Path | None, *, delimiter: str | None, decimal: str, timestamp_columns: str | None,
+              timestamp_format: str | None, columns: str | None, missing: float | None) -> dict[str, Any]:
+    """The ``--csv-*`` options as ``config.CsvLayoutConfig`` keys; the file is read once here, so a layout
+    that does not fit is one line naming the CSV's line and column before anything starts."""
+    given = {"delimiter": delimiter, "timestamp_columns": timestamp_columns, "timestamp_format": timestamp_format,
+             "columns": columns, "missing": missing}
+    if csv is None:
+        used = [f"--csv-{k.replace('_', '-')}" for k, v in given.items() if v is not None] + (
+            ["--csv-decimal"] if decimal != "." else [])
+        if used:
+            raise ConfigError(f"{', '.join(used)}: given without --csv", reason="bad_option")
+        return {}
+    if task == "digits":
+        raise ConfigError("--csv: the digits task has its own data; use --task traffic or pollution",
+                          reason="bad_option")
+    if not csv.is_file():
+        raise ConfigError(f"--csv: {csv} does not exist or is not a file", reason="bad_option")
+    _choice("--csv-decimal", decimal, (".", ","))
+    from qflare.config import CsvLayoutConfig, parse_config
+    from qflare.fl.data.csv_series import load_series_csv
+
+    layout = {"delimiter": delimiter, "decimal": decimal, "timestamp_columns": _names(timestamp_columns),
+              "timestamp_format": timestamp_format, "columns": _names(columns), "missing_value": missing}
+    lay = parse_config(CsvLayoutConfig, layout, source="--csv options").source(str(csv)).layout
+    load_series_csv(csv, delimiter=lay.delimiter, decimal=lay.decimal, timestamp_columns=lay.timestamp_columns,
+                    timestamp_format=lay.timestamp_format, columns=lay.columns, missing_sentinel=lay.missing_sentinel)
+    return layout
 
 
 def _print_summary(summary: dict[str, Any], metric: str) -> None:

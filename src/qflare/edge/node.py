@@ -106,7 +106,7 @@ class EdgeNode:
         self.task = get_task(d.task)
         self.dataset = self.task.client_dataset(
             d.partition_index, d.num_partitions, partition=d.partition, alpha=d.alpha, seed=d.seed,
-            csv_path=d.csv_path,
+            csv_path=d.csv.source(d.csv_path) if d.csv_path else None,
         )
         self.model = self.task.build_model()
         self.spec = ModelSpec.from_model(self.model)

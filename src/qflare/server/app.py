@@ -61,7 +61,8 @@ def build_state(
     # What can be checked before anything starts is checked first (a bad evaluation file is a start-up
     # error, not a traceback at every round close).
     evaluator = (
-        Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv_path)
+        Evaluator(config.task, seed=config.seed, csv_path=config.evaluation.csv.source(config.evaluation.csv_path)
+                  if config.evaluation.csv_path else None)
         if config.evaluation.enabled
         else None
     )

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from qflare.errors import ConfigError, QFlareError
+from qflare.fl.data.csv_series import CsvSource
 from qflare.fl.serialize import load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import set_arrays
@@ -18,7 +19,7 @@ class Evaluator:
     ``evaluation.csv_path`` rather than a failure at the first round's close.
     """
 
-    def __init__(self, task_name: str, *, seed: int = 0, csv_path: str | None = None) -> None:
+    def __init__(self, task_name: str, *, seed: int = 0, csv_path: str | CsvSource | None = None) -> None:
         self.task = get_task(task_name)
         self._seed = seed
         self._csv = csv_path

@@ -28,10 +28,12 @@ import httpx
 from qflare.config import (
     AggregationConfig,
     AttestationConfig,
+    CsvLayoutConfig,
     DataConfig,
     DeviceConfig,
     DeviceLedgerConfig,
     EnclaveHostConfig,
+    EvaluationConfig,
     GlobalConfig,
     LedgerConfig,
     PrivacyConfig,
@@ -85,6 +87,8 @@ class SimulationConfig:
     ledger: bool = True  # the audit ledger (off only to measure its cost: qflare bench ledger)
     # Virtual devices per edge process (qflare.sim.fleet); 1: one process per device; None: auto.
     devices_per_process: int | None = None
+    csv_path: Path | None = None  # traffic/pollution: the user's CSV instead of the generated city
+    csv_layout: dict[str, Any] = field(default_factory=dict)  # config.CsvLayoutConfig keys
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
 
 
@@ -315,6 +319,8 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params),
                                       privacy=PrivacyConfig(**sim.privacy)),
         ledger=LedgerConfig(enabled=sim.ledger),
+        evaluation=EvaluationConfig(csv_path=str(sim.csv_path.resolve()) if sim.csv_path else None,
+                                    csv=CsvLayoutConfig(**sim.csv_layout)),
     )
 
 
@@ -406,6 +412,7 @@ def _run(
                 task=sim.task,  # type: ignore[arg-type]
                 partition=sim.partition,  # type: ignore[arg-type]
                 alpha=sim.alpha, num_partitions=sim.clients, partition_index=i, seed=sim.seed,
+                csv_path=str(sim.csv_path.resolve()) if sim.csv_path else None, csv=CsvLayoutConfig(**sim.csv_layout),
             )
             fed.enroll(device_id, key_source=sim.key_source)
             url = campaign.proxy.url if campaign is not None and campaign.proxy is not None and i == 0 else fed.url

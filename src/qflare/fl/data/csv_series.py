@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,9 +24,32 @@ import numpy as np
 from qflare.errors import ConfigError
 from qflare.fl.data.series import MINUTES_PER_DAY, SensorSeries
 
-__all__ = ["MISSING_TOKENS", "load_series_csv"]
+__all__ = ["MISSING_TOKENS", "CsvLayout", "CsvSource", "load_series_csv"]
 
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "-"})
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV is laid out: the options of :func:`load_series_csv` (hashable, so loads can be cached)."""
+
+    delimiter: str | None = None
+    decimal: str = "."
+    timestamp_columns: tuple[str, ...] | None = None
+    timestamp_format: str | None = None
+    columns: tuple[str, ...] | None = None
+    missing_sentinel: float | None = None
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """A CSV file and its layout, accepted wherever a task takes ``csv_path``."""
+
+    path: str
+    layout: CsvLayout = CsvLayout()
+
+    def __str__(self) -> str:
+        return self.path
 
 
 def load_series_csv(

@@ -9,6 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from qflare.errors import ConfigError
+from qflare.fl.data.csv_series import CsvSource
 from qflare.fl.models import TaskModel, build_model
 from qflare.fl.spec import ModelSpec
 from qflare.fl.train import TrainConfig, model_spec
@@ -57,12 +58,12 @@ class Task(ABC):
         partition: str | None = None,
         alpha: float = 0.5,
         seed: int = 0,
-        csv_path: str | Path | None = None,
+        csv_path: str | Path | CsvSource | None = None,
     ) -> Dataset[Any]:
         """Training data of client ``partition_index`` out of ``num_partitions``."""
 
     @abstractmethod
-    def test_dataset(self, seed: int = 0, csv_path: str | Path | None = None) -> Dataset[Any]:
+    def test_dataset(self, seed: int = 0, csv_path: str | Path | CsvSource | None = None) -> Dataset[Any]:
         """The held-out data the global model is evaluated on."""
 
     @abstractmethod

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from qflare.errors import ConfigError
+from qflare.fl.data.csv_series import CsvSource
 from qflare.fl.data.digits import digits_split
 from qflare.fl.data.partition import dirichlet_partition, iid_partition
 from qflare.fl.models import TaskModel
@@ -52,7 +53,7 @@ class DigitsTask(Task):
         partition: str | None = None,
         alpha: float = 0.5,
         seed: int = 0,
-        csv_path: str | Path | None = None,
+        csv_path: str | Path | CsvSource | None = None,
     ) -> TensorDataset:
         """Client ``partition_index``'s share of the training images (Dirichlet label skew by default)."""
         check_partition_index(partition_index, num_partitions)
@@ -65,7 +66,7 @@ class DigitsTask(Task):
         idx = parts[partition_index]
         return TensorDataset(torch.from_numpy(split.x_train[idx]), torch.from_numpy(split.y_train[idx]))
 
-    def test_dataset(self, seed: int = 0, csv_path: str | Path | None = None) -> TensorDataset:
+    def test_dataset(self, seed: int = 0, csv_path: str | Path | CsvSource | None = None) -> TensorDataset:
         """The stratified held-out images."""
         _no_csv(csv_path)
         split = digits_split(seed, self.test_fraction)
@@ -82,7 +83,7 @@ class DigitsTask(Task):
         return {"accuracy": accuracy, "loss": loss, "num_examples": float(len(labels))}
 
 
-def _no_csv(csv_path: str | Path | None) -> None:
+def _no_csv(csv_path: str | Path | CsvSource | None) -> None:
     if csv_path is not None:
         raise ConfigError("the digits task reads no CSV file", reason="invalid_config")
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from qflare.errors import ConfigError
 from qflare.fl.data.city import CityNetwork
-from qflare.fl.data.csv_series import load_series_csv
+from qflare.fl.data.csv_series import CsvLayout, CsvSource, load_series_csv
 from qflare.fl.data.partition import group_partition, iid_partition
 from qflare.fl.data.series import SensorSeries
 from qflare.fl.data.windows import WindowSet, make_windows
@@ -91,7 +91,7 @@ class ForecastTask(Task):
         """Two local epochs of Adam per round."""
         return TrainConfig(epochs=2, batch_size=32, lr=0.003, optimizer="adam")
 
-    def series(self, seed: int = 0, csv_path: str | Path | None = None) -> SensorSeries:
+    def series(self, seed: int = 0, csv_path: str | Path | CsvSource | None = None) -> SensorSeries:
         """The raw series behind the datasets."""
         return _series(self._source(seed, csv_path), self.variable)
 
@@ -103,7 +103,7 @@ class ForecastTask(Task):
         partition: str | None = None,
         alpha: float = 0.5,
         seed: int = 0,
-        csv_path: str | Path | None = None,
+        csv_path: str | Path | CsvSource | None = None,
     ) -> ForecastDataset:
         """Training windows of client ``partition_index`` (its sensors' training days)."""
         check_partition_index(partition_index, num_partitions)
@@ -115,7 +115,7 @@ class ForecastTask(Task):
             parts = group_partition(train.sensor, num_partitions)
         return ForecastDataset(train.subset(parts[partition_index]), steps_per_day)
 
-    def test_dataset(self, seed: int = 0, csv_path: str | Path | None = None) -> ForecastDataset:
+    def test_dataset(self, seed: int = 0, csv_path: str | Path | CsvSource | None = None) -> ForecastDataset:
         """Windows whose targets fall in the last ``test_days`` days, all sensors."""
         _, test, steps_per_day = self._windows(seed, csv_path)
         return ForecastDataset(test.subset(np.arange(len(test))), steps_per_day)
@@ -147,17 +147,18 @@ class ForecastTask(Task):
             result["seasonal_mae"] = float((np.abs(yesterday - w.target) * w.std).mean())
         return result
 
-    def _source(self, seed: int, csv_path: str | Path | None) -> _Source:
+    def _source(self, seed: int, csv_path: str | Path | CsvSource | None) -> _Source:
         if csv_path is None:
             return dataclasses.replace(self.network, seed=seed)
-        path = Path(csv_path).resolve()
+        layout = csv_path.layout if isinstance(csv_path, CsvSource) else CsvLayout()
+        path = Path(csv_path.path if isinstance(csv_path, CsvSource) else csv_path).resolve()
         try:
             stat = path.stat()
         except OSError as exc:
             raise ConfigError(f"cannot read CSV {path}: {exc}", reason="unreadable_csv") from exc
-        return _CsvFile(str(path), stat.st_mtime_ns, stat.st_size)  # a changed file is re-read
+        return _CsvFile(str(path), stat.st_mtime_ns, stat.st_size, layout)  # a changed file is re-read
 
-    def _windows(self, seed: int, csv_path: str | Path | None) -> tuple[WindowSet, WindowSet, int]:
+    def _windows(self, seed: int, csv_path: str | Path | CsvSource | None) -> tuple[WindowSet, WindowSet, int]:
         return _windows(self._source(seed, csv_path), self.variable, self.window, self.test_days)
 
 
@@ -166,6 +167,7 @@ class _CsvFile:
     path: str
     mtime_ns: int
     size: int
+    layout: CsvLayout = CsvLayout()
 
 
 _Source = CityNetwork | _CsvFile
@@ -175,7 +177,10 @@ _Source = CityNetwork | _CsvFile
 def _series(source: _Source, variable: str) -> SensorSeries:
     if isinstance(source, CityNetwork):
         return source.generate()
-    return load_series_csv(source.path, variable=variable)
+    lay = source.layout
+    return load_series_csv(source.path, variable=variable, delimiter=lay.delimiter, decimal=lay.decimal,
+                           timestamp_columns=lay.timestamp_columns, timestamp_format=lay.timestamp_format,
+                           columns=lay.columns, missing_sentinel=lay.missing_sentinel)
 
 
 @lru_cache(maxsize=8)
