@@ -44,7 +44,7 @@ def aggregated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harn
         rid = h.open_round()
         for device in h.keys:
             assert h.post(device, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
-        monkeypatch.setattr(ops, "_client", lambda server, token, ca: _Borrowed(h, token or ADMIN))
+        monkeypatch.setattr(ops, "_client", lambda server, token, ca, h=h: _Borrowed(h, token or ADMIN))
         yield h
 
 
