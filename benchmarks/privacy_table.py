@@ -26,7 +26,13 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epsilons", default="1,3,8")
+    parser.add_argument("--epochs", type=int, default=None, help="local epochs (default: the task's)")
     args = parser.parse_args()
+    from qflare.fl.tasks import get_task
+
+    train = get_task("digits").default_train_config()
+    if args.epochs is not None:
+        train = train.model_copy(update={"epochs": args.epochs})
     rows = []
     for eps in [None, *(float(e) for e in args.epsilons.split(","))]:
         tic = time.perf_counter()
@@ -37,7 +43,7 @@ def main() -> None:
             strategy = DPFixedClipping(FedAvg(), clip=args.clip, noise_multiplier=z, seed=args.seed)
             accountant = PrivacyAccountant(z, args.delta, budget=eps + 1e-6)
         history = run_inprocess("digits", args.clients, args.rounds, seed=args.seed, strategy=strategy,
-                                accountant=accountant)
+                                accountant=accountant, train_config=train)
         last = history[-1]
         rows.append({"target_epsilon": eps, "noise_multiplier": z, "rounds": len(history),
                      "accuracy": last.metrics["accuracy"], "best_accuracy": max(m.metrics["accuracy"] for m in history),
@@ -47,7 +53,8 @@ def main() -> None:
     settings = vars(args)
     Path(__file__).with_name("privacy_results.json").write_text(json.dumps({"settings": settings, "rows": rows},
                                                                            indent=2))
-    print(f"\ndigits, {args.clients} clients, {args.rounds} rounds, all clients per round, clip {args.clip}, "
+    print(f"\ndigits, {args.clients} clients, {args.rounds} rounds, {train.epochs} local epoch(s), all clients per "
+          f"round, clip {args.clip}, "
           f"delta {args.delta}, seed {args.seed}\n")
     print("| central DP | noise multiplier z | epsilon spent (RDP) | final accuracy | best accuracy |")
     print("|---|---|---|---|---|")
