@@ -9,6 +9,8 @@ so what the environment can change is listed here and nowhere else:
     Encrypts the server's and the operator's key files at rest.
 ``QFLARE_SIMULATION``
     ``1`` lets a device run a simulation-only poisoning hook (``qflare simulate --attack``).
+``QFLARE_SIM_DEVICE_PROFILES``
+    Simulation only: the device profiles file ``qflare simulate`` hands to its virtual devices.
 ``QFLARE_UNSAFE_CRASH_AT``
     Crash tests only: SIGKILL the server at a named step (:mod:`qflare.server.faults`).
 Variables named in a configuration
@@ -29,6 +31,7 @@ __all__ = [
     "ADMIN_TOKEN_ENV",
     "SERVER_KEY_PASSPHRASE_ENV",
     "SIMULATION_ENV",
+    "SIM_DEVICE_PROFILES_ENV",
     "UNSAFE_CRASH_AT_ENV",
     "Environment",
     "environment",
@@ -38,6 +41,7 @@ ADMIN_TOKEN_ENV = "QFLARE_ADMIN_TOKEN"
 SERVER_KEY_PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
 SIMULATION_ENV = "QFLARE_SIMULATION"
 UNSAFE_CRASH_AT_ENV = "QFLARE_UNSAFE_CRASH_AT"
+SIM_DEVICE_PROFILES_ENV = "QFLARE_SIM_DEVICE_PROFILES"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class Environment:
     @property
     def simulation(self) -> bool:
         return self.variables.get(SIMULATION_ENV) == "1"
+
+    @property
+    def sim_device_profiles(self) -> str | None:
+        return self.variables.get(SIM_DEVICE_PROFILES_ENV) or None
 
     @property
     def unsafe_crash_at(self) -> str:

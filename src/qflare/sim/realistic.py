@@ -24,19 +24,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qflare.environment import SIM_DEVICE_PROFILES_ENV, environment
 from qflare.errors import Conflict
 from qflare.sim.profiles import DeviceProfile, SimulatedDevice, profiles_from_json, profiles_to_json
 
 __all__ = ["PROFILES_ENV", "SimulatedDropout", "attach_simulation", "run_realistic_simulation",
            "simulated_device_for"]
 
-PROFILES_ENV = "QFLARE_SIM_DEVICE_PROFILES"
+PROFILES_ENV = SIM_DEVICE_PROFILES_ENV
 
 
 class SimulatedDropout(Conflict):
@@ -47,7 +47,7 @@ class SimulatedDropout(Conflict):
 
 def simulated_device_for(device_id: str, *, seed: int = 0) -> SimulatedDevice | None:
     """The device's simulated behaviour, if this process runs under ``QFLARE_SIM_DEVICE_PROFILES``."""
-    path = os.environ.get(PROFILES_ENV)
+    path = environment().sim_device_profiles
     if not path:
         return None
     for profile in profiles_from_json(json.loads(Path(path).read_text())):
