@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from qflare.server.selection import DeviceRecord, score, select_devices
+from tests.server.conftest import make_harness
 
 
 def _fleet() -> list[DeviceRecord]:
@@ -63,3 +65,27 @@ def test_selection_is_deterministic_and_bounded() -> None:
     assert select_devices(fleet, 5, seed="x") == select_devices(fleet, 5, seed="x")
     assert select_devices(fleet, 50, seed="x") == sorted(r.device_id for r in fleet)
     assert select_devices([], 3, seed="x") == [] and select_devices(fleet, 0, seed="x") == []
+
+
+def test_orchestrator_uses_the_selection_hook(tmp_path: Path) -> None:
+    # Prepare: 2 of 3 devices per round, adaptive selection
+    from qflare.server.selection import AdaptiveSelector
+
+    gen = make_harness(tmp_path, total=3, fraction=0.5)
+    h = next(gen)
+    h.state.orchestrator.select = AdaptiveSelector(max_wait_rounds=2)
+    chosen = []
+
+    # Execute: three rounds, every selected device reports
+    for _ in range(3):
+        rid = h.open_round()
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None
+        chosen.append(set(rnd.selected))
+        for d in rnd.selected:
+            assert h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+
+    # Assert: 2 devices each round; the one left out of round 1 (never selected: overdue) is in round 2
+    assert all(len(c) == 2 for c in chosen)
+    assert chosen[0] == {"edge_0", "edge_1"} and "edge_2" in chosen[1]
+    gen.close()

@@ -121,6 +121,8 @@ class Orchestrator:
         self._seen: dict[int, set[str]] = {}
         self._owner = False
         self._task_signatures: dict[int, str | None] = {}
+        # Who takes part in a round: None is uniform sampling; else e.g. selection.AdaptiveSelector().
+        self.select: Callable[..., list[str]] | None = None
         task = get_task(config.task)
         self.metric: str = task.metric
         self.spec: ModelSpec = ModelSpec.from_model(task.build_model())
@@ -375,8 +377,11 @@ class Orchestrator:
             return
         round_id = self.repo.last_round_id() + 1
         k = max(rc.min_quorum, min(len(active), round(rc.fraction * len(active)) or 1))
-        rng = random.Random(f"{rc.seed}:{round_id}")
-        selected = sorted(rng.sample(active, k))
+        if self.select is not None:  # qflare.server.selection.AdaptiveSelector
+            selected = self.select(self.repo, active, k, round_id=round_id, seed=f"{rc.seed}:{round_id}")
+        else:
+            rng = random.Random(f"{rc.seed}:{round_id}")
+            selected = sorted(rng.sample(active, k))
         model = self.repo.latest_model()
         assert model is not None, "bootstrap() creates version 0"
         # The backend first, then the stored round: a round that any reader can see is one the backend

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["DeviceRecord", "score", "select_devices"]
+__all__ = ["AdaptiveSelector", "DeviceRecord", "score", "select_devices"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,46 @@ def select_devices(candidates: Sequence[DeviceRecord], k: int, *, seed: str, max
                                                                                      min_share=min_share))
     chosen += [c.device_id for c in keyed[: k - len(chosen)]]
     return sorted(chosen)
+
+
+class AdaptiveSelector:
+    """The orchestrator's selection hook (``Orchestrator.select``): builds :class:`DeviceRecord` s from the
+    last ``window`` rounds in storage and calls :func:`select_devices`.
+
+    Availability is the share of round openings (seen by this process since it started) at which the
+    device was active; speed is the median time from a round's opening to the device's accepted
+    update; contribution is accepted updates per selection. Staleness is 0 (synchronous rounds).
+    """
+
+    def __init__(self, *, window: int = 20, max_wait_rounds: int = 5, min_share: float = 0.05) -> None:
+        self.window = window
+        self.max_wait_rounds = max_wait_rounds
+        self.min_share = min_share
+        self._openings = 0
+        self._active: dict[str, int] = {}
+
+    def __call__(self, repo: Any, active: Sequence[str], k: int, *, round_id: int, seed: str) -> list[str]:
+        self._openings += 1
+        for d in active:
+            self._active[d] = self._active.get(d, 0) + 1
+        selected: dict[str, int] = {}
+        accepted: dict[str, int] = {}
+        seconds: dict[str, list[float]] = {}
+        last: dict[str, int] = {}
+        for rid in range(max(1, round_id - self.window), round_id):
+            rnd = repo.get_round(rid)
+            if rnd is None:
+                continue
+            for d in rnd.selected:
+                selected[d] = selected.get(d, 0) + 1
+                last[d] = rid
+            for u in repo.round_updates(rid):
+                accepted[u.device_id] = accepted.get(u.device_id, 0) + 1
+                seconds.setdefault(u.device_id, []).append(u.received_at - rnd.opened_at)
+        records = [DeviceRecord(
+            device_id=d, availability=self._active.get(d, 0) / self._openings,
+            median_seconds=statistics.median(seconds[d]) if d in seconds else None,
+            selected=selected.get(d, 0), accepted=accepted.get(d, 0),
+            rounds_since_selected=round_id - last[d] if d in last else 1_000_000,
+        ) for d in active]
+        return select_devices(records, k, seed=seed, max_wait_rounds=self.max_wait_rounds, min_share=self.min_share)
