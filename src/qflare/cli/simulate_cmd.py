@@ -83,6 +83,18 @@ def simulate(
     target_epsilon: Annotated[float | None, typer.Option(
         help="--dp central: the budget; alone, the accountant picks the noise multiplier for --rounds")] = None,
     delta: Annotated[float | None, typer.Option(help="--dp central: delta (default 1e-5)")] = None,
+    device_profiles: Annotated[Path | None, typer.Option(help="CSV of device profiles (docs/learning.md)")] = None,
+    slow_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of devices --slowdown x slower")] = 0.0,
+    slowdown: Annotated[float, typer.Option(min=1.0, help="how much slower the slow devices train")] = 10.0,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="probability a device abandons a task")] = 0.0,
+    network_delay: Annotated[float, typer.Option(min=0.0, help="seconds added to each upload")] = 0.0,
+    duty_cycle: Annotated[float, typer.Option(min=0.01, max=1.0, help="share of each minute a device is online")
+                          ] = 1.0,
+    mode: Annotated[str, typer.Option(help="sync | async (async: in-process FedBuff on a virtual clock)")] = "sync",
+    buffer: Annotated[int, typer.Option(min=1, help="async: updates per published model")] = 10,
+    max_staleness: Annotated[int, typer.Option(min=0, help="async: refuse updates older than this")] = 10,
+    target_accuracy: Annotated[float | None, typer.Option(help="async: report time_to_target_seconds")] = None,
+    personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto (in-process)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -94,6 +106,17 @@ def simulate(
                            columns=csv_columns, missing=csv_missing)
     privacy = check_privacy(dp, noise_multiplier=noise_multiplier, clip=clip, target_epsilon=target_epsilon,
                             delta=delta, fraction=fraction, rounds=rounds)
+    from qflare.cli.simulate_city import build_profiles, run_async_inprocess, run_personalize_inprocess
+
+    _choice("--mode", mode, ("sync", "async"))
+    if personalize is not None:
+        _choice("--personalize", personalize, ("finetune", "fedper", "ditto"))
+    if mode == "async":
+        from qflare.fl.asynchronous import AsyncConfig
+
+        AsyncConfig(buffer=buffer, max_staleness=max_staleness).check(clients)
+    profiles = build_profiles(clients, seed, device_profiles=device_profiles, slow_fraction=slow_fraction,
+                              slowdown=slowdown, dropout=dropout, network_delay=network_delay, duty_cycle=duty_cycle)
     from qflare.fl.tasks import get_task
     from qflare.sim.runner import SimulationConfig, run_simulation
 
@@ -104,6 +127,17 @@ def simulate(
     partition = partition or t.partitions[0]
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides})
+    if mode == "async" or personalize is not None:
+        console.print("[bold]QFLARE simulate[/]: in-process run (" + ("async FedBuff, virtual clock" if mode == "async"
+                      else f"personalize {personalize}") + "); the HTTP server serves synchronous rounds only")
+        extra = (run_async_inprocess(task=task, clients=clients, partition=partition, alpha=alpha, seed=seed,
+                                     profiles=profiles, buffer=buffer, max_staleness=max_staleness,
+                                     target=target_accuracy, train=train, max_trainings=rounds * clients)
+                 if mode == "async" else
+                 run_personalize_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
+                                           alpha=alpha, seed=seed, method=personalize or ""))
+        print(json.dumps(extra, sort_keys=True))
+        return
     sim = SimulationConfig(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
@@ -149,7 +183,12 @@ def simulate(
                                 info=f"updates accepted {status['accepted_updates']}, "
                                 f"rejected {status['rejected_updates']}")
 
-        summary = run_simulation(sim, on_progress=on_progress)
+        if profiles is not None:
+            from qflare.sim.realistic import run_realistic_simulation
+
+            summary = run_realistic_simulation(sim, profiles, on_progress=on_progress)
+        else:
+            summary = run_simulation(sim, on_progress=on_progress)
         # End on the run's final figures, not on the last poll (it read "5/10" beside "200 accepted").
         final = summary.get(f"final_{t.metric}")
         progress.update(overall, completed=summary["rounds_completed"],
