@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# The tests also exercise optional extras (the Qiskit circuit backend); the demo does not need them.
+# The tests also exercise the optional extras (Qiskit circuit backend, DP accountant, CKKS); the demo needs none.
 EXTRAS_STAMP := $(VENV)/.extras-stamp
 
 .PHONY: demo test lint typecheck bench clean compose-test fuzz
@@ -43,10 +43,8 @@ fuzz: $(STAMP)
 	QFLARE_FUZZ_EXAMPLES=$${QFLARE_FUZZ_EXAMPLES:-3000} QFLARE_FUZZ_API_EXAMPLES=$${QFLARE_FUZZ_API_EXAMPLES:-100} \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
-bench: $(STAMP)
-	$(BIN)/qflare bench auth
-	$(BIN)/qflare bench qkd
-	$(BIN)/qflare bench enclave
+bench: $(EXTRAS_STAMP)
+	$(BIN)/qflare bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
