@@ -296,3 +296,18 @@ def test_qkd_key_from_the_kme_must_match_the_devices(tmp_path: Path) -> None:
         h.state.gateway.qkd_lookup = out_of_key
         reply = h.send(TASK, _hybrid_envelope(h, key))
         assert reply.status_code == 503 and _reason(reply) == "out_of_key"
+
+
+def test_a_device_credential_never_opens_an_operator_route(harness: Harness) -> None:
+    # Prepare: a valid, signed device envelope sent to an operator route (with and without a bearer token).
+    envelope, _ = harness.seal("edge_0", "/v1/admin/devices")
+    headers = {"Content-Type": "application/vnd.qflare.envelope"}
+
+    # Execute
+    bare = harness.client.post("/v1/admin/devices", content=envelope, headers=headers)
+    listing = harness.client.get("/v1/admin/devices", headers=headers)
+
+    # Assert: 403 with its reason, nothing enrolled.
+    for resp in (bare, listing):
+        assert resp.status_code == 403 and resp.json()["error"]["reason"] == "device_credential_on_operator_route"
+    assert len(harness.state.repo.list_devices()) == 3

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from qflare.errors import AuthenticationError
+from qflare.errors import AuthenticationError, PermissionDenied
+from qflare.server.openapi import ENVELOPE_MEDIA_TYPE
 from qflare.server.ratelimit import RateLimits, build_rate_limits, source_of
 from qflare.server.state import ServerState
 
@@ -35,6 +36,12 @@ def require_operator(request: Request, state: State) -> None:
     source = source_of(request.client)
     if limiter is not None:
         limiter.check(source)
+    if request.headers.get("content-type", "").startswith(ENVELOPE_MEDIA_TYPE):
+        # A device's credential (a signed envelope) never opens an operator route, whatever it holds.
+        state.repo.add_event("request_rejected", now=state.clock(), reason="device_credential_on_operator_route",
+                             detail=f"{request.method} {request.url.path} from {source}")
+        raise PermissionDenied("a device credential cannot be used on an operator route",
+                               reason="device_credential_on_operator_route")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
         if limiter is not None:
