@@ -249,7 +249,8 @@ class DeviceLedgerConfig(_Strict):
     """A device auditing the server's ledger: the pinned log key and an optional k-of-n witness policy."""
 
     origin: str = "qflare.local/ledger"
-    log_key_file: str | None = Field(None, description="the log's composite public key (server-keys/server-sign.pub)")
+    log_key_file: str | None = Field(
+        None, description="the log's composite public key (server-keys/ledger-log.pub; the enclave's key)")
     vkeys: list[str] | None = Field(None, description="or the log's two note verifier keys (Ed25519, ML-DSA-65)")
     require_witnesses: int = Field(0, ge=0, description="cosignatures needed from witness_keys (k of n)")
     witness_keys: list[str] = Field(default_factory=list, description="trusted witness cosignature verifier keys")

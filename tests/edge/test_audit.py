@@ -203,3 +203,28 @@ def test_build_auditor_pins_the_log_key_file_and_refuses_a_mismatched_origin(har
     bad = cfg.model_copy(update={"ledger": DeviceLedgerConfig(log_key_file=str(key_file), origin="elsewhere/log")})
     with pytest.raises(ConfigError):
         build_auditor(bad, tmp_path, harness.client)
+
+
+def test_with_an_enclave_a_device_pinning_the_written_log_key_audits_the_log(tmp_path: Path) -> None:
+    from qflare.crypto.keyfile import write_public_key
+    from qflare.server.ledger import LOG_KEY_FILE
+
+    for h in make_harness(tmp_path, enclave=True):
+        key_file = Path(h.state.config.server.key_dir) / LOG_KEY_FILE
+        cfg = DeviceConfig(device_id="edge_0", identity_key_file=str(tmp_path / "edge_0.key"),
+                           server_key_fingerprint="x", ledger=DeviceLedgerConfig(log_key_file=str(key_file)))
+        receipts = _round(h)
+        auditor = build_auditor(cfg, tmp_path, h.client)
+        assert auditor is not None
+        for receipt in receipts:
+            auditor.expect(receipt)
+        assert auditor.check() is not None and auditor.verified_updates == 3
+        # A host-held key does not open the enclave-signed checkpoints.
+        host_key = write_public_key(tmp_path / "host-sign.pub", ServerKeys.load_or_create(tmp_path / "hk").signing
+                                    .public_key())
+        host = DeviceConfig(device_id="edge_1", identity_key_file=str(tmp_path / "edge_1.key"),
+                            server_key_fingerprint="x", ledger=DeviceLedgerConfig(log_key_file=str(host_key)))
+        wrong = build_auditor(host, tmp_path, h.client)
+        assert wrong is not None
+        with pytest.raises(LedgerIntegrityError):
+            wrong.check()

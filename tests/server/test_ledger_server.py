@@ -140,3 +140,31 @@ def test_a_fresh_server_has_no_checkpoint_yet(tmp_path: Path) -> None:
         assert h.client.get("/ledger/checkpoint").status_code == 404
         assert h.client.get("/v1/ledger/entries/0").status_code == 404
         assert h.client.get("/v1/ledger/proof/consistency?first=1").status_code == 400
+
+
+def test_with_an_enclave_the_checkpoints_are_signed_inside_it_and_verify_only_under_its_key(tmp_path: Path) -> None:
+    from qflare.crypto.keyfile import read_public_key
+    from qflare.ledger import HybridLogKey
+    from qflare.server.keys import ServerKeys
+    from qflare.server.ledger import LOG_KEY_FILE, EnclaveNoteSigner
+
+    for h in make_harness(tmp_path, enclave=True):
+        # Execute: a simulate-style round through the enclave
+        _round(h)
+
+        # Assert
+        ledger, enclave = h.state.ledger, h.state.enclave
+        assert ledger is not None and enclave is not None
+        assert isinstance(ledger.signer, EnclaveNoteSigner)
+        enclave_key = enclave.public_keys().signing
+        expected = HybridLogKey.from_verify_key(ledger.origin, enclave_key)
+        assert ledger.log_key.verifier_keys() == expected.verifier_keys()
+        report = verify_log(ledger.store, ledger.log_key, origin=ledger.origin)
+        assert report.ok and report.checkpoints_checked >= 1
+        host = ServerKeys.load_or_create(h.state.config.server.key_dir).signing.public_key()
+        assert not verify_log(ledger.store, HybridLogKey.from_verify_key(ledger.origin, host), origin=ledger.origin).ok
+        # The pinned key file and the published keys are the enclave's.
+        key_dir = Path(h.state.config.server.key_dir)
+        assert read_public_key(key_dir / LOG_KEY_FILE).to_bytes() == enclave_key.to_bytes()  # type: ignore[union-attr]
+        keys = h.client.get("/v1/ledger/keys").json()
+        assert (keys["ed25519_vkey"], keys["mldsa65_vkey"]) == ledger.log_key.verifier_keys()

@@ -27,8 +27,9 @@ Db = Annotated[str | None, typer.Option("--db", help="database URL, e.g. sqlite:
 Url = Annotated[str | None, typer.Option("--url", help="server base URL, e.g. http://127.0.0.1:8000")]
 Key = Annotated[
     Path | None,
-    typer.Option("--key", help="the log's public key file (server-sign.pub); default: server-keys/ beside a "
-                               "SQLite database, or (--url) the keys the server publishes"),
+    typer.Option("--key", help="the log's public key file (ledger-log.pub: the enclave's signing key when "
+                               "an enclave runs); default: server-keys/ledger-log.pub (else server-sign.pub) "
+                               "beside a SQLite database, or (--url) the keys the server publishes"),
 ]
 Origin = Annotated[str, typer.Option(help="the checkpoint origin line")]
 
@@ -92,10 +93,12 @@ def _open(db: str | None, url: str | None, key: Path | None, origin: str) -> _So
         from qflare.server.storage.ledger_store import SqlLogStore
 
         if key is None and db.startswith("sqlite:///"):
-            guess = Path(db.removeprefix("sqlite:///")).parent / "server-keys" / "server-sign.pub"
-            key = guess if guess.exists() else None
+            # The log key the server wrote at start (the enclave's signing key when an enclave signs the
+            # checkpoints), else the server's own key (a log written before that file existed).
+            keys = Path(db.removeprefix("sqlite:///")).parent / "server-keys"
+            key = next((k for k in (keys / "ledger-log.pub", keys / "server-sign.pub") if k.exists()), None)
         if key is None:
-            raise ConfigError("pass --key (the server's server-sign.pub) to check the checkpoints",
+            raise ConfigError("pass --key (server-keys/ledger-log.pub) to check the checkpoints",
                               reason="no_log_key")
         return _Source(SqlLogStore(db), _key_from_file(key, origin), origin, True)
     assert url is not None

@@ -45,7 +45,7 @@ def show_key(key: KeyFile) -> None:
 def run(
     key: KeyFile,
     log_url: Annotated[str, typer.Option("--log", help="the log's base URL, e.g. http://127.0.0.1:8000")],
-    log_key: Annotated[Path, typer.Option("--log-key", help="the log's public key (server-keys/server-sign.pub)")],
+    log_key: Annotated[Path, typer.Option("--log-key", help="the log's public key (server-keys/ledger-log.pub)")],
     state: Annotated[Path, typer.Option(help="the last cosigned checkpoint")] = Path("witness-state.json"),
     origin: Annotated[str, typer.Option(help="the log's origin line")] = DEFAULT_ORIGIN,
     interval: Annotated[float, typer.Option(help="seconds between polls")] = 10.0,

@@ -376,6 +376,10 @@ class EnclaveAggregator:
         """:meth:`sign_task` in the server's ``AggregationBackend`` shape."""
         return self.sign_task(RoundTask(round_id=round_id, model_sha256=model_sha256, deadline_at=deadline_at))
 
+    def sign_note(self, text: bytes) -> bytes:
+        """The enclave's signed-note lines (Ed25519 type 0x01, ML-DSA-65 type 0xff) over a checkpoint body."""
+        return self.enclave.sign_note(text)
+
     def close(self) -> None:
         """Stop the enclave process (sealed state stays on disk)."""
         self.enclave.close()

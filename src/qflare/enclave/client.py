@@ -337,6 +337,11 @@ class Enclave:
         )
         return result.signature
 
+    def sign_note(self, text: bytes) -> bytes:
+        """The enclave's signature lines over a checkpoint body for its own origin (refused otherwise)."""
+        result: ec.NoteSignaturesResult = self._simple(ec.SignNote(text=bytes(text)))
+        return result.lines
+
     def register_device(self, statement: bytes, signature: bytes) -> ec.RegistrationResult:
         """Hand the enclave an operator-signed device registration (it verifies the signature itself)."""
         result: ec.RegistrationResult = self._simple(

@@ -23,12 +23,13 @@ from qflare.errors import ConfigError, QFlareError
 from qflare.fl.privacy import dp_from_params, dp_params
 from qflare.fl.strategies import STRATEGIES, get_strategy
 
-__all__ = ["CONFIG_FORMAT", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
+__all__ = ["CONFIG_FORMAT", "DEFAULT_LEDGER_ORIGIN", "DEFAULT_UPDATE_PATH_REGEX", "EnclaveConfig", "load_config"]
 
 CONFIG_FORMAT: Final = "qflare-enclave-config/1"
 DEFAULT_UPDATE_PATH_REGEX: Final = r"^/v1/device/rounds/(?P<round_id>[0-9]{1,19})/update$"
 _KEY_SOURCES: Final = frozenset({"mlkem", "qkd", "hybrid"})
 _MAX_CONFIG_FILE: Final = 65536
+DEFAULT_LEDGER_ORIGIN: Final = "qflare.local/ledger"  # qflare.server.ledger.DEFAULT_ORIGIN
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class EnclaveConfig:
         the rule in the DP wrapper, so updates are clipped and the noise is drawn inside. Empty: no DP (and
         the key is left out of :meth:`to_dict`, so such measurements are unchanged). The accountant runs on
         the host: it needs only the public noise multiplier, sampling rate and round count.
+    ledger_origin:
+        The transparency log's origin line (``docs/ledger.md``): the only origin whose checkpoint bodies
+        the ``sign_note`` call signs, and the name of the enclave's note signature lines. Left out of
+        :meth:`to_dict` at its default, so such measurements are unchanged.
     """
 
     isv_prod_id: int = 1
@@ -99,6 +104,7 @@ class EnclaveConfig:
     aggregation_params: dict[str, Any] = field(default_factory=dict)
     operator_key: str | None = None
     privacy: dict[str, Any] = field(default_factory=dict)
+    ledger_origin: str = DEFAULT_LEDGER_ORIGIN
 
     __hash__ = None  # type: ignore[assignment]  # aggregation_params is a dict
 
@@ -170,6 +176,12 @@ class EnclaveConfig:
             except ConfigError as exc:
                 raise ConfigError(f"enclave config privacy: {exc.message}", reason="invalid_config") from None
             object.__setattr__(self, "privacy", dict(sorted(canonical.items())))
+        origin = self.ledger_origin
+        if not isinstance(origin, str) or not origin or any(c.isspace() for c in origin) or "+" in origin:
+            raise ConfigError(  # a signed-note key name: no whitespace, no "+"
+                "enclave config ledger_origin must be a non-empty name without whitespace or '+'",
+                reason="invalid_config",
+            )
 
     def operator_verify_key(self) -> VerifyKey | None:
         """The pinned operator key, or ``None`` when device checks are left to the host."""
@@ -189,6 +201,8 @@ class EnclaveConfig:
         doc["allowed_key_sources"] = list(self.allowed_key_sources)
         if not self.privacy:
             del doc["privacy"]
+        if self.ledger_origin == DEFAULT_LEDGER_ORIGIN:
+            del doc["ledger_origin"]
         return doc
 
     def canonical_json(self) -> bytes:

@@ -49,8 +49,10 @@ __all__ = [
     "RoundStatusResult",
     "SealResponse",
     "SealedResponseResult",
+    "NoteSignaturesResult",
     "Shutdown",
     "SignInitialModel",
+    "SignNote",
     "SignTask",
     "SignatureResult",
     "UnsafeDebugKeyDigest",
@@ -193,6 +195,13 @@ class SignatureResult:
     """A composite signature."""
 
     signature: bytes
+
+
+@dataclass(frozen=True)
+class NoteSignaturesResult:
+    """Signed-note signature lines (``— <name> base64(key ID || signature)\\n`` each), in note order."""
+
+    lines: bytes
 
 
 @dataclass(frozen=True)
@@ -358,6 +367,19 @@ class SignInitialModel(Ecall):
 
 
 @dataclass(frozen=True)
+class SignNote(Ecall):
+    """Sign a transparency-log checkpoint body (``docs/ledger.md``) with the enclave's hybrid key.
+
+    Only a canonical C2SP checkpoint body for the enclave's measured origin
+    (``EnclaveConfig.ledger_origin``), without extension lines, is signed; anything else is refused.
+    """
+
+    name: ClassVar[str] = "sign_note"
+    result: ClassVar[type[Any]] = NoteSignaturesResult
+    text: bytes
+
+
+@dataclass(frozen=True)
 class Shutdown(Ecall):
     """Exit cleanly."""
 
@@ -390,6 +412,7 @@ CALLS: Final[dict[str, type[Ecall]]] = {
         SignTask,
         RegisterDevice,
         SignInitialModel,
+        SignNote,
         Shutdown,
         UnsafeDebugKeyDigest,
     )

@@ -53,6 +53,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/crypto/__init__.py",
             "qflare/crypto/_aead.py",
             "qflare/crypto/_composite.py",
+            "qflare/crypto/_ed25519_note.py",
             "qflare/crypto/_kdf.py",
             "qflare/crypto/_random.py",
             "qflare/crypto/_xwing.py",
@@ -79,6 +80,18 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/optimizers.py",
             "qflare/fl/strategies/server_opt.py",
             "qflare/fl/privacy.py",  # central DP wrappers (EnclaveConfig.privacy); the accountant stays on the host
+            # ledger: checkpoint parsing and signed-note signing (sign_note). Importing qflare.ledger.note
+            # runs the package's __init__, which imports every (pure) ledger module, so all are measured.
+            "qflare/ledger/__init__.py",
+            "qflare/ledger/checkpoint.py",
+            "qflare/ledger/cosignature.py",
+            "qflare/ledger/entries.py",
+            "qflare/ledger/log.py",
+            "qflare/ledger/merkle.py",
+            "qflare/ledger/note.py",
+            "qflare/ledger/store.py",
+            "qflare/ledger/tiles.py",
+            "qflare/ledger/witness.py",
             # the enclave itself: shared formats and the trusted side
             "qflare/enclave/__init__.py",
             "qflare/enclave/channel.py",

@@ -26,7 +26,7 @@ from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.lease import RoundLease
-from qflare.server.ledger import AuditLog
+from qflare.server.ledger import DEFAULT_ORIGIN, AuditLog, EnclaveNoteSigner
 from qflare.server.metrics import install_metrics
 from qflare.server.operators import OperatorAccounts
 from qflare.server.request_context import install_request_ids
@@ -82,13 +82,19 @@ def build_state(
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator, lease=lease)
-    # The audit ledger (docs/ledger.md): checkpoints signed with the server's local key for now, also
-    # when an enclave runs (enclave-side signing is not done yet).
-    audit = (
-        AuditLog(SqlLogStore(repo.engine), ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock,
-                 checkpoint_interval=config.ledger.checkpoint_interval_seconds)
-        if config.ledger.enabled else None
-    )
+    # The audit ledger (docs/ledger.md): with an enclave its checkpoints are signed inside it (sign_note)
+    # and the log key is the enclave's signing key; without, the server's local key signs them.
+    audit = None
+    if config.ledger.enabled:
+        store = SqlLogStore(repo.engine)
+        interval = config.ledger.checkpoint_interval_seconds
+        if enclave is not None:
+            signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.enclave.public_keys().signing)
+            audit = AuditLog(store, signer=signer, clock=clock, checkpoint_interval=interval)
+        else:
+            audit = AuditLog(store, ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock,
+                             checkpoint_interval=interval)
+        audit.write_log_key(config.server.key_dir)
     orch.ledger = audit
     orch.privacy = accountant
     if accountant is not None:
@@ -127,6 +133,7 @@ def enclave_config_for(config: GlobalConfig) -> EnclaveConfig:
         aggregation_params=dict(config.aggregation.params),
         # The enclave pins the operator key and checks device signatures itself (docs/enclave.md).
         operator_key=OperatorKey.load_or_create(config.server.key_dir).public_hex,
+        ledger_origin=DEFAULT_ORIGIN,  # the only origin the enclave signs checkpoints for
         # Central DP inside the enclave: the resolved noise multiplier and clip are measured.
         privacy=dp_params(strategy) if isinstance(strategy, DPFixedClipping) else {},
     )

@@ -6,9 +6,10 @@ is known (``docs/ledger.md``, "Server integration"). Entries go through
 (one transaction per call). A signed checkpoint is issued after every round close or failure, and
 by :meth:`AuditLog.tick` when entries were added and ``checkpoint_interval`` seconds have passed.
 
-Not done yet (stated in ``docs/ledger.md``): checkpoints are signed with the server's local composite
-key (:class:`qflare.server.keys.ServerKeys`), also when an enclave runs, and the update/aggregate
-entries are written by the host, not by the enclave.
+Checkpoints are signed by the enclave when one runs (:class:`EnclaveNoteSigner`, the ``sign_note``
+ecall: the log key is the enclave's composite signing key), else with the server's local composite key
+(:class:`qflare.server.keys.ServerKeys`). Not done yet (``docs/ledger.md``): the update/aggregate
+entries are written by the host, not produced by the enclave.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
 
 from qflare.crypto.secret_access import TOKEN
-from qflare.crypto.signing import SigningKey
+from qflare.crypto.signing import SigningKey, VerifyKey
 from qflare.errors import Conflict, LedgerIntegrityError, MalformedPayload, NotFound
 from qflare.ledger import HybridLogKey, HybridNoteSigner, LedgerEvent, NoteSignature, TransparencyLog
 from qflare.ledger.cosignature import CosignatureVerifier
@@ -38,11 +41,11 @@ from qflare.ledger.entries import (
     encode_event,
 )
 from qflare.ledger.merkle import leaf_hash
-from qflare.ledger.note import parse_note, parse_verifier_key
+from qflare.ledger.note import NoteSigner, parse_note, parse_verifier_key
 from qflare.ledger.witness import parse_add_checkpoint_response
 from qflare.server.storage.ledger_store import SqlLogStore
 
-__all__ = ["DEFAULT_ORIGIN", "AuditLog"]
+__all__ = ["DEFAULT_ORIGIN", "LOG_KEY_FILE", "AuditLog", "EnclaveNoteSigner", "LocalNoteSigner"]
 
 log = logging.getLogger("qflare.ledger")
 
@@ -50,10 +53,65 @@ DEFAULT_ORIGIN = "qflare.local/ledger"
 CHECKPOINT_INTERVAL_SECONDS = 60.0
 _MAX_RECEIPTS = 100_000
 _MAX_WITNESSES = 32
+LOG_KEY_FILE = "ledger-log.pub"
+"""The log key's public file in the server's key directory (written at start: the enclave's signing key
+when an enclave runs, else a copy of ``server-sign.pub``); devices and ``qflare ledger verify`` pin it."""
 
 
 def _ms(t: float) -> int:
     return max(0, int(round(t * 1000)))
+
+
+class LogSigner(NoteSigner, Protocol):
+    """A checkpoint signer that also names its public log key."""
+
+    @property
+    def public_key(self) -> VerifyKey: ...
+
+    def log_key(self) -> HybridLogKey: ...
+
+
+class LocalNoteSigner(HybridNoteSigner):
+    """:class:`HybridNoteSigner` over a host-held composite key (no enclave)."""
+
+    def __init__(self, origin: str, key: SigningKey) -> None:
+        super().__init__(origin, key, TOKEN)
+        self.public_key = key.public_key()
+
+
+class EnclaveNoteSigner:
+    """Checkpoint signatures made inside the enclave (the ``sign_note`` ecall) with its hybrid key.
+
+    The host never holds the log key: it hands the enclave the checkpoint body and gets back the
+    Ed25519 (type 0x01) and ML-DSA-65 (type 0xff) signature lines, which it checks against the
+    enclave's public signing key before they go into a note.
+
+    Parameters
+    ----------
+    origin:
+        The log origin (must equal the enclave's measured ``EnclaveConfig.ledger_origin``).
+    sign:
+        ``text -> signature lines`` (:meth:`qflare.enclave.backend.EnclaveAggregator.sign_note`).
+    public_key:
+        The enclave's composite signing public key (``EnclavePublicKeys.signing``).
+    """
+
+    def __init__(self, origin: str, sign: Callable[[bytes], bytes], public_key: VerifyKey) -> None:
+        self._sign = sign
+        self.public_key = public_key
+        self._key = HybridLogKey.from_verify_key(origin, public_key)
+
+    def log_key(self) -> HybridLogKey:
+        return self._key
+
+    def sign_note(self, text: bytes) -> list[NoteSignature]:
+        """Raises ``LedgerIntegrityError`` if the enclave's lines do not verify under its key
+        (``invalid_signature`` / ``missing_signature_half``), or the enclave's refusal."""
+        lines = self._sign(bytes(text))
+        note = bytes(text) + b"\n" + lines
+        self._key.open(note)
+        _, sigs = parse_note(note)
+        return sigs
 
 
 class AuditLog:
@@ -67,7 +125,8 @@ class AuditLog:
     store:
         The SQL log store (shares the repository's database).
     signing_key:
-        The composite ML-DSA-65 + Ed25519 key whose halves sign checkpoints.
+        The composite ML-DSA-65 + Ed25519 key whose halves sign checkpoints (host-held; used when
+        ``signer`` is not given), or ``None`` with ``signer``.
     origin:
         The checkpoint origin line.
     clock:
@@ -77,14 +136,20 @@ class AuditLog:
     def __init__(
         self,
         store: SqlLogStore,
-        signing_key: SigningKey,
+        signing_key: SigningKey | None = None,
         *,
         origin: str = DEFAULT_ORIGIN,
         clock: Callable[[], float],
         checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
+        signer: LogSigner | None = None,
     ) -> None:
+        if (signing_key is None) == (signer is None):
+            raise ValueError("give exactly one of signing_key and signer")
         self.store = store
-        self.signer = HybridNoteSigner(origin, signing_key, TOKEN)
+        if signer is None:
+            assert signing_key is not None
+            signer = LocalNoteSigner(origin, signing_key)
+        self.signer: LogSigner = signer
         self.log = TransparencyLog(store, origin=origin, signer=self.signer)
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
@@ -106,6 +171,14 @@ class AuditLog:
     @property
     def log_key(self) -> HybridLogKey:
         return self.signer.log_key()
+
+    def write_log_key(self, key_dir: str | Path) -> Path:
+        """Write the composite public key whose halves verify the checkpoints to ``key_dir/LOG_KEY_FILE``
+        (what devices and ``qflare ledger verify`` pin)."""
+        from qflare.crypto.keyfile import write_public_key
+
+        Path(key_dir).mkdir(parents=True, exist_ok=True)
+        return write_public_key(Path(key_dir) / LOG_KEY_FILE, self.signer.public_key)
 
     # -- writing ---------------------------------------------------------------------------------
     def record(self, *events: LedgerEvent) -> None:

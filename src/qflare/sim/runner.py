@@ -208,7 +208,9 @@ class Federation:
         # With the enclave the devices trust its attested quote (which binds its keys); without, the key pin.
         pin = None if self.attestation is not None else self.server_key_file().name
         # With a ledger the devices audit it (docs/ledger.md, "Devices as auditors"), pinning its key.
-        log_key = self.run_dir / "server-keys" / "server-sign.pub"
+        # The server writes that key at start (server-keys/ledger-log.pub): the enclave's signing key when
+        # the enclave signs the checkpoints, else a copy of server-sign.pub.
+        log_key = self.run_dir / "server-keys" / "ledger-log.pub"
         if self.ledger and "ledger" not in extra and log_key.exists():
             extra["ledger"] = DeviceLedgerConfig(log_key_file=str(log_key.resolve()))
         return DeviceConfig(

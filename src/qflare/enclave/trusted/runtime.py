@@ -67,6 +67,8 @@ from qflare.fl.privacy import DPFixedClipping, dp_from_params
 from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import get_strategy
+from qflare.ledger.checkpoint import parse_checkpoint
+from qflare.ledger.note import HybridNoteSigner
 
 __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
 
@@ -144,6 +146,9 @@ class EnclaveRuntime:
         else:
             self._chain, self._registry = self._load_state()
         self._public = EnclavePublicKeys(kem=self._kem.public_key(), signing=self._signer.public_key())
+        # The transparency log's checkpoint signer: the same hybrid note lines as the host's
+        # HybridNoteSigner, from the enclave's own composite key (sign_note).
+        self._note_signer = HybridNoteSigner(config.ledger_origin, self._signer, secret_access.TOKEN)
         self._rounds: dict[int, RoundState] = {}
         self._sealers: OrderedDict[bytes, ResponseSealer] = OrderedDict()
         self.stopping = False
@@ -167,6 +172,7 @@ class EnclaveRuntime:
             ec.SignTask: self.sign_task,
             ec.RegisterDevice: self.register_device,
             ec.SignInitialModel: self.sign_initial_model,
+            ec.SignNote: self.sign_note,
             ec.UnsafeDebugKeyDigest: self.unsafe_debug_key_digest,
             ec.Shutdown: self.shutdown,
         }
@@ -615,6 +621,20 @@ class EnclaveRuntime:
         if task.deadline_ms != call.deadline_ms:
             raise InvalidInput("deadline_ms is out of range", reason="bad_deadline")
         return ec.SignatureResult(signature=sign_task(task, self._signer))
+
+    def sign_note(self, call: ec.SignNote) -> ec.NoteSignaturesResult:
+        """Sign a checkpoint body for this enclave's log: a canonical C2SP tlog-checkpoint of the measured
+        origin, without extension lines (so no other text can be signed with the log key).
+
+        The enclave does not hold the tree, so it cannot check that size and root are the log's; what
+        it guarantees is that its log key signs nothing but checkpoints of its own origin.
+        """
+        cp = parse_checkpoint(call.text, origin=self._config.ledger_origin)  # malformed_checkpoint / origin_mismatch
+        if cp.extensions:
+            raise PermissionDenied("the enclave signs checkpoints without extension lines",
+                                   reason="checkpoint_extensions_refused")
+        lines = b"".join(sig.line() for sig in self._note_signer.sign_note(cp.to_body()))
+        return ec.NoteSignaturesResult(lines=lines)
 
 
 def _outbound(exc: QFlareError) -> QFlareError:
