@@ -96,3 +96,23 @@ def test_verify_after_simulate_and_after_a_flipped_byte(simulated: Path, tmp_pat
     bad = _ledger("verify", "--db", url)
     assert bad.returncode == 1
     assert "entry 5" in bad.stdout and "leaf_hash_mismatch" in bad.stdout
+
+
+def test_with_the_enclave_the_log_key_is_the_enclaves_and_a_host_key_does_not_verify(simulated: Path,
+                                                                                    tmp_path: Path) -> None:
+    from qflare.crypto.keyfile import read_public_key, write_public_key
+    from qflare.crypto.signing import SigningKey
+    from qflare.ledger import HybridLogKey, verify_log
+    from qflare.server.storage.ledger_store import SqlLogStore
+
+    # The simulation ran the (simulated) enclave: it signed the checkpoints, and the key file the devices
+    # pinned and `ledger verify` defaults to is the enclave's signing key (its sealed keys' public half).
+    db = _copy_run(simulated, tmp_path)
+    key_file = db.parent / "server-keys" / "ledger-log.pub"
+    assert key_file.exists() and not (simulated / "server-keys" / "server-sign.key").exists()
+    enclave_key = read_public_key(key_file)
+    assert verify_log(SqlLogStore(f"sqlite:///{db}"),
+                      HybridLogKey.from_verify_key("qflare.local/ledger", enclave_key)).ok  # type: ignore[arg-type]
+    other = write_public_key(tmp_path / "host.pub", SigningKey.generate().public_key())
+    bad = _ledger("verify", "--db", f"sqlite:///{db}", "--key", str(other))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
