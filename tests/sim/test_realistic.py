@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from qflare.environment import environment
 from qflare.sim.profiles import DeviceProfile, SimulatedDevice, generate_profiles
 from qflare.sim.realistic import PROFILES_ENV, SimulatedDropout, attach_simulation, simulated_device_for
 
@@ -72,6 +73,7 @@ def test_profiles_reach_the_device_through_the_environment(tmp_path: Path, monke
     assert sorted(s.profile.slowdown for s in slow if s is not None) == [1.0, 10.0]
     assert simulated_device_for("edge_03") is None
     monkeypatch.delenv(PROFILES_ENV)
+    environment.cache_clear()  # qflare.environment reads the environment once
     assert simulated_device_for("edge_01") is None
 
 
