@@ -38,13 +38,15 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
             node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http))
             node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
             simulated = simulated_device_for(cfg.device_id, seed=cfg.data.seed)  # --device-profiles only
+            report = path.parent / f"{cfg.device_id}.sim.json"
             if simulated is not None:
-                attach_simulation(node, simulated)
+                device = simulated
+                attach_simulation(node, device, on_task=lambda: write_device_report(device, report))
             try:
                 stats = node.run(max_rounds=max_rounds)
             finally:
                 if simulated is not None:
-                    write_device_report(simulated, path.parent / f"{cfg.device_id}.sim.json")
+                    write_device_report(simulated, report)
         results[cfg.device_id] = "ok"
         log.info("%s finished: %s", cfg.device_id, stats.summary())
     except Exception as exc:  # noqa: BLE001 - one device's failure is reported, the others go on

@@ -58,8 +58,12 @@ def simulated_device_for(device_id: str, *, seed: int = 0) -> SimulatedDevice | 
 
 def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[float], None] | None = None,
                       clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                      max_away_seconds: float = 30.0) -> None:
-    """SIMULATION ONLY: make ``node`` (an ``EdgeNode``) behave as ``device`` says."""
+                      max_away_seconds: float = 30.0, on_task: Callable[[], None] | None = None) -> None:
+    """SIMULATION ONLY: make ``node`` (an ``EdgeNode``) behave as ``device`` says.
+
+    ``on_task`` runs after every task (e.g. to write the device's report: the simulation driver may stop
+    the process as soon as the run is complete, before the node returns).
+    """
     sleep = sleep or node.sleep
     assert sleep is not None
     start = clock()
@@ -90,6 +94,13 @@ def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[fl
         return update
 
     def simulated_send_update(round_id: int, update: bytes) -> dict[str, Any] | None:
+        try:
+            return send_or_drop(round_id, update)
+        finally:
+            if on_task is not None:
+                on_task()
+
+    def send_or_drop(round_id: int, update: bytes) -> dict[str, Any] | None:
         outcome, deadline_at = pending.pop(round_id, ("complete", 0.0))
         if outcome == "drop_training":
             away(deadline_at)
