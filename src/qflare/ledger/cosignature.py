@@ -19,8 +19,8 @@ from typing import Final
 
 from qflare.crypto._ed25519_note import Ed25519Signer, Ed25519Verifier
 from qflare.crypto.secret_access import SecretKeyAccess, require_token
-from qflare.errors import InvalidSignature, LedgerIntegrityError, MalformedPayload
-from qflare.ledger.note import NoteSignature, NoteVerifier, is_valid_key_name, key_id, parse_note
+from qflare.errors import InvalidSignature, LedgerIntegrityError
+from qflare.ledger.note import NoteSignature, NoteVerifier, _KeyedVerifier, parse_note
 
 __all__ = [
     "COSIGNATURE_TYPE",
@@ -71,7 +71,7 @@ class Cosignature:
     timestamp: int
 
 
-class CosignatureVerifier:
+class CosignatureVerifier(_KeyedVerifier):
     """A witness's cosignature/v1 verifier key (type 0x04); also a :class:`NoteVerifier`.
 
     Parameters
@@ -82,27 +82,10 @@ class CosignatureVerifier:
         Its 32-byte Ed25519 public key.
     """
 
-    sig_type: Final = COSIGNATURE_TYPE
+    sig_type = COSIGNATURE_TYPE
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        if not is_valid_key_name(name):
-            raise MalformedPayload(f"invalid key name {name!r}", reason="invalid_verifier_key")
-        self._name = name
-        self._key = Ed25519Verifier(public_key)
-        self._id = key_id(name, bytes([COSIGNATURE_TYPE]) + self._key.public_bytes())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._id
-
-    def verifier_key(self) -> str:
-        """``name+hexkeyid+base64(0x04 || pub)``."""
-        raw = bytes([COSIGNATURE_TYPE]) + self._key.public_bytes()
-        return f"{self._name}+{self._id:08x}+{base64.b64encode(raw).decode()}"
+        self._bind(name, Ed25519Verifier, public_key)
 
     def verify(self, text: bytes, signature: bytes) -> None:
         self.verify_cosignature(text, signature)

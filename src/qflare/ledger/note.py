@@ -23,9 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from qflare.crypto._ed25519_note import (
     ED25519_PUBLIC_KEY_SIZE,
@@ -144,7 +144,35 @@ def _bad_signature(name: str, kid: int) -> LedgerIntegrityError:
     return LedgerIntegrityError(f"invalid signature for key {name}+{kid:08x}", reason="invalid_signature")
 
 
-class Ed25519NoteVerifier:
+class _KeyedVerifier:
+    """What every verifier key shares: a valid name, a public key, and the key ID over both.
+
+    Subclasses set :attr:`sig_type` and call :meth:`_bind` with their key's verifier object.
+    """
+
+    sig_type: ClassVar[int]
+
+    def _bind(self, name: str, make_key: Callable[[bytes], Any], public_key: bytes) -> None:
+        if not is_valid_key_name(name):
+            raise MalformedPayload(f"invalid key name {name!r}", reason="invalid_verifier_key")
+        self._name = name
+        self._key = make_key(public_key)
+        self._id = key_id(name, bytes([self.sig_type]) + self._key.public_bytes())
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def key_id(self) -> int:
+        return self._id
+
+    def verifier_key(self) -> str:
+        """``name+hexkeyid+base64(type || pub)``."""
+        return _format_vkey(self._name, self._id, bytes([self.sig_type]) + self._key.public_bytes())
+
+
+class Ed25519NoteVerifier(_KeyedVerifier):
     """A type-0x01 (Ed25519) note verifier key.
 
     Parameters
@@ -155,30 +183,14 @@ class Ed25519NoteVerifier:
         The 32-byte Ed25519 public key.
     """
 
-    sig_type: Final = ED25519_SIGNATURE_TYPE
+    sig_type = ED25519_SIGNATURE_TYPE
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        if not is_valid_key_name(name):
-            raise MalformedPayload(f"invalid key name {name!r}", reason="invalid_verifier_key")
-        self._name = name
-        self._key = Ed25519Verifier(public_key)
-        self._id = key_id(name, bytes([self.sig_type]) + self._key.public_bytes())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._id
+        self._bind(name, Ed25519Verifier, public_key)
 
     def public_bytes(self) -> bytes:
         """The 32-byte public key."""
-        return self._key.public_bytes()
-
-    def verifier_key(self) -> str:
-        """``name+hexkeyid+base64(0x01 || pub)``."""
-        return _format_vkey(self._name, self._id, bytes([self.sig_type]) + self._key.public_bytes())
+        return bytes(self._key.public_bytes())
 
     def verify(self, text: bytes, signature: bytes) -> None:
         try:
@@ -187,7 +199,7 @@ class Ed25519NoteVerifier:
             raise _bad_signature(self._name, self._id) from None
 
 
-class Mldsa65NoteVerifier:
+class Mldsa65NoteVerifier(_KeyedVerifier):
     """QFLARE's ML-DSA-65 note verifier key (type :data:`MLDSA65_SIGNATURE_TYPE`).
 
     Parameters
@@ -198,26 +210,10 @@ class Mldsa65NoteVerifier:
         The 1952-byte ML-DSA-65 public key (the first half of the enclave's composite key).
     """
 
-    sig_type: Final = MLDSA65_SIGNATURE_TYPE
+    sig_type = MLDSA65_SIGNATURE_TYPE
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        if not is_valid_key_name(name):
-            raise MalformedPayload(f"invalid key name {name!r}", reason="invalid_verifier_key")
-        self._name = name
-        self._key = Mldsa65Verifier(public_key)
-        self._id = key_id(name, bytes([self.sig_type]) + self._key.public_bytes())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._id
-
-    def verifier_key(self) -> str:
-        """``name+hexkeyid+base64(0xff || pub)``."""
-        return _format_vkey(self._name, self._id, bytes([self.sig_type]) + self._key.public_bytes())
+        self._bind(name, Mldsa65Verifier, public_key)
 
     def verify(self, text: bytes, signature: bytes) -> None:
         try:
