@@ -14,6 +14,7 @@ from qflare.fl.checks import l2_norm
 from qflare.fl.influence import (
     cap_num_examples,
     cap_round_num_examples,
+    cap_weight_shares,
     clip_factor,
     clip_to_norm,
     global_norm,
@@ -146,3 +147,58 @@ def test_global_norm_refuses_a_reference_with_other_tensors() -> None:
     # Execute / Assert
     with pytest.raises(ModelSpecMismatch):
         global_norm({"a": np.ones(2)}, reference={"b": np.ones(2)})
+
+
+# -- share cap -------------------------------------------------------------------------------------
+
+
+def test_cap_weight_shares_by_hand() -> None:
+    # Execute / Assert: 3 x 1 and one 100; equal shares lower the 100 to 1
+    assert cap_weight_shares([1, 1, 1, 100], max_share=1.0) == [1.0, 1.0, 1.0, 1.0]
+    # max_share 1.5 over 4: at most 0.375 each. T = 1.5 * 3 / (4 - 1.5) = 1.8: 1.8 / 4.8 = 0.375
+    assert cap_weight_shares([1, 1, 1, 100], max_share=1.5) == pytest.approx([1, 1, 1, 1.8])
+    # already within the bound: unchanged; zero weights take no part
+    assert cap_weight_shares([10, 11, 12], max_share=1.5) == [10.0, 11.0, 12.0]
+    assert cap_weight_shares([0, 5, 10], max_share=1.0) == [0.0, 5.0, 5.0]
+    assert cap_weight_shares([]) == []
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, -1.0, float("inf"), float("nan"), True])
+def test_cap_weight_shares_refuses_a_share_below_one(bad: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        cap_weight_shares([1, 2], max_share=bad)
+    assert info.value.reason == "invalid_aggregation_params"
+    assert info.value.message.startswith("aggregation.max_share")
+
+
+def test_cap_weight_shares_refuses_negative_weights() -> None:
+    with pytest.raises(ConfigError):
+        cap_weight_shares([1.0, -2.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.just(0), st.integers(1, 10**7)), min_size=1, max_size=40),
+    st.floats(1.0, 8.0),
+    st.data(),
+)
+def test_any_k_updates_hold_at_most_k_times_max_share_over_n(
+    weights: list[int], share: float, data: st.DataObject
+) -> None:
+    # Execute
+    out = np.array(cap_weight_shares(weights, max_share=share))
+
+    # Assert: never raised, and any subset (the heaviest k are the worst case) holds <= k * share / n
+    raw = np.array(weights, dtype=np.float64)
+    assert (out <= raw + 1e-9).all()
+    n = int((raw > 0).sum())
+    if n == 0:
+        assert (out == 0).all()
+        return
+    heaviest = np.sort(out)[::-1]
+    k = data.draw(st.integers(1, n))
+    assert heaviest[:k].sum() / out.sum() <= min(1.0, k * share / n) * (1 + 1e-9)
+    # the cap is the largest that meets the bound: lowered weights all sit at the bound's level
+    lowered = out < raw - 1e-9
+    if lowered.any():
+        assert np.allclose(out[lowered], out.max())

@@ -81,6 +81,7 @@ def test_too_few_updates_at_close() -> None:
         ("centered-clipping", {"tau": 0}, "aggregation.tau"),
         ("bounded-fedavg", {"norm_multiple": -1}, "aggregation.norm_multiple"),
         ("bounded-fedavg", {"f": 1}, "aggregation.f"),
+        ("bounded-fedavg", {"max_share": 0.5}, "aggregation.max_share"),
         ("fedavg", {"f": 1}, "aggregation.f"),
     ],
 )
@@ -151,6 +152,62 @@ def test_million_x_norm_moves_the_default_no_more_than_an_honest_update() -> Non
     assert _dist(default, honest) <= honest_step
     print(f"10^6 x norm: default {_dist(default, honest):.4f}, fedavg {_dist(plain, honest):.1f}, "
           f"honest step {honest_step:.4f}")
+
+
+def _group_attack(honest_claims: list[int], attackers: int, claim: int) -> tuple[NDArrays, NDArrays, NDArrays, list]:
+    """Honest devices stepping along d, ``attackers`` devices claiming ``claim`` and stepping along -d."""
+    base, ups = _honest(len(honest_claims), seed=3)
+    flipped = [{k: (base[k] - (u[k] - base[k])).astype(np.float32) for k in base} for u in ups[:attackers]]
+    results = [(u, n) for u, n in zip(ups, honest_claims, strict=True)] + [(f, claim) for f in flipped]
+    honest = fedavg([(u, n) for u, n in zip(ups, honest_claims, strict=True)])
+    return base, honest, fedavg([(u, 1) for u in ups]), results
+
+
+def _along(out: NDArrays, base: NDArrays, honest: NDArrays) -> float:
+    """Projection of the aggregate's step on the honest step, relative to the honest step (1 = honest)."""
+    step = np.concatenate([(out[k] - base[k]).ravel() for k in sorted(base)]).astype(np.float64)
+    good = np.concatenate([(honest[k] - base[k]).ravel() for k in sorted(base)]).astype(np.float64)
+    return float(step @ good / (good @ good))
+
+
+def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
+    # Prepare: the digits table's case: 14 honest devices with 32..104 examples, 6 claiming 10^7 and
+    # sending sign-flipped steps. Capping each claim at 3 x the (shifted) median left the 6 inflaters
+    # 6 x 3 medians against ~14 honest ones: the old default stepped *against* the honest direction.
+    claims = [72, 100, 85, 101, 44, 81, 74, 72, 57, 66, 32, 76, 85, 73]
+    base, honest, _, results = _group_attack(claims, attackers=6, claim=10_000_000)
+
+    # Execute
+    median_cap_only = _run("bounded-fedavg", base, results, max_share=1000.0)  # the old rule
+    default = _run(DEFAULT_STRATEGY, base, results)
+    acc = get_strategy(DEFAULT_STRATEGY).accumulator(ModelSpec.from_arrays(base), reference=base)
+    for arrays, n in results:
+        acc.add(arrays, n)
+    acc.result()
+
+    # Assert: the old rule reverses the honest step; the default keeps it, and the 6 hold 6/20 of the weight
+    assert _along(median_cap_only, base, honest) < 0
+    assert _along(default, base, honest) > 0.3
+    assert acc.last_outcome is not None
+    assert sum(acc.last_outcome.weights[14:]) == pytest.approx(6 / 20)
+    assert set(acc.last_outcome.flagged) >= set(range(14, 20))  # the inflated claims are flagged
+    assert not set(acc.last_outcome.flagged) & set(range(14))  # equalised honest weights are not
+
+
+@pytest.mark.parametrize("attackers", [1, 3, 6, 9])
+def test_any_group_of_attackers_holds_at_most_its_share_of_the_weight(attackers: int) -> None:
+    # Prepare: honest claims spread 30..300, attackers claim 10^7 each
+    honest_claims = [30 + 27 * i for i in range(20 - attackers)]
+    base, _, _, results = _group_attack(honest_claims, attackers=attackers, claim=10_000_000)
+
+    for share in (1.0, 1.5):
+        acc = get_strategy("bounded-fedavg", max_share=share).accumulator(ModelSpec.from_arrays(base), reference=base)
+        for arrays, n in results:
+            acc.add(arrays, n)
+        acc.result()
+        assert acc.last_outcome is not None
+        held = sum(acc.last_outcome.weights[len(honest_claims):])
+        assert held <= min(1.0, share * attackers / 20) + 1e-9
 
 
 def test_bounded_fedavg_equals_fedavg_on_honest_rounds() -> None:

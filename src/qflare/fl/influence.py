@@ -6,6 +6,9 @@ decrypted:
 
 - :func:`cap_num_examples` caps a claim at the device's enrolled dataset size and at a multiple of
   the round's median claim (:func:`cap_round_num_examples` does a whole round);
+- :func:`cap_weight_shares` lowers the largest weights of a round so that no update holds more than
+  ``max_share / n`` of the total: whatever the claims, any ``k`` of ``n`` updates then hold at most
+  ``k * max_share / n`` of the weight (with ``max_share = 1``, exactly their share: equal weights);
 - :func:`clip_to_norm` scales a step down to a bound, by default :func:`norm_bound_from_median`:
   a multiple of the round's median step norm.
 
@@ -26,9 +29,11 @@ from qflare.types import NDArrays
 
 __all__ = [
     "DEFAULT_COUNT_MULTIPLE",
+    "DEFAULT_MAX_SHARE",
     "DEFAULT_NORM_MULTIPLE",
     "cap_num_examples",
     "cap_round_num_examples",
+    "cap_weight_shares",
     "clip_factor",
     "clip_to_norm",
     "global_norm",
@@ -40,6 +45,9 @@ DEFAULT_COUNT_MULTIPLE = 3.0
 
 DEFAULT_NORM_MULTIPLE = 2.0
 """Default norm bound, as a multiple of the round's median step norm."""
+
+DEFAULT_MAX_SHARE = 1.0
+"""Default cap on one update's share of a round's weight, as a multiple of ``1 / n`` (1: equal shares)."""
 
 
 def _sq_norm(array: np.ndarray) -> float:
@@ -209,3 +217,55 @@ def cap_round_num_examples(
         cap_num_examples(c, device_cap=cap, round_median=median, median_multiple=median_multiple)
         for c, cap in zip(claims, caps, strict=True)
     ]
+
+
+def cap_weight_shares(weights: Sequence[float], *, max_share: float = DEFAULT_MAX_SHARE) -> list[float]:
+    """``min(w_i, T)`` for the largest level ``T`` at which no update holds more than ``max_share / n``.
+
+    Water-filling from the top: the largest weights are lowered to a common level ``T`` until the
+    largest share ``T / sum_j min(w_j, T)`` is at most ``max_share / n``, where ``n`` counts the
+    updates with a positive weight (a zero weight takes no part and stays zero). Weights already
+    within the bound are returned unchanged; ``max_share = 1`` gives every positive weight the same
+    value (the smallest one).
+
+    The bound holds whatever the weights are, so it does not rely on a median an attacker can shift:
+    any ``k`` of the ``n`` updates hold at most ``min(1, k * max_share / n)`` of the total weight. With
+    ``max_share = 1``, 30 % of the devices hold at most 30 % of the weight however many examples they
+    claim; with ``max_share = s`` they hold less than half as long as they are fewer than ``n / (2s)``.
+
+    Raises
+    ------
+    ConfigError
+        ``max_share`` not a finite number >= 1 (``aggregation.max_share``; below 1 no weights fit), or
+        a negative or non-finite weight (reason ``invalid_aggregation_params``).
+    """
+    ok = isinstance(max_share, numbers.Real) and not isinstance(max_share, bool) and math.isfinite(max_share)
+    if not ok or not max_share >= 1:
+        raise ConfigError(
+            f"aggregation.max_share: must be a finite number >= 1 (a share of 1/n each is the least "
+            f"that can be met), got {max_share!r}",
+            reason="invalid_aggregation_params",
+        )
+    values = np.asarray(weights, dtype=np.float64)
+    if values.size and not (np.isfinite(values).all() and (values >= 0).all()):
+        raise ConfigError("weights must be finite and non-negative", reason="invalid_aggregation_params")
+    positive = np.sort(values[values > 0])
+    n = int(positive.size)
+    if n == 0:
+        return [float(v) for v in values]
+    limit = float(max_share) / n
+    if positive[-1] <= limit * float(positive.sum()):
+        return [float(v) for v in values]
+    # T lies between the largest weight left alone and the smallest one lowered; with m lowered,
+    # T = limit * (below + m * T), so T = max_share * below / (n - max_share * m).
+    prefix = np.concatenate(([0.0], np.cumsum(positive)))
+    level = float(positive[0])  # all equal: always within the bound
+    for m in range(1, n):
+        denom = n - float(max_share) * m
+        if denom <= 0:
+            break
+        t = float(max_share) * float(prefix[n - m]) / denom
+        if positive[n - m - 1] <= t * (1 + 1e-12) and t <= positive[n - m]:  # tolerance for ties
+            level = t
+            break
+    return [float(min(v, level)) for v in values]

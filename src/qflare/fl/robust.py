@@ -747,6 +747,7 @@ def norm_bound_with_outcome(
     reference: NDArrays | None = None,
     bound: float | None = None,
     median_multiple: float = _DEFAULT_NORM_MULTIPLE,
+    weights: Sequence[float] | None = None,
 ) -> RuleOutcome:
     """Norm-bounding defence (Sun, Kairouz, Suresh & McMahan 2019, "Can You Really Backdoor FL?").
 
@@ -764,33 +765,44 @@ def norm_bound_with_outcome(
         of this round (:func:`qflare.fl.influence.norm_bound_from_median`).
     median_multiple:
         Multiple of the median norm used when ``bound`` is ``None`` (default 2.0).
+    weights:
+        Each update's (non-negative) weight instead of its ``num_examples``, e.g. capped claims
+        (:func:`qflare.fl.influence.cap_weight_shares`); not a config key.
 
     Raises
     ------
     ConfigError
         ``bound`` or ``median_multiple`` not > 0.
     AggregationError
-        No updates, inconsistent tensors, or a total weight of zero (``zero_weight``).
+        No updates, inconsistent tensors, ``weights`` of the wrong length or with a negative or
+        non-finite entry (``invalid_weights``), or a total weight of zero (``zero_weight``).
     """
     layout = _layout(results)
     n = len(results)
     _require("norm-bound", n, {"bound": bound, "median_multiple": median_multiple})
-    total = sum(int(w) for _, w in results)
+    if weights is None:
+        raw = np.array([float(int(w)) for _, w in results], dtype=np.float64)
+    else:
+        raw = np.asarray(weights, dtype=np.float64)
+        if raw.shape != (n,) or not (np.isfinite(raw).all() and (raw >= 0).all()):
+            raise AggregationError(f"need {n} finite non-negative weights, got {list(weights)!r}",
+                                   reason="invalid_weights")
+    total = float(raw.sum())
     if total == 0:
         raise AggregationError("total number of examples is zero", reason="zero_weight")
     steps, ref = _steps(layout, results, reference)
     norms = np.sqrt(_row_sqnorms(steps))
     limit = bound if bound is not None else norm_bound_from_median(norms.tolist(), multiple=median_multiple)
     factors = np.minimum(1.0, limit / np.maximum(norms, _EPS))
-    weights = np.array([int(w) / total for _, w in results], dtype=np.float64)
+    shares = raw / total
     out = np.zeros(layout.size, dtype=np.float64)
-    for row, factor, weight in zip(steps, factors, weights, strict=True):
+    for row, factor, weight in zip(steps, factors, shares, strict=True):
         out += row * (factor * weight)
     clipped = tuple(i for i in range(n) if norms[i] > limit)
     return RuleOutcome(
         arrays=_finish(layout, out, ref),
-        selected=tuple(i for i in range(n) if weights[i] > 0),
-        weights=tuple(float(w) for w in weights),
+        selected=tuple(i for i in range(n) if shares[i] > 0),
+        weights=tuple(float(w) for w in shares),
         flagged=clipped,
         clipped=clipped,
         scores=tuple(float(s) for s in norms),

@@ -26,7 +26,13 @@ from typing import Any, ClassVar
 
 from qflare.errors import AggregationError, ConfigError
 from qflare.fl.aggregate import Accumulator, BufferedAccumulator
-from qflare.fl.influence import DEFAULT_COUNT_MULTIPLE, DEFAULT_NORM_MULTIPLE, cap_round_num_examples
+from qflare.fl.influence import (
+    DEFAULT_COUNT_MULTIPLE,
+    DEFAULT_MAX_SHARE,
+    DEFAULT_NORM_MULTIPLE,
+    cap_round_num_examples,
+    cap_weight_shares,
+)
 from qflare.fl.robust import (
     ROBUST_RULES,
     ROBUST_RULES_WITH_OUTCOME,
@@ -167,7 +173,7 @@ class NormBound(RobustStrategy):
 
 # -- bounded FedAvg (the default) ---------------------------------------------------------------
 
-_BOUNDED_PARAMS = frozenset({"count_multiple", "norm_multiple"})
+_BOUNDED_PARAMS = frozenset({"count_multiple", "max_share", "norm_multiple"})
 
 
 def _positive(params: Mapping[str, object], key: str, default: float) -> float:
@@ -179,16 +185,26 @@ def _positive(params: Mapping[str, object], key: str, default: float) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _at_least_one(params: Mapping[str, object], key: str, default: float) -> float:
+    value = params.get(key, default)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not ok or not float(value) >= 1:  # type: ignore[arg-type]
+        raise ConfigError(f"aggregation.{key}: must be a finite number >= 1 (1 = equal shares; no share "
+                          f"below 1/n can be met), got {value!r}", reason="invalid_aggregation_params")
+    return float(value)  # type: ignore[arg-type]
+
+
 def bounded_fedavg(
     results: Results,
     *,
     reference: NDArrays,
     count_multiple: float = DEFAULT_COUNT_MULTIPLE,
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
+    max_share: float = DEFAULT_MAX_SHARE,
 ) -> NDArrays:
     """FedAvg with each device's influence bounded: the QFLARE default (:func:`bounded_fedavg_with_outcome`)."""
     return bounded_fedavg_with_outcome(
-        results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple
+        results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple, max_share=max_share
     ).arrays
 
 
@@ -198,24 +214,38 @@ def bounded_fedavg_with_outcome(
     reference: NDArrays,
     count_multiple: float = DEFAULT_COUNT_MULTIPLE,
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
+    max_share: float = DEFAULT_MAX_SHARE,
 ) -> RuleOutcome:
     """FedAvg with each device's influence bounded: the QFLARE default.
 
     1. Each claimed ``num_examples`` is capped at ``count_multiple`` times the round's median claim
        (:func:`qflare.fl.influence.cap_round_num_examples`), so a device claiming 10^7 samples among
        peers claiming 100 weighs as if it claimed ``3 x 100``.
-    2. Each step ``x_i - reference`` is clipped to ``norm_multiple`` times the round's median step
-       norm, and the clipped steps are averaged with the capped weights (norm-bounded FedAvg, Sun et
+    2. The largest capped claims are lowered further until no update holds more than
+       ``max_share / n`` of the round's weight (:func:`qflare.fl.influence.cap_weight_shares`). The
+       median cap alone does not bound a *group*: with 30 % of the devices claiming the cap, 6
+       inflaters of 20 hold ``6 x 3 = 18`` median units against the 14 honest devices' ~14. The share
+       cap holds whatever the claims: any ``k`` of ``n`` updates weigh at most ``k * max_share / n``
+       (with the default ``max_share = 1``, exactly their share of the devices: equal weights).
+    3. Each step ``x_i - reference`` is clipped to ``norm_multiple`` times the round's median step
+       norm ``M``, and the clipped steps are averaged with those weights (norm-bounded FedAvg, Sun et
        al. 2019, :func:`qflare.fl.robust.norm_bound`).
 
-    With at most half the updates hostile, both medians are honest values, so one update moves the
-    aggregate by at most ``w_i * (norm_multiple + 1) * median_norm`` from the honest average, where
-    ``w_i <= count_multiple * median / total`` is its capped weight.
+    Bound: with fewer than half the updates hostile, ``M`` is at most an honest step norm, and ``k``
+    hostile updates move the aggregate away from the (same-weighted) average of the honest clipped
+    steps by at most ``W * 2 * norm_multiple * M``, where ``W <= min(1, k * max_share / n)`` is their
+    total weight: ``W * (mean hostile step - mean honest step)``, each mean of norm at most
+    ``norm_multiple * M``. This bounds the size of the damage per round; it does not make the
+    direction honest (30 % sign-flipped steps still pull the model back by up to 30 %).
 
-    The outcome flags every update whose step was clipped or whose claim was capped.
+    The outcome flags every update whose step was clipped or whose claim exceeded the median cap (step
+    1). Lowering a weight to the share cap (step 2) is not a verdict: with ``max_share = 1`` every
+    honest device above the smallest claim is lowered, so it is not flagged (it would feed reputation).
 
     Raises
     ------
+    ConfigError
+        A bad ``count_multiple``, ``norm_multiple`` (not > 0) or ``max_share`` (not >= 1).
     AggregationError
         No updates, inconsistent tensors, or a total weight of zero.
     """
@@ -223,12 +253,9 @@ def bounded_fedavg_with_outcome(
         raise AggregationError("no updates to aggregate", reason="no_updates")
     claimed = [int(n) for _, n in results]
     capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
-    outcome = norm_bound_with_outcome(
-        [(arrays, n) for (arrays, _), n in zip(results, capped, strict=True)],
-        reference=reference,
-        median_multiple=norm_multiple,
-    )
-    over = {i for i, (c, n) in enumerate(zip(claimed, capped, strict=True)) if n < c}
+    weights = cap_weight_shares(capped, max_share=max_share)
+    outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights)
+    over = {i for i, (c, k) in enumerate(zip(claimed, capped, strict=True)) if k < c}
     return dataclasses.replace(outcome, flagged=tuple(sorted(set(outcome.flagged) | over)))
 
 
@@ -241,6 +268,9 @@ class BoundedFedAvg(Strategy):
         Cap on a claim as a multiple of the round's median claim (default 3.0).
     norm_multiple:
         Cap on a step's L2 norm as a multiple of the round's median step norm (default 2.0).
+    max_share:
+        Cap on one update's share of the round's weight, as a multiple of ``1 / n`` (default 1.0:
+        equal weights; ``>= 1``). Any ``k`` of ``n`` updates then hold at most ``k * max_share / n``.
 
     Keeps every update of the round (memory ``n x model``): the medians need all claims and norms.
     """
@@ -252,10 +282,11 @@ class BoundedFedAvg(Strategy):
         self.check_params(params)
         self.count_multiple = _positive(params, "count_multiple", DEFAULT_COUNT_MULTIPLE)
         self.norm_multiple = _positive(params, "norm_multiple", DEFAULT_NORM_MULTIPLE)
+        self.max_share = _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
 
     @classmethod
     def check_params(cls, params: Mapping[str, object]) -> None:
-        """Keys ``count_multiple`` and ``norm_multiple``, each a finite number > 0."""
+        """Keys ``count_multiple`` and ``norm_multiple`` (finite numbers > 0) and ``max_share`` (>= 1)."""
         for key in params:
             if key not in _BOUNDED_PARAMS:
                 accepted = ", ".join(sorted(_BOUNDED_PARAMS))
@@ -265,6 +296,7 @@ class BoundedFedAvg(Strategy):
                 )
         for key, default in (("count_multiple", DEFAULT_COUNT_MULTIPLE), ("norm_multiple", DEFAULT_NORM_MULTIPLE)):
             _positive(params, key, default)
+        _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
 
     def aggregate(self, results: Results) -> NDArrays:
         """Not available without the base model: use :meth:`accumulator` with ``reference``."""
@@ -278,13 +310,15 @@ class BoundedFedAvg(Strategy):
 
         def run(results: Results) -> RuleOutcome:
             return bounded_fedavg_with_outcome(
-                results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple
+                results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple,
+                max_share=self.max_share,
             )
 
         return BufferedAccumulator(spec, outcome_fn=run)
 
     def __repr__(self) -> str:
-        return f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple})"
+        return (f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple}, "
+                f"max_share={self.max_share})")
 
 
 ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (
