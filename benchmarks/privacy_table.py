@@ -48,6 +48,7 @@ def main() -> None:
         rows.append({"target_epsilon": eps, "noise_multiplier": z, "rounds": len(history),
                      "accuracy": last.metrics["accuracy"], "best_accuracy": max(m.metrics["accuracy"] for m in history),
                      "epsilon": last.privacy["epsilon"] if last.privacy else None,
+                     "diverged": sum(m.diverged for m in history), "trainings": args.clients * len(history),
                      "seconds": time.perf_counter() - tic})
         print(json.dumps(rows[-1]), flush=True)
     settings = vars(args)
@@ -56,13 +57,15 @@ def main() -> None:
     print(f"\ndigits, {args.clients} clients, {args.rounds} rounds, {train.epochs} local epoch(s), all clients per "
           f"round, clip {args.clip}, "
           f"delta {args.delta}, seed {args.seed}\n")
-    print("| central DP | noise multiplier z | epsilon spent (RDP) | final accuracy | best accuracy |")
-    print("|---|---|---|---|---|")
+    print("| central DP | noise multiplier z | epsilon spent (RDP) | final accuracy | best accuracy | "
+          "local trainings stopped on overflow |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         name = "none" if r["target_epsilon"] is None else f"epsilon {r['target_epsilon']:g}"
         z_s = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.2f}"
         e_s = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-        print(f"| {name} | {z_s} | {e_s} | {r['accuracy']:.3f} | {r['best_accuracy']:.3f} |")
+        print(f"| {name} | {z_s} | {e_s} | {r['accuracy']:.3f} | {r['best_accuracy']:.3f} | "
+              f"{r['diverged']} of {r['trainings']} |")
 
 
 if __name__ == "__main__":

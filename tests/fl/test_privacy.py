@@ -160,3 +160,16 @@ def test_fedavg_reference_unchanged_by_the_wrapper() -> None:
     expected = fedavg([(u, 1) for u in updates])
     for name in expected:
         np.testing.assert_allclose(acc.result()[name], expected[name], atol=1e-6)
+
+
+def test_a_finite_step_too_large_for_a_float32_norm_is_clipped_not_dropped() -> None:
+    # Prepare: a step of 1e30 per coordinate (a device whose training ran away on a noised model):
+    # its float32 squared norm overflows to inf, and an infinite norm meant clip factor 0
+    strategy = DPFixedClipping(FedAvg(), clip=1.0, noise_multiplier=1e-9, seed=0)
+    acc = strategy.accumulator(SPEC, reference=BASE)
+    # Execute
+    acc.add(_update([1e30, 1e30, 0, 0, 0]), 1)
+    out = acc.result()
+    # Assert: clipped to norm 1 along its direction
+    np.testing.assert_allclose(out["w"], [2**-0.5, 2**-0.5, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(out["b"], [1.0], atol=1e-6)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, TensorDataset
 from qflare.errors import ConfigError, ModelSpecMismatch, NonFiniteValues
 from qflare.fl.models import DigitsCNN
 from qflare.fl.spec import ModelSpec
+from qflare.fl.tasks import get_task
 from qflare.fl.train import TrainConfig, get_arrays, model_spec, set_arrays, train_local
 
 
@@ -182,3 +183,28 @@ def test_empty_dataset() -> None:
     with pytest.raises(ConfigError) as info:
         train_local(DigitsCNN(), empty, epochs=1, batch_size=8, lr=0.1)
     assert info.value.reason == "empty_dataset"
+
+
+def test_training_from_a_noised_model_stops_before_its_weights_become_non_finite() -> None:
+    # Prepare: weights far from any trained model (what a global model noised for epsilon 1 looks like
+    # after a few rounds); SGD with momentum 0.9 overflowed them to inf and then NaN
+    digits = get_task("digits")
+    dataset = digits.client_dataset(0, 10, seed=0)
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 200)
+
+    # Execute
+    result = train_local(model, dataset, **digits.default_train_config().as_kwargs(), seed=0)
+
+    # Assert: stopped, reported, and the model holds the last finite weights
+    assert result.diverged
+    assert result.num_steps < 25
+    assert all(np.isfinite(a).all() for a in get_arrays(model).values())
+
+
+def test_ordinary_training_does_not_report_divergence(toy_digits: TensorDataset) -> None:
+    result = train_local(DigitsCNN(), toy_digits, epochs=2, batch_size=16, lr=0.05, momentum=0.9, seed=0)
+    assert not result.diverged and result.num_steps == 12

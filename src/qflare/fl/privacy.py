@@ -94,13 +94,14 @@ class _DPAccumulator(Accumulator):
         self._released: NDArrays | None = None
 
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
-        norm = global_norm(arrays, reference=self._reference)
+        # The step and its norm in float64: a finite float32 step beyond ~1e19 (a device whose local
+        # training ran away on a heavily noised model) overflows a float32 norm to inf, and clip_factor
+        # would then drop the step (factor 0) instead of clipping it to norm ``clip``.
+        steps = {name: np.asarray(a, dtype=np.float64) - self._reference[name] for name, a in arrays.items()}
+        norm = global_norm(steps)
         factor = clip_factor(norm, self.clip)
-        clipped = {
-            name: (self._reference[name] + (np.asarray(a, dtype=np.float64) - self._reference[name]) * factor)
-            .astype(self.spec[name].dtype)
-            for name, a in arrays.items()
-        }
+        clipped = {name: (self._reference[name] + step * factor).astype(self.spec[name].dtype)
+                   for name, step in steps.items()}
         self._inner.add(clipped, 1)  # equal weights: the sensitivity is clip / n
         self._unclipped += int(norm <= self.clip)
 

@@ -7,6 +7,7 @@ the deployed system takes, minus networking and cryptography: ``get_arrays`` -> 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,9 @@ class RoundMetrics:
 
     ``metrics`` is the task's evaluation of the new global model on the test set;
     ``train_loss`` the clients' mean training loss weighted by examples; times are wall-clock
-    seconds (``client_seconds`` per client's local training).
+    seconds (``client_seconds`` per client's local training). ``diverged`` counts the clients whose
+    local training stopped on a non-finite loss, gradient or weight (:class:`~qflare.fl.train.TrainResult`);
+    ``train_loss`` is then over the others (NaN if none had a finite loss).
     """
 
     round: int
@@ -45,6 +48,7 @@ class RoundMetrics:
     client_seconds: list[float] = field(default_factory=list)
     update_bytes: int = 0
     privacy: dict[str, Any] | None = None
+    diverged: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -125,7 +129,7 @@ def run_inprocess(
         start = time.perf_counter()
         global_arrays = get_arrays(global_model)
         accumulator = strategy.accumulator(spec, reference=global_arrays)
-        losses, client_seconds, update_bytes = [], [], 0
+        losses, client_seconds, update_bytes, diverged = [], [], 0, 0
         trained: list[tuple[NDArrays, int]] = []
         for k, dataset in enumerate(datasets):
             tic = time.perf_counter()
@@ -133,7 +137,9 @@ def run_inprocess(
             result = train_local(local_model, dataset, **config.as_kwargs(), seed=client_seed(seed, r, k))
             client_seconds.append(time.perf_counter() - tic)
             trained.append((get_arrays(local_model), result.num_examples))
-            losses.append((result.mean_loss, result.num_examples))
+            diverged += int(result.diverged)
+            if math.isfinite(result.mean_loss):
+                losses.append((result.mean_loss, result.num_examples))
         honest = [u for k, (u, _) in enumerate(trained) if k not in bad]
         for k, (update, num_examples) in enumerate(trained):
             if k in bad:
@@ -152,11 +158,12 @@ def run_inprocess(
         round_metrics = RoundMetrics(
             round=r,
             metrics=metrics,
-            train_loss=sum(loss * n for loss, n in losses) / total,
+            train_loss=sum(loss * n for loss, n in losses) / total if total else float("nan"),
             seconds=time.perf_counter() - start,
             client_seconds=client_seconds,
             update_bytes=update_bytes,
             privacy=spent,
+            diverged=diverged,
         )
         history.append(round_metrics)
         if on_round is not None:

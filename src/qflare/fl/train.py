@@ -39,12 +39,16 @@ Batch = tuple[torch.Tensor, ...]
 class TrainResult:
     """What local training reports: ``num_examples`` (the FedAvg weight) and the loss.
 
-    ``mean_loss`` is the sample-weighted mean training loss over the last epoch.
+    ``mean_loss`` is the sample-weighted mean training loss over the batches of the last epoch
+    (NaN if no batch of it was finite). ``diverged``: training stopped early because a loss, a
+    gradient or the weights after a step were not finite; the model holds the weights before that
+    step (finite) and ``num_steps`` counts the steps applied.
     """
 
     num_examples: int
     mean_loss: float
     num_steps: int
+    diverged: bool = False
 
 
 def train_local(
@@ -67,6 +71,13 @@ def train_local(
     proximal term ``mu / 2 * ||w - w_start||^2`` (``w_start``: the weights on entry, i.e. the round's
     global model; see :class:`~qflare.fl.training_config.TrainConfig`). ``mean_loss`` reports the
     task loss without it. Raises ``ConfigError`` for impossible settings or an empty dataset.
+
+    Training never leaves non-finite weights in ``model`` (given finite ones): a step whose loss or
+    gradient is not finite, or after which a weight is not, is undone and training stops with
+    ``TrainResult.diverged`` set. (A heavily noised global model, central DP at a small epsilon, has
+    weights far from any trained model: its gradients explode under SGD with momentum and the weights
+    overflow to inf, then NaN, within a round or two.) The device then uploads its last finite
+    weights, which the aggregator clips like any other step.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(
@@ -85,10 +96,11 @@ def train_local(
     # Don't track the start point's gradient: it is the fixed anchor of the proximal term.
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    total, steps = 0.0, 0
+    total, seen, steps, diverged = 0.0, 0, 0, False
     for _ in range(epochs):
-        total = 0.0
+        total, seen = 0.0, 0
         for batch in _batches(dataset, batch_size, generator):
             *inputs, target = batch
             opt.zero_grad(set_to_none=True)
@@ -98,10 +110,35 @@ def train_local(
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 objective = loss + 0.5 * proximal_mu * prox
             objective.backward()
-            opt.step()
+            if not _step_if_finite(opt, params, objective):
+                diverged = True
+                break
             total += float(loss.detach()) * len(target)
+            seen += len(target)
             steps += 1
-    return TrainResult(num_examples=num_examples, mean_loss=total / num_examples, num_steps=steps)
+        if diverged:
+            break
+    mean_loss = total / seen if seen else float("nan")
+    return TrainResult(num_examples=num_examples, mean_loss=mean_loss, num_steps=steps, diverged=diverged)
+
+
+def _finite(tensors: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _step_if_finite(opt: torch.optim.Optimizer, params: list[nn.Parameter], objective: torch.Tensor) -> bool:
+    """``opt.step()`` unless the objective or a gradient is not finite; undone if it makes a weight non-finite."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not (bool(torch.isfinite(objective.detach())) and _finite(grads)):
+        return False
+    before = [p.detach().clone() for p in params]  # a finite but huge step can still overflow a weight
+    opt.step()
+    if _finite([p.detach() for p in params]):
+        return True
+    with torch.no_grad():
+        for p, b in zip(params, before, strict=True):
+            p.copy_(b)
+    return False
 
 
 def get_arrays(model: nn.Module) -> NDArrays:
