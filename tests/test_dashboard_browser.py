@@ -3,8 +3,8 @@
 ``make test`` installs chromium first (``scripts/ensure-chromium.sh``); Playwright drives it through
 ``executable_path`` and never downloads a browser. The run: ``qflare simulate`` (3 clients x 2 rounds),
 then ``qflare server`` on the run's database and configuration, an operator account from ``qflare
-operator add``; the browser signs in, finds both rounds and the three devices, and saves
-``docs/img/dashboard.png``.
+operator add``; the browser signs in, finds both rounds and the three devices, sees the enclave's fresh
+quote and the ledger's latest checkpoint verified, and saves ``docs/img/dashboard.png``.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def test_an_operator_signs_in_and_sees_rounds_and_devices_in_chromium(tmp_path: 
                 assert devices.count() == 3
                 assert "edge_01" in page.locator("#devices").inner_text()
                 assert "signed in as alice" in page.content()
+                # What the dashboard verified on this view: a fresh enclave quote and the latest checkpoint.
+                quote = page.locator("#quote-check").inner_text()
+                assert quote.startswith("verified: a fresh") and "recomputed from the enclave code" in quote, quote
+                checkpoint = page.locator("#checkpoint-check").inner_text()
+                assert checkpoint.startswith("verified: size ") and "ledger-log.pub" in checkpoint, checkpoint
+                assert "quarantine reason" in page.locator("#devices thead").inner_text()
                 drawn = page.evaluate("document.getElementById('chart-metric').toDataURL().length")
                 blank = page.evaluate("(() => { const c = document.createElement('canvas'); c.width = 520;"
                                       " c.height = 220; return c.toDataURL().length; })()")

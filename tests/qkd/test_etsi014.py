@@ -37,11 +37,22 @@ def test_status_has_exactly_the_standard_fields(kme_pair: KMEPairServer, pki: De
     # Execute
     with _raw(kme_pair, pki, "edge-1") as http:
         body = http.get("/server/status").json()
-    # Assert: the SAE identity comes from the client certificate
-    assert set(body) == STATUS_FIELDS
+    # Assert: the SAE identity comes from the client certificate; status_extension (optional in 6.1) holds
+    # the BB84 link's figures, since this pool is fed by the link.
+    assert set(body) == STATUS_FIELDS | {"status_extension"}
     assert (body["source_KME_ID"], body["target_KME_ID"]) == ("kme-a", "kme-b")
     assert (body["master_SAE_ID"], body["slave_SAE_ID"]) == ("edge-1", "server")
     assert body["key_size"] == 256 and body["stored_key_count"] > 0
+    link = body["status_extension"]["qflare_link"]
+    assert link["frames"] >= 1 and link["aborted_frames"] == 0 and link["last_abort_reason"] is None
+    assert 0.0 <= link["qber"] < link["qber_abort"] == 0.11 and link["key_bits_per_pulse"] > 0
+
+
+def test_the_slave_reads_the_link_status_through_the_client(kme_pair: KMEPairServer, pki: DemoPKI) -> None:
+    # The server (KME B's SAE) asks about its link to a device: what the operator's dashboard shows.
+    with client(kme_pair.urls[1], pki, "server") as sae:
+        status = sae.status("edge-1")
+    assert status.status_extension is not None and status.status_extension["qflare_link"]["frames"] >= 1
 
 
 def test_master_and_slave_get_the_same_keys_once(master: KMEClient, slave: KMEClient) -> None:

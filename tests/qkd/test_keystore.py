@@ -145,6 +145,11 @@ def test_bb84_link_fills_the_pool_from_real_runs() -> None:
     # Assert
     assert frames >= 1 and store.status().stored_bytes >= 4000
     assert link.last is not None and not link.last.aborted
+    stats = store.link_stats()
+    assert stats is not None and stats.frames == frames and stats.aborted_frames == 0
+    assert stats.qber == link.last.qber_estimated and stats.qber_abort == 0.11
+    assert stats.distilled_key_bits >= 4000 * 8 and stats.pulses == frames * 500_000
+    assert stats.key_bits_per_pulse == link.last.key_rate and stats.last_abort_reason is None
 
 
 def test_bb84_link_under_attack_yields_no_key() -> None:
@@ -156,6 +161,13 @@ def test_bb84_link_under_attack_yields_no_key() -> None:
     # Assert: stopped after three aborted frames, nothing stored
     assert frames == 3 and store.status().stored_bytes == 0
     assert link.last is not None and link.last.abort_reason == "qber_above_threshold"
+    stats = store.link_stats()
+    assert stats is not None and stats.aborted_frames == 3 and stats.qber is not None and stats.qber > 0.11
+    assert stats.last_abort_reason == "qber_above_threshold" and stats.distilled_key_bits == 0
+
+
+def test_a_store_filled_by_hand_has_no_link_stats() -> None:
+    assert _store().link_stats() is None
 
 
 def test_limits_are_validated() -> None:

@@ -121,6 +121,12 @@ def _model(model: type[KeyRequest] | type[KeyIDs], data: bytes) -> Any:
         raise QKDError(f"bad request: body.{where}: {first.get('msg', 'invalid')}", reason="bad_request") from None
 
 
+def _link_extension(store: KeyStore) -> dict[str, Any] | None:
+    """``{"qflare_link": {...}}``: the BB84 link's QBER and key rate (``status_extension``, ETSI 014 6.1)."""
+    stats = store.link_stats()
+    return None if stats is None else {"qflare_link": stats.as_extension()}
+
+
 def create_kme_app(store: KeyStore, local: KMEEnd, remote: KMEEnd) -> FastAPI:
     """The ETSI 014 API of KME ``local``, whose peer across the (simulated) QKD link is ``remote``.
 
@@ -166,7 +172,8 @@ def create_kme_app(store: KeyStore, local: KMEEnd, remote: KMEEnd) -> FastAPI:
             max_key_size=lim.max_key_size,
             min_key_size=lim.min_key_size,
             max_SAE_ID_count=0,
-        ).model_dump()
+            status_extension=_link_extension(store),
+        ).model_dump(exclude_none=True)
 
     def enc_keys(slave: str, request: Request, body: KeyRequest) -> dict[str, Any]:
         master = _caller_sae_id(request)

@@ -17,13 +17,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from qflare.errors import ConfigError, QKDError
 from qflare.qkd.bb84 import BB84Result, run_bb84
 from qflare.qkd.channel import Channel
 
-__all__ = ["BB84Link", "KeyStore", "KeyStoreLimits", "KeyStoreStatus", "QKDKey"]
+__all__ = ["BB84Link", "KeyStore", "KeyStoreLimits", "KeyStoreStatus", "LinkStats", "QKDKey"]
 
 
 class QKDKey(NamedTuple):
@@ -83,6 +83,33 @@ class KeyStoreStatus:
     delivered: int
 
 
+@dataclass(frozen=True)
+class LinkStats:
+    """What the quantum link feeding a store has done (served in the ETSI status's ``status_extension``).
+
+    ``qber`` and ``key_bits_per_pulse`` are those of the last frame (its estimated QBER: the disclosed
+    sample's error rate, what a real link knows); ``aborted_frames`` counts frames that gave no key.
+    """
+
+    frames: int = 0
+    aborted_frames: int = 0
+    qber: float | None = None
+    qber_abort: float | None = None
+    key_bits_per_pulse: float | None = None
+    distilled_key_bits: int = 0
+    pulses: int = 0
+    last_abort_reason: str | None = None
+
+    def as_extension(self) -> dict[str, Any]:
+        """The ``qflare_link`` object of ``status_extension``."""
+        return {
+            "frames": self.frames, "aborted_frames": self.aborted_frames, "qber": self.qber,
+            "qber_abort": self.qber_abort, "key_bits_per_pulse": self.key_bits_per_pulse,
+            "distilled_key_bits": self.distilled_key_bits, "pulses": self.pulses,
+            "last_abort_reason": self.last_abort_reason,
+        }
+
+
 @dataclass
 class _Issued:
     key: bytes
@@ -106,6 +133,7 @@ class KeyStore:
     _spent: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _delivered: int = field(default=0, init=False)
+    _link: LinkStats | None = field(default=None, init=False)
 
     def add_material(self, material: bytes) -> int:
         """Append distilled key bytes (up to capacity). Returns the bytes accepted."""
@@ -114,6 +142,26 @@ class KeyStore:
             accepted = max(0, min(room, len(material)))
             self._pool += material[:accepted]
             return accepted
+
+    def record_frame(self, result: BB84Result, *, qber_abort: float | None = None) -> None:
+        """Count one frame of the link that feeds this store (its QBER, key length, abort)."""
+        with self._lock:
+            prev = self._link or LinkStats()
+            self._link = LinkStats(
+                frames=prev.frames + 1,
+                aborted_frames=prev.aborted_frames + int(result.aborted),
+                qber=float(result.qber_estimated),
+                qber_abort=qber_abort,
+                key_bits_per_pulse=float(result.key_rate),
+                distilled_key_bits=prev.distilled_key_bits + result.final_key_bits,
+                pulses=prev.pulses + result.pulses,
+                last_abort_reason=result.abort_reason if result.aborted else prev.last_abort_reason,
+            )
+
+    def link_stats(self) -> LinkStats | None:
+        """The link's statistics, or ``None`` when no frame was recorded (keys added by hand)."""
+        with self._lock:
+            return self._link
 
     def status(self) -> KeyStoreStatus:
         with self._lock:
@@ -233,6 +281,7 @@ class BB84Link:
         self.pulses_per_frame = pulses_per_frame
         self.eavesdrop = eavesdrop
         self.seed = seed
+        self.qber_abort = 0.11  # run_bb84's threshold, reported with each frame's QBER
         self.frames = 0
         self.last: BB84Result | None = None
         self._stop = threading.Event()
@@ -241,9 +290,11 @@ class BB84Link:
     def run_frame(self) -> BB84Result:
         """Run one BB84 session and store its key (nothing is stored if it aborted)."""
         seed = None if self.seed is None else self.seed + self.frames
-        result = run_bb84(self.pulses_per_frame, self.channel, eavesdrop=self.eavesdrop, seed=seed)
+        result = run_bb84(self.pulses_per_frame, self.channel, eavesdrop=self.eavesdrop, seed=seed,
+                          qber_abort=self.qber_abort)
         self.frames += 1
         self.last = result
+        self.store.record_frame(result, qber_abort=self.qber_abort)
         if not result.aborted:
             self.store.add_material(result.key)
         return result

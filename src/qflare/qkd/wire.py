@@ -44,6 +44,9 @@ class KMEStatus(_Wire):
     max_key_size: int
     min_key_size: int
     max_SAE_ID_count: int
+    status_extension: dict[str, Any] | None = None
+    """Optional (6.1, "for future use"); QFLARE's KME puts ``{"qflare_link": {frames, aborted_frames, qber,
+    qber_abort, key_bits_per_pulse, distilled_key_bits, pulses, last_abort_reason}}`` here."""
 
 
 class KeyRequest(_Wire):

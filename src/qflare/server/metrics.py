@@ -119,6 +119,7 @@ class ServerMetrics:
 def install_metrics(app: FastAPI, state: ServerState) -> ServerMetrics:
     """Add ``GET /metrics`` and the request middleware; wrap the enclave and QKD calls when present."""
     metrics = ServerMetrics(state)
+    app.state.metrics = metrics  # the dashboard reads the QKD key counter
     # The host's enclave client funnels every ecall through one method: time that.
     client = getattr(state.enclave, "enclave", None)
     if client is not None and callable(getattr(client, "_call", None)):

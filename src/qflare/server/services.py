@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qflare.errors import NotFound
+from qflare.server.checks import Check, QkdLinkView, check_checkpoint, check_enclave_quote, qkd_link
 from qflare.server.state import ServerState
 from qflare.server.storage.repo import DeviceRecord, ModelRecord, RoundRecord, UpdateRecord
 
@@ -137,20 +138,21 @@ class DeviceRow:
     last_seen_at: float | None
     accepted: int
     refused: int
+    quarantine_reason: str | None = None  # why reputation quarantined it (status "quarantined")
 
 
 @dataclass(frozen=True)
 class EnclaveView:
     backend: str
+    quote: Check
     measurement: str | None = None
     signer: str | None = None
     simulated: bool | None = None
-    quote: str = "no enclave (enclave.backend: none)"
 
 
 @dataclass(frozen=True)
 class DashboardView:
-    """Everything ``/dashboard`` shows, read in one go."""
+    """Everything ``/dashboard`` shows, read (and verified: :mod:`qflare.server.checks`) in one go."""
 
     status: Status
     rounds: tuple[RoundRecord, ...]
@@ -160,29 +162,29 @@ class DashboardView:
     enclave: EnclaveView
     ledger_size: int | None
     ledger_checkpoint: str | None
-    qkd_kme: str | None
+    checkpoint_check: Check
+    qkd: QkdLinkView | None
 
 
 def _enclave_view(state: ServerState) -> EnclaveView:
+    quote = check_enclave_quote(state)
     if state.enclave is None:
-        return EnclaveView(backend=state.config.enclave.backend)
-    import os
-
-    ident = state.enclave.identity()
+        return EnclaveView(backend=state.config.enclave.backend, quote=quote)
     try:
-        quote = state.enclave.quote(os.urandom(32))
-        status = f"a fresh quote was issued just now ({len(quote)} bytes); devices verify it against the pins"
-    except Exception as exc:  # noqa: BLE001 - shown to the operator, whatever the enclave raised
-        status = f"quote failed: {exc}"
-    return EnclaveView(backend=state.config.enclave.backend, measurement=ident.measurement.hex(),
-                       signer=ident.signer.hex(), simulated=ident.simulated, quote=status)
+        ident = state.enclave.identity()
+    except Exception:  # noqa: BLE001 - the quote check already says why the enclave does not answer
+        return EnclaveView(backend=state.config.enclave.backend, quote=quote)
+    return EnclaveView(backend=state.config.enclave.backend, quote=quote, measurement=ident.measurement.hex(),
+                       signer=ident.signer.hex(), simulated=ident.simulated)
 
 
 def dashboard_view(state: ServerState) -> DashboardView:
     repo = state.repo
     counts = repo.per_device_counts()
+    reputation = state.orchestrator.reputation
     devices = tuple(
-        DeviceRow(d.device_id, d.status, d.key_source, d.last_seen_at, *counts.get(d.device_id, (0, 0)))
+        DeviceRow(d.device_id, d.status, d.key_source, d.last_seen_at, *counts.get(d.device_id, (0, 0)),
+                  quarantine_reason=reputation.reason(d.device_id) if d.status == "quarantined" else None)
         for d in repo.list_devices()
     )
     by_reason = sorted(((k, r or "unknown", n) for (k, r), n in
@@ -197,5 +199,5 @@ def dashboard_view(state: ServerState) -> DashboardView:
         status=status(state), rounds=tuple(repo.list_rounds()), devices=devices,
         refusals_by_reason=tuple(by_reason), refusal_times=tuple(repo.refusal_times()),
         enclave=_enclave_view(state), ledger_size=ledger_size, ledger_checkpoint=checkpoint,
-        qkd_kme=state.config.qkd.kme_url if state.config.qkd is not None else None,
+        checkpoint_check=check_checkpoint(state), qkd=qkd_link(state),
     )

@@ -5,6 +5,9 @@ token. Failed sign-ins answer 401, and 429 once an address or a name has used up
 session is a random id in a cookie (HttpOnly, SameSite=Strict, Secure over HTTPS, Path=/dashboard) that
 maps to the operator server-side; a URL cannot carry it. A device identity (a sealed device request)
 is refused with 403.
+
+Each view also verifies what it shows (:mod:`qflare.server.checks`): a fresh enclave quote, the ledger's
+latest checkpoint and the QKD link's QBER, each ``verified``, ``failed [reason]: why`` or ``absent``.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ class Dashboard:
         }
 
 
+def _qkd_bits_fetched(request: Request) -> int | None:
+    """QKD key bits the server fetched from its KME since it started (``/metrics``' counter)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    value = metrics.registry.get_sample_value("qflare_qkd_key_bits_total") if metrics is not None else None
+    return None if value is None else int(value)
+
+
 def _device_envelope(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith(ENVELOPE_TYPES)
 
@@ -136,7 +146,8 @@ def install_dashboard(app: FastAPI, state: ServerState, accounts: OperatorAccoun
         if session is None:
             return RedirectResponse("/dashboard/login", status_code=303, headers=SECURITY_HEADERS)
         view = await run_in_threadpool(services.dashboard_view, state)
-        return dash.render("dashboard.html", session=session, title="dashboard", view=view, series=dash.series(view))
+        return dash.render("dashboard.html", session=session, title="dashboard", view=view, series=dash.series(view),
+                           qkd_bits=_qkd_bits_fetched(request))
 
     @router.get("/login", response_class=HTMLResponse)
     async def login_form(request: Request) -> Response:
