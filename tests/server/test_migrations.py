@@ -5,33 +5,29 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, insert, inspect
 
-from qflare.server.storage import Repository
-from qflare.server.storage.schema import HEAD, current_revision, upgrade_schema
+from qflare.server.storage import Repository, ledger_store
+from qflare.server.storage.schema import HEAD, SCRIPTS, current_revision, upgrade_schema
 from qflare.server.storage.tables import Base
+from tests.server.pg import fresh_schema
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "schema_340eaec.sql"
-LEDGER_TABLES = {"ledger_checkpoints", "ledger_entries", "ledger_tiles"}  # created by SqlLogStore, not migrated
+LEDGER_TABLES = ["ledger_entries", "ledger_tiles", "ledger_checkpoints"]  # under Alembic since 0003
 
 
 def _schema_diff(url: str) -> list[object]:
+    """What differs between the database and the ORM (every table, the ledger's included)."""
     engine = create_engine(url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
-
-    def ledger(d: object) -> bool:  # a diff item names its table as a str, a Table, or an object's .table
-        item = d[0] if isinstance(d, list) else d
-        for part in item if isinstance(item, tuple) else (item,):
-            table = getattr(part, "table", part)
-            if getattr(table, "name", table) in LEDGER_TABLES:
-                return True
-        return False
-
-    return [d for d in diff if not ledger(d)]
+    return list(diff)
 
 
 def test_a_new_database_is_migrated_to_exactly_the_orm_schema(tmp_path: Path) -> None:
@@ -69,3 +65,74 @@ def test_upgrading_twice_changes_nothing(tmp_path: Path) -> None:
     upgrade_schema(engine)
     assert current_revision(engine) == HEAD
     engine.dispose()
+
+
+# --- 0003: the ledger's tables, created outside Alembic by the previous release (0002) ------------------
+
+
+def _previous_release(url: str, *, with_ledger: bool) -> None:
+    """A database as the previous release left it: migrated to 0002, and, when its ledger was on, the
+    ledger tables made by its ``SqlLogStore`` (``create_all``) holding a log of 3 entries and a checkpoint."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    if with_ledger:
+        tables = [Base.metadata.tables[t] for t in LEDGER_TABLES]
+        Base.metadata.create_all(engine, tables=tables)
+        with engine.begin() as c:
+            c.execute(insert(tables[0]), [{"idx": i, "entry": b"e%d" % i, "leaf_hash": bytes([i]) * 32}
+                                          for i in range(3)])
+            c.execute(insert(tables[1]).values(level=0, tile_index=0, data=b"t" * 96))
+            c.execute(insert(tables[2]).values(size=3, note=b"checkpoint note"))
+    engine.dispose()
+
+
+def _upgrade_from_the_previous_head(url: str, *, with_ledger: bool) -> None:
+    # Prepare
+    _previous_release(url, with_ledger=with_ledger)
+    engine = create_engine(url)
+    assert current_revision(engine) == "0002"
+    assert (set(LEDGER_TABLES) <= set(inspect(engine).get_table_names())) is with_ledger
+    engine.dispose()
+    # Execute: the server (or `qflare ledger verify`) opens it
+    repo = Repository(url)
+    store = ledger_store.SqlLogStore(repo.engine)
+    # Assert: at HEAD, the ORM's schema exactly, the old log intact, and the store appends after it
+    assert current_revision(repo.engine) == HEAD == "0003"
+    if with_ledger:
+        assert store.size() == 3 and store.read_entries(0, 3) == [b"e0", b"e1", b"e2"]
+        latest = store.latest_checkpoint()
+        assert latest is not None and (latest.size, latest.note) == (3, b"checkpoint note")
+    start = store.size()
+    store.append(start, [b"new"], [bytes(32)], {(0, 0): bytes(32) * (start + 1)})
+    store.add_checkpoint(start + 1, b"next")
+    assert store.read_entries(start, start + 1) == [b"new"] and len(store.read_checkpoints()) == 1 + with_ledger
+    repo.close()
+    assert _schema_diff(url) == []
+
+
+@pytest.mark.parametrize("with_ledger", [True, False], ids=["with-ledger", "ledger-off"])
+def test_the_ledger_tables_come_under_alembic_on_sqlite(tmp_path: Path, with_ledger: bool) -> None:
+    _upgrade_from_the_previous_head(f"sqlite:///{tmp_path / 'prev.db'}", with_ledger=with_ledger)
+
+
+@pytest.mark.parametrize("with_ledger", [True, False], ids=["with-ledger", "ledger-off"])
+def test_the_ledger_tables_come_under_alembic_on_postgresql(with_ledger: bool) -> None:
+    with fresh_schema("qflare_migrate") as url:
+        _upgrade_from_the_previous_head(url, with_ledger=with_ledger)
+
+
+def test_a_store_on_a_url_migrates_its_database_and_downgrade_drops_the_ledger(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = ledger_store.SqlLogStore(url)  # `qflare ledger verify --db`, the benches: no Repository
+    assert current_revision(store.engine) == HEAD and store.size() == 0
+    with store.engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert not set(LEDGER_TABLES) & set(inspect(store.engine).get_table_names())
+    store.close()

@@ -1,10 +1,11 @@
 """The SQL :class:`qflare.ledger.LogStore`: the audit ledger's entries, hash tiles and checkpoints.
 
 Three tables on the same declarative ``Base`` as :mod:`qflare.server.storage.tables` (so one database
-holds both), created on start like the repository's. The rules of ``docs/ledger.md`` ("LogStore
-contract"): entry rows are keyed by their index (a second writer at the same index fails on the primary
-key), ``append`` is one transaction (entry rows + tile upserts), the leaf hash column is indexed for
-:meth:`SqlLogStore.find_leaf`, checkpoints are append-only with an autoincrement sequence number.
+holds both), created by the migrations like the repository's (Alembic revision ``0003``). The rules of
+``docs/ledger.md`` ("LogStore contract"): entry rows are keyed by their index (a second writer at the
+same index fails on the primary key), ``append`` is one transaction (entry rows + tile upserts), the leaf
+hash column is indexed for :meth:`SqlLogStore.find_leaf`, checkpoints are append-only with an
+autoincrement sequence number.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from qflare.errors import Conflict, LedgerIntegrityError
 from qflare.ledger.store import StoredCheckpoint, TileKey
 from qflare.server.storage.repo import make_engine
+from qflare.server.storage.schema import upgrade_schema
 from qflare.server.storage.tables import Base
 
 __all__ = ["LedgerCheckpoint", "LedgerEntry", "LedgerTile", "SqlLogStore"]
@@ -69,7 +71,7 @@ class SqlLogStore:
     def __init__(self, db: str | Engine) -> None:
         self._own_engine = isinstance(db, str)
         self.engine = make_engine(db) if isinstance(db, str) else db
-        Base.metadata.create_all(self.engine, tables=_TABLES)
+        upgrade_schema(self.engine)  # a no-op (a few ms) on a Repository's engine, already current
         self._dialect = self.engine.dialect.name
 
     def close(self) -> None:

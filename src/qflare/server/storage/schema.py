@@ -5,7 +5,8 @@
   revision its tables match, then upgraded;
 * a migrated database: upgraded from its recorded revision.
 
-The audit ledger's tables (``SqlLogStore``) are created by the store itself and are not migrated yet.
+The audit ledger's tables (``SqlLogStore``) are migrated too since ``0003``; the previous release created
+them outside Alembic, and ``0003`` keeps them (and the log in them) when they are there.
 """
 
 from __future__ import annotations
