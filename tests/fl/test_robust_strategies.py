@@ -38,11 +38,10 @@ def _dist(a: NDArrays, b: NDArrays) -> float:
     return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in a)))
 
 
-def test_registry_has_every_rule_but_fltrust() -> None:
+def test_registry_has_every_rule() -> None:
     from qflare.fl.optimizers import SERVER_OPTIMIZERS
 
-    assert set(ROBUST) | {"fedavg", "bounded-fedavg"} | set(SERVER_OPTIMIZERS) == set(STRATEGIES)
-    assert "fltrust" not in STRATEGIES  # needs a server root update: not supplied on the deployed path
+    assert set(ROBUST) | {"fedavg", "bounded-fedavg", "fltrust"} | set(SERVER_OPTIMIZERS) == set(STRATEGIES)
     assert DEFAULT_STRATEGY == "bounded-fedavg"
     assert isinstance(get_strategy("fedavg"), FedAvg)
 

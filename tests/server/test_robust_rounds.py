@@ -65,3 +65,39 @@ def test_bounded_fedavg_on_the_deployed_path_bounds_an_inflated_claim(tmp_path: 
         new, _ = load_arrays(h.state.repo.model_blob(rnd.new_version), h.state.orchestrator.spec)
         for name, arr in base.items():
             np.testing.assert_allclose(new[name], arr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("enclave", [False, True], ids=["in-process", "enclave"])
+def test_fltrust_on_the_deployed_path_trains_its_root_update_and_ignores_a_flipped_inflated_step(
+    tmp_path: Path, enclave: bool
+) -> None:
+    from qflare.fl.root import TaskRoot
+    from qflare.fl.serialize import dump_arrays
+
+    # Prepare: FLTrust with the digits root data set, in the server process or inside the enclave
+    agg = AggregationConfig(rule="fltrust", params={"root_task": "digits", "root_examples": 100})
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=agg):
+        rid = h.open_round()
+        base = h.global_arrays()
+        root = TaskRoot("digits", examples=100).update(base, h.state.orchestrator.spec)  # what the aggregator trains
+        g0 = {k: root[k] - base[k] for k in base}
+
+        blobs = {
+            device: dump_arrays({k: (base[k] + scale * g0[k]).astype(base[k].dtype) for k in base},
+                                {"num_examples": str(n), "train_loss": "0.5"})
+            for device, scale, n in (("edge_0", 1.0, 10), ("edge_1", 3.0, 10), ("edge_2", -1000.0, 10_000_000))
+        }
+
+        # Execute: two devices step along the root step (one 3x longer), one sends the flipped step x 1000
+        # claiming 10^7 examples
+        for device, data in blobs.items():
+            assert h.post(device, f"/v1/device/rounds/{rid}/update", data).status_code == 200  # type: ignore[arg-type]
+
+        # Assert: both agreeing steps are rescaled to |g0| and the flipped one counts for nothing: the new
+        # model is the root model, whichever process trained it
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "aggregated", rnd
+        new, _ = load_arrays(h.state.repo.model_blob(rnd.new_version), h.state.orchestrator.spec)
+        for name in base:
+            np.testing.assert_allclose(new[name], root[name], rtol=1e-4, atol=1e-5)

@@ -69,8 +69,8 @@ class EnclaveConfig:
         The aggregation strategy (``qflare.fl.strategies``) every round runs inside; measured, so the
         host cannot swap the rule devices were promised.
     aggregation_params:
-        The rule's parameters (``aggregation.params``: a JSON object of numbers, validated by the
-        strategy); measured with the rule.
+        The rule's parameters (``aggregation.params``: a JSON object of numbers, strings or nulls,
+        validated by the strategy); measured with the rule.
     operator_key:
         Hex of the operator's composite (ML-DSA-65 + Ed25519) public key. When set, the enclave keeps
         its own device registry (statements signed by this key, :mod:`qflare.enclave.registry`) and
@@ -153,12 +153,13 @@ class EnclaveConfig:
             )
         params = self.aggregation_params
         if not isinstance(params, dict) or not all(
-            isinstance(k, str) and (v is None or (isinstance(v, int | float) and not isinstance(v, bool)
-                                                  and math.isfinite(v)))
+            isinstance(k, str) and (v is None or isinstance(v, str) or (isinstance(v, int | float)
+                                                                         and not isinstance(v, bool)
+                                                                         and math.isfinite(v)))
             for k, v in params.items()
         ):
-            raise ConfigError(
-                "enclave config aggregation_params must be an object of finite numbers or nulls",
+            raise ConfigError(  # strings: names such as FLTrust's root_task or a server optimizer's base rule
+                "enclave config aggregation_params must be an object of finite numbers, strings or nulls",
                 reason="invalid_config",
             )
         try:

@@ -75,11 +75,32 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/strategies/base.py",
             "qflare/fl/strategies/fedavg.py",
             "qflare/fl/strategies/robust.py",
+            "qflare/fl/strategies/fltrust.py",  # FLTrust; its root-update code is listed below
             "qflare/fl/robust.py",
             "qflare/fl/influence.py",
             "qflare/fl/optimizers.py",
             "qflare/fl/strategies/server_opt.py",
             "qflare/fl/privacy.py",  # central DP wrappers (EnclaveConfig.privacy); the accountant stays on the host
+            # FLTrust (aggregation.rule: fltrust): the rule, and the torch code that builds the root data set
+            # from the task's shipped data and trains the root update inside (imported only by that rule)
+            "qflare/fl/root.py",
+            "qflare/fl/tasks/__init__.py",
+            "qflare/fl/tasks/base.py",
+            "qflare/fl/tasks/digits.py",
+            "qflare/fl/tasks/forecast.py",
+            "qflare/fl/train.py",
+            "qflare/fl/training_config.py",
+            "qflare/fl/models/__init__.py",
+            "qflare/fl/models/base.py",
+            "qflare/fl/models/cnn.py",
+            "qflare/fl/models/gru.py",
+            "qflare/fl/data/__init__.py",
+            "qflare/fl/data/city.py",
+            "qflare/fl/data/csv_series.py",
+            "qflare/fl/data/digits.py",
+            "qflare/fl/data/partition.py",
+            "qflare/fl/data/series.py",
+            "qflare/fl/data/windows.py",
             # ledger: checkpoint parsing and signed-note signing (sign_note). Importing qflare.ledger.note
             # runs the package's __init__, which imports every (pure) ledger module, so all are measured.
             "qflare/ledger/__init__.py",

@@ -7,6 +7,7 @@ from typing import Any
 from qflare.errors import ConfigError
 from qflare.fl.strategies.base import Strategy
 from qflare.fl.strategies.fedavg import FedAvg
+from qflare.fl.strategies.fltrust import FLTrust
 from qflare.fl.strategies.robust import ROBUST_STRATEGIES, BoundedFedAvg
 from qflare.fl.strategies.server_opt import SERVER_OPT_STRATEGIES, FedAdagrad, FedAdam, FedAvgM, FedYogi
 
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "STRATEGIES",
     "BoundedFedAvg",
+    "FLTrust",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -26,9 +28,10 @@ __all__ = [
 STRATEGIES: dict[str, type[Strategy]] = {
     FedAvg.name: FedAvg,
     **{s.name: s for s in ROBUST_STRATEGIES},
+    FLTrust.name: FLTrust,
     **{s.name: s for s in SERVER_OPT_STRATEGIES},
 }
-"""``aggregation.rule`` -> strategy class. FLTrust is not registered (it needs a server root update)."""
+"""``aggregation.rule`` -> strategy class (FLTrust trains its root update on ``root_task``'s clean data)."""
 
 DEFAULT_STRATEGY = BoundedFedAvg.name
 """The rule of the shipped configuration and ``qflare simulate``: FedAvg with bounded influence."""

@@ -12,8 +12,8 @@ The accumulator receives *full client weights*. Rules that reason about step siz
 (centered clipping, norm-bound, bounded FedAvg) take the round's base model as ``reference``
 (:attr:`Strategy.needs_reference`), and return full weights.
 
-FLTrust is not registered: it needs a root update trained by the server on its own clean data
-set, which neither backend can supply yet.
+FLTrust, which needs a root update the aggregator trains on its own clean data set, is
+:class:`qflare.fl.strategies.fltrust.FLTrust`.
 """
 
 from __future__ import annotations
@@ -331,4 +331,4 @@ ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (
     CenteredClipping,
     NormBound,
 )
-"""Registered in :data:`qflare.fl.strategies.STRATEGIES` (FLTrust is not: see the module docstring)."""
+"""Registered in :data:`qflare.fl.strategies.STRATEGIES` (with FLTrust, from its own module)."""
