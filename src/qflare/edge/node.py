@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -112,6 +114,8 @@ class EdgeNode:
         self.spec = ModelSpec.from_model(self.model)
         self._rng = random.Random(config.device_id)
         self.poisoner = self._simulation_poisoner(config)
+        self.local_dp: Any = None  # qflare.fl.local_dp.LocalDP once a task asks for training.dp
+        self._local_dp_config: Any = None
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
         """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
@@ -182,30 +186,69 @@ class EdgeNode:
                                    reason="unsigned_model")
         verify_model_signature(blob, base64.b64decode(sig), enclave_key=enclave.signing, round_id=int(rid))
 
-    def train_round(self, task: dict[str, Any]) -> bytes:
-        """Load the announced global model (verified), train locally, and return the update's bytes."""
+    def _privacy(self, tc: TrainConfig) -> Any:
+        """The device's DP-SGD state for ``tc.dp`` (one accountant across rounds); ``None`` without local DP."""
+        if tc.dp is None:
+            return None
+        if self.local_dp is None or tc.dp != self._local_dp_config:
+            from qflare.fl.local_dp import LocalDP
+
+            if self.local_dp is not None:
+                # Keep the steps already spent: a changed plan does not reset what this device's data revealed.
+                log.warning("%s: training.dp changed; the privacy already spent (epsilon %.3g) stays counted",
+                            self.config.device_id, self.local_dp.epsilon)
+            fresh = LocalDP.from_config(tc.dp, num_examples=len(self.dataset),  # type: ignore[arg-type]
+                                        batch_size=tc.batch_size, epochs=tc.epochs)
+            if self.local_dp is not None:
+                fresh.inherit(self.local_dp)
+            self.local_dp, self._local_dp_config = fresh, tc.dp
+            log.info("%s: local DP (DP-SGD): noise_multiplier %.4g, max_grad_norm %g, budget epsilon %s at delta %g",
+                     self.config.device_id, fresh.noise_multiplier, fresh.max_grad_norm, fresh.budget, fresh.delta)
+        return self.local_dp
+
+    def train_round(self, task: dict[str, Any]) -> bytes | None:
+        """Load the announced global model (verified), train locally, and return the update's bytes.
+
+        ``None``: the device's local-DP budget does not allow another round (it does not train).
+        """
         round_id = int(task["round_id"])
+        tc = TrainConfig.model_validate(task.get("train_config") or {})
+        dp = self._privacy(tc)
+        if dp is not None and dp.would_exceed(num_examples=len(self.dataset),  # type: ignore[arg-type]
+                                              batch_size=tc.batch_size, epochs=tc.epochs):
+            log.warning("%s: round %d not trained: another round would exceed the local privacy budget "
+                        "(epsilon %.4g spent of %s at delta %g)", self.config.device_id, round_id, dp.epsilon,
+                        dp.budget, dp.delta)
+            return None
         self.verify_task(task)
         blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
         self.verify_model(task, blob)
         arrays, _ = load_arrays(blob, self.spec)
         set_arrays(self.model, arrays)
-        tc = TrainConfig.model_validate(task.get("train_config") or {})
         seed = self._rng.randrange(2**31)
         result = train_local(
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
             optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
-            proximal_mu=tc.proximal_mu,
+            proximal_mu=tc.proximal_mu, dp=dp,
         )
+        if result.diverged:
+            log.warning("%s: round %d local training stopped after %d steps: a loss, gradient or weight was not "
+                        "finite (the last finite weights are uploaded)", self.config.device_id, round_id,
+                        result.num_steps)
         update, num_examples = get_arrays(self.model), result.num_examples
         if self.poisoner is not None:
             update, num_examples = self._poison(update, num_examples, arrays, tc, seed)
         meta = {
             "num_examples": str(num_examples),
-            "train_loss": repr(float(result.mean_loss)),
             "round_id": str(round_id),
             "device_id": self.config.device_id,
         }
+        if math.isfinite(result.mean_loss):  # the server refuses a non-finite train_loss
+            meta["train_loss"] = repr(float(result.mean_loss))
+        if dp is not None:
+            meta.update(dp.metadata())
+            log.info("%s: round %d local DP: epsilon %.4g at delta %g after %d DP-SGD steps", self.config.device_id,
+                     round_id, dp.epsilon, dp.delta, dp.steps)
         return dump_arrays(update, meta)
 
     UPLOAD_ATTEMPTS = 5
@@ -247,11 +290,14 @@ class EdgeNode:
             self._waiting_for = None
             round_id = int(task["round_id"])
             update = self.train_round(task)
+            if update is None:
+                return "done"  # the local privacy budget is spent: this device takes no further part
             try:
                 receipt = self._send_update(round_id, update)
                 self.stats.uploads_accepted += 1
                 if self.auditor is not None and receipt is not None:
-                    self.auditor.expect(receipt)
+                    self.auditor.expect(receipt, device_id=self.config.device_id,
+                                        update_sha256=hashlib.sha256(update).hexdigest())
                 log.info("%s: round %d update accepted%s", self.config.device_id, round_id,
                          "" if receipt is not None else " (duplicate_update after an unanswered attempt)")
             except (Conflict, NotFound, InvalidInput) as exc:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from qflare.fl.tasks import Task, get_task
 from qflare.fl.train import TrainConfig, get_arrays, set_arrays, train_local
 from qflare.types import NDArrays
 
+if TYPE_CHECKING:
+    from qflare.fl.local_dp import LocalDP
+
 __all__ = ["RoundMetrics", "client_seed", "run_inprocess"]
 
 
@@ -38,7 +41,9 @@ class RoundMetrics:
     ``train_loss`` the clients' mean training loss weighted by examples; times are wall-clock
     seconds (``client_seconds`` per client's local training). ``diverged`` counts the clients whose
     local training stopped on a non-finite loss, gradient or weight (:class:`~qflare.fl.train.TrainResult`);
-    ``train_loss`` is then over the others (NaN if none had a finite loss).
+    ``train_loss`` is then over the others (NaN if none had a finite loss). ``local_privacy``, with
+    local DP (``train_config.dp``): ``{mode: local, epsilon: the largest device epsilon, epsilon_mean,
+    epsilon_min, delta, devices: how many trained, noise_multipliers: [min, max]}``.
     """
 
     round: int
@@ -49,6 +54,7 @@ class RoundMetrics:
     update_bytes: int = 0
     privacy: dict[str, Any] | None = None
     diverged: int = 0
+    local_privacy: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -99,6 +105,11 @@ def run_inprocess(
         Model poisoning (:mod:`qflare.fl.poisoning`) by the clients with these indices. Colluding
         attacks (ALIE, IPM) are given the honest clients' updates of the same round (the omniscient
         attacker of their papers).
+    train_config.dp:
+        Local DP (:mod:`qflare.fl.local_dp`): every client trains with DP-SGD and its own accountant
+        (noise and sampling seeded from ``seed``: reproducible, so private only against whoever does not
+        know it); a client whose next round would exceed its budget sits the round out, and the run
+        stops when no client can train.
     accountant:
         With central DP (``strategy`` a :mod:`qflare.fl.privacy` wrapper): the privacy spent per round
         (sampling rate 1, every client takes part) goes into :attr:`RoundMetrics.privacy`; a round that
@@ -122,26 +133,33 @@ def run_inprocess(
     global_model = task.build_model(seed)
     local_model = task.build_model(seed)
     spec = task.model_spec()
+    local_dp = _local_dp(config, datasets, seed)
     history: list[RoundMetrics] = []
     for r in range(1, rounds + 1):
         if accountant is not None and accountant.would_exceed(1.0):
             break  # stop cleanly: the global model is the one of the last round within budget
+        taking_part = [k for k in range(clients) if local_dp is None or not local_dp[k].would_exceed(
+            num_examples=len(datasets[k]), batch_size=config.batch_size, epochs=config.epochs)]  # type: ignore[arg-type]
+        if not taking_part:
+            break  # every device has spent its local budget
         start = time.perf_counter()
         global_arrays = get_arrays(global_model)
         accumulator = strategy.accumulator(spec, reference=global_arrays)
         losses, client_seconds, update_bytes, diverged = [], [], 0, 0
         trained: list[tuple[NDArrays, int]] = []
-        for k, dataset in enumerate(datasets):
+        for k in taking_part:
+            dataset = datasets[k]
             tic = time.perf_counter()
             set_arrays(local_model, global_arrays)
-            result = train_local(local_model, dataset, **config.as_kwargs(), seed=client_seed(seed, r, k))
+            result = train_local(local_model, dataset, **config.as_kwargs(), seed=client_seed(seed, r, k),
+                                 dp=local_dp[k] if local_dp is not None else None)
             client_seconds.append(time.perf_counter() - tic)
             trained.append((get_arrays(local_model), result.num_examples))
             diverged += int(result.diverged)
             if math.isfinite(result.mean_loss):
                 losses.append((result.mean_loss, result.num_examples))
-        honest = [u for k, (u, _) in enumerate(trained) if k not in bad]
-        for k, (update, num_examples) in enumerate(trained):
+        honest = [u for k, (u, _) in zip(taking_part, trained, strict=True) if k not in bad]
+        for k, (update, num_examples) in zip(taking_part, trained, strict=True):
             if k in bad:
                 assert attack is not None
                 rng = np.random.default_rng(client_seed(seed, r, k))
@@ -164,8 +182,25 @@ def run_inprocess(
             update_bytes=update_bytes,
             privacy=spent,
             diverged=diverged,
+            local_privacy=_local_report([local_dp[k] for k in taking_part]) if local_dp is not None else None,
         )
         history.append(round_metrics)
         if on_round is not None:
             on_round(round_metrics)
     return history
+
+
+def _local_dp(config: TrainConfig, datasets: Sequence[Any], seed: int) -> list[LocalDP] | None:
+    if config.dp is None:
+        return None
+    from qflare.fl.local_dp import LocalDP
+
+    return [LocalDP.from_config(config.dp, num_examples=len(d), batch_size=config.batch_size, epochs=config.epochs,
+                                noise_seed=client_seed(seed, 0, k)) for k, d in enumerate(datasets)]
+
+
+def _local_report(devices: Sequence[LocalDP]) -> dict[str, Any]:
+    eps = [d.epsilon for d in devices]
+    zs = [d.noise_multiplier for d in devices]
+    return {"mode": "local", "epsilon": max(eps), "epsilon_mean": sum(eps) / len(eps), "epsilon_min": min(eps),
+            "delta": devices[0].delta, "devices": len(devices), "noise_multipliers": [min(zs), max(zs)]}

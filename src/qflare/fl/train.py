@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from qflare.errors import ConfigError, ModelSpecMismatch
 from qflare.fl.spec import ModelSpec, TensorSpec
 from qflare.fl.training_config import OptimizerName, TrainConfig
 from qflare.types import NDArrays
+
+if TYPE_CHECKING:
+    from qflare.fl.local_dp import LocalDP
 
 __all__ = [
     "LossFn",
@@ -64,6 +68,7 @@ def train_local(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     proximal_mu: float = 0.0,
+    dp: LocalDP | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset``; deterministic for a ``seed`` on one thread.
 
@@ -78,6 +83,10 @@ def train_local(
     weights far from any trained model: its gradients explode under SGD with momentum and the weights
     overflow to inf, then NaN, within a round or two.) The device then uploads its last finite
     weights, which the aggregator clips like any other step.
+
+    With ``dp`` (:class:`~qflare.fl.local_dp.LocalDP`) the training is DP-SGD with Opacus: per-example
+    clipping, Gaussian noise, Poisson-sampled batches (from ``dp``'s noise seed, not ``seed``), each
+    step recorded by ``dp``'s accountant.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(
@@ -92,6 +101,12 @@ def train_local(
         raise ConfigError(f"{type(model).__name__} has no loss(); pass loss_fn", reason="invalid_train_config")
     if proximal_mu < 0:
         raise ConfigError(f"proximal_mu must be >= 0, got {proximal_mu}", reason="invalid_train_config")
+    if dp is not None:
+        if proximal_mu > 0:
+            raise ConfigError("local DP: DP-SGD noises the data's gradients only; set proximal_mu to 0",
+                              reason="invalid_train_config")
+        return dp.train(model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                        momentum=momentum, weight_decay=weight_decay, criterion=criterion, seed=seed)
     opt = _optimizer(model, optimizer, lr, momentum, weight_decay)
     # Don't track the start point's gradient: it is the fixed anchor of the proximal term.
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []

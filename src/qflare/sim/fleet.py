@@ -54,8 +54,9 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
         log.exception("%s failed", cfg.device_id)
 
 
-def _gated(fn: Callable[[dict[str, Any]], bytes], gate: threading.Semaphore) -> Callable[[dict[str, Any]], bytes]:
-    def train(task: dict[str, Any]) -> bytes:
+def _gated(fn: Callable[[dict[str, Any]], bytes | None], gate: threading.Semaphore
+           ) -> Callable[[dict[str, Any]], bytes | None]:
+    def train(task: dict[str, Any]) -> bytes | None:
         with gate:
             return fn(task)
 

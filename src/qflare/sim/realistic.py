@@ -67,7 +67,7 @@ def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[fl
     sleep = sleep or node.sleep
     assert sleep is not None
     start = clock()
-    train_round: Callable[[dict[str, Any]], bytes] = node.train_round
+    train_round: Callable[[dict[str, Any]], bytes | None] = node.train_round
     send_update: Callable[[int, bytes], dict[str, Any] | None] = node._send_update
     pending: dict[int, tuple[str, float]] = {}  # round_id -> (outcome, the task's deadline)
 
@@ -76,7 +76,7 @@ def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[fl
         device.extra_seconds += wait
         sleep(wait)
 
-    def simulated_train_round(task: dict[str, Any]) -> bytes:
+    def simulated_train_round(task: dict[str, Any]) -> bytes | None:
         offline = device.seconds_until_online(clock() - start)
         if offline > 0:
             device.offline_seconds += offline
