@@ -76,13 +76,18 @@ def simulate(
     csv_missing: Annotated[float | None, typer.Option(help="a reading meaning missing: 0 (METR-LA), -200 (UCI)")]
     = None,
     dp: Annotated[str, typer.Option("--dp", help="none | central: clip and noise in the aggregator (the enclave "
-                                    "when there is one); docs/privacy.md")] = "none",
-    noise_multiplier: Annotated[float | None, typer.Option(help="--dp central: noise std / clip")] = None,
+                                    "when there is one) | local: DP-SGD on every device (Opacus); docs/privacy.md")
+                  ] = "none",
+    noise_multiplier: Annotated[float | None, typer.Option(
+        help="--dp central: noise std / clip; --dp local: noise std / max grad norm")] = None,
     clip: Annotated[float | None, typer.Option(help="--dp central: L2 bound on each update's step (default 1.0)")
                     ] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(
+        help="--dp local: L2 bound on each example's gradient (default 1.0)")] = None,
     target_epsilon: Annotated[float | None, typer.Option(
-        help="--dp central: the budget; alone, the accountant picks the noise multiplier for --rounds")] = None,
-    delta: Annotated[float | None, typer.Option(help="--dp central: delta (default 1e-5)")] = None,
+        help="--dp central|local: the budget (local: per device, per example); alone, the accountant picks the "
+             "noise multiplier for --rounds")] = None,
+    delta: Annotated[float | None, typer.Option(help="--dp central|local: delta (default 1e-5)")] = None,
     device_profiles: Annotated[Path | None, typer.Option(help="CSV of device profiles (docs/learning.md)")] = None,
     slow_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of devices --slowdown x slower")] = 0.0,
     slowdown: Annotated[float, typer.Option(min=1.0, help="how much slower the slow devices train")] = 10.0,
@@ -106,6 +111,8 @@ def simulate(
                            columns=csv_columns, missing=csv_missing)
     privacy = check_privacy(dp, noise_multiplier=noise_multiplier, clip=clip, target_epsilon=target_epsilon,
                             delta=delta, fraction=fraction, rounds=rounds)
+    local_dp = check_local_privacy(dp, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                   target_epsilon=target_epsilon, delta=delta, rounds=rounds)
     from qflare.cli.simulate_city import build_profiles, run_async_inprocess, run_personalize_inprocess
 
     _choice("--mode", mode, ("sync", "async"))
@@ -126,7 +133,13 @@ def simulate(
                           reason="bad_option")
     partition = partition or t.partitions[0]
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-    train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides})
+    train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides,
+                                        **({"dp": local_dp} if local_dp else {})})
+    if local_dp and (mode == "async" or personalize is not None):
+        raise ConfigError("--dp local: served by the synchronous HTTP run only (not --mode async / --personalize)",
+                          reason="bad_option")
+    if train.dp is not None:
+        check_local_plan(t, train, clients=clients, partition=partition, alpha=alpha, seed=seed)
     if mode == "async" or personalize is not None:
         console.print("[bold]QFLARE simulate[/]: in-process run (" + ("async FedBuff, virtual clock" if mode == "async"
                       else f"personalize {personalize}") + "); the HTTP server serves synchronous rounds only")
@@ -157,7 +170,7 @@ def simulate(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
         + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={enclave}"
-        + f" aggregator={aggregator}"
+        + f" aggregator={aggregator}" + (f" dp={dp}" if dp != "none" else "")
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),
@@ -245,8 +258,13 @@ def check_privacy(dp: str, *, noise_multiplier: float | None, clip: float | None
                   delta: float | None, fraction: float, rounds: int) -> dict[str, Any]:
     """``--dp`` and its options as ``aggregation.privacy`` keys; the plan is resolved here (dp-accounting), so
     a budget the planned rounds would exceed is refused before anything starts."""
-    _choice("--dp", dp, ("none", "central"))
+    _choice("--dp", dp, ("none", "central", "local"))
     given = {"noise_multiplier": noise_multiplier, "clip": clip, "target_epsilon": target_epsilon, "delta": delta}
+    if dp == "local":
+        if clip is not None:
+            raise ConfigError("--clip: bounds each update in the aggregator (--dp central); --dp local bounds each "
+                              "example's gradient: --max-grad-norm", reason="bad_option")
+        return {}
     if dp == "none":
         used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if used:
@@ -265,6 +283,42 @@ def check_privacy(dp: str, *, noise_multiplier: float | None, clip: float | None
     except ConfigError as exc:
         raise ConfigError(f"--dp central: {exc.message}", reason=exc.reason) from None
     return doc
+
+
+def check_local_privacy(dp: str, *, noise_multiplier: float | None, max_grad_norm: float | None,
+                        target_epsilon: float | None, delta: float | None, rounds: int) -> dict[str, Any]:
+    """``--dp local`` and its options as ``training.dp`` keys (``config.LocalDPConfig``); ``{}`` otherwise."""
+    if dp != "local":
+        if max_grad_norm is not None:
+            raise ConfigError("--max-grad-norm: given without --dp local", reason="bad_option")
+        return {}
+    if noise_multiplier is None and target_epsilon is None:
+        raise ConfigError("--dp local: give --noise-multiplier Z or --target-epsilon E", reason="bad_option")
+    from qflare.config import parse_config
+    from qflare.fl.training_config import LocalDPConfig
+
+    given = {"noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm, "target_epsilon": target_epsilon,
+             "delta": delta}
+    doc = {"mode": "local", **{k: v for k, v in given.items() if v is not None}, "rounds": rounds}
+    parse_config(LocalDPConfig, doc, source="--dp local options")
+    return doc
+
+
+def check_local_plan(task: Any, train: TrainConfig, *, clients: int, partition: str, alpha: float, seed: int) -> None:
+    """Resolve ``training.dp`` for every device's shard now (Opacus), so a budget that some device cannot meet
+    in the planned rounds is one line before anything starts, not a device failing in round 1."""
+    from qflare.fl.local_dp import LocalDP
+
+    assert train.dp is not None
+    sizes = sorted({len(task.client_dataset(k, clients, partition=partition, alpha=alpha, seed=seed))
+                    for k in range(clients)})
+    # The calibration (target_epsilon alone) costs a second or two a shard: the smallest shard (the highest
+    # sampling rate) is the hardest to meet. A given noise multiplier is checked for every shard size.
+    for n in sizes if train.dp.noise_multiplier is not None else sizes[:1]:
+        try:
+            LocalDP.from_config(train.dp, num_examples=n, batch_size=train.batch_size, epochs=train.epochs)
+        except ConfigError as exc:
+            raise ConfigError(f"--dp local: a device with {n} examples: {exc.message}", reason=exc.reason) from None
 
 
 def _attack_params(attack: str | None, raw: str | None) -> dict[str, Any]:
@@ -326,6 +380,9 @@ def _print_summary(summary: dict[str, Any], metric: str) -> None:
             shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)
             table.add_row(key, shown)
     console.print(table)
+    privacy = summary.get("privacy")
+    if privacy:
+        console.print(privacy_line(privacy))
     if "poisoning" in summary:
         p = summary["poisoning"]
         console.print(f"[red]poisoning[/]: {p['attack']} {p['params']} by {', '.join(p['malicious'])}")
@@ -336,3 +393,17 @@ def _print_summary(summary: dict[str, Any], metric: str) -> None:
             at.add_row(name, str(st["attempts"]), str(st["rejected"]), str(st["accepted"]), reasons,
                        style="red" if st["accepted"] else None)
         console.print(at)
+
+
+def privacy_line(privacy: dict[str, Any]) -> str:
+    """The run summary's privacy spend in one line (docs/privacy.md)."""
+    def num(value: Any, fmt: str) -> str:
+        return format(value, fmt) if isinstance(value, (int, float)) else "?"
+
+    if privacy.get("mode") == "local":
+        return (f"privacy: local DP (DP-SGD, per example), epsilon {num(privacy.get('epsilon'), '.3f')} on the most "
+                f"exposed of {privacy.get('devices', '?')} devices (mean {num(privacy.get('epsilon_mean'), '.3f')}) "
+                f"at delta {num(privacy.get('delta'), 'g')}")
+    return (f"privacy: central DP (per device), epsilon {num(privacy.get('epsilon'), '.3f')} at delta "
+            f"{num(privacy.get('delta'), 'g')} after {privacy.get('rounds', '?')} rounds, noise multiplier "
+            f"{num(privacy.get('noise_multiplier'), '.4g')} (dp-accounting RDP)")

@@ -84,6 +84,16 @@ def _rdp_per_step(noise_multiplier: float, rate: float) -> tuple[float, ...]:
                                                          orders=orders))
 
 
+@functools.lru_cache(maxsize=64)
+def _calibrate(target_epsilon: float, delta: float, rate: float, steps: int) -> float:
+    # Opacus's binary search (a few seconds); devices of one process with equal shards share the answer.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(_opacus().accountants.utils.get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=rate, steps=steps, accountant="rdp",
+            epsilon_tolerance=0.01 * target_epsilon))
+
+
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """What ``RDPAccountant(history).get_epsilon(delta)`` returns, from the cached per-step RDP."""
     if not history:
@@ -149,18 +159,14 @@ class LocalDP:
           rounds exceeding it is refused now (``ConfigError`` reason ``privacy_budget_exceeded``);
         - only ``noise_multiplier``: no budget.
         """
-        opacus = _opacus()
+        _opacus()  # the missing extra is named before any work
         q = sample_rate(num_examples, batch_size)
         planned = steps_per_round(num_examples, batch_size, epochs) * config.rounds if config.rounds else None
         z = config.noise_multiplier
         if z is None:
             assert config.target_epsilon is not None and planned is not None  # LocalDPConfig's validator
             try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-                    z = float(opacus.accountants.utils.get_noise_multiplier(
-                        target_epsilon=config.target_epsilon, target_delta=config.delta, sample_rate=q,
-                        steps=planned, accountant="rdp", epsilon_tolerance=0.01 * config.target_epsilon))
+                z = _calibrate(config.target_epsilon, config.delta, q, planned)
             except ValueError as exc:
                 raise ConfigError(
                     f"training.dp.target_epsilon: {config.target_epsilon} cannot be met in {config.rounds} rounds "

@@ -37,6 +37,7 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
         with connect(lambda: build_client(cfg, path.parent), cfg) as client:
             node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http))
             node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
+            node.train_round = _reporting_dp(node, path.parent / f"{cfg.device_id}.dp.json")  # type: ignore[method-assign,assignment]
             simulated = simulated_device_for(cfg.device_id, seed=cfg.data.seed)  # --device-profiles only
             report = path.parent / f"{cfg.device_id}.sim.json"
             if simulated is not None:
@@ -59,6 +60,24 @@ def _gated(fn: Callable[[dict[str, Any]], bytes | None], gate: threading.Semapho
     def train(task: dict[str, Any]) -> bytes | None:
         with gate:
             return fn(task)
+
+    return train
+
+
+def _reporting_dp(node: Any, report: Path) -> Callable[[dict[str, Any]], bytes | None]:
+    """``node.train_round``, then (with local DP) the device's privacy spent written to ``report``: the
+    run summary reads it (the driver may stop this process before the node returns)."""
+    import json
+
+    fn: Callable[[dict[str, Any]], bytes | None] = node.train_round
+
+    def train(task: dict[str, Any]) -> bytes | None:
+        update = fn(task)
+        if node.local_dp is not None:
+            tmp = report.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"device_id": node.config.device_id, **node.local_dp.report()}))
+            tmp.replace(report)
+        return update
 
     return train
 

@@ -262,8 +262,8 @@ def start_server(
     cfg_path = run_dir / "global_config.yaml"
     dump_yaml(config, cfg_path)
     url = f"http://{config.server.host}:{config.server.port}"
-    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info"], run_dir / "logs" / "server.log",
-                        env)
+    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info", "--no-run-artefacts"],
+                        run_dir / "logs" / "server.log", env)  # the run's artefacts: written by simulate itself
     fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env,
                      ledger=config.ledger.enabled)
     try:
@@ -544,5 +544,17 @@ def _finish(
         summary["privacy"] = {"mode": sim.privacy["mode"], "epsilon": spent.get("epsilon"),
                               "delta": spent.get("delta", sim.privacy.get("delta", 1e-5)),
                               "rounds": spent.get("rounds", 0), "noise_multiplier": spent.get("noise_multiplier")}
+    if sim.train is not None and sim.train.dp is not None:
+        summary["privacy"] = local_privacy_summary(run_dir / "devices")
     write_summary(summary, run_dir / "summary.json")
     return summary
+
+
+def local_privacy_summary(devices_dir: Path) -> dict[str, Any]:
+    """Local DP: what each device's accountant reported after its last training (``devices/<id>.dp.json``)."""
+    reports = [json.loads(p.read_text()) for p in sorted(devices_dir.glob("*.dp.json"))]
+    eps = {r["device_id"]: r["epsilon"] for r in reports}
+    return {"mode": "local", "epsilon": max(eps.values(), default=None),
+            "epsilon_mean": sum(eps.values()) / len(eps) if eps else None,
+            "delta": reports[0]["delta"] if reports else None, "devices": len(eps), "per_device": eps,
+            "noise_multipliers": sorted({r["noise_multiplier"] for r in reports})}

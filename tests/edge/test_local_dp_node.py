@@ -1,0 +1,69 @@
+"""An edge node under local DP: its epsilon in the update's metadata and its log; it stops at its budget."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from qflare.config import DataConfig
+from qflare.edge.attestation import AttestedEnclave
+from qflare.edge.node import EdgeNode
+from qflare.fl.local_dp import LocalDP, steps_per_round
+from qflare.fl.serialize import dump_arrays, load_arrays
+from qflare.fl.tasks import get_task
+from qflare.fl.train import TrainConfig, get_arrays
+from qflare.fl.training_config import LocalDPConfig
+from tests.edge.test_client import _cfg
+
+
+class _ModelServer:
+    """A client stub: no enclave, one global model, every task a training task."""
+
+    enclave: AttestedEnclave | None = None
+    attestation_required = False
+
+    def __init__(self, blob: bytes, train: TrainConfig) -> None:
+        self.blob, self.train, self.round = blob, train, 0
+
+    def task(self) -> dict[str, Any]:
+        self.round += 1
+        return {"status": "train", "round_id": self.round, "model_version": 0, "model_sha256": "-",
+                "train_config": self.train.model_dump()}
+
+    def attest(self) -> AttestedEnclave:
+        raise AssertionError("not attested")
+
+    def download_model(self, version: int, expected_sha256: str) -> bytes:
+        return self.blob
+
+    def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]:
+        raise AssertionError("train_round only")
+
+
+@pytest.mark.slow
+def test_a_device_reports_its_epsilon_and_stops_at_its_budget(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: a budget that one round of this device's shard fits and a second does not
+    digits = get_task("digits")
+    data = DataConfig(task="digits", partition_index=0, num_partitions=10, seed=0)
+    n = len(digits.client_dataset(0, 10, seed=0))
+    probe = LocalDP(noise_multiplier=1.0, max_grad_norm=1.0)
+    one_round, two_rounds = (probe.epsilon_after(k * steps_per_round(n, 32, 1), 32 / n) for k in (1, 2))
+    train = TrainConfig(epochs=1, batch_size=32, lr=0.05,
+                        dp=LocalDPConfig(noise_multiplier=1.0, target_epsilon=(one_round + two_rounds) / 2, rounds=1))
+    client = _ModelServer(dump_arrays(get_arrays(digits.build_model(0))), train)
+    node = EdgeNode(_cfg(data=data), client, sleep=lambda s: None)
+    # Execute
+    with caplog.at_level(logging.INFO, logger="qflare.edge"):
+        blob = node.train_round(client.task())
+        second = node.train_round(client.task())
+    # Assert: the first upload carries the accountant's figures; the second round is not trained
+    assert blob is not None
+    _, meta = load_arrays(blob, node.spec)
+    assert meta["dp_mode"] == "local" and float(meta["dp_epsilon"]) == pytest.approx(one_round)
+    assert meta["dp_delta"] == "1e-05" and int(meta["dp_steps"]) == steps_per_round(n, 32, 1)
+    assert second is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("round 1 local DP: epsilon" in m for m in lines)
+    assert any("round 2 not trained" in m and "local privacy budget" in m for m in lines)
