@@ -102,6 +102,15 @@ def test_server_refuses_missing_or_bad_tls_files(tmp_path: Path, which: str) -> 
     assert not imported, imported
 
 
+@pytest.mark.parametrize(("option", "value"), [("--log-level", "loud"), ("--log-format", "xml")])
+def test_server_refuses_an_unknown_log_level_or_format_before_starting(tmp_path: Path, option: str,
+                                                                       value: str) -> None:
+    code, lines, imported = run_qflare(tmp_path, "server", option, value, "--port", "1")
+    assert_one_line_error(code, lines, option, value)
+    assert not imported, imported
+    assert not (tmp_path / "qflare.db").exists()  # refused before the database was opened
+
+
 @pytest.mark.parametrize("device_id", ["bad id/../x", "..", "a" * 65, ""])
 def test_keygen_refuses_a_device_id_that_is_not_one(tmp_path: Path, device_id: str) -> None:
     code, lines, _ = run_qflare(tmp_path, "device", "keygen", "--device-id", device_id, "--out-dir", "keys")

@@ -72,7 +72,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_the_environment_is_read_in_one_place() -> None:
     # Every os.environ read in src/qflare outside qflare.environment is either a child-process environment
-    # being built or the multi-worker spec handed to workers; nothing else reads the environment.
+    # being built or the multi-worker spec written for the workers (which read it through qflare.environment);
+    # nothing else reads the environment.
     import re
     from pathlib import Path
 

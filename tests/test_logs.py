@@ -62,3 +62,43 @@ def test_server_lines_carry_the_callers_request_id_and_the_device(tmp_path: Path
     closing = [ln for ln in lines if "aggregated" in ln["message"]]
     assert closing, lines
     assert closing[0]["request_id"] == "ops-trace-42" and closing[0]["device_id"] == last
+
+
+@pytest.fixture
+def root_logging():  # type: ignore[no-untyped-def]
+    """configure_logging replaces the root handlers: put them (and the levels it sets) back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {n: logging.getLogger(n).level for n in ("alembic", "httpx")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("warning", False), ("debug", True)])
+def test_alembic_is_quiet_at_start_unless_debug(tmp_path: Path, capsys: pytest.CaptureFixture[str], root_logging: None,
+                                                level: str, shown: bool) -> None:
+    from qflare.server.storage import Repository
+
+    # Execute: as qflare server and each worker do, logging first, then the database (a new one: every migration)
+    configure_logging(level, "text")
+    Repository(f"sqlite:///{tmp_path / 'new.db'}").close()
+    # Assert
+    err = capsys.readouterr().err
+    assert ("alembic" in err and "Running upgrade" in err) is shown, err
+
+
+def test_worker_lines_name_their_process(root_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    configure_logging("info", "json", process_ids=True)
+    logging.getLogger("qflare.test").info("hello")
+    obj = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert obj["message"] == "hello" and obj["pid"] == os.getpid()
+
+
+def test_an_unknown_log_level_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--log-level: 'loud' is not one of debug, info, warning"):
+        configure_logging("loud", "text")

@@ -13,6 +13,9 @@ so what the environment can change is listed here and nowhere else:
     Simulation only: the device profiles file ``qflare simulate`` hands to its virtual devices.
 ``QFLARE_UNSAFE_CRASH_AT``
     Crash tests only: SIGKILL the server at a named step (:mod:`qflare.server.faults`).
+``QFLARE_WORKER_SPEC``
+    Set by ``qflare server --workers K`` for its worker processes (:mod:`qflare.server.workers`): the
+    configuration and the settings each worker needs, as JSON.
 Variables named in a configuration
     A key file's passphrase (``identity_key_passphrase_env``, ``--passphrase-env``, ``--password-env``):
     :meth:`Environment.named`.
@@ -33,6 +36,7 @@ __all__ = [
     "SIMULATION_ENV",
     "SIM_DEVICE_PROFILES_ENV",
     "UNSAFE_CRASH_AT_ENV",
+    "WORKER_SPEC_ENV",
     "Environment",
     "environment",
 ]
@@ -42,6 +46,7 @@ SERVER_KEY_PASSPHRASE_ENV = "QFLARE_SERVER_KEY_PASSPHRASE"
 SIMULATION_ENV = "QFLARE_SIMULATION"
 UNSAFE_CRASH_AT_ENV = "QFLARE_UNSAFE_CRASH_AT"
 SIM_DEVICE_PROFILES_ENV = "QFLARE_SIM_DEVICE_PROFILES"
+WORKER_SPEC_ENV = "QFLARE_WORKER_SPEC"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ class Environment:
     @property
     def unsafe_crash_at(self) -> str:
         return self.variables.get(UNSAFE_CRASH_AT_ENV, "")
+
+    @property
+    def worker_spec(self) -> str | None:
+        return self.variables.get(WORKER_SPEC_ENV) or None
 
     def named(self, name: str) -> str | None:
         """The variable a configuration names (a passphrase), or ``None`` if unset or empty."""

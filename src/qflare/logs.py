@@ -14,7 +14,8 @@ import logging
 import time
 from typing import Literal
 
-__all__ = ["LogFormat", "bind_device", "bind_request", "configure_logging", "device_id", "request_id"]
+__all__ = ["LogFormat", "bind_device", "bind_request", "check_log_options", "configure_logging", "device_id",
+           "request_id"]
 
 LogFormat = Literal["text", "json"]
 
@@ -39,7 +40,14 @@ def device_id() -> str | None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line (newlines in messages are escaped by JSON)."""
+    """One JSON object per record, on one line (newlines in messages are escaped by JSON).
+
+    ``process_ids`` adds ``"pid"`` (``qflare server --workers``: which worker wrote the line).
+    """
+
+    def __init__(self, *, process_ids: bool = False) -> None:
+        super().__init__()
+        self.process_ids = process_ids
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -50,23 +58,40 @@ class JsonFormatter(logging.Formatter):
             "request_id": _request_id.get(),
             "device_id": _device_id.get(),
         }
+        if self.process_ids:
+            out["pid"] = record.process
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def configure_logging(level: str, fmt: str = "text") -> None:
-    """Set up the root logger once, for a command's whole process."""
+def check_log_options(level: str, fmt: str) -> None:
+    """:class:`~qflare.errors.ConfigError` naming ``--log-level`` or ``--log-format`` unless both are known."""
+    from qflare.errors import ConfigError
+
     if fmt not in ("text", "json"):
-        from qflare.errors import ConfigError
-
         raise ConfigError(f"--log-format: {fmt!r} is not one of text, json", reason="bad_option")
+    if level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level: {level!r} is not one of {', '.join(LEVELS)}", reason="bad_option")
+
+
+def configure_logging(level: str, fmt: str = "text", *, process_ids: bool = False) -> None:
+    """Set up the root logger once, for a command's whole process (``process_ids``: one of several workers).
+
+    Alembic's INFO lines at every start ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.")
+    tell an operator nothing: they are shown at ``debug`` only.
+    """
+    check_log_options(level, fmt)
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter(process_ids=process_ids) if fmt == "json"
+                         else logging.Formatter(WORKER_TEXT_FORMAT if process_ids else TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the node's own log
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)

@@ -100,11 +100,15 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+def limits_for(cfg: ServerConfig) -> Limits:
+    """``cfg``'s header and body deadlines and header size limit."""
+    return Limits(cfg.header_timeout_seconds, cfg.max_header_bytes, cfg.body_chunk_timeout_seconds,
+                  cfg.body_timeout_seconds)
+
+
 def guarded_protocol(cfg: ServerConfig) -> type[GuardedH11Protocol]:
     """A protocol class bound to ``cfg``'s limits (pass as ``uvicorn.run(..., http=...)``)."""
-    limits = Limits(cfg.header_timeout_seconds, cfg.max_header_bytes, cfg.body_chunk_timeout_seconds,
-                    cfg.body_timeout_seconds)
-    return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+    return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits_for(cfg)})
 
 
 def uvicorn_options(cfg: ServerConfig) -> dict[str, Any]:

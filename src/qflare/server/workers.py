@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from qflare.config import GlobalConfig
+from qflare.environment import WORKER_SPEC_ENV
 from qflare.errors import ConfigError
+from qflare.server.transport import GuardedH11Protocol
 
-__all__ = ["SPEC_ENV", "check_workers", "run_workers", "worker_app"]
+__all__ = ["SPEC_ENV", "WorkerH11Protocol", "WorkerSpec", "check_workers", "run_workers", "worker_app"]
 
-SPEC_ENV = "QFLARE_WORKER_SPEC"
+SPEC_ENV = WORKER_SPEC_ENV
 
 
 def check_workers(config: GlobalConfig, workers: int, dialect: str) -> None:
@@ -37,32 +41,79 @@ def check_workers(config: GlobalConfig, workers: int, dialect: str) -> None:
                           reason="bad_option")
 
 
-def run_workers(config: GlobalConfig, *, admin_token: str, workers: int, log_level: str,
-                bench_endpoint: bool = False) -> None:
-    """Serve with ``workers`` processes until interrupted (the server keys are created first, once)."""
+def run_workers(config: GlobalConfig, *, admin_token: str, workers: int, log_level: str, log_format: str = "text",
+                operators_file: Path | None = None, bench_endpoint: bool = False) -> None:
+    """Serve with ``workers`` processes until interrupted (the server keys are created first, once).
+
+    Each worker gets what a single ``qflare server`` process has: the dashboard's operator accounts, the
+    log level and format (every line names its worker's pid), and the transport limits of ``server:``.
+    """
     import uvicorn
 
     from qflare.server.keys import ServerKeys
+    from qflare.server.transport import uvicorn_options
 
     ServerKeys.load_or_create(config.server.key_dir)  # before the fork: every worker loads the same keys
-    os.environ[SPEC_ENV] = json.dumps({"config": config.model_dump(mode="json"), "admin_token": admin_token,
-                                       "bench_endpoint": bench_endpoint})
-    uvicorn.run("qflare.server.workers:worker_app", factory=True, workers=workers, host=config.server.host,
-                port=config.server.port, log_level=log_level.lower(), access_log=False,
-                ssl_certfile=config.server.tls_cert, ssl_keyfile=config.server.tls_key)
+    spec = WorkerSpec(config=config, admin_token=admin_token, log_level=log_level, log_format=log_format,
+                      operators_file=str(operators_file.resolve()) if operators_file is not None else None,
+                      bench_endpoint=bench_endpoint)
+    os.environ[SPEC_ENV] = spec.to_json()  # read by each worker (spawned: a fresh interpreter)
+    cfg = config.server
+    uvicorn.run("qflare.server.workers:worker_app", factory=True, workers=workers, host=cfg.host, port=cfg.port,
+                log_level=log_level.lower(), access_log=False, ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key,
+                # JSON: uvicorn's own lines go through the root logger's JSON formatter too
+                log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+                # the guarded protocol by name: a class made at run time cannot reach a spawned worker
+                **{**uvicorn_options(cfg), "http": "qflare.server.workers:WorkerH11Protocol"})
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What each worker process is handed (as JSON in :data:`SPEC_ENV`)."""
+
+    config: GlobalConfig
+    admin_token: str
+    log_level: str = "info"
+    log_format: str = "text"
+    operators_file: str | None = None
+    bench_endpoint: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"config": self.config.model_dump(mode="json"), "admin_token": self.admin_token,
+                           "log_level": self.log_level, "log_format": self.log_format,
+                           "operators_file": self.operators_file, "bench_endpoint": self.bench_endpoint})
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        return cls(config=GlobalConfig.model_validate(data["config"]), admin_token=str(data["admin_token"]),
+                   log_level=str(data.get("log_level", "info")), log_format=str(data.get("log_format", "text")),
+                   operators_file=data.get("operators_file"), bench_endpoint=bool(data.get("bench_endpoint")))
+
+
+class WorkerH11Protocol(GuardedH11Protocol):
+    """The guarded h11 protocol (:mod:`qflare.server.transport`) with the limits :func:`worker_app` sets."""
 
 
 def worker_app() -> FastAPI:
     """One worker's app, built from :data:`SPEC_ENV` (uvicorn's factory, in each worker process)."""
-    import logging
-
+    from qflare.environment import environment
+    from qflare.logs import configure_logging
     from qflare.server.app import build_state, create_app
     from qflare.server.lease import PostgresLease
+    from qflare.server.operators import OperatorAccounts
     from qflare.server.storage import Repository
+    from qflare.server.transport import limits_for
 
-    spec = json.loads(os.environ[SPEC_ENV])
-    config = GlobalConfig.model_validate(spec["config"])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    text = environment().worker_spec
+    if text is None:
+        raise ConfigError(f"{SPEC_ENV} is not set: worker_app runs under qflare server --workers", reason="bad_option")
+    spec = WorkerSpec.from_json(text)
+    config = spec.config
+    # Before the database is opened: Alembic's start-up lines follow the level (shown at debug only).
+    configure_logging(spec.log_level, spec.log_format, process_ids=True)
+    WorkerH11Protocol.limits = limits_for(config.server)
     repo = Repository(config.server.db_url)
-    state = build_state(config, admin_token=spec["admin_token"], repo=repo, lease=PostgresLease(repo.engine))
-    return create_app(state, bench_endpoint=bool(spec["bench_endpoint"]))
+    state = build_state(config, admin_token=spec.admin_token, repo=repo, lease=PostgresLease(repo.engine))
+    operators = OperatorAccounts(Path(spec.operators_file)) if spec.operators_file else None
+    return create_app(state, bench_endpoint=spec.bench_endpoint, operators=operators)
