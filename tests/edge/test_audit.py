@@ -143,10 +143,66 @@ def test_a_larger_checkpoint_that_does_not_extend_the_verified_one_is_refused(ha
 def test_an_accepted_update_missing_from_the_log_is_refused(harness: Harness) -> None:
     receipts = _round(harness)
     auditor = _auditor(harness)
-    auditor.expect({**receipts[0], "ledger_leaf_hash": "ab" * 32})  # the server's receipt, entry not logged
+    # the server's receipt names a leaf the log does not hold (and, like an older server, no entry bytes)
+    auditor.expect({**receipts[0], "ledger_leaf_hash": "ab" * 32, "ledger_entry": None})
     with pytest.raises(LedgerIntegrityError) as info:
         auditor.check()
     assert info.value.reason == "update_not_logged"
+
+
+def _entry_receipt(receipt: dict[str, Any], event: Any) -> dict[str, Any]:
+    """``receipt`` with another entry (and its leaf hash), as a lying server would send it."""
+    import base64
+
+    from qflare.ledger.entries import encode_event
+    from qflare.ledger.merkle import leaf_hash
+
+    entry = encode_event(event)
+    return {**receipt, "ledger_entry": base64.b64encode(entry).decode(), "ledger_leaf_hash": leaf_hash(entry).hex()}
+
+
+def test_the_receipt_entry_names_this_update_and_is_signed_by_the_log_key(harness: Harness, tmp_path: Path) -> None:
+    import base64
+    import dataclasses
+
+    from qflare.ledger.entries import UpdateAccepted, decode_event, sign_entry
+
+    # Prepare
+    receipts = _round(harness)
+    auditor = _auditor(harness)
+    mine = receipts[0]
+    real = decode_event(base64.b64decode(mine["ledger_entry"]))
+    assert isinstance(real, UpdateAccepted) and real.device_id == mine["device_id"]
+    other_key = ServerKeys.load_or_create(tmp_path / "other-keys").signing
+    lies = {
+        # another device's acceptance, under the real key
+        "receipt_entry_mismatch": _entry_receipt(
+            mine, decode_event(base64.b64decode(receipts[1]["ledger_entry"]))),
+        # the real entry with a changed time (its signature no longer covers it)
+        "invalid_entry_signature": _entry_receipt(mine, dataclasses.replace(real, time_ms=real.time_ms + 1)),
+        # an entry the host signed with its own key
+        "invalid_entry_signature ": _entry_receipt(mine, sign_entry(dataclasses.replace(
+            real, producer_signature=None), other_key)),
+        "unsigned_entry": _entry_receipt(mine, dataclasses.replace(real, producer_signature=None)),
+        "receipt_entry_malformed": {**mine, "ledger_entry": "not base64!"},
+    }
+
+    # Execute / Assert: each lie is refused with its reason, and nothing is remembered
+    for reason, receipt in lies.items():
+        with pytest.raises(LedgerIntegrityError) as info:
+            auditor.expect(receipt, device_id=mine["device_id"], update_sha256=mine["sha256"])
+        assert info.value.reason == reason.strip(), reason
+        assert auditor.pending == []
+    # The same receipt for another device, or for another update, is not this device's acceptance.
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.expect(mine, device_id="edge_9")
+    assert info.value.reason == "receipt_entry_mismatch"
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.expect(mine, update_sha256="cd" * 32)
+    assert info.value.reason == "receipt_entry_mismatch"
+    # The true receipt passes.
+    auditor.expect(mine, device_id=mine["device_id"], update_sha256=mine["sha256"])
+    assert auditor.pending == [(mine["ledger_index"], bytes.fromhex(mine["ledger_leaf_hash"]))]
 
 
 def test_a_checkpoint_signed_by_another_key_is_refused(harness: Harness, tmp_path: Path) -> None:

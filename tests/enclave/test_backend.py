@@ -115,8 +115,8 @@ def test_a_restarted_server_replays_stored_updates_to_the_same_aggregate(
     first.begin_round(ROUND, base_model, spec)
     stored = []
     first_keys = first.public_keys()
-    for u in updates:
-        v = validate_bytes(first, ROUND, make_envelope(device_key, first_keys.kem, u))
+    for i, u in enumerate(updates):
+        v = validate_bytes(first, ROUND, make_envelope(device_key, first_keys.kem, u, device_id=f"dev-{i}"))
         first.accumulate(v)
         stored.append(v.stored)
     first.close()

@@ -25,7 +25,7 @@ def refused(frame: bytes) -> str:
 def test_calls_round_trip_through_their_encoding() -> None:
     # Prepare
     call = ec.ValidateUpdate(round_id=7, data=ec.Region(0, 10), kind="envelope", allowed_key_sources=("mlkem",),
-                             extra_secret=b"\x00\x01")  # fmt: skip
+                             extra_secret=b"\x00\x01", time_ms=1767139200000)  # fmt: skip
 
     # Execute / Assert
     assert ec.decode_call(ec.encode_call(call)) == call

@@ -91,13 +91,14 @@ def test_death_between_validate_and_accumulate_loses_no_update(
     kem = backend.public_keys().kem
     updates = [make_update(seed) for seed in range(4)]
     backend.begin_round(ROUND, base_model, spec)
-    run_updates(backend, [make_envelope(device_key, kem, u) for u in updates[:2]])
-    pending = validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[2]))  # the server stores it next
+    run_updates(backend, [make_envelope(device_key, kem, u, device_id=f"d{i}") for i, u in enumerate(updates[:2])])
+    # the server stores it next
+    pending = validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[2], device_id="d2"))
 
     # Execute: the enclave dies during accumulate; its held tensors are gone
     error = call_while_killed(backend, lambda: backend.accumulate(pending))
     backend.accumulate(pending)  # the orchestrator's retry after the restart
-    run_updates(backend, [make_envelope(device_key, kem, updates[3])])
+    run_updates(backend, [make_envelope(device_key, kem, updates[3], device_id="d3")])
 
     # Assert
     assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"
@@ -112,15 +113,15 @@ def test_a_hung_enclave_times_out_and_is_replaced(
     kem = backend.public_keys().kem
     updates = [make_update(seed) for seed in range(2)]
     backend.begin_round(ROUND, base_model, spec)
-    run_updates(backend, [make_envelope(device_key, kem, updates[0])])
+    run_updates(backend, [make_envelope(device_key, kem, updates[0], device_id="d0")])
     pid = backend.enclave.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
 
     # Execute
     with pytest.raises(EnclaveError) as err:
-        validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[1]))
-    run_updates(backend, [make_envelope(device_key, kem, updates[1])])
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, updates[1], device_id="d1"))
+    run_updates(backend, [make_envelope(device_key, kem, updates[1], device_id="d1")])
 
     # Assert
     assert err.value.reason == "enclave_unavailable"
@@ -136,7 +137,7 @@ def test_a_process_that_died_between_calls_is_restarted_before_the_next_call(
     kem = backend.public_keys().kem
     updates = [make_update(seed) for seed in range(3)]
     backend.begin_round(ROUND, base_model, spec)
-    run_updates(backend, [make_envelope(device_key, kem, u) for u in updates[:2]])
+    run_updates(backend, [make_envelope(device_key, kem, u, device_id=f"d{i}") for i, u in enumerate(updates[:2])])
     pid = backend.enclave.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -145,7 +146,7 @@ def test_a_process_that_died_between_calls_is_restarted_before_the_next_call(
         time.sleep(0.01)
 
     # Execute
-    run_updates(backend, [make_envelope(device_key, kem, updates[2])])
+    run_updates(backend, [make_envelope(device_key, kem, updates[2], device_id="d2")])
 
     # Assert
     assert backend.enclave.restarts == 1
@@ -159,7 +160,8 @@ def test_a_lost_checkpoint_fails_the_restore_instead_of_dropping_updates(
     backend = start_aggregator(config=EnclaveConfig(checkpoint_every=2))
     kem = backend.public_keys().kem
     backend.begin_round(ROUND, base_model, spec)
-    validated = run_updates(backend, [make_envelope(device_key, kem, make_update(seed)) for seed in range(3)])
+    validated = run_updates(
+        backend, [make_envelope(device_key, kem, make_update(seed), device_id=f"d{seed}") for seed in range(3)])
     deadline = time.monotonic() + 10
     while len(backend._rounds[ROUND].uncheckpointed) > 1 and time.monotonic() < deadline:  # noqa: SLF001
         backend.accumulate(validated[-1])  # counted already: only collects the finished checkpoint
@@ -167,12 +169,12 @@ def test_a_lost_checkpoint_fails_the_restore_instead_of_dropping_updates(
     state_dir = backend.enclave.launcher.work_dir / "state"  # type: ignore[attr-defined]
 
     # Execute: the enclave dies and its checkpoint disappears from the untrusted disk
-    envelope = make_envelope(device_key, kem, make_update(9))
+    envelope = make_envelope(device_key, kem, make_update(9), device_id="d9")
     error = call_while_killed(backend, lambda: validate_bytes(backend, ROUND, envelope))
     for checkpoint in state_dir.glob(f"round-{ROUND}-*.ckpt"):
         checkpoint.unlink()
     with pytest.raises(EnclaveError) as restore:
-        validate_bytes(backend, ROUND, make_envelope(device_key, kem, make_update(9)))
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, make_update(9), device_id="d9"))
 
     # Assert
     assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"

@@ -38,7 +38,7 @@ def test_a_checkpoint_signed_in_the_enclave_verifies_under_its_key_and_not_the_h
     _, sigs = parse_note(note)
     assert [s.key_id for s in sigs] == [enclave_key.ed25519.key_id, enclave_key.mldsa65.key_id]
     plain = Ed25519NoteVerifier(DEFAULT_ORIGIN, enclave_key.ed25519.public_bytes())
-    assert base64.b64decode(plain.verifier_key().split("+")[2])[0] == ED25519_SIGNATURE_TYPE == 0x01
+    assert base64.b64decode(plain.verifier_key().split("+", 2)[2])[0] == ED25519_SIGNATURE_TYPE == 0x01
     open_note(note, [plain])
     with pytest.raises(LedgerIntegrityError):
         host_key.open(note)

@@ -57,7 +57,8 @@ def test_update_accepted_bytes_are_exact() -> None:
         b'qflare-ledger-entry/v1\n{"device_id":"dev-1","envelope_sha256":"'
         + H.encode()
         + b'","event":"update_accepted",'
-        b'"round_id":3,"sample_count":600,"time_ms":1767139200000,"update_norm":"1.25","verdict":"accepted"}'
+        b'"producer_signature":null,"round_id":3,"sample_count":600,"time_ms":1767139200000,"update_norm":"1.25",'
+        b'"verdict":"accepted"}'
     )
 
 
@@ -71,7 +72,7 @@ def test_aggregate_published_bytes_are_exact() -> None:
     # Assert
     assert data.endswith(
         b'"parameters":{"beta":"0.1","k":2},"participants":[["dev-1","0.5"],["dev-2","0.5"]],'
-        b'"round_id":3,"rule":"trimmed_mean","time_ms":1767139200000}'
+        b'"producer_signature":null,"round_id":3,"rule":"trimmed_mean","time_ms":1767139200000}'
     )
 
 

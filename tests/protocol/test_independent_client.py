@@ -372,10 +372,20 @@ def test_operator_enrollment_then_heartbeat_task_model_and_upload(h: Harness, ke
 
     update = update_file({k: (v * 0.5).astype(v.dtype) for k, v in arrays.items()}, 42, "0.25")
     out = dev.ok_json(upload_target(rid), update, round_id=rid)
-    ledger = {k: out.pop(k) for k in ("ledger_index", "ledger_leaf_hash")}  # docs/protocol.md 11.5
+    ledger = {k: out.pop(k) for k in ("ledger_index", "ledger_leaf_hash", "ledger_entry")}  # docs/protocol.md 11.5
     assert out == {"round_id": rid, "device_id": "edge_0", "sha256": hashlib.sha256(update).hexdigest(),
                    "num_examples": 42}
     assert isinstance(ledger["ledger_index"], int) and len(ledger["ledger_leaf_hash"]) == 64
+    # The entry (docs/ledger.md): RFC 9162 leaf hash SHA-256(0x00 || entry), canonical JSON after the version line.
+    entry = base64.b64decode(ledger["ledger_entry"])
+    assert hashlib.sha256(b"\x00" + entry).hexdigest() == ledger["ledger_leaf_hash"]
+    version, _, body = entry.partition(b"\n")
+    fields = json.loads(body)
+    assert version == b"qflare-ledger-entry/v1"
+    assert body == json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    assert (fields["event"], fields["device_id"], fields["round_id"], fields["envelope_sha256"],
+            fields["sample_count"]) == ("update_accepted", "edge_0", rid, hashlib.sha256(update).hexdigest(), 42)
+    assert len(fields["producer_signature"]) == 2 * 3373
     # Once uploaded, the device waits.
     assert dev.ok_json("/v1/device/task")["status"] == "wait"
     # A target with a query is signed as such and accepted (section 10.2).

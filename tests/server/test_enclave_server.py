@@ -207,3 +207,42 @@ def test_the_server_process_never_holds_an_enclave_private_key_or_a_plaintext_up
 def test_attestation_endpoint_without_an_enclave_is_a_clear_404(harness: Harness) -> None:
     r = harness.client.get("/v1/enclave/attestation", params={"nonce": "00" * 32})
     assert r.status_code == 404 and r.json()["error"]["reason"] == "no_enclave"
+
+
+def test_the_enclave_writes_and_signs_the_update_and_aggregate_entries(eh: Harness) -> None:
+    from qflare.ledger.entries import AggregatePublished, UpdateAccepted, decode_event, verify_entry
+    from qflare.ledger.log import verify_log
+
+    # Prepare
+    h = eh
+    rid = h.open_round()
+    for d in ("edge_0", "edge_1", "edge_2"):
+        assert h.post(d, UPDATE.format(rid), h.update_blob(scale=0.5)).status_code == 200
+    audit, enclave = h.state.ledger, h.state.enclave
+    assert audit is not None and enclave is not None
+    enclave_key = enclave.public_keys().signing
+    log_key = audit.log_key
+
+    # Execute: what the host appended, entry by entry
+    events = [decode_event(audit.log.entry(i)) for i in range(audit.log.size())]
+    produced = [e for e in events if isinstance(e, UpdateAccepted | AggregatePublished)]
+
+    # Assert: every one carries the enclave's signature (the log key is the enclave's)
+    assert log_key.verify_key() == enclave_key
+    assert sorted(e.device_id for e in produced if isinstance(e, UpdateAccepted)) == ["edge_0", "edge_1", "edge_2"]
+    assert all(e.verdict == "accepted" and e.update_norm > 0 for e in produced if isinstance(e, UpdateAccepted))
+    (agg,) = [e for e in produced if isinstance(e, AggregatePublished)]
+    model = h.state.repo.get_model(1)
+    assert model is not None and agg.model_sha256 == model.sha256
+    assert sorted(d for d, _ in agg.participants) == ["edge_0", "edge_1", "edge_2"]
+    for e in produced:
+        verify_entry(e, enclave_key)
+    report = verify_log(audit.store, log_key, origin=audit.origin, entry_key=log_key.verify_key())
+    assert report.ok, report.problems
+    assert report.signed_entries == 4
+
+    # Execute / Assert: a compromised host that logs an aggregate itself cannot sign it with the log key
+    audit.round_closed(rid + 7, "cd" * 32, "fedavg", [("edge_9", 10_000)])
+    report = verify_log(audit.store, log_key, origin=audit.origin, entry_key=log_key.verify_key())
+    assert report.reasons == ["unsigned_entry"]
+    assert report.first_bad_index == audit.log.size() - 1

@@ -76,3 +76,27 @@ def test_the_enclave_quote_is_logged_at_start_and_once_per_enclave_identity(tmp_
         # Devices attesting the same enclave do not add entries.
         assert h.client.get("/v1/enclave/attestation", params={"nonce": "ab" * 16}).status_code == 200
         assert [e for e in _events(h) if e.EVENT == "enclave_quote_published"] == quotes
+
+
+def test_without_an_enclave_the_server_signs_update_and_aggregate_entries_with_the_log_key(harness: Harness) -> None:
+    from qflare.crypto.keyfile import read_public_key
+    from qflare.ledger.entries import SIGNED_EVENTS, verify_entry
+    from qflare.server.ledger import LOG_KEY_FILE
+
+    # Prepare
+    rid = harness.open_round()
+
+    # Execute
+    for d in ("edge_0", "edge_1", "edge_2"):
+        assert harness.post(d, f"/v1/device/rounds/{rid}/update", harness.update_blob()).status_code == 200
+
+    # Assert: four signed entries (three updates, one aggregate), under the published log key
+    ledger = harness.state.ledger
+    assert ledger is not None
+    pinned = read_public_key(Path(harness.state.config.server.key_dir) / LOG_KEY_FILE)
+    signed = [e for e in _events(harness) if isinstance(e, SIGNED_EVENTS)]
+    assert [e.EVENT for e in signed] == ["update_accepted"] * 3 + ["aggregate_published"]
+    for e in signed:
+        verify_entry(e, pinned)
+    report = verify_log(ledger.store, ledger.log_key, origin=ledger.origin, entry_key=pinned)
+    assert report.ok and report.signed_entries == 4

@@ -134,10 +134,11 @@ def verify(db: Db = None, url: Url = None, key: Key = None, origin: Origin = DEF
     src = _open(db, url, key, origin)
     if not src.trusted_key:
         console.print("[yellow]warning[/] no --key: checking against the keys the server itself publishes")
-    report = verify_log(src.store, src.key, origin=src.origin)
+    report = verify_log(src.store, src.key, origin=src.origin, entry_key=src.key.verify_key())
     if report.ok:
-        console.print(f"[green]ok[/] {report.size} entries, {report.checkpoints_checked} checkpoints verified "
-                      f"(origin {src.origin})")
+        console.print(f"[green]ok[/] {report.size} entries ({report.signed_entries} update/aggregate entries "
+                      f"signed by the log key), {report.checkpoints_checked} checkpoints verified "
+                      f"(origin {src.origin})", soft_wrap=True)
         return
     first = report.problems[0]
     where = f"entry {report.first_bad_index}" if report.first_bad_index is not None else (

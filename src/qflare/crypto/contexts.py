@@ -29,6 +29,8 @@ class SigningContext(enum.Enum):
     """An operator's signature enrolling a device public key."""
     REVOCATION = b"qflare/v1/revocation"
     """An operator's signature revoking a device."""
+    LEDGER_ENTRY = b"qflare/v1/ledger-entry"
+    """A ledger entry signed by the party that knows its fact (the enclave for updates and aggregates)."""
 
     @property
     def ctx(self) -> bytes:

@@ -3,7 +3,8 @@
 On each contact the device fetches the latest checkpoint, verifies it under the log key it pins (both
 halves of the hybrid signature) and, when configured, a k-of-n witness policy; then it checks that the
 new checkpoint extends the last one it verified (a consistency proof), and that each of its own
-accepted updates whose upload receipt named a leaf is included (an inclusion proof). A checkpoint
+accepted updates whose upload receipt named a leaf is included (an inclusion proof); the receipt's
+entry itself must name this update and carry the log key's producer signature. A checkpoint
 older than the last verified one (rollback), another root at the same size or a failing proof (fork),
 or a receipt's entry missing from the log raises :class:`~qflare.errors.LedgerIntegrityError`; the
 node logs the reason and stops.
@@ -14,6 +15,8 @@ file is given, persisted there (written to a temporary file and renamed over the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -27,11 +30,12 @@ import httpx
 from qflare.config import DeviceConfig
 from qflare.crypto import VerifyKey
 from qflare.crypto.keyfile import read_public_key
-from qflare.errors import ConfigError, LedgerIntegrityError, NotFound, QFlareError
+from qflare.errors import ConfigError, LedgerIntegrityError, MalformedPayload, NotFound, QFlareError
 from qflare.ledger import HybridLogKey, WitnessPolicy
 from qflare.ledger.checkpoint import Checkpoint, parse_checkpoint
 from qflare.ledger.cosignature import CosignatureVerifier
-from qflare.ledger.merkle import verify_consistency, verify_inclusion
+from qflare.ledger.entries import UpdateAccepted, decode_event, verify_entry
+from qflare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from qflare.ledger.note import parse_note, parse_verifier_key
 
 __all__ = ["HttpLedgerReader", "LedgerAuditor", "LedgerReader", "build_auditor"]
@@ -129,6 +133,7 @@ class LedgerAuditor:
         self.log_key = log_key
         self.witnesses = witnesses
         self.state_file = state_file
+        self._entry_key = log_key.verify_key()
         self._state = self._load()
         self._verified: Checkpoint | None = None
         if self._state.note is not None:
@@ -189,14 +194,56 @@ class LedgerAuditor:
             self.witnesses.check(note, self.log_key.verifiers())  # WitnessQuorumError: witness_quorum_not_met
         return cp
 
-    def expect(self, receipt: dict[str, Any]) -> None:
-        """Remember an upload receipt's ledger leaf, to be proven included after the next checkpoint."""
+    def expect(self, receipt: dict[str, Any], *, device_id: str | None = None,
+               update_sha256: str | None = None) -> None:
+        """Check an upload receipt's ledger entry and remember its leaf, to be proven included after the
+        next checkpoint.
+
+        The entry (``ledger_entry``) must hash to the named leaf, be an ``update_accepted`` entry for this
+        device (``device_id``), round, update (``update_sha256``) and sample count, and carry a producer
+        signature under the pinned log key: with an enclave, the enclave's own statement that it accepted
+        this update, which the host cannot write.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            ``receipt_entry_malformed``, ``receipt_entry_mismatch``, ``unsigned_entry`` or
+            ``invalid_entry_signature``. Final: stop.
+        """
         index, leaf = receipt.get("ledger_index"), receipt.get("ledger_leaf_hash")
         if index is None or leaf is None:
             log.warning("the upload receipt names no ledger entry: its inclusion cannot be checked")
             return
-        self._state.pending.append((int(index), bytes.fromhex(str(leaf))))
+        try:
+            leaf_bytes = bytes.fromhex(str(leaf))
+        except ValueError:
+            raise _refuse("the upload receipt's leaf hash is not hex", "receipt_entry_malformed") from None
+        self._check_entry(receipt, leaf_bytes, device_id, update_sha256)
+        self._state.pending.append((int(index), leaf_bytes))
         self._save()
+
+    def _check_entry(self, receipt: dict[str, Any], leaf: bytes, device_id: str | None,
+                     update_sha256: str | None) -> None:
+        raw = receipt.get("ledger_entry")
+        if raw is None:
+            log.warning("the upload receipt carries no ledger entry: its producer signature cannot be checked")
+            return
+        try:
+            entry = base64.b64decode(str(raw), validate=True)
+            event = decode_event(entry)
+        except (binascii.Error, ValueError, MalformedPayload) as exc:
+            raise _refuse(f"the upload receipt's ledger entry does not decode ({exc})",
+                          "receipt_entry_malformed") from None
+        if leaf_hash(entry) != leaf:
+            raise _refuse("the upload receipt's ledger entry does not hash to its leaf", "receipt_entry_mismatch")
+        want = {"device_id": device_id if device_id is not None else receipt.get("device_id"),
+                "round_id": receipt.get("round_id"), "sample_count": receipt.get("num_examples"),
+                "envelope_sha256": update_sha256 if update_sha256 is not None else receipt.get("sha256")}
+        got = {k: getattr(event, k, None) for k in want}
+        if not isinstance(event, UpdateAccepted) or got != want:
+            raise _refuse(f"the upload receipt's ledger entry is not this update's acceptance ({event.EVENT}: "
+                          f"{got} for {want})", "receipt_entry_mismatch")
+        verify_entry(event, self._entry_key)  # LedgerIntegrityError: unsigned_entry / invalid_entry_signature
 
     def check(self) -> Checkpoint | None:
         """Fetch and verify the latest checkpoint against the last verified one; check pending receipts.

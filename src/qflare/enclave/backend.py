@@ -16,8 +16,9 @@ update id once, so replays never double-count.
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -92,6 +93,9 @@ class EnclaveAggregator:
         self._lock = enclave.lock  # one lock for both: restart hooks run inside enclave calls
         self._rounds: dict[int, _HostRound] = {}
         self._signatures: OrderedDict[int, bytes] = OrderedDict()
+        self._entries: OrderedDict[int, bytes | None] = OrderedDict()  # round -> signed aggregate_published
+        self.clock: Callable[[], float] = time.time
+        """The time written into the enclave's signed ledger entries (the server sets its own clock)."""
         # Registrations handed to the enclave (re-sent after a restart), and who signs new ones.
         self._registered: dict[str, tuple[DeviceRegistration, bytes, bytes]] = {}
         self.registrar: DeviceRegistrar | None = None
@@ -156,7 +160,7 @@ class EnclaveAggregator:
             raise TypeError("this EnclaveAggregator validates plaintext updates (PlainUpdate) only")
         with self._lock:
             self._host_round(round_id)
-            receipt = self.enclave.validate_update(round_id, update.data, kind="plaintext")
+            receipt = self.enclave.validate_update(round_id, update.data, kind="plaintext", time_ms=self._now_ms())
         return self._validated(round_id, receipt)
 
     def validate_envelope(
@@ -182,7 +186,8 @@ class EnclaveAggregator:
             if self.registrar is not None:
                 self.sync_device(parse_envelope(envelope, max_size=max(len(envelope), 1)).device_id)
             receipt = self.enclave.validate_update(
-                round_id, envelope, kind="envelope", allowed_key_sources=sources, extra_secret=extra_secret
+                round_id, envelope, kind="envelope", allowed_key_sources=sources, extra_secret=extra_secret,
+                time_ms=self._now_ms(),
             )
         return self._validated(round_id, receipt)
 
@@ -196,7 +201,12 @@ class EnclaveAggregator:
             size_bytes=receipt.size_bytes,
             stored=receipt.stored,
             handle=EnclaveUpdateHandle(update_id=receipt.update_id, request_hash=receipt.request_hash),
+            norm=receipt.norm,
+            ledger_entry=receipt.ledger_entry,
         )
+
+    def _now_ms(self) -> int:
+        return max(0, int(round(self.clock() * 1000)))
 
     def _drop_covered(self, covered: tuple[str, ...]) -> None:
         """Forget stored copies a sealed checkpoint now holds (ids are unique across rounds)."""
@@ -256,16 +266,25 @@ class EnclaveAggregator:
         """Aggregate and sign the round; returns the new global model. See :meth:`model_signature`."""
         with self._lock:
             self._host_round(round_id)
-            done = self.enclave.finalize(round_id)
+            done = self.enclave.finalize(round_id, time_ms=self._now_ms())
             del self._rounds[round_id]
             self._signatures[round_id] = done.signature
+            self._entries[round_id] = done.ledger_entry
             while len(self._signatures) > _KEEP_SIGNATURES:
                 self._signatures.popitem(last=False)
+            while len(self._entries) > _KEEP_SIGNATURES:
+                self._entries.popitem(last=False)
             try:
                 self.enclave.abort_round(round_id)  # drop the checkpoint now that the result is out
             except EnclaveError:
                 pass  # the stale checkpoint is replaced when the round id is begun again
             return done.model
+
+    def published_entry(self, round_id: int) -> bytes | None:
+        """The enclave-signed ``aggregate_published`` ledger entry of a finalized round (``None`` if it made
+        none: a plaintext update was counted)."""
+        with self._lock:
+            return self._entries.get(round_id)
 
     def model_signature(self, round_id: int) -> bytes:
         """The enclave's signature over the model :meth:`finalize` returned for ``round_id``.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -64,6 +65,10 @@ class OpenedRequest:
     payload: bytes
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 @dataclass(frozen=True)
 class UpdateReceipt:
     """An update the enclave validated: the handle, metadata and the stored form (ciphertext) to persist."""
@@ -75,6 +80,9 @@ class UpdateReceipt:
     sha256: str
     size_bytes: int
     stored: bytes
+    norm: float | None = None
+    ledger_entry: bytes | None = None
+    """The enclave-signed ``update_accepted`` entry (envelope updates)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class FinalizedRound:
     signature: bytes
     count: int
     total_examples: int
+    ledger_entry: bytes | None = None
+    """The enclave-signed ``aggregate_published`` entry."""
 
 
 class Enclave:
@@ -389,13 +399,19 @@ class Enclave:
         kind: str,
         allowed_key_sources: Collection[str] = (),
         extra_secret: bytes | None = None,
+        time_ms: int | None = None,
     ) -> UpdateReceipt:
-        """Validate an update (``kind`` ``"envelope"`` or ``"plaintext"``); it stays inside, sealed copy out."""
+        """Validate an update (``kind`` ``"envelope"`` or ``"plaintext"``); it stays inside, sealed copy out.
+
+        ``time_ms`` (default: now) is the time the enclave writes into the update's signed ledger entry.
+        """
         sources = tuple(sorted(allowed_key_sources))
+        when = _now_ms() if time_ms is None else time_ms
         result, running = self._with_input(
             data,
             lambda r: ec.ValidateUpdate(
-                round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret
+                round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret,
+                time_ms=when,
             ),
         )
         sealed = self._output(running, result.sealed)
@@ -413,6 +429,8 @@ class Enclave:
             sha256=result.sha256,
             size_bytes=result.size_bytes,
             stored=stored,
+            norm=result.norm,
+            ledger_entry=result.ledger_entry,
         )
 
     def accumulate(self, round_id: int, update_id: str) -> ec.AccumulatedResult:
@@ -425,14 +443,18 @@ class Enclave:
         result, _ = self._with_input(sealed, lambda r: ec.Replay(round_id=round_id, sealed=r))
         return result  # type: ignore[no-any-return]
 
-    def finalize(self, round_id: int) -> FinalizedRound:
-        """Aggregate and sign; the round is forgotten inside (its checkpoint stays until :meth:`abort_round`)."""
-        result, running = self._call(lambda _running: ec.Finalize(round_id=round_id))
+    def finalize(self, round_id: int, *, time_ms: int | None = None) -> FinalizedRound:
+        """Aggregate and sign; the round is forgotten inside (its checkpoint stays until :meth:`abort_round`).
+
+        ``time_ms`` (default: now) goes into the round's signed ``aggregate_published`` entry."""
+        when = _now_ms() if time_ms is None else time_ms
+        result, running = self._call(lambda _running: ec.Finalize(round_id=round_id, time_ms=when))
         return FinalizedRound(
             model=self._output(running, result.model),
             signature=result.signature,
             count=result.count,
             total_examples=result.total_examples,
+            ledger_entry=result.ledger_entry,
         )
 
     def abort_round(self, round_id: int) -> None:

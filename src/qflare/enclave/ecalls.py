@@ -154,6 +154,10 @@ class UpdateReceiptResult:
     ``stored_form`` ``"sealed"``: ``sealed`` is the whole stored update. ``"envelope"``: ``sealed`` is
     the sealed key blob, and the host stores it wrapped with the envelope it sent
     (:func:`qflare.enclave.stored.stored_envelope`), so the envelope does not cross back.
+
+    ``norm``: the L2 norm of the update's step from the round's base model. ``ledger_entry``: the
+    canonical ``update_accepted`` ledger entry, signed with the enclave's key (envelope updates only;
+    ``docs/ledger.md``, "Signed entries").
     """
 
     stored_form: str
@@ -164,6 +168,8 @@ class UpdateReceiptResult:
     sha256: str
     size_bytes: int
     sealed: Region
+    norm: float | None
+    ledger_entry: bytes | None
 
 
 @dataclass(frozen=True)
@@ -182,12 +188,14 @@ class AccumulatedResult:
 
 @dataclass(frozen=True)
 class FinalizedResult:
-    """The new global model (in the region) and the enclave's signature over it."""
+    """The new global model (in the region), the enclave's signature over it, and the round's signed
+    ``aggregate_published`` ledger entry (``None`` when a counted update came without a device id)."""
 
     model: Region
     signature: bytes
     count: int
     total_examples: int
+    ledger_entry: bytes | None
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,7 @@ class ValidateUpdate(Ecall):
     kind: str
     allowed_key_sources: tuple[str, ...]
     extra_secret: bytes | None
+    time_ms: int
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,7 @@ class Finalize(Ecall):
     name: ClassVar[str] = "finalize"
     result: ClassVar[type[Any]] = FinalizedResult
     round_id: int
+    time_ms: int
 
 
 @dataclass(frozen=True)

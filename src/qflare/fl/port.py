@@ -57,6 +57,8 @@ class ValidatedUpdate:
     update in process; a sealed blob behind an enclave). ``handle`` is opaque to the server: the
     backend's reference to the validated tensors, which stay on the backend's side of the boundary.
     ``norm`` is the L2 norm of the update's step from the round's base model, when the backend computed it.
+    ``ledger_entry`` is the update's ``update_accepted`` ledger entry when the backend produces and signs
+    it itself (the enclave does; ``docs/ledger.md``, "Signed entries"), else ``None``.
     """
 
     round_id: int
@@ -67,6 +69,7 @@ class ValidatedUpdate:
     stored: bytes = field(repr=False, compare=False)
     handle: Any = field(repr=False, compare=False)
     norm: float | None = None
+    ledger_entry: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable
@@ -96,6 +99,10 @@ class AggregationBackend(Protocol):
 
     def model_signature(self, round_id: int) -> bytes | None:
         """The backend's signature over the model ``finalize`` returned, or ``None`` if it does not sign."""
+
+    def published_entry(self, round_id: int) -> bytes | None:
+        """The round's ``aggregate_published`` ledger entry as the backend produced and signed it, or
+        ``None`` if it does not (the server's ledger then writes and signs it)."""
 
     def sign_round_task(self, round_id: int, model_sha256: str, deadline_at: float) -> bytes | None:
         """A signature binding round, base model and deadline, or ``None`` if the backend does not sign."""

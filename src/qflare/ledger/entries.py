@@ -24,9 +24,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
-from qflare.errors import MalformedPayload
+from qflare.crypto.contexts import SigningContext
+from qflare.crypto.signing import SIGNATURE_SIZE, SigningKey, VerifyKey
+from qflare.errors import InvalidSignature, LedgerIntegrityError, MalformedPayload
 
 __all__ = [
     "ENTRY_PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "DeviceRevoked",
     "EnclaveQuotePublished",
     "KeySourceRefused",
+    "SIGNED_EVENTS",
     "LedgerEvent",
     "QkdLinkAborted",
     "RoundClosed",
@@ -47,6 +50,9 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_fields",
+    "sign_entry",
+    "signed_message",
+    "verify_entry",
 ]
 
 ENTRY_PREFIX: Final = b"qflare-ledger-entry/v1\n"
@@ -184,6 +190,7 @@ class UpdateAccepted(LedgerEvent):
     update_norm: float
     verdict: str
     time_ms: int
+    producer_signature: str | None = None
     EVENT: ClassVar[str] = "update_accepted"
     SPEC: ClassVar[Mapping[str, str]] = {
         "device_id": "str",
@@ -193,6 +200,7 @@ class UpdateAccepted(LedgerEvent):
         "update_norm": "real",
         "verdict": "str",
         "time_ms": "int",
+        "producer_signature": "opt_signature",
     }
 
 
@@ -223,6 +231,7 @@ class AggregatePublished(LedgerEvent):
     parameters: Mapping[str, str | int]
     participants: tuple[tuple[str, float], ...]
     time_ms: int
+    producer_signature: str | None = None
     EVENT: ClassVar[str] = "aggregate_published"
     SPEC: ClassVar[Mapping[str, str]] = {
         "round_id": "int",
@@ -231,6 +240,7 @@ class AggregatePublished(LedgerEvent):
         "parameters": "params",
         "participants": "weights",
         "time_ms": "int",
+        "producer_signature": "opt_signature",
     }
 
 
@@ -325,6 +335,11 @@ def _to_json(kind: str, value: object, name: str) -> object:
         return _check_str(value, name)
     if kind == "int":
         return _check_int(value, name)
+    if kind == "signature":
+        if not isinstance(value, str) or len(value) != 2 * SIGNATURE_SIZE or not _HEX.fullmatch(value):
+            raise _bad(f"{name} must be {2 * SIGNATURE_SIZE} lowercase hex digits (a composite signature)",
+                       "bad_entry_field")
+        return value
     if kind in ("sha256", "hex"):
         s = _check_str(value, name)
         if not (_HEX64 if kind == "sha256" else _HEX).fullmatch(s):
@@ -441,3 +456,45 @@ def decode_event(data: bytes) -> LedgerEvent:
 def event_fields(event: LedgerEvent) -> dict[str, object]:
     """The event's fields as a dict (for display)."""
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+
+
+# -------------------------------------------------------------------------------- signed entries
+
+SIGNED_EVENTS: Final[tuple[type[LedgerEvent], ...]] = (UpdateAccepted, AggregatePublished)
+"""Events whose entry must carry ``producer_signature``: the log key's composite signature, made where
+the fact is known (inside the enclave when one runs), so a host cannot log an update or an aggregate
+the enclave did not produce (``docs/ledger.md``, "Signed entries")."""
+
+
+S = TypeVar("S", UpdateAccepted, AggregatePublished)
+
+
+def signed_message(event: UpdateAccepted | AggregatePublished) -> bytes:
+    """What ``producer_signature`` signs: the entry's canonical bytes with ``producer_signature`` null."""
+    return encode_event(dataclasses.replace(event, producer_signature=None))
+
+
+def sign_entry(event: S, key: SigningKey) -> S:
+    """``event`` with its ``producer_signature`` (composite ML-DSA-65 + Ed25519, context
+    ``qflare/v1/ledger-entry``) over :func:`signed_message`."""
+    sig = key.sign(signed_message(event), SigningContext.LEDGER_ENTRY)
+    return dataclasses.replace(event, producer_signature=sig.hex())
+
+
+def verify_entry(event: LedgerEvent, key: VerifyKey) -> None:
+    """Check a :data:`SIGNED_EVENTS` entry's ``producer_signature`` under ``key``; other events pass.
+
+    Raises
+    ------
+    LedgerIntegrityError
+        ``unsigned_entry`` (no signature) or ``invalid_entry_signature``.
+    """
+    if not isinstance(event, UpdateAccepted | AggregatePublished):
+        return
+    if event.producer_signature is None:
+        raise LedgerIntegrityError(f"{event.EVENT} entry carries no producer signature", reason="unsigned_entry")
+    try:
+        key.verify(bytes.fromhex(event.producer_signature), signed_message(event), SigningContext.LEDGER_ENTRY)
+    except InvalidSignature:
+        raise LedgerIntegrityError(f"{event.EVENT} entry's producer signature does not verify under the log key",
+                                   reason="invalid_entry_signature") from None

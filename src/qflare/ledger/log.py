@@ -20,9 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from qflare.errors import ConfigError, InvalidInput, LedgerIntegrityError, NotFound
+from qflare.crypto.signing import VerifyKey
+from qflare.errors import ConfigError, InvalidInput, LedgerIntegrityError, MalformedPayload, NotFound
 from qflare.ledger.checkpoint import Checkpoint, parse_checkpoint
-from qflare.ledger.entries import LedgerEvent, encode_event
+from qflare.ledger.entries import SIGNED_EVENTS, LedgerEvent, decode_event, encode_event, verify_entry
 from qflare.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -302,6 +303,8 @@ class VerificationReport:
     size: int
     checkpoints_checked: int
     problems: list[Problem] = field(default_factory=list)
+    signed_entries: int = 0
+    """Entries whose producer signature verified (only counted with ``entry_key``)."""
 
     @property
     def ok(self) -> bool:
@@ -333,6 +336,7 @@ def verify_log(
     verifiers: HybridLogKey | Sequence[NoteVerifier],
     *,
     origin: str | None = None,
+    entry_key: VerifyKey | None = None,
 ) -> VerificationReport:
     """Check a whole stored log from scratch (backs ``qflare ledger verify``).
 
@@ -341,6 +345,14 @@ def verify_log(
     signatures (with a :class:`HybridLogKey`, both halves are required), origin, size and root; and
     checks each step between consecutive checkpoints: no rollback, no fork (same size, other root),
     and a consistency proof served from the stored tiles that verifies between their roots.
+
+    With ``entry_key`` (the log's composite key, :meth:`HybridLogKey.verify_key`; ``qflare ledger
+    verify`` passes it, a generic tlog is checked without) every entry must also decode as a QFLARE
+    event (``malformed_entry`` and the other :func:`~qflare.ledger.entries.decode_event` reasons),
+    and every ``update_accepted`` and
+    ``aggregate_published`` entry must carry a producer signature under that key (``unsigned_entry``,
+    ``invalid_entry_signature``): with an enclave, the log key is the enclave's, so the host cannot
+    add an update or an aggregate the enclave did not produce.
 
     Never raises for a bad log: every finding is a :class:`Problem` in the report.
     """
@@ -352,6 +364,7 @@ def verify_log(
     cr = CompactRange()
     tile_rows: dict[TileKey, bytes | None] = {}
     entry_problems = 0
+    signed = 0
 
     def report(
         reason: str, message: str, index: int | None = None, checkpoint: int | None = None, exact: bool = True
@@ -389,6 +402,14 @@ def verify_log(
             if h != sh and entry_problems < _MAX_ENTRY_PROBLEMS:
                 entry_problems += 1
                 report("leaf_hash_mismatch", f"entry {start + i} does not hash to its stored leaf hash", start + i)
+            if entry_key is not None and entry_problems < _MAX_ENTRY_PROBLEMS:
+                try:
+                    event = decode_event(entry)
+                    verify_entry(event, entry_key)
+                    signed += isinstance(event, SIGNED_EVENTS)
+                except (MalformedPayload, LedgerIntegrityError) as exc:
+                    entry_problems += 1
+                    report(exc.reason, f"entry {start + i}: {exc.message}", start + i)
             cr.append(h, on_node)
             if cr.size in wanted:
                 roots[cr.size] = cr.root()
@@ -448,4 +469,4 @@ def verify_log(
                 except LedgerIntegrityError as exc:
                     report("inconsistent_checkpoints", f"checkpoints {pseq} -> {seq}: {exc.message}", checkpoint=seq)
         prev = (seq, cp)
-    return VerificationReport(n_checked, len(stored_cps), problems)
+    return VerificationReport(n_checked, len(stored_cps), problems, signed)

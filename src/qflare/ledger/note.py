@@ -215,6 +215,10 @@ class Mldsa65NoteVerifier(_KeyedVerifier):
     def __init__(self, name: str, public_key: bytes) -> None:
         self._bind(name, Mldsa65Verifier, public_key)
 
+    def public_bytes(self) -> bytes:
+        """The 1952-byte public key."""
+        return bytes(self._key.public_bytes())
+
     def verify(self, text: bytes, signature: bytes) -> None:
         try:
             self._key.verify(signature, MLDSA65_NOTE_DOMAIN + text, MLDSA65_NOTE_CONTEXT)
@@ -477,6 +481,11 @@ class HybridLogKey:
     def verifiers(self) -> list[NoteVerifier]:
         """Both verifiers."""
         return [self.ed25519, self.mldsa65]
+
+    def verify_key(self) -> VerifyKey:
+        """The composite ML-DSA-65 + Ed25519 public key (``mldsaPK || edPK``) the two halves come from:
+        what checks the log's signed entries (:func:`qflare.ledger.entries.verify_entry`)."""
+        return VerifyKey.from_bytes(self.mldsa65.public_bytes() + self.ed25519.public_bytes())
 
     def open(self, msg: bytes, extra: Iterable[NoteVerifier] = ()) -> Note:
         """Open a note and require both halves.

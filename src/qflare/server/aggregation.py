@@ -107,6 +107,10 @@ class InProcessAggregator:
         with self._lock:
             self._rounds.pop(round_id, None)
 
+    def published_entry(self, round_id: int) -> bytes | None:
+        """In process there is no enclave: the server's ledger writes and signs the entry."""
+        return None
+
     def model_signature(self, round_id: int) -> bytes | None:
         return None  # nothing to attest in process: the server itself is the trust anchor
 

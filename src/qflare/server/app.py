@@ -75,6 +75,7 @@ def build_state(
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
         enclave = launch_enclave(config)
+        enclave.clock = clock  # the time in the enclave's signed ledger entries
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))

@@ -8,8 +8,9 @@ by :meth:`AuditLog.tick` when entries were added and ``checkpoint_interval`` sec
 
 Checkpoints are signed by the enclave when one runs (:class:`EnclaveNoteSigner`, the ``sign_note``
 ecall: the log key is the enclave's composite signing key), else with the server's local composite key
-(:class:`qflare.server.keys.ServerKeys`). Not done yet (``docs/ledger.md``): the update/aggregate
-entries are written by the host, not produced by the enclave.
+(:class:`qflare.server.keys.ServerKeys`). The ``update_accepted`` and ``aggregate_published`` entries
+carry a producer signature under the log key (``docs/ledger.md``, "Signed entries"): behind an enclave
+the enclave makes and signs them (the host only appends its bytes), in process the server signs them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import SigningKey, VerifyKey
@@ -38,7 +39,10 @@ from qflare.ledger.entries import (
     RoundOpened,
     UpdateAccepted,
     UpdateRefused,
+    decode_event,
     encode_event,
+    sign_entry,
+    verify_entry,
 )
 from qflare.ledger.merkle import leaf_hash
 from qflare.ledger.note import NoteSigner, parse_note, parse_verifier_key
@@ -58,6 +62,14 @@ LOG_KEY_FILE = "ledger-log.pub"
 when an enclave runs, else a copy of ``server-sign.pub``); devices and ``qflare ledger verify`` pin it."""
 
 
+Produced = TypeVar("Produced", UpdateAccepted, AggregatePublished)
+# The fields on which an enclave-made entry must agree with the host's own view of the fact.
+_AGREE: dict[type[LedgerEvent], tuple[str, ...]] = {
+    UpdateAccepted: ("device_id", "round_id", "envelope_sha256", "sample_count"),
+    AggregatePublished: ("round_id", "model_sha256"),
+}
+
+
 def _ms(t: float) -> int:
     return max(0, int(round(t * 1000)))
 
@@ -70,13 +82,21 @@ class LogSigner(NoteSigner, Protocol):
 
     def log_key(self) -> HybridLogKey: ...
 
+    def sign_entry(self, event: Produced) -> Produced | None:
+        """``event`` with its producer signature, or ``None`` if this signer does not sign entries (an
+        enclave signs its own entries inside)."""
+
 
 class LocalNoteSigner(HybridNoteSigner):
-    """:class:`HybridNoteSigner` over a host-held composite key (no enclave)."""
+    """:class:`HybridNoteSigner` over a host-held composite key (no enclave): it signs entries too."""
 
     def __init__(self, origin: str, key: SigningKey) -> None:
         super().__init__(origin, key, TOKEN)
         self.public_key = key.public_key()
+        self._key = key
+
+    def sign_entry(self, event: Produced) -> Produced | None:
+        return sign_entry(event, self._key)
 
 
 class EnclaveNoteSigner:
@@ -103,6 +123,9 @@ class EnclaveNoteSigner:
 
     def log_key(self) -> HybridLogKey:
         return self._key
+
+    def sign_entry(self, event: Produced) -> Produced | None:
+        return None  # the enclave signs its entries where it makes them (validate_update, finalize)
 
     def sign_note(self, text: bytes) -> list[NoteSignature]:
         """Raises ``LedgerIntegrityError`` if the enclave's lines do not verify under its key
@@ -210,10 +233,18 @@ class AuditLog:
             del self._receipts[next(iter(self._receipts))]
         self._receipts[envelope_sha256] = (index, leaf)
 
-    def receipt(self, envelope_sha256: str) -> tuple[int, bytes] | None:
-        """``(leaf index, leaf hash)`` of the ``update_accepted`` entry of that envelope, if written."""
+    def receipt(self, envelope_sha256: str) -> tuple[int, bytes, bytes] | None:
+        """``(leaf index, leaf hash, entry bytes)`` of the ``update_accepted`` entry of that update, if written."""
         with self.lock:
-            return self._receipts.get(envelope_sha256)
+            found = self._receipts.get(envelope_sha256)
+            if found is None:
+                return None
+            try:
+                entry = self.log.entry(found[0])
+            except Exception:  # noqa: BLE001 - the receipt then names no entry; the upload stays accepted
+                log.exception("ledger entry %d unreadable for a receipt", found[0])
+                return None
+            return found[0], found[1], entry
 
     def checkpoint(self) -> bytes | None:
         """Flush and issue a signed checkpoint for the current size (``None`` if that failed)."""
@@ -297,29 +328,64 @@ class AuditLog:
     def round_opened(self, round_id: int, model_sha256: str, rule: str, deadline_at: float) -> None:
         self.record(RoundOpened(round_id, model_sha256, rule, _ms(deadline_at), _ms(self.clock())))
 
+    def _produced(self, made: Produced, entry: bytes | None) -> LedgerEvent:
+        """The entry to append for a fact the backend may have produced itself.
+
+        ``entry`` (the enclave's signed bytes) is appended as it is: it is the enclave's statement, and
+        the host's own view (``made``) is only compared with it (a disagreement is logged at ERROR, as is
+        a signature that does not verify under the log key: ``qflare ledger verify`` then names the entry).
+        Without ``entry`` the host's ``made`` is signed by the log signer when it holds the key (no enclave),
+        else appended unsigned (logged; ``verify`` reports ``unsigned_entry``).
+        """
+        if entry is not None:
+            try:
+                event = decode_event(entry)
+            except MalformedPayload as exc:
+                log.error("the backend's %s entry does not decode (%s); writing the host's view", made.EVENT,
+                          exc.reason)
+            else:
+                if type(event) is not type(made) or any(
+                    getattr(event, f) != getattr(made, f) for f in _AGREE[type(made)]
+                ):
+                    log.error("the backend's %s entry disagrees with the host's view: %s", made.EVENT,
+                              {f: (getattr(event, f, None), getattr(made, f)) for f in _AGREE[type(made)]})
+                try:
+                    verify_entry(event, self.signer.public_key)
+                except LedgerIntegrityError as exc:
+                    log.error("the backend's %s entry: %s", made.EVENT, exc.message)
+                return event
+        signed = self.signer.sign_entry(made)
+        if signed is None:
+            log.error("no producer signature for the %s entry of round %d: appended unsigned", made.EVENT,
+                      made.round_id)
+            return made
+        return signed
+
     def update_accepted(
-        self, device_id: str, round_id: int, sha256: str, num_examples: int, norm: float | None
+        self, device_id: str, round_id: int, sha256: str, num_examples: int, norm: float | None,
+        *, entry: bytes | None = None,
     ) -> None:
-        # The rule's verdict: "accepted" with the norm the backend computed; when no norm bound is
-        # configured the backend computes none and the entry says so (norm 0).
+        """``entry``: the backend's signed ``update_accepted`` bytes (behind an enclave), appended as they are."""
+        # The rule's verdict: "accepted" with the norm the backend computed; a backend that computes no
+        # norm (no bound, in process) makes the entry say so (norm 0).
         verdict = "accepted" if norm is not None else "accepted_norm_unchecked"
-        self.record(UpdateAccepted(device_id, round_id, sha256, num_examples, float(norm or 0.0), verdict,
-                                   _ms(self.clock())))
+        made = UpdateAccepted(device_id, round_id, sha256, num_examples, float(norm or 0.0), verdict,
+                              _ms(self.clock()))
+        self.record(self._produced(made, entry))
 
     def update_refused(self, reason: str, device_id: str | None, round_id: int | None) -> None:
         self.record(UpdateRefused(reason, device_id, round_id, _ms(self.clock())))
 
     def round_closed(
-        self, round_id: int, model_sha256: str, rule: str, participants: Sequence[tuple[str, int]]
+        self, round_id: int, model_sha256: str, rule: str, participants: Sequence[tuple[str, int]],
+        *, entry: bytes | None = None,
     ) -> None:
         """The round aggregated: ``round_closed`` and ``aggregate_published`` (weights = sample counts),
-        then a checkpoint."""
+        then a checkpoint. ``entry``: the backend's signed ``aggregate_published`` bytes (behind an enclave)."""
         now = _ms(self.clock())
         weights = tuple((d, float(n)) for d, n in participants)
-        self.record(
-            RoundClosed(round_id, len(participants), now),
-            AggregatePublished(round_id, model_sha256, rule, {"weighting": "num_examples"}, weights, now),
-        )
+        made = AggregatePublished(round_id, model_sha256, rule, {"weighting": "num_examples"}, weights, now)
+        self.record(RoundClosed(round_id, len(participants), now), self._produced(made, entry))
         self.checkpoint()
 
     def key_source_refused(self, key_source: str, reason: str, device_id: str | None) -> None:

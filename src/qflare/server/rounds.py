@@ -299,7 +299,8 @@ class Orchestrator:
             log.warning("enclave unavailable while counting an accepted update; retrying once (it restarts)")
             self.backend.accumulate(update)
         if self.ledger is not None:
-            self.ledger.update_accepted(device_id, update.round_id, update.sha256, update.num_examples, update.norm)
+            self.ledger.update_accepted(device_id, update.round_id, update.sha256, update.num_examples, update.norm,
+                                        entry=update.ledger_entry)
         return record
 
     # -- the clock -------------------------------------------------------------------------------
@@ -469,7 +470,8 @@ class Orchestrator:
                 self.reputation.strike(u.device_id, rnd.round_id, f"flagged by {self.config.aggregation.rule}")
         if self.ledger is not None:
             self.ledger.round_closed(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
-                                     [(u.device_id, u.num_examples) for u in updates])
+                                     [(u.device_id, u.num_examples) for u in updates],
+                                     entry=self.backend.published_entry(rnd.round_id))
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 

@@ -98,6 +98,9 @@ class UpdateAccepted(_Out):
     # after the next checkpoint); absent without a ledger or while the append is pending.
     ledger_index: int | None = None
     ledger_leaf_hash: str | None = None
+    # The entry itself (base64): the device checks it names its update and carries the log key's
+    # signature (the enclave's, when one runs) before it waits for the inclusion proof.
+    ledger_entry: str | None = None
 
 
 class Heartbeat(_Out):

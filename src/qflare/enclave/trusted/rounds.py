@@ -18,7 +18,7 @@ from typing import Final
 
 import numpy as np
 
-from qflare.errors import InvalidInput, QFlareError
+from qflare.errors import DuplicateUpdate, InvalidInput, QFlareError
 from qflare.fl.aggregate import Accumulator, AccumulatorState
 from qflare.fl.checks import ParsedUpdate
 from qflare.fl.spec import ModelSpec
@@ -50,7 +50,8 @@ class RoundState:
     base_sha256:
         Hex SHA-256 of the global model the round starts from.
     base:
-        The base model's tensors, kept only when the norm bound or the strategy needs them.
+        The base model's tensors (each update's step norm is measured from them; the rule gets them
+        only if it needs a reference).
     strategy:
         The configured aggregation rule (measured with the enclave's configuration).
     """
@@ -66,15 +67,26 @@ class RoundState:
     checkpointed_count: int = 0
     # Header hashes of the update envelopes validated or replayed in this round.
     seen_envelopes: set[bytes] = field(default_factory=set)
+    # Per counted update (same order as ``included``): the device that sent it (``None`` for a plaintext
+    # update, whose sender the enclave does not know) and its sample count: the aggregate's participants.
+    participants: list[tuple[str | None, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.acc = self.strategy.accumulator(self.spec, reference=self.base)
+        self.acc = self.strategy.accumulator(self.spec, reference=self._rule_reference)
         self._included_set: set[str] = set(self.included)
+        self._devices: set[str] = {d for d, _ in self.participants if d is not None}
+        self._pending_devices: dict[str, str | None] = {}
 
     @property
     def since_checkpoint(self) -> int:
         """Updates counted since the last checkpoint was taken."""
         return len(self.included) - self.checkpointed_count
+
+    @property
+    def _rule_reference(self) -> NDArrays | None:
+        """The base model for a rule that measures steps from it; other rules get none (the base is then
+        kept only to report each update's norm)."""
+        return self.base if self.strategy.needs_reference else None
 
     def counted(self, update_id: str) -> bool:
         """Whether ``update_id`` is already in the aggregate."""
@@ -84,18 +96,41 @@ class RoundState:
         """Whether an update envelope with this header hash was already validated in this round."""
         return header_hash in self.seen_envelopes
 
-    def hold(self, update_id: str, update: ParsedUpdate, *, limit: int) -> None:
-        """Keep a validated update until ``accumulate``; drop the oldest beyond ``limit``."""
+    def hold(self, update_id: str, update: ParsedUpdate, *, limit: int, device_id: str | None = None) -> None:
+        """Keep a validated update (of ``device_id``) until ``accumulate``; drop the oldest beyond ``limit``."""
         self.pending[update_id] = update
+        self._pending_devices[update_id] = device_id
         while len(self.pending) > limit:
-            self.pending.popitem(last=False)
+            gone, _ = self.pending.popitem(last=False)
+            self._pending_devices.pop(gone, None)
 
-    def add(self, update_id: str, update: ParsedUpdate) -> None:
-        """Count one update."""
+    def pending_device(self, update_id: str) -> str | None:
+        """The device of a held update (``None``: unknown, a plaintext update)."""
+        return self._pending_devices.get(update_id)
+
+    def has_device(self, device_id: str) -> bool:
+        """Whether an update of ``device_id`` is already counted in this round."""
+        return device_id in self._devices
+
+    def add(self, update_id: str, update: ParsedUpdate, device_id: str | None = None) -> None:
+        """Count one update (of ``device_id``: at most one per device and round).
+
+        Raises
+        ------
+        qflare.errors.DuplicateUpdate
+            ``enclave_duplicate_device``: that device's update is already counted.
+        """
+        if device_id is not None and device_id in self._devices:
+            raise DuplicateUpdate(f"an update of device {device_id!r} is already counted in round {self.round_id}",
+                                  reason="enclave_duplicate_device")
         self.acc.add(update.arrays, update.num_examples)
         self.included.append(update_id)
         self._included_set.add(update_id)
+        self.participants.append((device_id, update.num_examples))
+        if device_id is not None:
+            self._devices.add(device_id)
         self.pending.pop(update_id, None)
+        self._pending_devices.pop(update_id, None)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -110,7 +145,8 @@ class RoundState:
         names = list(st.arrays)
         meta = json.dumps(
             {"count": st.count, "total_examples": st.total_examples, "weights": list(st.weights),
-             "included": self.included, "names": names, "shapes": [list(st.arrays[n].shape) for n in names]},
+             "included": self.included, "participants": [list(p) for p in self.participants],
+             "names": names, "shapes": [list(st.arrays[n].shape) for n in names]},
             separators=(",", ":"),
         ).encode("ascii")
         parts: list[bytes | memoryview] = [struct.pack(">I", len(meta)), meta]
@@ -127,11 +163,12 @@ class RoundState:
             meta = json.loads(plaintext[4 : 4 + mlen])
             count, total, included = meta["count"], meta["total_examples"], meta["included"]
             names, shapes, weights = meta["names"], meta["shapes"], meta["weights"]
+            participants = [(None if d is None else str(d), int(n)) for d, n in meta["participants"]]
         except (struct.error, ValueError, KeyError, TypeError):
             raise bad from None
         if not (isinstance(count, int) and isinstance(total, int) and isinstance(included, list)):
             raise bad
-        if len(included) != count or len(names) != len(shapes):
+        if len(included) != count or len(participants) != count or len(names) != len(shapes):
             raise bad
         arrays: NDArrays = {}
         pos = 4 + mlen
@@ -147,9 +184,11 @@ class RoundState:
         state = AccumulatorState(count=count, total_examples=total, arrays=arrays,
                                  weights=tuple(int(w) for w in weights))
         try:
-            self.acc = self.strategy.accumulator(self.spec, reference=self.base).from_state(state)
+            self.acc = self.strategy.accumulator(self.spec, reference=self._rule_reference).from_state(state)
         except QFlareError:
             raise bad from None
         self.included = [str(i) for i in included]
         self._included_set = set(self.included)
+        self.participants = participants
+        self._devices = {d for d, _ in participants if d is not None}
         self.checkpointed_count = len(self.included)

@@ -53,6 +53,7 @@ from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
 from qflare.errors import (
     AggregationError,
     CryptoError,
+    DuplicateUpdate,
     EnclaveError,
     InvalidInput,
     InvalidSignature,
@@ -68,6 +69,7 @@ from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import get_strategy
 from qflare.ledger.checkpoint import parse_checkpoint
+from qflare.ledger.entries import AggregatePublished, UpdateAccepted, encode_event, sign_entry
 from qflare.ledger.note import HybridNoteSigner
 
 __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
@@ -423,9 +425,9 @@ class EnclaveRuntime:
         if self._dp is not None:
             self._dp.strategy = strategy  # a fresh rule per round, as without DP
             strategy = self._dp
-        need_base = self._config.max_update_norm is not None or strategy.needs_reference
         base_sha256 = sha256_hex(base_model)
-        base = load_arrays(base_model, spec)[0] if need_base else None
+        # Always kept: every update's step norm goes into its signed ledger entry.
+        base = load_arrays(base_model, spec)[0]
         self._check_base(base_sha256)
         return RoundState(round_id=call.round_id, spec=spec, base_sha256=base_sha256, base=base,
                           strategy=strategy)
@@ -478,12 +480,17 @@ class EnclaveRuntime:
         data = self._input(call.data)
         update_id = os.urandom(16).hex()
         header = update_header(call.round_id, update_id)
+        device_id: str | None = None
         if call.kind == "envelope":
             env = self._update_envelope(data, call.round_id)
             self._check_device(env)
             if state.envelope_seen(env.header_hash):
                 raise ReplayDetected("this update envelope was seen before in this round",
                                      reason="enclave_replayed_envelope")
+            if state.has_device(env.device_id):
+                raise DuplicateUpdate(f"an update of device {env.device_id!r} is already counted in this round",
+                                      reason="enclave_duplicate_device")
+            device_id = env.device_id
             payload = self._decrypt(env, call.allowed_key_sources, call.extra_secret)
             request_hash: bytes | None = env.header_hash
             digest = self._hasher.submit(sha256_hex, payload)
@@ -504,22 +511,34 @@ class EnclaveRuntime:
             stored = stored_plaintext(*sealing.result())
         else:
             raise EnclaveError(f"unknown update kind {call.kind[:32]!r}", reason="ecall_refused")
-        state.hold(update_id, update, limit=self._config.max_pending_updates)
+        state.hold(update_id, update, limit=self._config.max_pending_updates, device_id=device_id)
         if request_hash is not None:
             state.seen_envelopes.add(request_hash)
+        sha256 = digest.result()
+        entry = None
+        if device_id is not None:
+            # The fact is known here: the enclave checked the device's signature, opened and validated the
+            # update, and measured its norm; the host can only append these bytes, not write them.
+            entry = encode_event(sign_entry(UpdateAccepted(
+                device_id=device_id, round_id=call.round_id, envelope_sha256=sha256,
+                sample_count=update.num_examples, update_norm=float(update.norm or 0.0),
+                verdict="accepted", time_ms=call.time_ms,
+            ), self._signer))
         return ec.UpdateReceiptResult(
             stored_form="envelope" if request_hash is not None else "sealed",
             update_id=update_id,
             request_hash=request_hash,
             num_examples=update.num_examples,
             train_loss=update.train_loss,
-            sha256=digest.result(),
+            sha256=sha256,
             size_bytes=len(payload),
             sealed=self._region.put(*stored, side="output"),
+            norm=update.norm,
+            ledger_entry=entry,
         )
 
-    def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes, bytes | None]:
-        """``(update_id, plaintext update, envelope header hash)`` from a stored update, for ``round_id``."""
+    def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes, Envelope | None]:
+        """``(update_id, plaintext update, its envelope)`` from a stored update, for ``round_id``."""
         parts = parse_stored(data)
         header, sealed = self._sealing.unseal(parts.sealed, purpose=parts.purpose)
         stored_round, update_id = parse_update_header(header)
@@ -533,7 +552,7 @@ class EnclaveRuntime:
         secret = sealed[33:] if sealed[32:33] == b"\x01" else None
         permitted = self._permitted(tuple(self._config.allowed_key_sources), env)
         payload, _ = decrypt_envelope(env, self._kem, allowed_key_sources=permitted, extra_secret=secret)
-        return update_id, payload, env.header_hash
+        return update_id, payload, env
 
     def _write_checkpoint(self, path: Path, header: bytes, plaintext: bytes) -> None:
         write_atomic(path, *self._sealing.seal_parts(plaintext, purpose=CHECKPOINT_PURPOSE, header=header))
@@ -574,17 +593,17 @@ class EnclaveRuntime:
         update = state.pending.get(call.update_id)
         if update is None:
             raise EnclaveError("update not held here: replay its sealed copy", reason="unknown_update")
-        state.add(call.update_id, update)
+        state.add(call.update_id, update, state.pending_device(call.update_id))
         return self._counted(state, skipped=False)
 
     def replay(self, call: ec.Replay) -> ec.AccumulatedResult:
         state = self._round(call.round_id)
-        update_id, payload, header_hash = self._unstore(self._input(call.sealed), call.round_id)
-        if header_hash is not None:
-            state.seen_envelopes.add(header_hash)
+        update_id, payload, env = self._unstore(self._input(call.sealed), call.round_id)
+        if env is not None:
+            state.seen_envelopes.add(env.header_hash)
         if state.counted(update_id):
             return self._counted(state, skipped=True)
-        state.add(update_id, self._parse(state, payload))
+        state.add(update_id, self._parse(state, payload), None if env is None else env.device_id)
         return self._counted(state, skipped=False)
 
     def finalize(self, call: ec.Finalize) -> ec.FinalizedResult:
@@ -593,6 +612,7 @@ class EnclaveRuntime:
             raise AggregationError(f"round {call.round_id} has no updates", reason="no_updates")
         model = dump_arrays(state.acc.result(), {"round_id": str(call.round_id)})
         signature = sign_model(call.round_id, model, self._signer)
+        entry = self._aggregate_entry(state, sha256_hex(model), call.time_ms)
         # The chain moves on before the model leaves: the next round must start from this model.
         self._chain = {"initial": self._chain["initial"], "last": sha256_hex(model), "last_round": call.round_id}
         self._save_chain()
@@ -603,7 +623,26 @@ class EnclaveRuntime:
             signature=signature,
             count=state.acc.count,
             total_examples=state.acc.total_examples,
+            ledger_entry=entry,
         )
+
+    def _aggregate_entry(self, state: RoundState, model_sha256: str, time_ms: int) -> bytes | None:
+        """The signed ``aggregate_published`` entry: the model it just made, the measured rule and its
+        parameters, and every counted update's device with its sample count (``None`` if one was a
+        plaintext update, whose device the enclave does not know)."""
+        if any(d is None for d, _ in state.participants):
+            return None
+        params: dict[str, str | int] = {"weighting": "num_examples"}
+        for k, v in sorted(self._config.aggregation_params.items()):
+            params[str(k)] = v if isinstance(v, int) and not isinstance(v, bool) else (
+                repr(float(v)) if isinstance(v, float) else str(v))
+        if self._config.privacy:
+            params["privacy"] = str(self._config.privacy.get("mode", "central"))
+        return encode_event(sign_entry(AggregatePublished(
+            round_id=state.round_id, model_sha256=model_sha256, rule=self._config.aggregation_rule,
+            parameters=params, participants=tuple((str(d), float(n)) for d, n in state.participants),
+            time_ms=time_ms,
+        ), self._signer))
 
     def abort_round(self, call: ec.AbortRound) -> ec.Empty:
         self._collect_checkpoint(wait=True)

@@ -9,6 +9,7 @@ JSON, which a device treats as hints (``docs/protocol.md``, "Errors").
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Callable
@@ -151,5 +152,6 @@ async def upload_update(round_id: int, call: Upload, state: State) -> Response:
     leaf = state.ledger.receipt(rec.sha256) if state.ledger is not None else None
     out = UpdateAccepted(round_id=rec.round_id, device_id=rec.device_id, sha256=rec.sha256,
                          num_examples=rec.num_examples, ledger_index=None if leaf is None else leaf[0],
-                         ledger_leaf_hash=None if leaf is None else leaf[1].hex())
+                         ledger_leaf_hash=None if leaf is None else leaf[1].hex(),
+                         ledger_entry=None if leaf is None else base64.b64encode(leaf[2]).decode())
     return _sealed_json(call, out.model_dump())
