@@ -168,3 +168,40 @@ def test_with_an_enclave_the_checkpoints_are_signed_inside_it_and_verify_only_un
         assert read_public_key(key_dir / LOG_KEY_FILE).to_bytes() == enclave_key.to_bytes()  # type: ignore[union-attr]
         keys = h.client.get("/v1/ledger/keys").json()
         assert (keys["ed25519_vkey"], keys["mldsa65_vkey"]) == ledger.log_key.verifier_keys()
+
+
+def test_ledger_verify_url_mirrors_the_served_log_and_names_a_forged_entry(harness: Harness) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from qflare.ledger.entries import UpdateAccepted
+    from qflare.server.ledger import LOG_KEY_FILE
+
+    from .live import serve
+
+    # Prepare: one round, so the log holds signed update and aggregate entries and a checkpoint
+    rid = harness.open_round()
+    for d in harness.keys:
+        assert harness.post(d, f"/v1/device/rounds/{rid}/update", harness.update_blob()).status_code == 200
+    key = str(Path(harness.state.config.server.key_dir) / LOG_KEY_FILE)
+    ledger = harness.state.ledger
+    assert ledger is not None
+
+    def verify(port: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "qflare", "ledger", "verify", "--url",
+                               f"http://127.0.0.1:{port}", "--key", key], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+    with serve(harness.client.app) as port:  # type: ignore[arg-type]
+        # Execute / Assert: the served log (entry bundles, tiles, checkpoints) verifies under the pinned key
+        good = verify(port)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert f"ok {ledger.log.size()} entries (4 update/aggregate entries signed by the log key)" in good.stdout
+
+        # Execute / Assert: a host that appends an acceptance of its own (unsigned) is named
+        ledger.record(UpdateAccepted("edge_9", rid, "cd" * 32, 60000, 0.0, "accepted", 0))
+        ledger.checkpoint()
+        bad = verify(port)
+        assert bad.returncode == 1
+        assert f"first bad: entry {ledger.log.size() - 1} (unsigned_entry" in bad.stdout
