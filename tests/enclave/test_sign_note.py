@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -82,9 +83,11 @@ def test_a_log_checkpointed_through_the_enclave_verifies_with_the_enclave_key(
 ) -> None:
     # Prepare
     enclave = start_enclave()
-    signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.public_keys().signing)
+    signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.public_keys().signing,
+                               head=enclave.ledger_head)
     store = MemoryLogStore()
     log = TransparencyLog(store, origin=DEFAULT_ORIGIN, signer=signer)
+    signer.prover = log.consistency_proof
 
     # Execute
     for n in range(3):
@@ -103,3 +106,77 @@ def test_the_host_refuses_lines_that_do_not_verify_under_the_enclave_key(start_e
     signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, other)
     with pytest.raises(LedgerIntegrityError):
         signer.sign_note(BODY)
+
+
+def _log_with(entries: list[bytes]) -> TransparencyLog:
+    log = TransparencyLog(MemoryLogStore(), origin=DEFAULT_ORIGIN)
+    log.append(entries)
+    return log
+
+
+def _body(log: TransparencyLog, size: int | None = None) -> bytes:
+    n = log.size() if size is None else size
+    return Checkpoint(DEFAULT_ORIGIN, n, log.root(n)).to_body()
+
+
+def test_the_enclave_signs_only_checkpoints_that_extend_the_last_one_it_signed(
+    start_enclave: EnclaveFactory, tmp_path: Path
+) -> None:
+    # Prepare: the enclave signed the log at size 4
+    work = tmp_path / "enclave"
+    enclave = start_enclave(work)
+    log = _log_with([b"e%d" % i for i in range(4)])
+    enclave.sign_note(_body(log))
+    assert enclave.ledger_head() == (4, log.root())
+    log.append([b"e4", b"e5"])
+    rewritten = _log_with([b"e0", b"forged", b"e2", b"e3", b"e4", b"e5"])
+
+    # Execute / Assert: rollback, fork, a growth without proof or with the proof of a rewritten log
+    refusals = {
+        "checkpoint_rollback": lambda: enclave.sign_note(_body(log, 3)),
+        "checkpoint_fork": lambda: enclave.sign_note(_body(rewritten, 4)),
+        "inconsistent_checkpoint": lambda: enclave.sign_note(_body(log)),
+        "inconsistent_checkpoint ": lambda: enclave.sign_note(_body(rewritten), rewritten.consistency_proof(4, 6)),
+    }
+    for reason, attempt in refusals.items():
+        with pytest.raises(LedgerIntegrityError) as info:
+            attempt()
+        assert info.value.reason == reason.strip(), reason
+        assert enclave.ledger_head() == (4, log.root(4))  # nothing moved
+
+    # The same checkpoint again (a lost answer) and a proven extension are signed.
+    enclave.sign_note(_body(log, 4))
+    enclave.sign_note(_body(log), log.consistency_proof(4, 6))
+    assert enclave.ledger_head() == (6, log.root())
+
+    # The head is sealed state: a restarted enclave still refuses the rollback.
+    enclave.close()
+    again = start_enclave(work)
+    assert again.ledger_head() == (6, log.root())
+    with pytest.raises(LedgerIntegrityError) as info:
+        again.sign_note(_body(log, 4))
+    assert info.value.reason == "checkpoint_rollback"
+
+
+def test_a_host_that_rewrote_a_checkpointed_entry_gets_no_new_checkpoint(start_enclave: EnclaveFactory) -> None:
+    # Prepare: a log checkpointed through the enclave, then an entry rewritten under it (tiles and all)
+    enclave = start_enclave()
+    signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.public_keys().signing,
+                               head=enclave.ledger_head)
+    log = TransparencyLog(MemoryLogStore(), origin=DEFAULT_ORIGIN, signer=signer)
+    signer.prover = log.consistency_proof
+    log.append([b"a", b"b", b"c"])
+    log.checkpoint()
+    forged_signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.public_keys().signing,
+                                      head=enclave.ledger_head)
+    forged = TransparencyLog(MemoryLogStore(), origin=DEFAULT_ORIGIN, signer=forged_signer)
+    forged_signer.prover = forged.consistency_proof
+    forged.append([b"a", b"B", b"c", b"d"])
+
+    # Execute / Assert
+    with pytest.raises(LedgerIntegrityError) as info:
+        forged.checkpoint()
+    assert info.value.reason == "inconsistent_checkpoint"
+    log.append([b"d"])
+    log.checkpoint()  # the honest log goes on
+    assert enclave.ledger_head() == (4, log.root())

@@ -246,3 +246,35 @@ def test_the_enclave_writes_and_signs_the_update_and_aggregate_entries(eh: Harne
     report = verify_log(audit.store, log_key, origin=audit.origin, entry_key=log_key.verify_key())
     assert report.reasons == ["unsigned_entry"]
     assert report.first_bad_index == audit.log.size() - 1
+
+
+def test_a_server_whose_ledger_database_was_rolled_back_refuses_to_start(tmp_path: Path) -> None:
+    import shutil
+
+    from qflare.errors import ConfigError
+    from qflare.server.app import build_state
+    from tests.server.conftest import config_for
+
+    # Prepare: a round through the enclave (it signs a checkpoint), then the database is copied back to
+    # its state before the round (the enclave's sealed state stays)
+    config = config_for(tmp_path, enclave=True)
+    db = tmp_path / "qflare.db"
+    for h in make_harness(tmp_path, enclave=True):
+        assert h.state.ledger is not None
+        h.state.ledger.checkpoint()
+        shutil.copy(db, tmp_path / "before.db")
+        rid = h.open_round()
+        for d in ("edge_0", "edge_1", "edge_2"):
+            assert h.post(d, UPDATE.format(rid), h.update_blob(scale=0.5)).status_code == 200
+        assert h.state.enclave is not None
+        signed = h.state.enclave.ledger_head()[0]
+        assert signed > 0 and signed == h.state.ledger.store.latest_checkpoint().size  # type: ignore[union-attr]
+    shutil.copy(tmp_path / "before.db", db)
+
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        build_state(config, admin_token=ADMIN)
+
+    # Assert: a clear reason, naming what to do
+    assert info.value.reason == "ledger_rolled_back"
+    assert "rolled back" in info.value.message and "Restore the database" in info.value.message

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -395,9 +395,14 @@ class EnclaveAggregator:
         """:meth:`sign_task` in the server's ``AggregationBackend`` shape."""
         return self.sign_task(RoundTask(round_id=round_id, model_sha256=model_sha256, deadline_at=deadline_at))
 
-    def sign_note(self, text: bytes) -> bytes:
-        """The enclave's signed-note lines (Ed25519 type 0x01, ML-DSA-65 type 0xff) over a checkpoint body."""
-        return self.enclave.sign_note(text)
+    def sign_note(self, text: bytes, proof: Sequence[bytes] = ()) -> bytes:
+        """The enclave's signed-note lines (Ed25519 type 0x01, ML-DSA-65 type 0xff) over a checkpoint body
+        that extends the last one it signed (``proof``: consistency from :meth:`ledger_head`)."""
+        return self.enclave.sign_note(text, proof)
+
+    def ledger_head(self) -> tuple[int, bytes]:
+        """``(size, root)`` of the last checkpoint the enclave signed."""
+        return self.enclave.ledger_head()
 
     def close(self) -> None:
         """Stop the enclave process (sealed state stays on disk)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -347,10 +347,16 @@ class Enclave:
         )
         return result.signature
 
-    def sign_note(self, text: bytes) -> bytes:
-        """The enclave's signature lines over a checkpoint body for its own origin (refused otherwise)."""
-        result: ec.NoteSignaturesResult = self._simple(ec.SignNote(text=bytes(text)))
+    def sign_note(self, text: bytes, proof: Sequence[bytes] = ()) -> bytes:
+        """The enclave's signature lines over a checkpoint body for its own origin that extends the last one
+        it signed (``proof``: the consistency proof from :meth:`ledger_head`'s size); refused otherwise."""
+        result: ec.NoteSignaturesResult = self._simple(ec.SignNote(text=bytes(text), proof=tuple(proof)))
         return result.lines
+
+    def ledger_head(self) -> tuple[int, bytes]:
+        """``(size, root)`` of the last checkpoint the enclave signed (``(0, b"")``: none yet)."""
+        result: ec.LedgerHeadResult = self._simple(ec.LedgerHead())
+        return result.size, result.root
 
     def register_device(self, statement: bytes, signature: bytes) -> ec.RegistrationResult:
         """Hand the enclave an operator-signed device registration (it verifies the signature itself)."""

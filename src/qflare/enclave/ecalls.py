@@ -49,6 +49,8 @@ __all__ = [
     "RoundStatusResult",
     "SealResponse",
     "SealedResponseResult",
+    "LedgerHead",
+    "LedgerHeadResult",
     "NoteSignaturesResult",
     "Shutdown",
     "SignInitialModel",
@@ -203,6 +205,14 @@ class SignatureResult:
     """A composite signature."""
 
     signature: bytes
+
+
+@dataclass(frozen=True)
+class LedgerHeadResult:
+    """The last checkpoint the enclave signed: its size and root (size 0, empty root: none yet)."""
+
+    size: int
+    root: bytes
 
 
 @dataclass(frozen=True)
@@ -381,12 +391,23 @@ class SignNote(Ecall):
     """Sign a transparency-log checkpoint body (``docs/ledger.md``) with the enclave's hybrid key.
 
     Only a canonical C2SP checkpoint body for the enclave's measured origin
-    (``EnclaveConfig.ledger_origin``), without extension lines, is signed; anything else is refused.
+    (``EnclaveConfig.ledger_origin``), without extension lines, that extends the last checkpoint the
+    enclave signed (``proof``) is signed; anything else is refused.
     """
 
     name: ClassVar[str] = "sign_note"
     result: ClassVar[type[Any]] = NoteSignaturesResult
     text: bytes
+    proof: tuple[bytes, ...] = ()
+    """RFC 9162 consistency proof from the last checkpoint the enclave signed (:class:`LedgerHead`) to this one."""
+
+
+@dataclass(frozen=True)
+class LedgerHead(Ecall):
+    """The size and root of the last checkpoint the enclave signed (what the next one must extend)."""
+
+    name: ClassVar[str] = "ledger_head"
+    result: ClassVar[type[Any]] = LedgerHeadResult
 
 
 @dataclass(frozen=True)
@@ -423,6 +444,7 @@ CALLS: Final[dict[str, type[Ecall]]] = {
         RegisterDevice,
         SignInitialModel,
         SignNote,
+        LedgerHead,
         Shutdown,
         UnsafeDebugKeyDigest,
     )
@@ -445,7 +467,7 @@ def _encode_value(value: Any) -> Any:
     if isinstance(value, Region):
         return [value.offset, value.length]
     if isinstance(value, tuple):
-        return list(value)
+        return [_encode_value(v) for v in value]
     return value
 
 

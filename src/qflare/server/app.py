@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare import __version__
 from qflare.config import GlobalConfig, QKDConfig
+from qflare.errors import ConfigError
 from qflare.fl.port import AggregationBackend
 from qflare.fl.privacy import DPFixedClipping, PrivacyAccountant, central_from_config, dp_params
 from qflare.fl.strategies import Strategy, get_strategy
@@ -90,8 +91,18 @@ def build_state(
         store = SqlLogStore(repo.engine)
         interval = config.ledger.checkpoint_interval_seconds
         if enclave is not None:
-            signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.enclave.public_keys().signing)
+            signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.enclave.public_keys().signing,
+                                       head=enclave.ledger_head)
             audit = AuditLog(store, signer=signer, clock=clock, checkpoint_interval=interval)
+            signed_size, _ = enclave.ledger_head()
+            if signed_size > audit.log.size():
+                enclave.close()
+                raise ConfigError(
+                    f"the enclave signed a ledger checkpoint of size {signed_size}, but the ledger in "
+                    f"{config.server.db_url} holds {audit.log.size()} entries: the database was replaced or "
+                    "rolled back, and the enclave will not sign a shorter log. Restore the database, or start "
+                    f"a new log with a new enclave identity (move {config.enclave.work_dir} away)",
+                    reason="ledger_rolled_back")
         else:
             audit = AuditLog(store, ServerKeys.load_or_create(config.server.key_dir).signing, clock=clock,
                              checkpoint_interval=interval)

@@ -26,6 +26,7 @@ from qflare.crypto.secret_access import TOKEN
 from qflare.crypto.signing import SigningKey, VerifyKey
 from qflare.errors import Conflict, LedgerIntegrityError, MalformedPayload, NotFound
 from qflare.ledger import HybridLogKey, HybridNoteSigner, LedgerEvent, NoteSignature, TransparencyLog
+from qflare.ledger.checkpoint import parse_checkpoint
 from qflare.ledger.cosignature import CosignatureVerifier
 from qflare.ledger.entries import (
     AggregatePublished,
@@ -111,15 +112,29 @@ class EnclaveNoteSigner:
     origin:
         The log origin (must equal the enclave's measured ``EnclaveConfig.ledger_origin``).
     sign:
-        ``text -> signature lines`` (:meth:`qflare.enclave.backend.EnclaveAggregator.sign_note`).
+        ``(text, consistency proof) -> signature lines``
+        (:meth:`qflare.enclave.backend.EnclaveAggregator.sign_note`).
     public_key:
         The enclave's composite signing public key (``EnclavePublicKeys.signing``).
+    head:
+        ``() -> (size, root)`` of the last checkpoint the enclave signed
+        (:meth:`~qflare.enclave.backend.EnclaveAggregator.ledger_head`): the checkpoint to sign is proven
+        consistent with it through :attr:`prover`.
     """
 
-    def __init__(self, origin: str, sign: Callable[[bytes], bytes], public_key: VerifyKey) -> None:
+    def __init__(
+        self,
+        origin: str,
+        sign: Callable[[bytes, Sequence[bytes]], bytes],
+        public_key: VerifyKey,
+        head: Callable[[], tuple[int, bytes]] | None = None,
+    ) -> None:
         self._sign = sign
+        self._head = head
         self.public_key = public_key
         self._key = HybridLogKey.from_verify_key(origin, public_key)
+        self.prover: Callable[[int, int], list[bytes]] | None = None
+        """``(size1, size2) -> consistency proof`` of the log being signed (set by :class:`AuditLog`)."""
 
     def log_key(self) -> HybridLogKey:
         return self._key
@@ -130,7 +145,14 @@ class EnclaveNoteSigner:
     def sign_note(self, text: bytes) -> list[NoteSignature]:
         """Raises ``LedgerIntegrityError`` if the enclave's lines do not verify under its key
         (``invalid_signature`` / ``missing_signature_half``), or the enclave's refusal."""
-        lines = self._sign(bytes(text))
+        proof: list[bytes] = []
+        if self._head is not None:
+            # The enclave signs only a checkpoint that extends the last one it signed: prove it.
+            signed_size, _ = self._head()
+            size = parse_checkpoint(bytes(text)).size
+            if 0 < signed_size < size and self.prover is not None:
+                proof = self.prover(signed_size, size)
+        lines = self._sign(bytes(text), proof)
         note = bytes(text) + b"\n" + lines
         self._key.open(note)
         _, sigs = parse_note(note)
@@ -174,6 +196,8 @@ class AuditLog:
             signer = LocalNoteSigner(origin, signing_key)
         self.signer: LogSigner = signer
         self.log = TransparencyLog(store, origin=origin, signer=self.signer)
+        if isinstance(signer, EnclaveNoteSigner):
+            signer.prover = self.log.consistency_proof
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.lock = threading.RLock()  # writers and the read API (proofs read the in-memory tree)

@@ -57,6 +57,7 @@ from qflare.errors import (
     EnclaveError,
     InvalidInput,
     InvalidSignature,
+    LedgerIntegrityError,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -70,6 +71,7 @@ from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import get_strategy
 from qflare.ledger.checkpoint import parse_checkpoint
 from qflare.ledger.entries import AggregatePublished, UpdateAccepted, encode_event, sign_entry
+from qflare.ledger.merkle import verify_consistency
 from qflare.ledger.note import HybridNoteSigner
 
 __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
@@ -137,11 +139,13 @@ class EnclaveRuntime:
             if config.privacy else None
         )
         # Sealed state written with the keys: the last model this enclave signed (the base every new
-        # round must start from) and the device registry. A missing file next to existing keys means
+        # round must start from), the last log checkpoint it signed (the next must extend it) and the
+        # device registry. A missing file next to existing keys means
         # the host deleted it (to roll the chain back, or to drop revocations): refuse, do not reset.
         self._state_missing = False
         if created:
-            self._chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None}
+            self._chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None,
+                                           "log_size": 0, "log_root": None}
             self._registry = DeviceRegistry()
             self._save_chain()
             self._save_registry()
@@ -175,6 +179,7 @@ class EnclaveRuntime:
             ec.RegisterDevice: self.register_device,
             ec.SignInitialModel: self.sign_initial_model,
             ec.SignNote: self.sign_note,
+            ec.LedgerHead: self.ledger_head,
             ec.UnsafeDebugKeyDigest: self.unsafe_debug_key_digest,
             ec.Shutdown: self.shutdown,
         }
@@ -245,7 +250,7 @@ class EnclaveRuntime:
         write_atomic(self._registry_path(), self._sealing.seal(self._registry.to_bytes(), purpose=_REGISTRY_PURPOSE))
 
     def _load_state(self) -> tuple[dict[str, Any], DeviceRegistry]:
-        chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None}
+        chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None, "log_size": 0, "log_root": None}
         registry = DeviceRegistry()
         chain_blob = read_file(self._chain_path(), max_size=65536)
         registry_blob = read_file(self._registry_path(), max_size=_MAX_STATE_FILE)
@@ -312,7 +317,7 @@ class EnclaveRuntime:
         last = self._chain["last"]
         if last is None:
             # Nothing signed yet: this is the version-0 model; sign it now (sign_initial_model).
-            self._chain = {"initial": base_sha256, "last": base_sha256, "last_round": 0}
+            self._chain = {**self._chain, "initial": base_sha256, "last": base_sha256, "last_round": 0}
             self._save_chain()
         elif base_sha256 != last:
             raise PermissionDenied(
@@ -614,7 +619,7 @@ class EnclaveRuntime:
         signature = sign_model(call.round_id, model, self._signer)
         entry = self._aggregate_entry(state, sha256_hex(model), call.time_ms)
         # The chain moves on before the model leaves: the next round must start from this model.
-        self._chain = {"initial": self._chain["initial"], "last": sha256_hex(model), "last_round": call.round_id}
+        self._chain = {**self._chain, "last": sha256_hex(model), "last_round": call.round_id}
         self._save_chain()
         # The checkpoint stays until abort_round: if this answer is lost, the round can be restored.
         del self._rounds[call.round_id]
@@ -665,15 +670,47 @@ class EnclaveRuntime:
         """Sign a checkpoint body for this enclave's log: a canonical C2SP tlog-checkpoint of the measured
         origin, without extension lines (so no other text can be signed with the log key).
 
-        The enclave does not hold the tree, so it cannot check that size and root are the log's; what
-        it guarantees is that its log key signs nothing but checkpoints of its own origin.
+        The enclave does not hold the tree, but it keeps (sealed, with the model chain) the size and
+        root of the last checkpoint it signed, and signs a new one only if the host proves it extends
+        that one (an RFC 9162 consistency proof): so its log key never signs a rolled-back or forked
+        log, and a host that rewrote entries the enclave already checkpointed cannot get the rewrite
+        signed. Re-signing the same checkpoint is allowed.
         """
         cp = parse_checkpoint(call.text, origin=self._config.ledger_origin)  # malformed_checkpoint / origin_mismatch
         if cp.extensions:
             raise PermissionDenied("the enclave signs checkpoints without extension lines",
                                    reason="checkpoint_extensions_refused")
+        self._require_state()
+        size, root = self._head()
+        if cp.size < size:
+            raise LedgerIntegrityError(f"checkpoint size {cp.size} is below the size {size} this enclave signed",
+                                       reason="checkpoint_rollback")
+        if cp.size == size and size > 0 and cp.root != root:
+            raise LedgerIntegrityError(f"another root for size {size} than the one this enclave signed",
+                                       reason="checkpoint_fork")
+        if size > 0 and cp.size > size:
+            try:
+                verify_consistency(size, cp.size, list(call.proof), root, cp.root)
+            except LedgerIntegrityError as exc:
+                raise LedgerIntegrityError(
+                    f"checkpoint {cp.size} does not extend the checkpoint {size} this enclave signed ({exc.reason})",
+                    reason="inconsistent_checkpoint") from None
+        if (cp.size, cp.root) != (size, root):
+            # Sealed before the signature leaves: a lost answer can be re-signed, never rolled back.
+            self._chain = {**self._chain, "log_size": cp.size, "log_root": cp.root.hex()}
+            self._save_chain()
         lines = b"".join(sig.line() for sig in self._note_signer.sign_note(cp.to_body()))
         return ec.NoteSignaturesResult(lines=lines)
+
+    def _head(self) -> tuple[int, bytes]:
+        size = self._chain.get("log_size") or 0
+        root = self._chain.get("log_root")
+        return int(size), bytes.fromhex(root) if isinstance(root, str) else b""
+
+    def ledger_head(self, _: ec.LedgerHead) -> ec.LedgerHeadResult:
+        self._require_state()
+        size, root = self._head()
+        return ec.LedgerHeadResult(size=size, root=root)
 
 
 def _outbound(exc: QFlareError) -> QFlareError:
