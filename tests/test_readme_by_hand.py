@@ -9,6 +9,7 @@ in the data: the copied ``global_config.yaml`` asks for 2 rounds of 1 epoch on a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -65,6 +66,12 @@ def test_the_by_hand_sequence_works_pasted_into_a_fresh_shell(tmp_path: Path) ->
     assert "Traceback" not in out, out
     assert "edge_02 finished: trained 2 rounds, 2 updates accepted" in out, out
     assert "edge_01 finished: trained 2 rounds" in out, out
+    # The server left what `qflare simulate` leaves: runs/<timestamp>/ with the summary, the CSV and the plot.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2 and summary["finished"] and summary["accepted_updates"] == 4, summary
+    assert {"metrics.csv", "accuracy.png", "global_config.yaml"} <= {p.name for p in run_dir.iterdir()}
+    assert f"run artefacts (metrics.csv, plot, summary.json) written to runs/{run_dir.name}" in out, out
     for device in ("edge_01", "edge_02"):
         folder = tmp_path / "devices" / device
         assert (folder / f"{device}.key").stat().st_mode & 0o777 == 0o600

@@ -66,3 +66,49 @@ def test_simulate_trains_on_a_metr_style_csv(tmp_path: Path) -> None:
     assert server["evaluation"]["csv_path"].endswith("metr_style_traffic.csv")
     assert server["evaluation"]["csv"]["missing_value"] == 0
     assert (run_dir / "mae.png").exists()
+
+
+def test_the_csv_check_knows_the_forecasting_tasks_window() -> None:
+    from qflare.cli.simulate_cmd import FORECAST_TEST_DAYS, FORECAST_WINDOW
+    from qflare.fl.tasks import get_task
+
+    for name in ("traffic", "pollution"):
+        task = get_task(name)
+        assert (task.window, task.test_days) == (FORECAST_WINDOW, FORECAST_TEST_DAYS)  # type: ignore[attr-defined]
+
+
+def test_a_csv_too_short_for_the_task_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    # Prepare: the UCI sample cut to its first two days (what the sample used to be)
+    short = tmp_path / "two_days.csv"
+    short.write_text("\n".join((DATA / "uci_style_air_quality.csv").read_text().splitlines()[:49]) + "\n")
+    args = [short if a == str(DATA / "uci_style_air_quality.csv") else a for a in UCI]
+    # Execute
+    code, lines, imported = run_qflare(tmp_path, "simulate", "--task", "pollution", "--clients", "2",
+                                       *map(str, args))
+    # Assert
+    assert_one_line_error(code, lines, "--csv", "too short for --task pollution", "48 steps", "2.0 days")
+    assert not imported, imported
+
+
+def test_csv_columns_that_cannot_be_split_between_the_clients_are_one_line_before_the_server(tmp_path: Path) -> None:
+    one_column = [a if a != "NO2(GT),CO(GT)" else "NO2(GT)" for a in UCI]
+    code, lines, _ = run_qflare(tmp_path, "simulate", "--task", "pollution", "--clients", "10", *one_column)
+    assert_one_line_error(code, lines, "--clients 10 --partition sensor", "uci_style_air_quality.csv",
+                          "cannot split 1 groups into 10")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing started
+
+
+@pytest.mark.slow
+def test_simulate_trains_on_a_uci_style_csv(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qflare", "simulate", "--task", "pollution", "--clients", "2", "--rounds", "1",
+         "--enclave", "none", "--epochs", "1", "--runs-dir", "runs", "--json", *UCI],
+        cwd=tmp_path, env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["rounds_completed"] == 1 and summary["accepted_updates"] == 2
+    assert isinstance(summary["final_mae"], float) and summary["final_mae"] > 0
+    run_dir = tmp_path / summary["run_dir"]
+    server = yaml.safe_load((run_dir / "global_config.yaml").read_text())
+    assert server["evaluation"]["csv"]["missing_value"] == -200 and server["evaluation"]["csv"]["decimal"] == ","
+    assert (run_dir / "mae.png").exists()

@@ -56,7 +56,7 @@ def test_uci_air_quality_layout(data_dir: Path) -> None:
     # Assert
     values = series.values("pollution")
     assert series.sensors == ("NO2(GT)", "CO(GT)")
-    assert values.shape == (48, 2)
+    assert values.shape == (240, 2)  # 10 days: long enough for the forecasting tasks (tests/data/README.md)
     assert str(series.timestamps[0]) == "2004-03-10T18:00"
     assert values[1, 1] == pytest.approx(1.6)  # "1,6"
     assert values[7, 0] == values[8, 0] == values[6, 0]  # two -200 readings forward-filled

@@ -97,7 +97,8 @@ def run(
         (d / "g.json").write_text(cfg.model_dump_json())
         token = "bench-operator-token-0123456789"
         env = {**os.environ, "QFLARE_ADMIN_TOKEN": token, "OMP_NUM_THREADS": "1"}
-        proc = spawn_qflare(["server", "--config", str(d / "g.json"), "--log-level", "warning", "--bench-endpoint"],
+        proc = spawn_qflare(["server", "--config", str(d / "g.json"), "--log-level", "warning", "--bench-endpoint",
+                             "--no-run-artefacts"],
                             d / "logs" / "server.log", env, cwd=d)
         url = f"http://127.0.0.1:{port}"
         try:

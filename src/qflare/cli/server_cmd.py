@@ -14,7 +14,7 @@ from qflare.cli.console import make_console
 from qflare.config import load_global_config
 from qflare.environment import ADMIN_TOKEN_ENV, environment
 from qflare.errors import ConfigError
-from qflare.logs import configure_logging
+from qflare.logs import check_log_options, configure_logging
 
 console = make_console(stderr=True)
 
@@ -103,6 +103,11 @@ def server(
     = False,
     workers: Annotated[int, typer.Option(help="web worker processes (PostgreSQL and enclave.backend: none "
                                          "for more than 1)")] = 1,
+    runs_dir: Annotated[Path, typer.Option(help="the run's artefacts go to RUNS_DIR/<timestamp>/ (metrics.csv, "
+                                           "plot, summary.json), when it finishes and when the server stops")]
+    = Path("runs"),
+    run_artefacts: Annotated[bool, typer.Option(help="write the run's artefacts (qflare simulate writes its own)")]
+    = True,
 ) -> None:
     """Run the QFLARE server (rounds, registry, aggregation) until interrupted."""
     cfg = load_global_config(config)
@@ -114,6 +119,7 @@ def server(
         merged = {**cfg.server.model_dump(), **overrides}
         cfg = cfg.model_copy(update={"server": parse_config(ServerConfig, merged, source="server options")})
     # Checked before the heavy imports and the enclave start: a wrong path or URL is refused in a second.
+    check_log_options(log_level, log_format)
     check_tls_files(cfg.server.tls_cert, cfg.server.tls_key)
     exposure = plaintext_exposure_warning(cfg.server.host, cfg.server.tls_cert)
     if exposure is not None:
@@ -131,13 +137,28 @@ def server(
     check_workers(cfg, workers, repo.engine.dialect.name)
     # One round owner per database: a second server that cannot follow it (the enclave) is refused here.
     lease = open_lease(repo.engine, cfg.server.db_url, shared_ok=cfg.enclave.backend == "none", wait_seconds=30)
+    shown_db = repo.engine.url.render_as_string(hide_password=True)  # never the password
     if workers > 1:
         lease.release()
         repo.close()
+        from qflare.server.operators import OperatorAccounts
+
+        OperatorAccounts(operators_file)  # a bad accounts file is refused here, in one line, not in each worker
         token = resolve_admin_token(cfg.server.admin_token, token_file)
-        console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {workers} workers on "
+        console.print(f"QFLARE server: task={cfg.task} db={shown_db} {workers} workers on "
                       f"{cfg.server.host}:{cfg.server.port} (in-process aggregation, one round owner)")
-        run_workers(cfg, admin_token=token, workers=workers, log_level=log_level, bench_endpoint=bench_endpoint)
+        try:
+            run_workers(cfg, admin_token=token, workers=workers, log_level=log_level, log_format=log_format,
+                        operators_file=operators_file, bench_endpoint=bench_endpoint)
+        finally:
+            if run_artefacts:  # from the database, which every worker wrote to
+                from qflare.cli.run_artefacts import RunRecorder
+
+                done = Repository(cfg.server.db_url)
+                try:
+                    RunRecorder(cfg, done, runs_dir, finished=lambda: True, on_written=_say_artefacts).write()
+                finally:
+                    done.close()
         return
 
     import uvicorn
@@ -155,7 +176,7 @@ def server(
     scheme = "https" if cfg.server.tls_cert else "http"
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
     fp = fingerprint(state.gateway.opener.kem_public_key())
-    console.print(f"QFLARE server: task={cfg.task} db={cfg.server.db_url} {url}"
+    console.print(f"QFLARE server: task={cfg.task} db={shown_db} {url}"
                   f" ({'enclave' if state.enclave is not None else 'server'} KEM key {fp})")
     for bypass in cfg.demo_bypasses():  # refused with server.deployment: production
         console.print(f"DEMO ONLY: {bypass}", markup=False, highlight=False)
@@ -170,9 +191,25 @@ def server(
     console.print(f"device trust written to {trust_file} (read by qflare device provision)")
     from qflare.server.transport import uvicorn_options
 
-    uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
-                ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key,
-                # JSON: uvicorn's own lines go through the root logger's formatter too
-                log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
-                **uvicorn_options(cfg.server))  # header/body deadlines, 431 (server/transport.py)
+    recorder = None
+    if run_artefacts:  # what `qflare simulate` writes, for a run by hand (cli/run_artefacts.py)
+        from qflare.cli.run_artefacts import RunRecorder
+
+        recorder = RunRecorder(cfg, state.repo, runs_dir, finished=state.orchestrator.finished,
+                               on_written=_say_artefacts)
+        recorder.start()
+    try:
+        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
+                    ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key,
+                    # JSON: uvicorn's own lines go through the root logger's formatter too
+                    log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+                    **uvicorn_options(cfg.server))  # header/body deadlines, 431 (server/transport.py)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _say_artefacts(run_dir: Path) -> None:
+    console.print(f"run artefacts (metrics.csv, plot, summary.json) written to {run_dir}", markup=False,
+                  highlight=False)
 

@@ -166,6 +166,9 @@ def simulate(
         csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
     )
+    from qflare.sim.runner import check_partition
+
+    check_partition(sim)  # the data (the user's CSV too) split as every edge will: refused before the banner
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
@@ -366,9 +369,24 @@ def check_csv(task: str, csv: Path | None, *, delimiter: str | None, decimal: st
     layout = {"delimiter": delimiter, "decimal": decimal, "timestamp_columns": _names(timestamp_columns),
               "timestamp_format": timestamp_format, "columns": _names(columns), "missing_value": missing}
     lay = parse_config(CsvLayoutConfig, layout, source="--csv options").source(str(csv)).layout
-    load_series_csv(csv, delimiter=lay.delimiter, decimal=lay.decimal, timestamp_columns=lay.timestamp_columns,
-                    timestamp_format=lay.timestamp_format, columns=lay.columns, missing_sentinel=lay.missing_sentinel)
+    series = load_series_csv(csv, delimiter=lay.delimiter, decimal=lay.decimal, timestamp_columns=lay.timestamp_columns,
+                             timestamp_format=lay.timestamp_format, columns=lay.columns,
+                             missing_sentinel=lay.missing_sentinel)
+    # Long enough for the task (as the server's evaluation and every edge will check, after they started).
+    from qflare.fl.data.windows import make_windows
+
+    try:
+        make_windows(series, "value", window=FORECAST_WINDOW, test_days=FORECAST_TEST_DAYS)
+    except ConfigError as exc:
+        days = series.num_steps / series.steps_per_day
+        raise ConfigError(f"--csv: {csv} is too short for --task {task}: {exc.message} ({days:.1f} days; it needs "
+                          f"{FORECAST_TEST_DAYS + 1} days beyond the window)", reason="bad_option") from None
     return layout
+
+
+FORECAST_WINDOW, FORECAST_TEST_DAYS = 24, 7
+"""The forecasting tasks' window (steps) and test days (``ForecastTask``'s defaults; kept here so that checking
+a CSV imports no torch; ``tests/test_simulate_csv.py`` checks they agree)."""
 
 
 def _print_summary(summary: dict[str, Any], metric: str) -> None:

@@ -47,7 +47,7 @@ from qflare.config import (
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key, write_private_key
 from qflare.crypto.secret_access import TOKEN
-from qflare.errors import QFlareError
+from qflare.errors import ConfigError, QFlareError
 from qflare.fl.tasks import get_task
 from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
@@ -376,7 +376,14 @@ def start_kme_pair(run_dir: Path, device_ids: list[str], *, env: dict[str, str])
 def check_partition(sim: SimulationConfig) -> None:
     """Split the data as every edge will, before anything starts: ``ConfigError`` (``invalid_partition``)
     naming the sample and client counts if the data cannot serve ``sim.clients`` clients."""
-    get_task(sim.task).client_dataset(0, sim.clients, partition=sim.partition, alpha=sim.alpha, seed=sim.seed)
+    csv = CsvLayoutConfig(**sim.csv_layout).source(str(sim.csv_path.resolve())) if sim.csv_path else None
+    try:  # on the user's CSV when there is one: its sensor columns are what the edges split
+        get_task(sim.task).client_dataset(0, sim.clients, partition=sim.partition, alpha=sim.alpha, seed=sim.seed,
+                                          csv_path=csv)
+    except ConfigError as exc:
+        where = f" of {sim.csv_path}" if sim.csv_path else ""
+        raise ConfigError(f"--clients {sim.clients} --partition {sim.partition}: the data{where} cannot be split so: "
+                          f"{exc.message}", reason=exc.reason) from None
 
 
 def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = None) -> dict[str, Any]:
