@@ -91,3 +91,31 @@ def test_every_worker_has_the_accounts_the_log_format_and_the_limits(two_workers
     assert all(not ln.lstrip().startswith(("INFO", "WARNING", "ERROR")) for ln in console), console
     assert len({r["pid"] for r in records if "pid" in r}) == 2, records
     assert not [ln for ln in lines if "alembic" in ln.lower() or "Context impl" in ln], lines
+
+
+@pytest.mark.postgres
+def test_the_start_banner_shows_the_database_without_its_password(tmp_path: Path) -> None:
+    # PostgreSQL here trusts local connections, so a URL with a password connects: the banner must hide it.
+    with fresh_schema("qflare_banner") as pg_url:
+        url = pg_url.replace("postgres@", "postgres:s3cret-pw@")
+        cfg = GlobalConfig(task="digits", enclave=EnclaveHostConfig(backend="none"),
+                           server=ServerConfig(db_url=url, key_dir=str(tmp_path / "keys"), port=free_port()))
+        dump_yaml(cfg, tmp_path / "global_config.yaml")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qflare", "server", "-c", str(tmp_path / "global_config.yaml"), "--token-file",
+             str(tmp_path / "token"), "--no-run-artefacts"],
+            cwd=tmp_path, env={**os.environ, "QFLARE_ADMIN_TOKEN": ADMIN, "COLUMNS": "400"}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                if line.startswith("QFLARE server:"):
+                    break
+            banner = seen[-1]
+            assert banner.startswith("QFLARE server:") and "127.0.0.1:5432/test" in banner, seen
+            assert "s3cret-pw" not in "".join(seen) and "postgres:***@" in banner
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
