@@ -172,3 +172,67 @@ def test_qflare_witness_keygen_and_key(tmp_path: Path) -> None:
     assert runner.invoke(cli, ["witness", "keygen", "--key", str(key), "--name", "x"]).exit_code != 0
     assert (key.stat().st_mode & 0o777) == 0o600
     generate_witness_key(tmp_path / "other.key", "other")
+
+
+def test_qflare_witness_run_as_its_own_process_cosigns_the_growing_log(harness: Harness, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from qflare.ledger.cosignature import CosignatureVerifier
+    from qflare.ledger.note import parse_note, parse_verifier_key
+    from qflare.server.ledger import LOG_KEY_FILE
+
+    from ..server.live import serve
+
+    # Prepare: a witness key made by the CLI, and the log served over real HTTP
+    env = {**os.environ, "COLUMNS": "200"}
+    key = tmp_path / "witness.key"
+    made = subprocess.run([sys.executable, "-m", "qflare", "witness", "keygen", "--key", str(key),
+                           "--name", "witness.test"], capture_output=True, text=True, timeout=60, env=env)
+    assert made.returncode == 0, made.stderr
+    verifier = parse_verifier_key(made.stdout.strip())
+    assert isinstance(verifier, CosignatureVerifier)
+    log_key = str(Path(harness.state.config.server.key_dir) / LOG_KEY_FILE)
+    ledger = harness.state.ledger
+    assert ledger is not None
+    _round(harness)
+
+    def cosigned_size(port: int) -> int | None:
+        import httpx
+
+        note = httpx.get(f"http://127.0.0.1:{port}/ledger/checkpoint", timeout=10).content
+        body, sigs = parse_note(note)
+        mine = [g for g in sigs if (g.name, g.key_id) == (verifier.name, verifier.key_id)]
+        if not mine:
+            return None
+        verifier.verify_cosignature(body, mine[0].signature)
+        return int(body.split(b"\n")[1])
+
+    with serve(harness.client.app) as port:  # type: ignore[arg-type]
+        base = [sys.executable, "-m", "qflare", "witness", "run", "--key", str(key), "--log",
+                f"http://127.0.0.1:{port}", "--log-key", log_key, "--state", str(tmp_path / "w.json")]
+        # Execute / Assert: --once cosigns the current checkpoint and the server serves the cosignature
+        once = subprocess.run([*base, "--once"], capture_output=True, text=True, timeout=120, env=env)
+        assert once.returncode == 0, once.stderr
+        size = ledger.store.latest_checkpoint().size  # type: ignore[union-attr]
+        assert f"cosigned qflare.local/ledger at size {size}" in once.stdout
+        assert cosigned_size(port) == size
+
+        # Execute / Assert: the long-running witness follows the log as it grows (consistency from its state)
+        proc = subprocess.Popen([*base, "--interval", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        try:
+            _round(harness)
+            grown = ledger.store.latest_checkpoint().size  # type: ignore[union-attr]
+            assert grown > size
+            deadline = time.monotonic() + 60
+            while cosigned_size(port) != grown and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert cosigned_size(port) == grown
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=30)
+        assert f"cosigned qflare.local/ledger at size {grown}" in out
+        assert "refusing to cosign" not in out
