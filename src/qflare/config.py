@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qflare.crypto import KeySource
 from qflare.errors import ConfigError
-from qflare.fl.training_config import TrainConfig
+from qflare.fl.training_config import LocalDPConfig, TrainConfig
 
 if TYPE_CHECKING:
     from qflare.fl.data.csv_series import CsvSource
@@ -379,6 +379,9 @@ class DeviceConfig(_Strict):
     torch_threads: int = Field(1, ge=1)
     exit_when_done: bool = True
     ledger: DeviceLedgerConfig | None = Field(None, description="audit the server's ledger (docs/ledger.md)")
+    local_dp: LocalDPConfig | None = Field(
+        None, description="DP-SGD on this device whatever the server's task says (docs/privacy.md, local DP)"
+    )
     simulation_attack: SimulationAttackConfig | None = Field(
         None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
     )

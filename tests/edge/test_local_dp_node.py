@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from qflare.config import DataConfig
+from qflare.config import DataConfig, DeviceConfig, parse_config
 from qflare.edge.attestation import AttestedEnclave
 from qflare.edge.node import EdgeNode
+from qflare.errors import ConfigError
 from qflare.fl.local_dp import LocalDP, steps_per_round
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
@@ -67,3 +68,29 @@ def test_a_device_reports_its_epsilon_and_stops_at_its_budget(caplog: pytest.Log
     lines = [r.getMessage() for r in caplog.records]
     assert any("round 1 local DP: epsilon" in m for m in lines)
     assert any("round 2 not trained" in m and "local privacy budget" in m for m in lines)
+
+
+@pytest.mark.slow
+def test_a_device_with_its_own_local_dp_applies_it_whatever_the_task_says() -> None:
+    # Prepare: the server's task asks for no DP (and FedProx); the device's own config requires DP-SGD
+    digits = get_task("digits")
+    data = DataConfig(task="digits", partition_index=1, num_partitions=10, seed=0)
+    own = LocalDPConfig(noise_multiplier=2.0, max_grad_norm=0.5)
+    client = _ModelServer(dump_arrays(get_arrays(digits.build_model(0))),
+                          TrainConfig(epochs=1, batch_size=32, lr=0.05, proximal_mu=0.1))
+    node = EdgeNode(_cfg(data=data, local_dp=own), client, sleep=lambda s: None)
+    # Execute
+    blob = node.train_round(client.task())
+    # Assert
+    assert blob is not None
+    _, meta = load_arrays(blob, node.spec)
+    assert meta["dp_noise_multiplier"] == "2.0" and meta["dp_max_grad_norm"] == "0.5"
+    assert float(meta["dp_epsilon"]) > 0
+
+
+def test_a_bad_device_local_dp_names_the_key() -> None:
+    doc = {"device_id": "edge_01", "identity_key_file": "k", "server_key_fingerprint": "x",
+           "local_dp": {"noise_multiplier": 1.0, "max_grad_norm": 0}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(DeviceConfig, doc, source="device_config.yaml")
+    assert "local_dp.max_grad_norm" in err.value.message

@@ -187,21 +187,23 @@ class EdgeNode:
         verify_model_signature(blob, base64.b64decode(sig), enclave_key=enclave.signing, round_id=int(rid))
 
     def _privacy(self, tc: TrainConfig) -> Any:
-        """The device's DP-SGD state for ``tc.dp`` (one accountant across rounds); ``None`` without local DP."""
-        if tc.dp is None:
+        """The device's DP-SGD state (one accountant across rounds) for its own ``local_dp`` if configured (the
+        server's task cannot turn it off or weaken it), else the task's ``training.dp``; ``None``: no local DP."""
+        wanted = self.config.local_dp or tc.dp
+        if wanted is None:
             return None
-        if self.local_dp is None or tc.dp != self._local_dp_config:
+        if self.local_dp is None or wanted != self._local_dp_config:
             from qflare.fl.local_dp import LocalDP
 
             if self.local_dp is not None:
                 # Keep the steps already spent: a changed plan does not reset what this device's data revealed.
                 log.warning("%s: training.dp changed; the privacy already spent (epsilon %.3g) stays counted",
                             self.config.device_id, self.local_dp.epsilon)
-            fresh = LocalDP.from_config(tc.dp, num_examples=len(self.dataset),  # type: ignore[arg-type]
+            fresh = LocalDP.from_config(wanted, num_examples=len(self.dataset),  # type: ignore[arg-type]
                                         batch_size=tc.batch_size, epochs=tc.epochs)
             if self.local_dp is not None:
                 fresh.inherit(self.local_dp)
-            self.local_dp, self._local_dp_config = fresh, tc.dp
+            self.local_dp, self._local_dp_config = fresh, wanted
             log.info("%s: local DP (DP-SGD): noise_multiplier %.4g, max_grad_norm %g, budget epsilon %s at delta %g",
                      self.config.device_id, fresh.noise_multiplier, fresh.max_grad_norm, fresh.budget, fresh.delta)
         return self.local_dp
@@ -229,8 +231,11 @@ class EdgeNode:
         result = train_local(
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
             optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
-            proximal_mu=tc.proximal_mu, dp=dp,
+            proximal_mu=0.0 if dp is not None else tc.proximal_mu, dp=dp,
         )
+        if dp is not None and tc.proximal_mu > 0:
+            log.warning("%s: round %d trained without the task's proximal term (proximal_mu %g): DP-SGD noises "
+                        "per-example gradients only", self.config.device_id, round_id, tc.proximal_mu)
         if result.diverged:
             log.warning("%s: round %d local training stopped after %d steps: a loss, gradient or weight was not "
                         "finite (the last finite weights are uploaded)", self.config.device_id, round_id,
