@@ -204,6 +204,19 @@ async def _ticker(state: ServerState) -> None:
         await asyncio.sleep(TICK_SECONDS)
 
 
+async def _qkd_watcher(state: ServerState) -> None:
+    """Log aborted QKD frames of the KME link in the ledger (``server/qkd_watch.py``)."""
+    from qflare.server.qkd_watch import WATCH_SECONDS, QkdLinkWatch
+
+    watch = QkdLinkWatch()
+    while True:
+        try:
+            await run_in_threadpool(watch.poll, state)
+        except Exception:  # the watcher must survive a KME or ledger failure; the next poll retries
+            log.exception("QKD link watch failed")
+        await asyncio.sleep(WATCH_SECONDS)
+
+
 def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: bool = False,
                operators: OperatorAccounts | None = None) -> FastAPI:
     """Create the app around ``state``; with ``run_ticker`` a background task drives deadlines.
@@ -217,11 +230,13 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(state.orchestrator.bootstrap)
-        task = asyncio.create_task(_ticker(state)) if run_ticker else None
+        tasks = [asyncio.create_task(_ticker(state))] if run_ticker else []
+        if run_ticker and state.config.qkd is not None and state.ledger is not None:
+            tasks.append(asyncio.create_task(_qkd_watcher(state)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
