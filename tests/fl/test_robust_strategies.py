@@ -242,3 +242,19 @@ def test_enclave_round_checkpoint_restores_a_buffered_rule() -> None:
     second.restore(*first.checkpoint())
     for k in base:
         np.testing.assert_array_equal(second.acc.result()[k], first.acc.result()[k])
+
+
+@pytest.mark.parametrize("name", ["bounded-fedavg", "norm-bound", "centered-clipping", "krum"])
+def test_a_finite_step_whose_float32_square_overflows_is_clipped_not_a_round_failure(name: str) -> None:
+    # Prepare: one device sends finite float32 values of 1e25: their squares overflow float32 (max 3.4e38),
+    # which made the round's step norms inf and the median-norm bound refuse the whole round
+    base, ups = _honest(8)
+    huge = {k: np.full_like(base[k], 1e25) for k in base}
+    results = [(u, 100) for u in ups] + [(huge, 100)]
+
+    # Execute
+    out = _run(name, base, results)
+
+    # Assert: the round aggregates and the huge step is clipped away or excluded
+    honest = fedavg([(u, 100) for u in ups])
+    assert _dist(out, honest) <= 2 * min(_dist(u, base) for u in ups), name

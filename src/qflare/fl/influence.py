@@ -54,7 +54,13 @@ def _sq_norm(array: np.ndarray) -> float:
     flat = np.ravel(array)  # a view for contiguous arrays
     if flat.dtype.kind not in "fc":
         flat = flat.astype(np.float64)  # integer/bool tensors are small (counters)
-    return float(np.dot(flat, flat))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(np.dot(flat, flat))
+    if not math.isfinite(value) and flat.dtype != np.float64:
+        # finite float32 values above ~1.8e19 square beyond float32's range: an infinite norm would make
+        # a finite update unclippable (and the round's median bound refuse the round)
+        value = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
+    return value
 
 
 def global_norm(arrays: Mapping[str, np.ndarray], *, reference: Mapping[str, np.ndarray] | None = None) -> float:

@@ -379,8 +379,21 @@ def _chunk_width(n: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(n, 1))
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``a . b`` in the rows' dtype, again in float64 when that overflows.
+
+    Finite float32 values above ~1.8e19 have squares beyond float32's range: an attacker's finite
+    update would get an infinite norm, and the median-norm bound would refuse the whole round.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(np.dot(a, b))
+    if math.isfinite(value) or a.dtype == np.float64:
+        return value
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))
+
+
 def _row_sqnorms(matrix: np.ndarray) -> np.ndarray:
-    return np.array([float(np.dot(row, row)) for row in matrix], dtype=np.float64)
+    return np.array([_dot(row, row) for row in matrix], dtype=np.float64)
 
 
 def _sorted(indices: Any) -> tuple[int, ...]:
@@ -719,7 +732,7 @@ def centered_clipping_with_outcome(
         sq = []
         for row in matrix:
             np.subtract(row, center_w, out=diff)
-            sq.append(float(np.dot(diff, diff)))
+            sq.append(_dot(diff, diff))
         norms = np.sqrt(np.array(sq))
         if radius is None:
             radius = float(np.median(norms))
@@ -847,7 +860,7 @@ def fltrust_with_outcome(results: Results, *, root: NDArrays, reference: NDArray
     trust = np.zeros(n)
     for i, row in enumerate(steps):
         if norms[i] > 0:
-            trust[i] = max(0.0, float(np.dot(row, g0_cast)) / (norms[i] * g0_norm))
+            trust[i] = max(0.0, _dot(row, g0_cast) / (norms[i] * g0_norm))
     total = float(trust.sum())
     out = np.zeros(layout.size, dtype=np.float64)
     weights = trust / total if total > 0 else np.zeros(n)
