@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +95,37 @@ def test_a_bad_device_local_dp_names_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(DeviceConfig, doc, source="device_config.yaml")
     assert "local_dp.max_grad_norm" in err.value.message
+
+
+def _dp_node(tmp_path: Path, train: TrainConfig) -> tuple[EdgeNode, _ModelServer]:
+    digits = get_task("digits")
+    data = DataConfig(task="digits", partition_index=2, num_partitions=10, seed=0)
+    client = _ModelServer(dump_arrays(get_arrays(digits.build_model(0))), train)
+    node = EdgeNode(_cfg(data=data), client, sleep=lambda s: None, privacy_state=tmp_path / "edge_01.dp-spent.json")
+    return node, client
+
+
+@pytest.mark.slow
+def test_a_restarted_device_keeps_counting_its_privacy_spend(tmp_path: Path) -> None:
+    # Prepare
+    train = TrainConfig(epochs=1, batch_size=32, lr=0.05, dp=LocalDPConfig(noise_multiplier=1.0))
+    first, client = _dp_node(tmp_path, train)
+    first.train_round(client.task())
+    spent = first.local_dp.epsilon
+    # Execute: a new process (a new node) on the same state file trains one more round
+    second, client = _dp_node(tmp_path, train)
+    blob = second.train_round(client.task())
+    # Assert: the second node's epsilon composes both rounds, not one
+    assert blob is not None
+    _, meta = load_arrays(blob, second.spec)
+    assert second.local_dp.steps == 2 * first.local_dp.steps
+    assert float(meta["dp_epsilon"]) > spent
+    assert float(meta["dp_epsilon"]) == pytest.approx(second.local_dp.epsilon)
+
+
+def test_an_unreadable_privacy_state_is_never_taken_as_zero(tmp_path: Path) -> None:
+    (tmp_path / "edge_01.dp-spent.json").write_text('{"history": [[1.0, 2.0, 5]]}')  # a sampling rate above 1
+    node, client = _dp_node(tmp_path, TrainConfig(epochs=1, dp=LocalDPConfig(noise_multiplier=1.0)))
+    with pytest.raises(ConfigError) as err:
+        node.train_round(client.task())
+    assert err.value.reason == "bad_privacy_state"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from qflare.config import DeviceConfig, TrainConfig
@@ -20,6 +22,7 @@ from qflare.enclave.statements import RoundTask, verify_model_signature, verify_
 from qflare.errors import (
     AttestationError,
     AuthenticationError,
+    ConfigError,
     Conflict,
     DecryptionFailed,
     DuplicateUpdate,
@@ -93,6 +96,7 @@ class EdgeNode:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         auditor: LedgerAuditor | None = None,
+        privacy_state: Path | None = None,
     ) -> None:
         import torch
 
@@ -115,6 +119,7 @@ class EdgeNode:
         self._rng = random.Random(config.device_id)
         self.poisoner = self._simulation_poisoner(config)
         self.local_dp: Any = None  # qflare.fl.local_dp.LocalDP once a task asks for training.dp
+        self.privacy_state = privacy_state  # local DP: the steps spent, kept across restarts
         self._local_dp_config: Any = None
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
@@ -203,10 +208,28 @@ class EdgeNode:
                                         batch_size=tc.batch_size, epochs=tc.epochs)
             if self.local_dp is not None:
                 fresh.inherit(self.local_dp)
+            elif self.privacy_state is not None and self.privacy_state.exists():
+                fresh.add_spent(self._read_privacy_state(self.privacy_state))
             self.local_dp, self._local_dp_config = fresh, wanted
             log.info("%s: local DP (DP-SGD): noise_multiplier %.4g, max_grad_norm %g, budget epsilon %s at delta %g",
                      self.config.device_id, fresh.noise_multiplier, fresh.max_grad_norm, fresh.budget, fresh.delta)
         return self.local_dp
+
+    @staticmethod
+    def _read_privacy_state(path: Path) -> Any:
+        # Unreadable spend is never taken as zero: the device refuses to train instead.
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["history"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: local DP state unreadable ({exc}); not training on an unknown privacy spend",
+                              reason="bad_privacy_state") from None
+
+    def _save_privacy_state(self, dp: Any) -> None:
+        if self.privacy_state is None:
+            return
+        tmp = self.privacy_state.with_name(self.privacy_state.name + ".tmp")
+        tmp.write_text(json.dumps({"device_id": self.config.device_id, "history": dp.spent()}), encoding="utf-8")
+        tmp.replace(self.privacy_state)
 
     def train_round(self, task: dict[str, Any]) -> bytes | None:
         """Load the announced global model (verified), train locally, and return the update's bytes.
@@ -251,6 +274,7 @@ class EdgeNode:
         if math.isfinite(result.mean_loss):  # the server refuses a non-finite train_loss
             meta["train_loss"] = repr(float(result.mean_loss))
         if dp is not None:
+            self._save_privacy_state(dp)  # before the upload: what leaves the device has been counted
             meta.update(dp.metadata())
             log.info("%s: round %d local DP: epsilon %.4g at delta %g after %d DP-SGD steps", self.config.device_id,
                      round_id, dp.epsilon, dp.delta, dp.steps)
@@ -383,3 +407,8 @@ class EdgeNode:
                     break
                 self.sleep(self.config.poll_interval_seconds)
         return self.stats
+
+
+def privacy_state_file(cfg: DeviceConfig, base: Path) -> Path:
+    """Where a device keeps its local-DP spend (beside its identity key, as the ledger auditor's state)."""
+    return cfg.resolve(cfg.identity_key_file, base).with_suffix(".dp-spent.json")

@@ -185,7 +185,24 @@ class LocalDP:
 
     def inherit(self, previous: LocalDP) -> None:
         """Count the steps ``previous`` recorded (same device, changed plan): spent privacy is never reset."""
-        self._accountant.history = [*previous._accountant.history, *self._accountant.history]
+        self.add_spent(previous.spent())
+
+    def spent(self) -> list[tuple[float, float, int]]:
+        """Every step recorded so far as Opacus's ``(noise_multiplier, sample_rate, steps)`` triples."""
+        return [(float(z), float(q), int(n)) for z, q, n in self._accountant.history]
+
+    def add_spent(self, history: Any) -> None:
+        """Count steps spent before (a restarted device's saved :meth:`spent`); ``ConfigError`` on a bad record."""
+        if not isinstance(history, list):
+            raise ConfigError("local DP state: history is not a list", reason="bad_privacy_state")
+        triples: list[tuple[float, float, int]] = []
+        for item in history:
+            ok = isinstance(item, list | tuple) and len(item) == 3 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in item)
+            if not ok or not (item[0] > 0 and 0 < item[1] <= 1 and isinstance(item[2], int) and item[2] >= 0):
+                raise ConfigError(f"local DP state: bad record {item!r}", reason="bad_privacy_state")
+            triples.append((float(item[0]), float(item[1]), int(item[2])))
+        self._accountant.history = [*triples, *self._accountant.history]
 
     @property
     def steps(self) -> int:
