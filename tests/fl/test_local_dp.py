@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from qflare.errors import ConfigError
 from qflare.fl.local_dp import LocalDP, steps_per_round
 from qflare.fl.models import DigitsCNN, TaskModel
 from qflare.fl.simulation import run_inprocess
+from qflare.fl.tasks import get_task
 from qflare.fl.train import TrainConfig, get_arrays, train_local
 from qflare.fl.training_config import LocalDPConfig
 
@@ -167,3 +169,21 @@ def test_without_opacus_the_refusal_names_the_extra(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError) as err:
         LocalDP(noise_multiplier=1.0, max_grad_norm=1.0)
     assert err.value.reason == "missing_extra" and "'dp' extra" in err.value.message
+
+
+def test_a_gru_forecaster_trains_under_dp_sgd_and_keeps_its_spec() -> None:
+    # Prepare: nn.GRU has no per-example gradients in Opacus; its drop-in DPGRU holds the same state
+    traffic = get_task("traffic")
+    dataset = traffic.client_dataset(0, 10, seed=0)
+    model = traffic.build_model(0)
+    start = get_arrays(model)
+    dp = LocalDP(noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0)
+    # Execute
+    first = train_local(model, dataset, **traffic.default_train_config().as_kwargs(), dp=dp)
+    later = train_local(model, dataset, **traffic.default_train_config().as_kwargs(), dp=dp)
+    # Assert: trained, still a plain nn.GRU with the same tensors (the server's spec), epsilon counted
+    after = get_arrays(model)
+    assert isinstance(model.gru, nn.GRU)  # type: ignore[attr-defined]
+    assert list(after) == list(start) and all(after[k].shape == start[k].shape for k in start)
+    assert any(not np.array_equal(after[k], start[k]) for k in start)
+    assert later.mean_loss < first.mean_loss and dp.epsilon > 0

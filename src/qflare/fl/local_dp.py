@@ -20,6 +20,7 @@ were sampled. The generator is torch's, not a CSPRNG (Opacus's ``secure_mode`` n
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import secrets
@@ -105,6 +106,33 @@ def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         eps, _ = opacus.accountants.analysis.rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
+
+
+def _dp_trainable(opacus: Any, model: nn.Module) -> nn.Module:
+    """``model`` if Opacus can train it; else a copy with Opacus's drop-in layers (``nn.GRU`` -> ``DPGRU``) holding
+    the same state under the same names (so the update keeps the model's spec); else ``ConfigError``."""
+    model.train()
+    validator = opacus.validators.ModuleValidator
+    errors = validator.validate(model, strict=False)
+    if not errors:
+        return model
+    refusal = ConfigError(f"training.dp: Opacus cannot train {type(model).__name__} with DP-SGD: "
+                          + "; ".join(str(e) for e in errors), reason="local_dp_unsupported_model")
+    try:
+        fixed = validator.fix(copy.deepcopy(model))
+    except Exception:  # noqa: BLE001 - no drop-in replacement: the original reason is the one to give
+        raise refusal from None
+    original, replaced = model.state_dict(), fixed.state_dict()
+    # A replacement that changes the state (BatchNorm -> GroupNorm drops the running statistics) would change
+    # what the device trains and uploads: only a same-state swap (DPGRU renames and aliases nn.GRU's) is taken.
+    if validator.validate(fixed, strict=False) or any(
+            k not in replaced or replaced[k].shape != v.shape for k, v in original.items()):
+        raise refusal
+    fixed.load_state_dict(original, strict=False)
+    if not all(torch.equal(fixed.state_dict()[k], v) for k, v in original.items()):
+        raise refusal
+    fixed.train()
+    return fixed
 
 
 class LocalDP:
@@ -245,11 +273,8 @@ class LocalDP:
         from qflare.fl.train import TrainResult, _finite, _optimizer
 
         opacus = _opacus()
-        model.train()
-        errors = opacus.validators.ModuleValidator.validate(model, strict=False)
-        if errors:
-            raise ConfigError(f"training.dp: Opacus cannot train {type(model).__name__} with DP-SGD: "
-                              + "; ".join(str(e) for e in errors), reason="local_dp_unsupported_model")
+        plain = model
+        model = _dp_trainable(opacus, plain)
         num_examples = len(dataset)  # type: ignore[arg-type]
         q = sample_rate(num_examples, batch_size)
         entropy = self._seed if self._seed is not None else secrets.randbits(63)
@@ -293,6 +318,9 @@ class LocalDP:
                     break
         finally:
             gsm._close()  # removes the hooks and the per-sample gradients: the model is a plain module again
+        if model is not plain:
+            trained = model.state_dict()
+            plain.load_state_dict({k: trained[k] for k in plain.state_dict()}, strict=True)
         mean_loss = total / seen if seen else float("nan")
         return TrainResult(num_examples=num_examples, mean_loss=mean_loss, num_steps=steps, diverged=diverged)
 
