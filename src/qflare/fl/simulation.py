@@ -43,7 +43,10 @@ class RoundMetrics:
     local training stopped on a non-finite loss, gradient or weight (:class:`~qflare.fl.train.TrainResult`);
     ``train_loss`` is then over the others (NaN if none had a finite loss). ``local_privacy``, with
     local DP (``train_config.dp``): ``{mode: local, epsilon: the largest device epsilon, epsilon_mean,
-    epsilon_min, delta, devices: how many trained, noise_multipliers: [min, max]}``.
+    epsilon_min, delta, devices: how many trained, noise_multipliers: [min, max]}``. ``he``, with CKKS:
+    ``{bytes_up: every device's ciphertext upload, bytes_down: the encrypted sum one device downloads,
+    plaintext_bytes_up, encrypt_seconds: every device's, sum_seconds: the server's, decrypt_seconds: one
+    device's}``.
     """
 
     round: int
@@ -55,6 +58,7 @@ class RoundMetrics:
     privacy: dict[str, Any] | None = None
     diverged: int = 0
     local_privacy: dict[str, Any] | None = None
+    he: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -81,6 +85,7 @@ def run_inprocess(
     attack: Poisoner | None = None,
     malicious: Sequence[int] = (),
     accountant: PrivacyAccountant | None = None,
+    he_context: Any = None,
 ) -> list[RoundMetrics]:
     """Run ``rounds`` rounds with all ``clients`` taking part in each; return per-round metrics.
 
@@ -114,9 +119,17 @@ def run_inprocess(
         With central DP (``strategy`` a :mod:`qflare.fl.privacy` wrapper): the privacy spent per round
         (sampling rate 1, every client takes part) goes into :attr:`RoundMetrics.privacy`; a round that
         would exceed the accountant's budget is not run, so the model is the last one within budget.
+    he_context:
+        CKKS (:mod:`qflare.fl.he`): the operator's TenSEAL context *with* its secret key (the devices'). Each
+        device uploads :func:`~qflare.fl.he.encrypt_update`; a :class:`~qflare.fl.he.HESumAccumulator`
+        built from the public context alone sums them; the devices decrypt the sum (FedAvg) and train on
+        it next round. Only FedAvg exists under CKKS: ``strategy``, ``attack`` and ``accountant`` are refused.
     """
     if clients < 1 or rounds < 1:
         raise ConfigError("need at least one client and one round", reason="invalid_config")
+    if he_context is not None and (strategy is not None or attack is not None or accountant is not None):
+        raise ConfigError("CKKS sums ciphertexts: no aggregation rule but FedAvg, no central DP, no poisoning",
+                          reason="invalid_config")
     task = get_task(task) if isinstance(task, str) else task
     config = train_config or task.default_train_config()
     strategy = strategy or FedAvg()
@@ -158,8 +171,13 @@ def run_inprocess(
             diverged += int(result.diverged)
             if math.isfinite(result.mean_loss):
                 losses.append((result.mean_loss, result.num_examples))
-        honest = [u for k, (u, _) in zip(taking_part, trained, strict=True) if k not in bad]
-        for k, (update, num_examples) in zip(taking_part, trained, strict=True):
+        he_report: dict[str, Any] | None = None
+        if he_context is not None:
+            he_report = _he_round(he_context, trained, spec, global_model)
+            update_bytes = he_report["bytes_up"]
+        plain = [] if he_context is not None else list(zip(taking_part, trained, strict=True))
+        honest = [u for k, (u, _) in plain if k not in bad]
+        for k, (update, num_examples) in plain:
             if k in bad:
                 assert attack is not None
                 rng = np.random.default_rng(client_seed(seed, r, k))
@@ -169,7 +187,8 @@ def run_inprocess(
             update_bytes += len(payload)
             arrays, _ = load_arrays(payload, spec)
             accumulator.add(arrays, num_examples)
-        set_arrays(global_model, accumulator.result())
+        if he_context is None:
+            set_arrays(global_model, accumulator.result())
         metrics = task.evaluate(global_model, test)
         spent = accountant.spend(1.0).as_dict() if accountant is not None else None
         total = sum(n for _, n in losses)
@@ -183,11 +202,39 @@ def run_inprocess(
             privacy=spent,
             diverged=diverged,
             local_privacy=_local_report([local_dp[k] for k in taking_part]) if local_dp is not None else None,
+            he=he_report,
         )
         history.append(round_metrics)
         if on_round is not None:
             on_round(round_metrics)
     return history
+
+
+def _he_round(ctx: Any, trained: Sequence[tuple[NDArrays, int]], spec: Any, global_model: torch.nn.Module
+              ) -> dict[str, Any]:
+    """One CKKS round: devices encrypt, the server sums under the public context, a device decrypts."""
+    from qflare.fl.he import HESumAccumulator, decrypt_aggregate, encrypt_update, public_context
+
+    server = HESumAccumulator(public_context(ctx), spec)
+    encrypt = total = 0.0
+    up = plain = 0
+    for update, num_examples in trained:
+        tic = time.perf_counter()
+        blob = encrypt_update(ctx, update, num_examples, spec)
+        encrypt += time.perf_counter() - tic
+        up += len(blob)
+        plain += len(dump_arrays(update))
+        tic = time.perf_counter()
+        server.add(blob, num_examples)
+        total += time.perf_counter() - tic
+    tic = time.perf_counter()
+    summed = server.result()
+    total += time.perf_counter() - tic
+    tic = time.perf_counter()
+    set_arrays(global_model, decrypt_aggregate(ctx, summed, spec))
+    decrypt = time.perf_counter() - tic
+    return {"bytes_up": up, "bytes_down": len(summed), "plaintext_bytes_up": plain, "encrypt_seconds": encrypt,
+            "sum_seconds": total, "decrypt_seconds": decrypt}
 
 
 def _local_dp(config: TrainConfig, datasets: Sequence[Any], seed: int) -> list[LocalDP] | None:
