@@ -1,4 +1,5 @@
-"""``qflare simulate --dp central|local``: options checked before anything starts, epsilon in the run summary."""
+"""``qflare simulate --dp central|local`` and ``--he ckks``: options checked before anything starts, epsilon and
+costs in the run summary."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qflare.cli.simulate_cmd import check_local_privacy, check_privacy, privacy_line
+from qflare.cli.simulate_cmd import check_he_options, check_local_privacy, check_privacy, privacy_line
 from qflare.errors import ConfigError
 from qflare.fl.privacy import epsilon_for, plan_central
 
@@ -122,3 +123,32 @@ def test_simulate_with_central_dp_reports_the_epsilon_spent(tmp_path: Path) -> N
     assert 0 < privacy["epsilon"] <= 8.0
     assert "privacy: central DP (per device), epsilon" in proc.stderr
     assert json.loads((Path(summary["run_dir"]) / "summary.json").read_text()) == summary
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"dp": "central"}, "--dp"),
+    ({"attack": "sign-flip"}, "--attack"),
+    ({"aggregator": "median"}, "--aggregator"),
+    ({"mode": "async"}, "--mode async"),
+])
+def test_simulate_he_ckks_refuses_what_ciphertexts_cannot_do(kwargs: dict[str, object], needle: str) -> None:
+    args: dict[str, object] = {"dp": "none", "attack": None, "attackers": None, "aggregator": "bounded-fedavg",
+                               "mode": "sync", "personalize": None, "csv": None, **kwargs}
+    with pytest.raises(ConfigError) as err:
+        check_he_options(**args)  # type: ignore[arg-type]
+    assert err.value.reason == "bad_option" and needle in err.value.message
+
+
+@pytest.mark.slow
+def test_simulate_he_ckks_reports_accuracy_and_costs() -> None:
+    from typer.testing import CliRunner
+
+    from qflare.cli.app import app
+
+    result = CliRunner().invoke(app, ["simulate", "--he", "ckks", "--clients", "2", "--rounds", "1", "--epochs", "1",
+                                      "--partition", "iid"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["he"] == "ckks" and summary["transport"] == "in-process" and summary["rounds_completed"] == 1
+    assert summary["bytes_up_per_device"] > 10 * summary["plaintext_bytes_up_per_device"]
+    assert 0 <= summary["final_accuracy"] <= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -100,6 +101,9 @@ def simulate(
     max_staleness: Annotated[int, typer.Option(min=0, help="async: refuse updates older than this")] = 10,
     target_accuracy: Annotated[float | None, typer.Option(help="async: report time_to_target_seconds")] = None,
     personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto (in-process)")] = None,
+    he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS), the "
+                                    "aggregator sums ciphertexts blind (in-process, FedAvg only; docs/privacy.md)")
+                  ] = "none",
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -116,6 +120,10 @@ def simulate(
     from qflare.cli.simulate_city import build_profiles, run_async_inprocess, run_personalize_inprocess
 
     _choice("--mode", mode, ("sync", "async"))
+    _choice("--he", he, ("none", "ckks"))
+    if he == "ckks":
+        check_he_options(dp=dp, attack=attack, attackers=attackers, aggregator=aggregator, mode=mode,
+                         personalize=personalize, csv=csv)
     if personalize is not None:
         _choice("--personalize", personalize, ("finetune", "fedper", "ditto"))
     if mode == "async":
@@ -140,6 +148,12 @@ def simulate(
                           reason="bad_option")
     if train.dp is not None:
         check_local_plan(t, train, clients=clients, partition=partition, alpha=alpha, seed=seed)
+    if he == "ckks":
+        console.print(f"[bold]QFLARE simulate[/]: in-process run (CKKS: {clients} devices encrypt, the aggregator "
+                      "sums ciphertexts under the public context, devices decrypt); not over HTTP")
+        print(json.dumps(run_he_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
+                                          alpha=alpha, seed=seed, train=train), sort_keys=True))
+        return
     if mode == "async" or personalize is not None:
         console.print("[bold]QFLARE simulate[/]: in-process run (" + ("async FedBuff, virtual clock" if mode == "async"
                       else f"personalize {personalize}") + "); the HTTP server serves synchronous rounds only")
@@ -286,6 +300,41 @@ def check_privacy(dp: str, *, noise_multiplier: float | None, clip: float | None
     except ConfigError as exc:
         raise ConfigError(f"--dp central: {exc.message}", reason=exc.reason) from None
     return doc
+
+
+def check_he_options(*, dp: str, attack: str | None, attackers: str | None, aggregator: str, mode: str,
+                     personalize: str | None, csv: Path | None) -> None:
+    """``--he ckks`` sums ciphertexts in process: refuse the options it cannot honour, naming them."""
+    clash = [name for name, used in (("--dp", dp != "none"), ("--attack", attack is not None),
+                                     ("--attackers", bool(attackers)), ("--mode async", mode != "sync"),
+                                     ("--personalize", personalize is not None), ("--csv", csv is not None),
+                                     ("--aggregator", aggregator != "bounded-fedavg")) if used]
+    if clash:
+        raise ConfigError(f"--he ckks: runs FedAvg over ciphertexts in process; not with {', '.join(clash)}",
+                          reason="bad_option")
+
+
+def run_he_inprocess(*, task: str, clients: int, rounds: int, partition: str, alpha: float, seed: int,
+                     train: TrainConfig) -> dict[str, Any]:
+    """A CKKS run (:func:`qflare.fl.simulation.run_inprocess` with ``he_context``): accuracy and per-round costs."""
+    from qflare.fl.he import make_context
+    from qflare.fl.simulation import run_inprocess
+    from qflare.fl.tasks import get_task
+
+    tic = time.perf_counter()
+    history = run_inprocess(task, clients, rounds, partition=partition, alpha=alpha, seed=seed, train_config=train,
+                            he_context=make_context())
+    he = [m.he for m in history if m.he is not None]
+    metric = get_task(task).metric
+    return {"transport": "in-process", "he": "ckks", "task": task, "clients": clients, "rounds": rounds,
+            "rounds_completed": len(history), f"final_{metric}": history[-1].metrics[metric],
+            "bytes_up_per_device": sum(h["bytes_up"] for h in he) / len(he) / clients,
+            "plaintext_bytes_up_per_device": sum(h["plaintext_bytes_up"] for h in he) / len(he) / clients,
+            "bytes_down_per_device": sum(h["bytes_down"] for h in he) / len(he),
+            "encrypt_seconds_per_device": sum(h["encrypt_seconds"] for h in he) / len(he) / clients,
+            "sum_seconds_per_round": sum(h["sum_seconds"] for h in he) / len(he),
+            "decrypt_seconds_per_device": sum(h["decrypt_seconds"] for h in he) / len(he),
+            "wall_seconds": round(time.perf_counter() - tic, 2)}
 
 
 def check_local_privacy(dp: str, *, noise_multiplier: float | None, max_grad_norm: float | None,
