@@ -374,6 +374,11 @@ class DeviceConfig(_Strict):
     )
     data: DataConfig = DataConfig()
     poll_interval_seconds: float = Field(1.0, gt=0)
+    long_poll_seconds: float = Field(
+        10.0, ge=0, le=30,
+        description="hold each task poll up to this long on the server until a round opens or closes "
+                    "(0: plain polling)",
+    )
     request_timeout_seconds: float = Field(60.0, gt=0)
     retry: RetryConfig = RetryConfig()
     torch_threads: int = Field(1, ge=1)

@@ -25,7 +25,7 @@ class _Server:
         self.first_answer = first_answer
         self.uploads: list[bytes] = []
 
-    def task(self) -> dict[str, Any]:
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
         return self.tasks.pop(0)
 
     def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]:

@@ -223,7 +223,7 @@ class _WaitingClient:
     enclave = None
     attestation_required = False
 
-    def task(self) -> dict[str, Any]:
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
         return {"status": "wait", "retry_after": 0.0}
 
 

@@ -32,7 +32,7 @@ def _sealed(answer: bytes):  # type: ignore[no-untyped-def]
         env = parse_envelope(req.content, max_size=1 << 20)
         verify_envelope_signature(env, DEVICE_KEY.public_key())
         payload, sealer = decrypt_envelope(env, SERVER_KEY, allowed_key_sources=("mlkem",))
-        assert env.path == req.url.path and env.device_id == "edge_01"
+        assert env.path == req.url.raw_path.decode() and env.device_id == "edge_01"
         seen.append((env.path, payload))
         return httpx.Response(200, content=sealer.seal(answer))
 

@@ -29,7 +29,7 @@ class _ModelServer:
     def __init__(self, blob: bytes, train: TrainConfig) -> None:
         self.blob, self.train, self.round = blob, train, 0
 
-    def task(self) -> dict[str, Any]:
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
         self.round += 1
         return {"status": "train", "round_id": self.round, "model_version": 0, "model_sha256": "-",
                 "train_config": self.train.model_dump()}

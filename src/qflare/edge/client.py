@@ -217,8 +217,9 @@ class DeviceClient:
     def heartbeat(self) -> dict[str, Any]:
         return self._call_json("/v1/device/heartbeat")
 
-    def task(self) -> dict[str, Any]:
-        return self._call_json("/v1/device/task")
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
+        """The next task; with ``wait`` > 0 the server may hold a ``wait`` answer that long (long-poll)."""
+        return self._call_json(f"/v1/device/task?wait={wait:g}" if wait > 0 else "/v1/device/task")
 
     def download_model(self, version: int, expected_sha256: str) -> bytes:
         """Download a global model and check it against the SHA-256 the task announced."""

@@ -313,7 +313,7 @@ class EdgeNode:
         """One poll: returns the task status seen (``train``, ``wait`` or ``done``)."""
         if self.auditor is not None:
             self.auditor.check()  # LedgerIntegrityError (rollback, fork, missing update): stop
-        task = self.client.task()
+        task = self.client.task(wait=self.config.long_poll_seconds)
         status = str(task.get("status"))
         if status == "train":
             self._waiting_for = None
@@ -342,8 +342,9 @@ class EdgeNode:
             if reason and reason != self._waiting_for:
                 log.info("%s: %s", self.config.device_id, reason)
                 self._waiting_for = str(reason)
-            self.sleep(min(float(task.get("retry_after", 1.0)) or self.config.poll_interval_seconds,
-                           self.config.poll_interval_seconds))
+            if not task.get("waited"):  # a long-polled answer was paced by the server: ask again at once
+                self.sleep(min(float(task.get("retry_after", 1.0)) or self.config.poll_interval_seconds,
+                               self.config.poll_interval_seconds))
         return status
 
     def run(self, *, max_rounds: int | None = None) -> NodeStats:

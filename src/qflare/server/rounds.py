@@ -36,6 +36,7 @@ from qflare.server.faults import crash_point
 from qflare.server.lease import RoundLease, SoleLease
 from qflare.server.reputation import Reputation
 from qflare.server.storage import NewEvent, Repository, RoundRecord, UpdateRecord
+from qflare.server.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from qflare.fl.privacy import PrivacyAccountant
@@ -121,6 +122,10 @@ class Orchestrator:
         self._seen: dict[int, set[str]] = {}
         self._owner = False
         self._task_signatures: dict[int, str | None] = {}
+        # Wakes the task route's long-polls when what devices are told may have changed (a round opened,
+        # closed or failed here, or another worker's round seen at a tick).
+        self.changed = Wakeup()
+        self._announced: tuple[int, str] | None = None
         # Who takes part in a round: None is uniform sampling; else e.g. selection.AdaptiveSelector().
         self.select: Callable[..., list[str]] | None = None
         task = get_task(config.task)
@@ -309,8 +314,13 @@ class Orchestrator:
 
         Only the lease holder does this; a follower only keeps its backend on the open round. The owner
         first counts what other workers accepted (replaying it from the database), so a quorum reached
-        across workers closes the round and none of their updates is discarded.
+        across workers closes the round and none of their updates is discarded. Then long-polls are woken
+        if the open round changed (here or in another worker).
         """
+        self._tick()
+        self._announce()
+
+    def _tick(self) -> None:
         with self._lock:
             held = self.lease.held()
             if held and not self._owner:
@@ -337,6 +347,14 @@ class Orchestrator:
                         self._fail(rnd, reason="deadline_no_quorum", expect_updates=count)
             self._forget_rounds(keep={r.round_id for r in self.repo.open_rounds()})
             self._maybe_open_round()
+
+    def _announce(self) -> None:
+        """Wake long-polls if the open round changed since the last look (rounds another worker opened)."""
+        rnd = self.current_round()
+        now = (rnd.round_id, rnd.status) if rnd is not None else (-1, "none")
+        if now != self._announced:
+            self._announced = now
+            self.changed.notify()
 
     def _ensure_round(self, rnd: RoundRecord) -> None:
         """Begin ``rnd`` in this process's backend if it is not yet (a round another process opened)."""
@@ -401,6 +419,7 @@ class Orchestrator:
         self._seen[round_id] = set()
         if self.ledger is not None:
             self.ledger.round_opened(round_id, model.sha256, self.config.aggregation.rule, now + rc.deadline_seconds)
+        self.changed.notify()
         log.info("round %d opened: %d of %d active devices selected", round_id, k, len(active))
 
     def _aggregate(self, rnd: RoundRecord, *, reason: str) -> None:
@@ -472,6 +491,7 @@ class Orchestrator:
             self.ledger.round_closed(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
                                      [(u.device_id, u.num_examples) for u in updates],
                                      entry=self.backend.published_entry(rnd.round_id))
+        self.changed.notify()
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 
@@ -500,6 +520,7 @@ class Orchestrator:
         self._task_signatures.pop(rnd.round_id, None)
         if self.ledger is not None:
             self.ledger.round_failed(rnd.round_id, reason)
+        self.changed.notify()
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
 
     def load_model(self, version: int) -> bytes:

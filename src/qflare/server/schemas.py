@@ -79,6 +79,8 @@ class TaskResponse(_Out):
     model_signature: str | None = Field(None, description="base64; the enclave's signature over the base model")
     model_round_id: int | None = Field(None, description="the round that produced the base model")
     reason: str | None = Field(None, description='with "wait": what the device waits for, in words')
+    waited: float | None = Field(None, description="with ?wait=: seconds the server held the request (long-poll); "
+                                                   "a device that gets a wait answer with it asks again at once")
 
 
 class AttestationPublic(_Out):

@@ -81,8 +81,10 @@ class RecordingProxy:
         body = await request.body()
         path = request.url.path
         if path.startswith("/v1/device/"):
+            # The signed target (docs/protocol.md 10.2) is the path with its query (e.g. a long-poll's ?wait=).
+            target = f"{path}?{request.url.query}" if request.url.query else path
             with self._lock:
-                self.captured.append((path, body))
+                self.captured.append((target, body))
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type",)}
         resp = await self._client.request(request.method, path, params=request.query_params, content=body,
                                           headers=headers)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -19,7 +21,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from qflare.crypto.envelope import Envelope, parse_envelope
-from qflare.errors import QFlareError, Unauthenticated
+from qflare.errors import InvalidInput, QFlareError, Unauthenticated
 from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.logs import bind_device
 from qflare.server.deps import State, rate_limits
@@ -126,10 +128,48 @@ async def heartbeat(call: Device, state: State) -> Response:
     return _sealed_json(call, Heartbeat(device_id=call.device_id, server_time=state.clock()).model_dump())
 
 
-@router.post("/task", responses=_SEALED, openapi_extra=ENVELOPE_BODY, summary="Next task (sealed JSON: TaskResponse)")
-async def task(call: Device, state: State) -> Response:
-    t = await _work(state, call, functools.partial(state.orchestrator.assignment_for, call.device_id))
-    return _sealed_json(call, TaskResponse(server_time=state.clock(), **t.__dict__).model_dump())
+MAX_TASK_WAIT_SECONDS = 30.0
+"""The longest a task request may be held (``?wait=``): a proxy's idle timeout is usually 60 s or more."""
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not 0.0 <= wait <= MAX_TASK_WAIT_SECONDS:  # also NaN
+        raise InvalidInput(f"wait must be a number of seconds in [0, {MAX_TASK_WAIT_SECONDS:g}]", reason="bad_wait")
+    return wait
+
+
+@router.post("/task", responses=_SEALED, openapi_extra={
+    **ENVELOPE_BODY,
+    "parameters": [{"name": "wait", "in": "query", "required": False, "schema": {
+        "type": "number", "minimum": 0, "maximum": MAX_TASK_WAIT_SECONDS},
+        "description": "long-poll: hold a `wait` answer up to this many seconds, until a round opens or closes"}],
+}, summary="Next task (sealed JSON: TaskResponse)")
+async def task(call: Device, state: State, request: Request) -> Response:
+    """The device's next task. With ``?wait=S`` (part of the signed target) a ``wait`` answer is held
+    until what the device is told may have changed (a round opened, closed or failed) or ``S`` seconds
+    passed; the answer then says how long it was held (``waited``) so the device asks again at once."""
+    orch = state.orchestrator
+    started = time.monotonic()
+    try:
+        wait = _wait_seconds(request)
+    except InvalidInput as exc:
+        _record(state, "request_rejected", call.device_id, None, exc.reason, f"{call.envelope.path}: {exc.message}")
+        raise SealedRefusal.for_call(exc, call.seal, error_body(exc.reason, exc.message)) from exc
+    while True:
+        generation = orch.changed.generation
+        t = await _work(state, call, functools.partial(orch.assignment_for, call.device_id))
+        left = wait - (time.monotonic() - started)
+        if t.status != "wait" or left <= 0 or not await orch.changed.wait(generation, left):
+            break
+    held = time.monotonic() - started if wait > 0 else None
+    return _sealed_json(call, TaskResponse(server_time=state.clock(), waited=held, **t.__dict__).model_dump())
 
 
 @router.post("/model/{version}", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
