@@ -187,3 +187,13 @@ def test_a_gru_forecaster_trains_under_dp_sgd_and_keeps_its_spec() -> None:
     assert list(after) == list(start) and all(after[k].shape == start[k].shape for k in start)
     assert any(not np.array_equal(after[k], start[k]) for k in start)
     assert later.mean_loss < first.mean_loss and dp.epsilon > 0
+
+
+def test_paths_without_dp_sgd_refuse_a_dp_config_rather_than_train_without_it() -> None:
+    from qflare.fl.personalize import local_only, run_personalized
+
+    train = TrainConfig(epochs=1, dp=LocalDPConfig(noise_multiplier=1.0))
+    with pytest.raises(ConfigError, match="local DP"):
+        run_personalized("digits", 2, 1, method="finetune", train_config=train)
+    with pytest.raises(ConfigError, match="local DP"):
+        local_only("digits", 2, 1, train_config=train)

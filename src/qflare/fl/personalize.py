@@ -126,6 +126,8 @@ def run_personalized(
         raise ConfigError("need at least one client and one round", reason="invalid_config")
     task = get_task(task) if isinstance(task, str) else task
     tc = train_config or task.default_train_config()
+    if tc.dp is not None:  # as_kwargs() leaves dp out: never train without the DP the config asks for
+        raise ConfigError("personalisation does not run local DP (training.dp)", reason="invalid_config")
     splits = [device_split(task, k, clients, partition=partition, alpha=alpha, seed=seed) for k in range(clients)]
     global_model, local = task.build_model(seed), task.build_model(seed)
     global_arrays = get_arrays(global_model)
@@ -172,7 +174,10 @@ def local_only(task: Task | str, clients: int, epochs: int, *, partition: str | 
                seed: int = 0, train_config: TrainConfig | None = None) -> list[float]:
     """Each device trains alone for ``epochs`` epochs on its own data: its held-out metric, per device."""
     task = get_task(task) if isinstance(task, str) else task
-    kw = (train_config or task.default_train_config()).as_kwargs()
+    tc = train_config or task.default_train_config()
+    if tc.dp is not None:
+        raise ConfigError("local-only training does not run local DP (training.dp)", reason="invalid_config")
+    kw = tc.as_kwargs()
     kw["epochs"] = epochs
     out = []
     for k in range(clients):

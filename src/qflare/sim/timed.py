@@ -102,6 +102,9 @@ def run_timed(config: TimedConfig, profiles: list[DeviceProfile]) -> TimedResult
     started = time.perf_counter()
     task = get_task(config.task)
     tc = config.train or task.default_train_config()
+    if tc.dp is not None:  # as_kwargs() leaves dp out: never train without the DP the config asks for
+        raise ConfigError("the timed in-process simulation does not run local DP (training.dp)",
+                          reason="invalid_config")
     datasets = [task.client_dataset(k, config.clients, partition=config.partition, alpha=config.alpha,
                                     seed=config.seed) for k in range(config.clients)]
     sizes = np.asarray([len(d) for d in datasets], dtype=np.float64)  # type: ignore[arg-type]
