@@ -104,6 +104,9 @@ def simulate(
     he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS), the "
                                     "aggregator sums ciphertexts blind (in-process, FedAvg only; docs/privacy.md)")
                   ] = "none",
+    long_poll: Annotated[float, typer.Option(min=0.0, max=30.0, help="seconds each device's task poll may be held "
+                                             "by the server until a round opens or closes (0: plain polling)")
+                         ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -179,6 +182,7 @@ def simulate(
         devices_per_process=devices_per_process,
         csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
+        long_poll_seconds=long_poll,
     )
     from qflare.sim.runner import check_partition
 

@@ -90,6 +90,7 @@ class SimulationConfig:
     csv_path: Path | None = None  # traffic/pollution: the user's CSV instead of the generated city
     csv_layout: dict[str, Any] = field(default_factory=dict)  # config.CsvLayoutConfig keys
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
+    long_poll_seconds: float = 10.0  # DeviceConfig.long_poll_seconds (0: plain polling every 0.5 s)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -430,6 +431,7 @@ def _run(
             )
             if device_id in malicious:
                 extra["simulation_attack"] = malicious[device_id]
+            extra["long_poll_seconds"] = sim.long_poll_seconds
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         n_proc = edge_processes(len(devices), sim.devices_per_process)
         if n_proc >= len(devices):
