@@ -401,6 +401,10 @@ class DeviceConfig(_Strict):
                 ".qflare/server-keys/server-kem.pub is not the key an enclave uses); set server_public_key_file "
                 "and server_key_fingerprint to null"
             )
+        if self.long_poll_seconds + 5 > self.request_timeout_seconds:
+            raise ValueError(f"request_timeout_seconds ({self.request_timeout_seconds:g}) must exceed "
+                             f"long_poll_seconds ({self.long_poll_seconds:g}) by at least 5 s: a held task poll "
+                             "would time out")
         if self.key_source != "mlkem" and (self.qkd is None or not self.qkd.peer_sae_id):
             raise ValueError(f"key_source {self.key_source} needs a qkd section with peer_sae_id")
         return self

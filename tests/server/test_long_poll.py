@@ -146,3 +146,15 @@ def test_an_edge_node_long_polls_and_does_not_sleep_after_a_held_answer(
     # Assert: it asks the server to hold (10 s, the default) and sleeps only after a plain answer
     assert server.asked == [10.0, 10.0, 10.0]
     assert slept == sleeps
+
+
+def test_a_device_config_whose_timeout_would_cut_a_long_poll_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from qflare.config import DeviceConfig
+
+    with pytest.raises(ValidationError, match="must exceed long_poll_seconds"):
+        DeviceConfig(device_id="edge_01", identity_key_file="k", server_public_key_file="p",
+                     long_poll_seconds=20, request_timeout_seconds=10)
+    assert DeviceConfig(device_id="edge_01", identity_key_file="k", server_public_key_file="p",
+                        long_poll_seconds=0, request_timeout_seconds=5).long_poll_seconds == 0
