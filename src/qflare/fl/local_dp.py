@@ -270,7 +270,7 @@ class LocalDP:
 
         ``seed`` is not used: the batches and the noise come from ``noise_seed`` or OS entropy.
         """
-        from qflare.fl.train import TrainResult, _finite, _optimizer
+        from qflare.fl.train import TrainResult, _optimizer, _StepGuard
 
         opacus = _opacus()
         plain = model
@@ -288,7 +288,7 @@ class LocalDP:
                 _optimizer(model, optimizer, lr, momentum, weight_decay), noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.max_grad_norm, expected_batch_size=max(1, round(q * num_examples)),
                 generator=noise)
-            params = [p for p in model.parameters() if p.requires_grad]
+            guard = _StepGuard(opt, [p for p in model.parameters() if p.requires_grad])
             gsm.train()
             total, seen, steps, diverged = 0.0, 0, 0, False
             for _ in range(epochs):
@@ -301,16 +301,12 @@ class LocalDP:
                         # the inputs need no gradient (data): Opacus's hooks still see every layer's output
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
                         loss.backward()  # an empty Poisson batch: NaN loss, no per-sample gradient, noise only
-                    before = [p.detach().clone() for p in params]
-                    opt.step()
-                    self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=q)
-                    steps += 1
-                    if not _finite([p.detach() for p in params]):
-                        with torch.no_grad():
-                            for p, b in zip(params, before, strict=True):
-                                p.copy_(b)
+                    applied = guard.step()
+                    self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=q)  # noise was drawn
+                    if not applied:
                         diverged = True
                         break
+                    steps += 1
                     if len(target):
                         total += float(loss.detach()) * len(target)
                         seen += len(target)

@@ -111,7 +111,7 @@ def train_local(
     # Don't track the start point's gradient: it is the fixed anchor of the proximal term.
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     generator = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    guard = _StepGuard(opt, [p for p in model.parameters() if p.requires_grad])
     model.train()
     total, seen, steps, diverged = 0.0, 0, 0, False
     for _ in range(epochs):
@@ -125,7 +125,7 @@ def train_local(
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 objective = loss + 0.5 * proximal_mu * prox
             objective.backward()
-            if not _step_if_finite(opt, params, objective):
+            if not guard.step():
                 diverged = True
                 break
             total += float(loss.detach()) * len(target)
@@ -138,22 +138,33 @@ def train_local(
 
 
 def _finite(tensors: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """Whether every element of ``tensors`` is finite: one fused norm per tensor and one host sync.
 
-
-def _step_if_finite(opt: torch.optim.Optimizer, params: list[nn.Parameter], objective: torch.Tensor) -> bool:
-    """``opt.step()`` unless the objective or a gradient is not finite; undone if it makes a weight non-finite."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not (bool(torch.isfinite(objective.detach())) and _finite(grads)):
-        return False
-    before = [p.detach().clone() for p in params]  # a finite but huge step can still overflow a weight
-    opt.step()
-    if _finite([p.detach() for p in params]):
+    A norm is inf/NaN when an element is; computed in float64, it does not overflow for finite float32."""
+    if not tensors:
         return True
-    with torch.no_grad():
-        for p, b in zip(params, before, strict=True):
-            p.copy_(b)
-    return False
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))).all())
+
+
+class _StepGuard:
+    """``opt.step()``, undone (and ``False``) if a weight is then not finite.
+
+    A NaN/inf loss or gradient makes the step's weights non-finite too, so one check after the step (one
+    fused norm per tensor, one host sync) covers all three. The weights before each step are copied into
+    buffers allocated once: the copy is what a bad step is undone to."""
+
+    def __init__(self, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+        self.opt, self.params = opt, params
+        self.weights = [p.detach() for p in params]
+        self.before = [w.clone() for w in self.weights]
+
+    def step(self) -> bool:
+        torch._foreach_copy_(self.before, self.weights)
+        self.opt.step()
+        if _finite(self.weights):
+            return True
+        torch._foreach_copy_(self.weights, self.before)
+        return False
 
 
 def get_arrays(model: nn.Module) -> NDArrays:
