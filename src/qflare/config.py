@@ -44,7 +44,7 @@ __all__ = [
     "parse_config",
 ]
 
-TaskName = Literal["digits", "traffic", "pollution"]
+TaskName = Literal["digits", "digits-wide", "traffic", "pollution"]
 
 
 class _Strict(BaseModel):

@@ -21,7 +21,8 @@ def _small_forecast(name: str = "traffic") -> ForecastTask:
     return ForecastTask(name, network=SMALL_CITY, test_days=3)
 
 
-@pytest.mark.parametrize(("name", "metric"), [("digits", "accuracy"), ("traffic", "mae"), ("pollution", "mae")])
+@pytest.mark.parametrize(("name", "metric"), [("digits", "accuracy"), ("digits-wide", "accuracy"), ("traffic", "mae"),
+                                              ("pollution", "mae")])
 def test_registry(name: str, metric: str) -> None:
     # Execute
     task = get_task(name)
@@ -31,6 +32,23 @@ def test_registry(name: str, metric: str) -> None:
     assert task.higher_is_better == (metric == "accuracy")
     assert isinstance(task.default_train_config(), TrainConfig)
     assert list(task.model_spec()) == list(get_arrays(task.build_model()))
+
+
+def test_digits_wide_is_the_digits_task_with_a_one_million_parameter_model() -> None:
+    # Prepare
+    wide, small = get_task("digits-wide"), get_task("digits")
+
+    # Execute
+    arrays = get_arrays(wide.build_model(seed=0))
+    data = wide.client_dataset(0, 10, seed=0)
+
+    # Assert: about 1M float32 values (4 MB updates), the same layer names as the small CNN, the same data
+    assert sum(a.size for a in arrays.values()) == 996_938
+    assert list(arrays) == list(get_arrays(small.build_model()))
+    torch.testing.assert_close(data.tensors[0], small.client_dataset(0, 10, seed=0).tensors[0])
+    model = wide.build_model()
+    train_local(model, data, epochs=1, batch_size=32, lr=0.05)
+    assert 0.0 <= wide.evaluate(model, wide.test_dataset())["accuracy"] <= 1.0
 
 
 def test_unknown_task() -> None:

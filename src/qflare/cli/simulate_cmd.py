@@ -22,7 +22,7 @@ console = make_console(stderr=True)
 def simulate(
     clients: Annotated[int, typer.Option(min=1, max=5000, help="number of edge nodes")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="training rounds")] = 20,
-    task: Annotated[str, typer.Option(help="digits | traffic | pollution")] = "digits",
+    task: Annotated[str, typer.Option(help="digits | digits-wide | traffic | pollution")] = "digits",
     partition: Annotated[
         str | None, typer.Option(help="dirichlet | iid | sensor (default: dirichlet for digits, sensor otherwise)")
     ] = None,
@@ -410,8 +410,8 @@ def check_csv(task: str, csv: Path | None, *, delimiter: str | None, decimal: st
         if used:
             raise ConfigError(f"{', '.join(used)}: given without --csv", reason="bad_option")
         return {}
-    if task == "digits":
-        raise ConfigError("--csv: the digits task has its own data; use --task traffic or pollution",
+    if task.startswith("digits"):
+        raise ConfigError(f"--csv: the {task} task has its own data; use --task traffic or pollution",
                           reason="bad_option")
     if not csv.is_file():
         raise ConfigError(f"--csv: {csv} does not exist or is not a file", reason="bad_option")

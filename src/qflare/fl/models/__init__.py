@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from qflare.errors import ConfigError
 from qflare.fl.models.base import TaskModel
-from qflare.fl.models.cnn import DigitsCNN
+from qflare.fl.models.cnn import DigitsCNN, digits_wide_cnn
 from qflare.fl.models.gru import GRUForecaster
 
-__all__ = ["MODEL_FACTORIES", "DigitsCNN", "GRUForecaster", "TaskModel", "build_model"]
+__all__ = ["MODEL_FACTORIES", "DigitsCNN", "GRUForecaster", "TaskModel", "build_model", "digits_wide_cnn"]
 
-MODEL_FACTORIES: dict[str, type[TaskModel]] = {
+MODEL_FACTORIES: dict[str, Callable[[], TaskModel]] = {
     "digits": DigitsCNN,
+    "digits-wide": digits_wide_cnn,  # ~1M parameters: update-size benchmarks
     "traffic": GRUForecaster,
     "pollution": GRUForecaster,
 }

@@ -1,4 +1,4 @@
-"""Learning tasks: ``get_task(name)`` for ``"digits"``, ``"traffic"`` and ``"pollution"``."""
+"""Learning tasks: ``get_task(name)`` for ``"digits"``, ``"digits-wide"``, ``"traffic"`` and ``"pollution"``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 from qflare.errors import ConfigError
 from qflare.fl.tasks.base import Task
-from qflare.fl.tasks.digits import DigitsTask
+from qflare.fl.tasks.digits import DigitsTask, DigitsWideTask
 from qflare.fl.tasks.forecast import ForecastDataset, ForecastTask
 
-__all__ = ["TASKS", "DigitsTask", "ForecastDataset", "ForecastTask", "Task", "get_task"]
+__all__ = ["TASKS", "DigitsTask", "DigitsWideTask", "ForecastDataset", "ForecastTask", "Task", "get_task"]
 
 TASKS: dict[str, Callable[[], Task]] = {
     "digits": DigitsTask,
+    "digits-wide": DigitsWideTask,  # the same data, a ~1M-parameter CNN
     "traffic": lambda: ForecastTask("traffic"),
     "pollution": lambda: ForecastTask("pollution"),
 }

@@ -23,7 +23,7 @@ class Task(ABC):
     Attributes
     ----------
     name:
-        Registry name (``"digits"``, ``"traffic"``, ``"pollution"``).
+        Registry name (``"digits"``, ``"digits-wide"``, ``"traffic"``, ``"pollution"``).
     metric:
         The headline metric in :meth:`evaluate`'s result (``"accuracy"`` or ``"mae"``).
     higher_is_better:

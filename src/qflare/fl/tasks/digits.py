@@ -16,7 +16,7 @@ from qflare.fl.models import TaskModel
 from qflare.fl.tasks.base import Task, check_partition_index
 from qflare.fl.train import TrainConfig
 
-__all__ = ["DigitsTask"]
+__all__ = ["DigitsTask", "DigitsWideTask"]
 
 
 class DigitsTask(Task):
@@ -94,3 +94,14 @@ def _tensors(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return images, labels
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+class DigitsWideTask(DigitsTask):
+    """:class:`DigitsTask` with the ~1M-parameter CNN (:func:`~qflare.fl.models.cnn.digits_wide_cnn`).
+
+    The same shipped images, splits and training defaults; only the model is 26x larger, so that
+    uploads, ingest and aggregation are measured at a real update size (4 MB) without a dataset or
+    weights download.
+    """
+
+    name = "digits-wide"
