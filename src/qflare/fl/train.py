@@ -7,6 +7,7 @@ shared machine should ``torch.set_num_threads(1)`` first; this module does not t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,10 +126,11 @@ def train_local(
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 objective = loss + 0.5 * proximal_mu * prox
             objective.backward()
-            if not guard.step():
+            value = float(objective.detach())  # the host sync the loss report needs anyway
+            if not (math.isfinite(value) and guard.step()):
                 diverged = True
                 break
-            total += float(loss.detach()) * len(target)
+            total += (value if objective is loss else float(loss.detach())) * len(target)
             seen += len(target)
             steps += 1
         if diverged:
@@ -149,9 +151,9 @@ def _finite(tensors: list[torch.Tensor]) -> bool:
 class _StepGuard:
     """``opt.step()``, undone (and ``False``) if a weight is then not finite.
 
-    A NaN/inf loss or gradient makes the step's weights non-finite too, so one check after the step (one
-    fused norm per tensor, one host sync) covers all three. The weights before each step are copied into
-    buffers allocated once: the copy is what a bad step is undone to."""
+    A NaN/inf gradient makes the step's weights non-finite too, so one check after the step (one fused
+    norm per tensor, one host sync) covers both; the caller checks the loss. The weights before each step
+    are copied into buffers allocated once: the copy is what a bad step is undone to."""
 
     def __init__(self, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
         self.opt, self.params = opt, params
