@@ -33,7 +33,8 @@ def _wait_train(c: DeviceClient) -> dict:  # type: ignore[type-arg]
     raise AssertionError("no round opened")
 
 
-@pytest.mark.parametrize("crash_at", ["after_commit@3", "during_aggregation"])
+@pytest.mark.parametrize("crash_at", ["after_commit@3", "before_ledger_append@3", "during_aggregation",
+                                      "during_model_write"])
 def test_server_killed_at_a_step_of_a_round_completes_it_on_restart(tmp_path: Path, crash_at: str) -> None:
     # Prepare: one round of three devices, in-process FedAvg, a deadline far away.
     sim = SimulationConfig(task="digits", clients=3, rounds=1, deadline_seconds=DEADLINE, enclave="none",
@@ -89,3 +90,25 @@ def test_server_killed_at_a_step_of_a_round_completes_it_on_restart(tmp_path: Pa
     for name in base:
         expected = sum(a[name].astype(np.float64) * n for a, n in sent.values()) / total
         np.testing.assert_allclose(new[name], expected, rtol=1e-5, atol=1e-6)
+    # The audit log: every accepted update and the aggregate logged exactly once, and the log verifies.
+    _assert_ledger(tmp_path, config.server.key_dir, task["round_id"])
+
+
+def _assert_ledger(tmp_path: Path, key_dir: str, round_id: int) -> None:
+    from qflare.ledger import HybridLogKey, verify_log
+    from qflare.ledger.entries import AggregatePublished, UpdateAccepted, decode_event
+    from qflare.server.ledger import DEFAULT_ORIGIN, LOG_KEY_FILE
+    from qflare.server.storage.ledger_store import SqlLogStore
+
+    store = SqlLogStore(f"sqlite:///{tmp_path / 'qflare.db'}")
+    try:
+        events = [decode_event(e) for e in store.read_entries(0, store.size())]
+        vk = read_public_key(Path(key_dir) / LOG_KEY_FILE)
+        key = HybridLogKey.from_verify_key(DEFAULT_ORIGIN, vk)  # type: ignore[arg-type]
+        report = verify_log(store, key, origin=DEFAULT_ORIGIN, entry_key=key.verify_key())
+    finally:
+        store.close()
+    accepted = sorted(e.device_id for e in events if isinstance(e, UpdateAccepted) and e.round_id == round_id)
+    assert accepted == list(DEVICES), accepted
+    assert [e.round_id for e in events if isinstance(e, AggregatePublished)] == [round_id]
+    assert report.ok, report.problems

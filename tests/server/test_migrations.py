@@ -101,7 +101,7 @@ def _upgrade_from_the_previous_head(url: str, *, with_ledger: bool) -> None:
     repo = Repository(url)
     store = ledger_store.SqlLogStore(repo.engine)
     # Assert: at HEAD, the ORM's schema exactly, the old log intact, and the store appends after it
-    assert current_revision(repo.engine) == HEAD == "0003"
+    assert current_revision(repo.engine) == HEAD == "0004"
     if with_ledger:
         assert store.size() == 3 and store.read_entries(0, 3) == [b"e0", b"e1", b"e2"]
         latest = store.latest_checkpoint()
@@ -136,3 +136,35 @@ def test_a_store_on_a_url_migrates_its_database_and_downgrade_drops_the_ledger(t
         command.downgrade(cfg, "0002")
     assert not set(LEDGER_TABLES) & set(inspect(store.engine).get_table_names())
     store.close()
+
+
+# --- 0004: the ledger outbox ------------------------------------------------------------------------------
+
+
+def test_a_0003_database_gains_the_ledger_outbox_and_downgrade_removes_it(tmp_path: Path) -> None:
+    # Prepare: a database of the previous head (0003)
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    assert "ledger_outbox" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+    # Execute
+    repo = Repository(url)
+
+    # Assert: at HEAD with the ORM's schema; the outbox works; a downgrade to 0003 drops only it
+    assert current_revision(repo.engine) == HEAD and _schema_diff(url) == []
+    with repo.claim_ledger_entries() as entries:
+        assert entries == []
+    with repo.engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    tables = set(inspect(repo.engine).get_table_names())
+    assert "ledger_outbox" not in tables and {"updates", "ledger_entries"} <= tables
+    repo.close()

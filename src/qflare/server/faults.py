@@ -1,8 +1,10 @@
 """UNSAFE, for crash tests only: SIGKILL this process at a named step (``QFLARE_UNSAFE_CRASH_AT``).
 
 ``QFLARE_UNSAFE_CRASH_AT=after_commit@3`` kills the server right after the third update's database
-commit, before anything else (the close of a full round included); ``during_aggregation`` right after
-the backend produced the new model, before it is stored. Unset (always, outside tests) it does nothing.
+commit, before anything else (the close of a full round included); ``before_ledger_append@3`` after that
+update was counted, before its audit entry leaves the ledger outbox; ``during_aggregation`` right after
+the backend produced the new model; ``during_model_write`` just before the close (model, metrics, audit
+entries) is committed. Unset (always, outside tests) it does nothing.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -64,6 +65,16 @@ when an enclave runs, else a copy of ``server-sign.pub``); devices and ``qflare 
 
 
 Produced = TypeVar("Produced", UpdateAccepted, AggregatePublished)
+
+
+class Outbox(Protocol):
+    """Where the database keeps entries committed with their facts (``Repository``, ``storage/outbox.py``)."""
+
+    def claim_ledger_entries(self, limit: int = 1000) -> AbstractContextManager[list[bytes]]: ...
+
+
+class _DrainFailed(Exception):
+    pass
 # The fields on which an enclave-made entry must agree with the host's own view of the fact.
 _AGREE: dict[type[LedgerEvent], tuple[str, ...]] = {
     UpdateAccepted: ("device_id", "round_id", "envelope_sha256", "sample_count"),
@@ -385,31 +396,48 @@ class AuditLog:
             return made
         return signed
 
-    def update_accepted(
+    def update_entry(
         self, device_id: str, round_id: int, sha256: str, num_examples: int, norm: float | None,
         *, entry: bytes | None = None,
-    ) -> None:
-        """``entry``: the backend's signed ``update_accepted`` bytes (behind an enclave), appended as they are."""
+    ) -> bytes:
+        """The ``update_accepted`` entry bytes to commit with the update (``entry``: the backend's signed
+        bytes, behind an enclave, taken as they are; else made here and signed by the log key)."""
         # The rule's verdict: "accepted" with the norm the backend computed; a backend that computes no
         # norm (no bound, in process) makes the entry say so (norm 0).
         verdict = "accepted" if norm is not None else "accepted_norm_unchecked"
         made = UpdateAccepted(device_id, round_id, sha256, num_examples, float(norm or 0.0), verdict,
                               _ms(self.clock()))
-        self.record(self._produced(made, entry))
+        return encode_event(self._produced(made, entry))
+
+    def update_accepted(
+        self, device_id: str, round_id: int, sha256: str, num_examples: int, norm: float | None,
+        *, entry: bytes | None = None,
+    ) -> None:
+        """Append an ``update_accepted`` entry now (:meth:`update_entry`; the server commits it through the
+        outbox instead, :meth:`drain`)."""
+        self.record(decode_event(self.update_entry(device_id, round_id, sha256, num_examples, norm, entry=entry)))
 
     def update_refused(self, reason: str, device_id: str | None, round_id: int | None) -> None:
         self.record(UpdateRefused(reason, device_id, round_id, _ms(self.clock())))
+
+    def round_closed_entries(
+        self, round_id: int, model_sha256: str, rule: str, participants: Sequence[tuple[str, int]],
+        *, entry: bytes | None = None,
+    ) -> list[bytes]:
+        """``round_closed`` and ``aggregate_published`` (weights = sample counts) to commit with the close.
+        ``entry``: the backend's signed ``aggregate_published`` bytes (behind an enclave)."""
+        now = _ms(self.clock())
+        weights = tuple((d, float(n)) for d, n in participants)
+        made = AggregatePublished(round_id, model_sha256, rule, {"weighting": "num_examples"}, weights, now)
+        return [encode_event(RoundClosed(round_id, len(participants), now)), encode_event(self._produced(made, entry))]
 
     def round_closed(
         self, round_id: int, model_sha256: str, rule: str, participants: Sequence[tuple[str, int]],
         *, entry: bytes | None = None,
     ) -> None:
-        """The round aggregated: ``round_closed`` and ``aggregate_published`` (weights = sample counts),
-        then a checkpoint. ``entry``: the backend's signed ``aggregate_published`` bytes (behind an enclave)."""
-        now = _ms(self.clock())
-        weights = tuple((d, float(n)) for d, n in participants)
-        made = AggregatePublished(round_id, model_sha256, rule, {"weighting": "num_examples"}, weights, now)
-        self.record(RoundClosed(round_id, len(participants), now), self._produced(made, entry))
+        """Append :meth:`round_closed_entries` now, then a checkpoint."""
+        entries = self.round_closed_entries(round_id, model_sha256, rule, participants, entry=entry)
+        self.record(*(decode_event(e) for e in entries))
         self.checkpoint()
 
     def key_source_refused(self, key_source: str, reason: str, device_id: str | None) -> None:
@@ -429,6 +457,36 @@ class AuditLog:
         self.record(EnclaveQuotePublished(measurement.hex(), hashlib.sha256(quote).hexdigest(), ident[1],
                                           _ms(self.clock())))
 
+    def round_failed_entries(self, round_id: int, reason: str) -> list[bytes]:
+        """The ``round_failed`` entry to commit with the failed close."""
+        return [encode_event(RoundFailed(round_id, reason, _ms(self.clock())))]
+
     def round_failed(self, round_id: int, reason: str) -> None:
         self.record(RoundFailed(round_id, reason, _ms(self.clock())))
         self.checkpoint()
+
+    # -- the outbox: entries committed with their fact ----------------------------------------------
+    def drain(self, outbox: Outbox) -> int:
+        """Append the entries the database committed with their facts (``ledger_outbox``), in order, and
+        delete them; return how many were appended.
+
+        An entry the log already holds (its leaf hash is there: appended before a crash that left its
+        outbox row) is skipped, so each is logged exactly once. If the append fails (e.g. the database
+        briefly locked) the rows stay for the next drain and the failure is logged; it never raises.
+        """
+        with self.lock:
+            if not self._flush():
+                return 0
+            try:
+                with outbox.claim_ledger_entries() as entries:
+                    new = [e for e in entries if self.store.find_leaf(leaf_hash(e)) is None]
+                    self._pending.extend(decode_event(e) for e in new)
+                    if not self._flush():
+                        raise _DrainFailed  # roll the claim back: the rows stay
+            except _DrainFailed:
+                self._pending.clear()  # they are still in the outbox; the next drain appends them
+                return 0
+            except Exception:  # noqa: BLE001 - the audit log must not fail the server's work
+                log.exception("ledger outbox drain failed; its entries stay for the next attempt")
+                return 0
+            return len(new)

@@ -134,7 +134,11 @@ class Orchestrator:
 
     # -- start-up --------------------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Create model version 0 if needed and resume any round left open by a crash (the owner only)."""
+        """Create model version 0 if needed and resume any round left open by a crash (the owner only).
+
+        First, any worker appends the audit entries a crash left in the ledger outbox."""
+        if self.ledger is not None:
+            self.ledger.drain(self.repo)
         with self._lock:
             if not self.lease.held():
                 self._owner = False
@@ -280,6 +284,11 @@ class Orchestrator:
     def _accept(self, device_id: str, update: ValidatedUpdate, provenance: str = "") -> UpdateRecord:
         # The database row first: its unique constraint decides duplicates atomically, and only an
         # update that is durably recorded enters the running aggregate.
+        # Its audit entry is committed with it (the ledger outbox) and appended after: a crash in between
+        # cannot lose it (the next start drains the outbox).
+        entry = (self.ledger.update_entry(device_id, update.round_id, update.sha256, update.num_examples,
+                                          update.norm, entry=update.ledger_entry)
+                 if self.ledger is not None else None)
         record = self.repo.add_update(
             update.round_id,
             device_id,
@@ -291,6 +300,7 @@ class Orchestrator:
             now=self.clock(),
             event=NewEvent("update_accepted", device_id=device_id, round_id=update.round_id,
                            detail=f"{update.sha256} {provenance}".strip()),
+            ledger=(entry,) if entry is not None else (),
         )
         # From here the update is durably accepted: count it even if the backend fails now, since a
         # restarted backend replays it from storage.
@@ -303,9 +313,9 @@ class Orchestrator:
                 raise
             log.warning("enclave unavailable while counting an accepted update; retrying once (it restarts)")
             self.backend.accumulate(update)
+        crash_point("before_ledger_append")  # crash tests only (server/faults.py)
         if self.ledger is not None:
-            self.ledger.update_accepted(device_id, update.round_id, update.sha256, update.num_examples, update.norm,
-                                        entry=update.ledger_entry)
+            self.ledger.drain(self.repo)
         return record
 
     # -- the clock -------------------------------------------------------------------------------
@@ -319,6 +329,8 @@ class Orchestrator:
         """
         self._tick()
         self._announce()
+        if self.ledger is not None:
+            self.ledger.drain(self.repo)  # entries whose append failed or another worker left (usually none)
 
     def _tick(self) -> None:
         with self._lock:
@@ -469,6 +481,13 @@ class Orchestrator:
             metrics["privacy"] = self.privacy.spend(self.config.rounds.fraction).as_dict()
         latest = self.repo.latest_model()
         version = (latest.version if latest is not None else 0) + 1
+        ledger_entries = (
+            self.ledger.round_closed_entries(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
+                                             [(u.device_id, u.num_examples) for u in updates],
+                                             entry=self.backend.published_entry(rnd.round_id))
+            if self.ledger is not None else []
+        )
+        crash_point("during_model_write")  # crash tests only (server/faults.py)
         self.repo.close_round(
             rnd.round_id,
             status="aggregated",
@@ -480,6 +499,7 @@ class Orchestrator:
             expect_updates=counted,
             event=NewEvent("round_aggregated", round_id=rnd.round_id,
                            detail=f"version {version} ({reason}, {len(updates)} updates)"),
+            ledger=ledger_entries,
         )
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
@@ -488,9 +508,8 @@ class Orchestrator:
             if u.sha256 in flagged:
                 self.reputation.strike(u.device_id, rnd.round_id, f"flagged by {self.config.aggregation.rule}")
         if self.ledger is not None:
-            self.ledger.round_closed(rnd.round_id, sha256_hex(blob), self.config.aggregation.rule,
-                                     [(u.device_id, u.num_examples) for u in updates],
-                                     entry=self.backend.published_entry(rnd.round_id))
+            self.ledger.drain(self.repo)
+            self.ledger.checkpoint()
         self.changed.notify()
         log.info("round %d aggregated (%s): %d updates -> model v%d %s", rnd.round_id, reason, len(updates),
                  version, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
@@ -509,7 +528,9 @@ class Orchestrator:
         try:
             self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
                                   drop_update_blobs=not keep_updates, expect_updates=expect_updates,
-                                  event=NewEvent("round_failed", round_id=rnd.round_id, reason=reason, detail=detail))
+                                  event=NewEvent("round_failed", round_id=rnd.round_id, reason=reason, detail=detail),
+                                  ledger=self.ledger.round_failed_entries(rnd.round_id, reason)
+                                  if self.ledger is not None else ())
         except Conflict as exc:
             if exc.reason != "round_changed":
                 raise
@@ -519,7 +540,8 @@ class Orchestrator:
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         if self.ledger is not None:
-            self.ledger.round_failed(rnd.round_id, reason)
+            self.ledger.drain(self.repo)
+            self.ledger.checkpoint()
         self.changed.notify()
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
 

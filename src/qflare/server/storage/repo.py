@@ -17,6 +17,7 @@ from qflare.server.storage.engine import _first_line, make_engine, where
 from qflare.server.storage.events import EventStore
 from qflare.server.storage.models import ModelStore
 from qflare.server.storage.nonces import NonceStore
+from qflare.server.storage.outbox import OutboxStore
 from qflare.server.storage.records import (
     KEM_CIPHERTEXT_SCOPE,
     DeviceRecord,
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 
-class Repository(DeviceStore, NonceStore, ModelStore, RoundStore, UpdateStore, EventStore):
+class Repository(DeviceStore, NonceStore, ModelStore, RoundStore, UpdateStore, EventStore, OutboxStore):
     """All persistent state of a QFLARE server.
 
     Parameters

@@ -14,7 +14,7 @@ from qflare.server.storage.records import (
     RoundRecord,
     _round,
 )
-from qflare.server.storage.tables import ModelVersion, Round, Update
+from qflare.server.storage.tables import LedgerOutbox, ModelVersion, Round, Update
 
 
 class RoundStore(StoreBase):
@@ -72,12 +72,14 @@ class RoundStore(StoreBase):
         drop_update_blobs: bool = True,
         event: NewEvent | None = None,
         expect_updates: int | None = None,
+        ledger: Sequence[bytes] = (),
     ) -> RoundRecord:
         """Close an open round; with ``new_model`` = (version, blob, sha256, spec, signature) store it atomically.
 
         ``expect_updates`` fences the close against other server processes: the round row is locked (as
         ``add_update`` locks it), and if the round holds another number of updates than the caller
-        aggregated, nothing changes and :class:`Conflict` ``round_changed`` is raised.
+        aggregated, nothing changes and :class:`Conflict` ``round_changed`` is raised. ``ledger``: audit
+        entries committed with the close, into the ledger outbox (:mod:`.outbox`).
         """
         with self._tx() as s:
             row = s.get(Round, round_id, with_for_update=True)
@@ -106,6 +108,7 @@ class RoundStore(StoreBase):
                 s.execute(update(Update).where(Update.round_id == round_id).values(blob=None))
             if event is not None:
                 s.add(event.row(now))
+            s.add_all(LedgerOutbox(entry=bytes(e), created_at=now) for e in ledger)
             s.flush()
             return _round(row)
 

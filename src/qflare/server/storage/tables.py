@@ -67,6 +67,17 @@ class ModelVersion(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class LedgerOutbox(Base):
+    """Audit-ledger entries committed with the fact they record (an accepted update, a closed or failed
+    round), waiting to be appended to the log (``server/ledger.py``, ``AuditLog.drain``)."""
+
+    __tablename__ = "ledger_outbox"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class Event(Base):
     __tablename__ = "events"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,7 @@ from qflare.server.storage.records import (
     UpdateRecord,
     _update,
 )
-from qflare.server.storage.tables import Round, Update
+from qflare.server.storage.tables import LedgerOutbox, Round, Update
 
 
 class UpdateStore(StoreBase):
@@ -32,8 +32,11 @@ class UpdateStore(StoreBase):
         now: float,
         size_bytes: int | None = None,
         event: NewEvent | None = None,
+        ledger: Sequence[bytes] = (),
     ) -> UpdateRecord:
-        """Record an accepted update; the (round, device) unique constraint makes duplicates atomic."""
+        """Record an accepted update; the (round, device) unique constraint makes duplicates atomic.
+
+        ``ledger``: audit entries committed with it, into the ledger outbox (:mod:`.outbox`)."""
         try:
             with self._tx() as s:
                 rnd = s.get(Round, round_id, with_for_update=True)
@@ -54,6 +57,7 @@ class UpdateStore(StoreBase):
                 s.add(row)
                 if event is not None:
                     s.add(event.row(now))
+                s.add_all(LedgerOutbox(entry=bytes(e), created_at=now) for e in ledger)
                 s.flush()
                 return _update(row)
         except IntegrityError:
