@@ -27,9 +27,9 @@ def test_bench_without_a_name_runs_every_benchmark(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["bench", "--quick", "--json"])
     # Assert
     assert result.exit_code == 0, result.output
-    assert calls == [(n, True) for n in ("auth", "aggregate", "qkd", "enclave", "ledger")]
+    assert calls == [(n, True) for n in ("auth", "ingest", "aggregate", "round", "qkd", "enclave", "ledger")]
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(last) == {"machine", "budget", "auth", "aggregate", "qkd", "enclave", "ledger"}
+    assert set(last) == {"machine", "budget", "auth", "ingest", "aggregate", "round", "qkd", "enclave", "ledger"}
     assert last["budget"] == "quick" and last["auth"]["nested"]["x"] == 2
     assert "ledger.nested.x" in result.stdout  # the table
 

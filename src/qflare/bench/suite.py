@@ -36,6 +36,21 @@ def _qkd(quick: bool) -> dict[str, Any]:
     return run(1_000_000, 0.5) if quick else run()
 
 
+def _ingest(quick: bool) -> dict[str, Any]:
+    from qflare.bench.ingest import run
+    from qflare.crypto.keyfile import UnencryptedKeyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnencryptedKeyWarning)
+        return run(uploads=16, clients=4) if quick else run()
+
+
+def _round(quick: bool) -> dict[str, Any]:
+    from qflare.bench.rounds import run
+
+    return run(clients=5, rounds=1) if quick else run()
+
+
 def _enclave(quick: bool) -> dict[str, Any]:
     from qflare.bench.enclave import run
 
@@ -53,7 +68,8 @@ def _ledger(quick: bool) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
-    "auth": _auth, "aggregate": _aggregate, "qkd": _qkd, "enclave": _enclave, "ledger": _ledger,
+    "auth": _auth, "ingest": _ingest, "aggregate": _aggregate, "round": _round, "qkd": _qkd, "enclave": _enclave,
+    "ledger": _ledger,
 }
 
 

@@ -40,7 +40,8 @@ def everything(
     = False,
     quick: Annotated[bool, typer.Option(help="small budgets (about a minute; noisier figures)")] = False,
 ) -> None:
-    """Without a NAME, run every benchmark (auth, aggregate, qkd, enclave, ledger) with a progress bar."""
+    """Without a NAME, run every benchmark (auth, ingest, aggregate, round, qkd, enclave, ledger) with a progress
+    bar."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -75,6 +76,37 @@ def auth(
         warnings.simplefilter("ignore", UnencryptedKeyWarning)
         figures = run(requests=requests, clients=clients, payload_size=payload)
     _show("qflare bench auth", figures, json_out)
+
+
+@app.command()
+def ingest(
+    uploads: Annotated[int, typer.Option(help="authenticated uploads in the timed phase (one device each)")] = 64,
+    clients: Annotated[int, typer.Option(help="concurrent senders")] = 8,
+    json_out: JsonOut = False,
+) -> None:
+    """MB/s of authenticated 4 MB update uploads (digits-wide, 1M parameters) vs the bare endpoint's MB/s."""
+    from qflare.bench.ingest import run
+    from qflare.crypto.keyfile import UnencryptedKeyWarning
+
+    with warnings.catch_warnings(), console.status("sealing the uploads and running both phases"):
+        warnings.simplefilter("ignore", UnencryptedKeyWarning)
+        figures = run(uploads=uploads, clients=clients)
+    _show("qflare bench ingest", figures, json_out)
+
+
+@app.command("round")
+def round_time(
+    clients: Annotated[int, typer.Option(help="virtual clients, every one in every round")] = 50,
+    rounds: Annotated[int, typer.Option(help="rounds (the median is reported)")] = 3,
+    task: Annotated[str, typer.Option(help="digits | digits-wide | traffic | pollution")] = "digits",
+    json_out: JsonOut = False,
+) -> None:
+    """Round time with N virtual clients in one process vs its local training and its aggregation alone."""
+    from qflare.bench.rounds import run
+
+    with console.status(f"running {rounds} in-process rounds with {clients} clients"):
+        figures = run(clients=clients, rounds=rounds, task=task)
+    _show("qflare bench round", figures, json_out)
 
 
 @app.command()

@@ -1,0 +1,463 @@
+"""Many concurrent authenticated devices against one real ``qflare server`` (``benchmarks/load_devices.py``).
+
+One server process (``enclave.backend: none``: aggregation in process; SQLite in the run directory or a
+fresh PostgreSQL schema) runs ``rounds`` rounds of the ``digits-wide`` task (996,938 float32 parameters, a
+4 MB update) with every one of ``devices`` devices selected. The devices are coroutines of this process
+(asyncio, one shared ``httpx.AsyncClient``), each with its own enrolled composite key, speaking the
+device protocol exactly as :class:`~qflare.edge.client.DeviceClient` does: a heartbeat, then task
+long-polls (``POST /v1/device/task?wait=S``, docs/protocol.md 11.3) until the server says ``train``, an
+upload of a full-size update sealed with a one-time key (:func:`~qflare.crypto.envelope.seal_request`,
+in a small thread pool: the 4 MB hash and AES-GCM), and long-polls again until ``done``.
+
+Training is not simulated: a device uploads as soon as its envelope is sealed, so the server sees every
+device's upload at once (the worst case for ingest). What is measured and checked:
+
+- every upload the server acknowledged (200, sealed ``UpdateAccepted`` opened and checked) against the
+  server's own record (``/v1/admin/rounds/{id}``): **lost** (acknowledged but not recorded), **double
+  counted** (a device twice in a round, or a round whose aggregate's ``num_updates`` or ``total_examples``
+  differs from the acknowledged uploads) and unacknowledged (recorded, but the device never got its 200);
+- upload latency (POST sent to sealed answer received; sealing excluded), p50 / p90 / p99 / max;
+- throughput per round (uploads answered / the span from the first upload sent to the last answered):
+  updates/s and envelope MB/s;
+- the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) and CPU seconds, and this process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from qflare.bench.auth import process_cpu_seconds
+from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig
+from qflare.crypto import SigningKey, XWingPublicKey
+from qflare.crypto.envelope import ResponseOpener, seal_request
+from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key
+from qflare.edge.client import ENVELOPE_MEDIA_TYPE, error_from_response
+from qflare.fl.serialize import dump_arrays, load_arrays
+from qflare.sim.net import free_port
+from qflare.sim.runner import Federation, start_server
+from qflare.types import NDArrays
+
+__all__ = ["LoadConfig", "peak_rss_mib", "run_load"]
+
+TASK = "digits-wide"
+_TWEAK = "fc2.bias"  # the tensor each device changes, so that every update's bytes differ
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One load run.
+
+    Parameters
+    ----------
+    devices:
+        Concurrent devices, all enrolled and all selected in every round.
+    rounds:
+        Rounds to run (each device uploads once per round).
+    long_poll_seconds:
+        ``wait`` of each task request (docs/protocol.md 11.3).
+    postgres:
+        A PostgreSQL URL (``postgresql+psycopg://user@127.0.0.1:5432/test``): the server runs on a fresh
+        schema of it, dropped afterwards. None: SQLite in the run directory.
+    seal_threads:
+        Threads that build and seal the 4 MB uploads (serialise, SHA-256 and AES-GCM release the GIL).
+    download:
+        Also download the round's global model (4 MB, sealed) before uploading, as an edge node does.
+    timeout_seconds:
+        Per HTTP request (an upload waits behind every other device's).
+    run_timeout_seconds:
+        The whole run.
+    max_rss_mib:
+        The run is stopped (and says so) when the server's and this process's resident memory together
+        exceed this.
+    max_inflight:
+        Uploads being sealed or sent at once, all devices together (0: unlimited, every device uploads as
+        soon as it is told to train). A limit stands for devices that finish training at different times.
+    """
+
+    devices: int
+    rounds: int = 2
+    long_poll_seconds: float = 10.0
+    postgres: str | None = None
+    seal_threads: int = 2
+    download: bool = False
+    timeout_seconds: float = 600.0
+    run_timeout_seconds: float = 1800.0
+    max_rss_mib: float = 14 * 1024.0  # server + this process: stop the run above it (the machine is shared)
+    max_inflight: int = 0  # at most this many uploads sealed or in flight at once (0: no limit)
+
+
+@dataclass
+class _Upload:
+    device: str
+    round_id: int
+    num_examples: int
+    envelope_bytes: int
+    seal_seconds: float
+    started: float = 0.0
+    ended: float = 0.0
+    status: int = 0  # HTTP status of the last attempt; 0: transport error
+    reason: str = ""
+    sha256: str = ""
+    attempts: int = 0
+
+
+@dataclass
+class _Stats:
+    uploads: list[_Upload] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    task_polls: int = 0
+    held_polls: int = 0
+    downloads: int = 0
+    inflight: int = 0
+    max_inflight: int = 0
+    stopped: str = ""  # why the watchdog stopped the run, if it did
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """``VmHWM`` (peak resident set) of a process, MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmHWM in /proc/{pid}/status")
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """``VmRSS`` (current resident set) of a process, MiB; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(np.ceil(q / 100 * len(sorted_values))) - 1))
+    return sorted_values[k]
+
+
+def _num_examples(index: int, round_id: int) -> int:
+    return 1 + (7 * index + 13 * round_id) % 97
+
+
+@contextlib.contextmanager
+def _fresh_schema(url: str) -> Iterator[str]:
+    """A new empty schema of the PostgreSQL database at ``url``: yields the URL that uses it; dropped after."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"qflare_load_{os.getpid()}_{time.monotonic_ns()}"
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with engine.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+class _Fleet:
+    """The devices' side: keys, the shared client, the upload builder."""
+
+    def __init__(self, cfg: LoadConfig, url: str, server_pub: XWingPublicKey, keys: list[SigningKey],
+                 base: NDArrays, stats: _Stats) -> None:
+        self.cfg, self.url, self.server_pub, self.keys, self.base, self.stats = cfg, url, server_pub, keys, base, stats
+        self.pool = ThreadPoolExecutor(max_workers=cfg.seal_threads, thread_name_prefix="seal")
+        self.slots = asyncio.Semaphore(cfg.max_inflight) if cfg.max_inflight > 0 else None
+
+    @staticmethod
+    def device_id(i: int) -> str:
+        return f"load_{i:04d}"
+
+    def _seal(self, i: int, path: str, payload: bytes, round_id: int | None) -> tuple[bytes, ResponseOpener]:
+        return seal_request(self.keys[i], self.server_pub, device_id=self.device_id(i), method="POST", path=path,
+                            round_id=round_id, payload=payload, now=time.time())
+
+    def _build_upload(self, i: int, round_id: int) -> tuple[bytes, ResponseOpener, int, float]:
+        t0 = time.perf_counter()
+        arrays = dict(self.base)
+        arrays[_TWEAK] = self.base[_TWEAK] + np.float32(1e-3 * (i + 1))
+        n = _num_examples(i, round_id)
+        blob = dump_arrays(arrays, {"num_examples": str(n), "train_loss": "0.5"})
+        envelope, opener = self._seal(i, f"/v1/device/rounds/{round_id}/update", blob, round_id)
+        return envelope, opener, n, time.perf_counter() - t0
+
+    async def _call(self, client: httpx.AsyncClient, i: int, path: str) -> bytes:
+        envelope, opener = self._seal(i, path, b"", None)
+        r = await client.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+        if r.status_code != 200:
+            raise error_from_response(r, opener)
+        return bytes(opener.open(r.content))
+
+    async def device(self, client: httpx.AsyncClient, i: int) -> None:
+        uploaded: set[int] = set()
+        await self._retrying(lambda: self._call(client, i, "/v1/device/heartbeat"), "heartbeat")
+        wait = self.cfg.long_poll_seconds
+        path = f"/v1/device/task?wait={wait:g}" if wait > 0 else "/v1/device/task"
+        while True:
+            task = json.loads(await self._retrying(lambda: self._call(client, i, path), "task"))
+            self.stats.task_polls += 1
+            if task["status"] == "done":
+                return
+            if task["status"] == "wait":
+                if task.get("waited") is None:
+                    await asyncio.sleep(min(float(task["retry_after"]), 0.5))
+                else:
+                    self.stats.held_polls += 1
+                continue
+            round_id = int(task["round_id"])
+            if round_id in uploaded:  # the server asked again for a round this device already answered
+                self.stats.errors["train_again_after_upload"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            if self.cfg.download:
+                model_path = f"/v1/device/model/{int(task['model_version'])}"
+                await self._retrying(lambda p=model_path: self._call(client, i, p), "download")  # type: ignore[misc]
+                self.stats.downloads += 1
+            if self.slots is None:
+                await self._upload(client, i, round_id)
+            else:
+                async with self.slots:
+                    await self._upload(client, i, round_id)
+            uploaded.add(round_id)
+
+    async def _retrying(self, fn: Callable[[], Any], what: str) -> bytes:
+        for attempt in range(5):
+            try:
+                return bytes(await fn())
+            except Exception as exc:  # noqa: BLE001 - counted by reason, retried like an edge node
+                self.stats.errors[f"{what}:{getattr(exc, 'reason', type(exc).__name__)}"] += 1
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+
+    async def _upload(self, client: httpx.AsyncClient, i: int, round_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        path = f"/v1/device/rounds/{round_id}/update"
+        up: _Upload | None = None
+        for attempt in range(1, 4):
+            envelope, opener, n, seal_s = await loop.run_in_executor(self.pool, self._build_upload, i, round_id)
+            if up is None:
+                up = _Upload(self.device_id(i), round_id, n, len(envelope), seal_s)
+                self.stats.uploads.append(up)
+            up.attempts = attempt
+            self.stats.inflight += 1
+            self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
+            up.started = time.perf_counter()
+            try:
+                r = await client.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+            except httpx.TransportError as exc:
+                up.status, up.reason = 0, type(exc).__name__
+            else:
+                up.status = r.status_code
+                if r.status_code == 200:
+                    body = json.loads(opener.open(r.content))
+                    up.sha256, up.reason = str(body["sha256"]), ""
+                    if (body["device_id"], body["round_id"], body["num_examples"]) != (up.device, round_id, n):
+                        up.reason = "acknowledged_something_else"
+                else:
+                    up.reason = error_from_response(r, opener).reason
+            finally:
+                up.ended = time.perf_counter()
+                self.stats.inflight -= 1
+                del envelope
+            if up.status == 200:
+                return
+            self.stats.errors[f"upload:{up.status}:{up.reason}"] += 1
+            if up.status == 409 and up.reason == "duplicate_update" and attempt > 1:
+                return  # an earlier attempt was recorded although its answer was lost: the server has it
+            if up.status not in (0, 429, 500, 502, 503, 504):
+                return  # a refusal: retrying the same upload cannot help
+            await asyncio.sleep(1.0)
+
+
+async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -> None:
+    """Stop the run (cancel every device) if the server and this process together pass ``max_rss_mib``."""
+    while not devices.done():
+        total = rss_mib(server_pid) + rss_mib()
+        if total > fleet.cfg.max_rss_mib:
+            fleet.stats.stopped = (f"stopped: server + load generator RSS {total:.0f} MiB > {fleet.cfg.max_rss_mib:.0f}"
+                                   f" MiB with {fleet.stats.inflight} uploads in flight")
+            devices.cancel()
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _drive(fleet: _Fleet, server_pid: int) -> float:
+    cfg = fleet.cfg
+    n = cfg.devices
+    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16)
+    timeout = httpx.Timeout(cfg.timeout_seconds, connect=60.0)
+    async with httpx.AsyncClient(base_url=fleet.url, limits=limits, timeout=timeout) as client:
+        t0 = time.perf_counter()
+        devices = asyncio.gather(*(fleet.device(client, i) for i in range(n)), return_exceptions=True)
+        watch = asyncio.ensure_future(_watch(fleet, server_pid, devices))
+        try:
+            results = await asyncio.wait_for(devices, cfg.run_timeout_seconds)
+        except (asyncio.CancelledError, TimeoutError):
+            results = []
+            fleet.stats.stopped = fleet.stats.stopped or f"stopped: not finished after {cfg.run_timeout_seconds:.0f} s"
+        watch.cancel()
+        for r in results:
+            if isinstance(r, BaseException):
+                fleet.stats.errors[f"device_gave_up:{getattr(r, 'reason', type(r).__name__)}"] += 1
+        return time.perf_counter() - t0
+
+
+def _reconcile(stats: _Stats, admin: httpx.Client) -> dict[str, Any]:
+    """The acknowledged uploads against the server's record of every round."""
+    acked: dict[tuple[str, int], _Upload] = {}
+    for u in stats.uploads:
+        if u.status == 200 and not u.reason:
+            acked[(u.device, u.round_id)] = u
+        elif u.status == 409 and u.reason == "duplicate_update" and u.attempts > 1:
+            acked[(u.device, u.round_id)] = u  # acknowledged by the refusal of its retry
+    rounds = admin.get("/v1/admin/rounds").raise_for_status().json()
+    recorded: dict[tuple[str, int], dict[str, Any]] = {}
+    double, mismatched_rounds, per_round = 0, [], []
+    for rnd in rounds:
+        rid = int(rnd["round_id"])
+        detail = admin.get(f"/v1/admin/rounds/{rid}").raise_for_status().json()
+        ups = detail["updates"]
+        devices = Counter(u["device_id"] for u in ups)
+        double += sum(c - 1 for c in devices.values() if c > 1)
+        for u in ups:
+            recorded[(u["device_id"], rid)] = u
+        mine = [u for (d, r), u in acked.items() if r == rid]
+        metrics = rnd.get("metrics") or {}
+        if rnd["status"] == "aggregated" and (metrics.get("num_updates") != len(mine)
+                                              or metrics.get("total_examples") != sum(u.num_examples for u in mine)):
+            mismatched_rounds.append(rid)
+        per_round.append({"round_id": rid, "status": rnd["status"], "close_reason": rnd["close_reason"],
+                          "recorded": len(ups), "acknowledged": len(mine),
+                          "aggregated_updates": metrics.get("num_updates"),
+                          "round_seconds": metrics.get("round_seconds"),
+                          "aggregation_seconds": metrics.get("aggregation_seconds")})
+    lost = sorted(f"{d}@{r}" for (d, r) in acked if (d, r) not in recorded)
+    unacked = sorted(f"{d}@{r}" for (d, r) in recorded if (d, r) not in acked)
+    wrong_hash = sorted(f"{d}@{r}" for (d, r), u in acked.items()
+                        if u.sha256 and (d, r) in recorded and recorded[(d, r)]["sha256"] != u.sha256)
+    return {"acknowledged": len(acked), "recorded": len(recorded), "lost": lost,
+            "double_counted": double + len(mismatched_rounds), "rounds_whose_aggregate_differs": mismatched_rounds,
+            "unacknowledged": unacked, "sha256_mismatch": wrong_hash, "rounds": per_round}
+
+
+def _throughput(stats: _Stats) -> dict[str, Any]:
+    ok = [u for u in stats.uploads if u.status == 200]
+    lat = sorted(u.ended - u.started for u in ok)
+    spans, per_round = 0.0, {}
+    for rid in sorted({u.round_id for u in ok}):
+        mine = [u for u in ok if u.round_id == rid]
+        span = max(u.ended for u in mine) - min(u.started for u in mine)
+        spans += span
+        per_round[rid] = {"updates_per_s": len(mine) / span,
+                          "MB_per_s": sum(u.envelope_bytes for u in mine) / span / 1e6, "span_seconds": span}
+    total_bytes = sum(u.envelope_bytes for u in ok)
+    seal = sorted(u.seal_seconds for u in stats.uploads)
+    return {
+        "upload_latency_seconds": {"p50": _percentile(lat, 50), "p90": _percentile(lat, 90),
+                                   "p99": _percentile(lat, 99), "max": lat[-1] if lat else float("nan"),
+                                   "mean": statistics.fmean(lat) if lat else float("nan")},
+        "updates_per_s": len(ok) / spans if spans else 0.0,
+        "MB_per_s": total_bytes / spans / 1e6 if spans else 0.0,
+        "per_round": per_round,
+        "seal_ms_p50": 1000 * _percentile(seal, 50),
+    }
+
+
+def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None
+             ) -> dict[str, Any]:
+    """Run one load (see the module docstring); returns the figures and the reconciliation."""
+    with tempfile.TemporaryDirectory(prefix="qflare-load-") as tmp, contextlib.ExitStack() as stack:
+        run_dir = Path(workdir or tmp)
+        db = (stack.enter_context(_fresh_schema(cfg.postgres)) if cfg.postgres
+              else f"sqlite:///{(run_dir / 'qflare.db').resolve()}")
+        config = GlobalConfig(
+            task=TASK,
+            server=ServerConfig(host="127.0.0.1", port=free_port(), db_url=db,
+                                key_dir=str((run_dir / "server-keys").resolve())),
+            rounds=RoundsConfig(total=cfg.rounds, fraction=1.0, min_devices=cfg.devices, min_quorum=cfg.devices,
+                                deadline_seconds=cfg.run_timeout_seconds, active_window_seconds=120.0),
+            enclave=EnclaveHostConfig(backend="none", work_dir=str((run_dir / "enclave").resolve())),
+        )
+        started = time.perf_counter()
+        fed: Federation = stack.enter_context(start_server(config, run_dir))
+        pid = fed.server.pid
+        log(f"server up (pid {pid}, {'postgresql' if cfg.postgres else 'sqlite'}); enrolling {cfg.devices} devices")
+        server_pub = read_public_key(fed.server_key_file())
+        assert isinstance(server_pub, XWingPublicKey)
+        t0 = time.perf_counter()
+        keys = [SigningKey.generate() for _ in range(cfg.devices)]
+        keygen = time.perf_counter() - t0
+        admin = stack.enter_context(fed.admin())
+        t0 = time.perf_counter()
+        for i, k in enumerate(keys):
+            admin.post("/v1/admin/devices", json={"device_id": _Fleet.device_id(i),
+                                                  "public_key": serialize_public_key(k.public_key()).decode()}
+                       ).raise_for_status()
+        enroll = time.perf_counter() - t0
+        base, _ = load_arrays(admin.get("/v1/admin/models/0/safetensors").raise_for_status().content)
+        stats = _Stats()
+        fleet = _Fleet(cfg, fed.url, server_pub, keys, base, stats)
+        log(f"enrolled in {enroll:.1f} s; {cfg.devices} devices long-polling, {cfg.rounds} rounds")
+        cpu0 = process_cpu_seconds(pid)
+        try:
+            drive = asyncio.run(_drive(fleet, pid))
+        finally:
+            fleet.pool.shutdown()
+        cpu = process_cpu_seconds(pid) - cpu0
+        server_rss = peak_rss_mib(pid)
+        status = admin.get("/v1/admin/status").raise_for_status().json()
+        check = _reconcile(stats, admin)
+        wall = time.perf_counter() - started
+    return {
+        "devices": cfg.devices, "rounds": cfg.rounds, "task": TASK,
+        "database": "postgresql" if cfg.postgres else "sqlite",
+        "long_poll_seconds": cfg.long_poll_seconds, "download": cfg.download, "max_inflight": cfg.max_inflight,
+        "update_bytes": len(dump_arrays(base, {"num_examples": "1", "train_loss": "0.5"})),
+        "envelope_bytes": max((u.envelope_bytes for u in stats.uploads), default=0),
+        "uploads_sent": len(stats.uploads), "upload_attempts": sum(u.attempts for u in stats.uploads),
+        **{k: v for k, v in check.items() if k != "rounds"},
+        "rounds_completed": status["rounds_completed"], "rounds_failed": status["rounds_failed"],
+        "server_accepted_updates": status["accepted_updates"], "server_rejected_updates": status["rejected_updates"],
+        **_throughput(stats),
+        "per_round_server": check["rounds"],
+        "max_concurrent_uploads": stats.max_inflight,
+        "task_polls": stats.task_polls, "held_polls": stats.held_polls, "downloads": stats.downloads,
+        "errors": dict(stats.errors), "stopped": stats.stopped,
+        "server_peak_rss_MiB": server_rss, "server_cpu_seconds": cpu,
+        "loadgen_peak_rss_MiB": peak_rss_mib(),
+        "keygen_seconds": keygen, "enroll_seconds": enroll, "drive_seconds": drive, "wall_seconds": wall,
+    }
+
+
+def main_quiet(cfg: LoadConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_load` with the unencrypted-key warning of the server's demo keys silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnencryptedKeyWarning)
+        return run_load(cfg, log=log)
