@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -309,16 +310,46 @@ class EdgeNode:
                 return None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _audit(self) -> Callable[[], None]:
+        """Check the server's ledger (``LedgerAuditor.check``) in a thread while the device trains; the
+        returned function waits for it and raises its ``LedgerIntegrityError`` (rollback, fork, missing
+        update: stop). So auditing costs the round no time, yet no update leaves before the check held."""
+        auditor = self.auditor
+        if auditor is None:
+            return lambda: None
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                auditor.check()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the device's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name=f"{self.config.device_id}-ledger-audit", daemon=True)
+        thread.start()
+
+        def join() -> None:
+            thread.join()
+            if failure:
+                raise failure[0]
+
+        return join
+
     def step(self) -> str:
-        """One poll: returns the task status seen (``train``, ``wait`` or ``done``)."""
-        if self.auditor is not None:
-            self.auditor.check()  # LedgerIntegrityError (rollback, fork, missing update): stop
+        """One poll: returns the task status seen (``train``, ``wait`` or ``done``).
+
+        The device audits the server's ledger on every contact: while it trains (before its update is
+        sent), and before it waits or finishes."""
         task = self.client.task(wait=self.config.long_poll_seconds)
         status = str(task.get("status"))
+        audited = self._audit()
         if status == "train":
             self._waiting_for = None
             round_id = int(task["round_id"])
-            update = self.train_round(task)
+            try:
+                update = self.train_round(task)
+            finally:
+                audited()  # LedgerIntegrityError: stop before anything is sent
             if update is None:
                 return "done"  # the local privacy budget is spent: this device takes no further part
             try:
@@ -337,7 +368,9 @@ class EdgeNode:
                 log.warning("%s: round %d update refused (%s): %s", self.config.device_id, round_id, exc.reason,
                             exc.message)
             self.stats.rounds_trained += 1
-        elif status == "wait":
+        else:
+            audited()
+        if status == "wait":
             reason = task.get("reason")
             if reason and reason != self._waiting_for:
                 log.info("%s: %s", self.config.device_id, reason)
