@@ -47,12 +47,16 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def workers(tmp_path: Path, pg_url: str) -> Iterator[str]:
+    yield from _serve_workers(tmp_path, pg_url, N_DEVICES)
+
+
+def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str] | None = None) -> Iterator[str]:
     port = _free_port()
     cfg = GlobalConfig(
         task="digits",
         enclave=EnclaveHostConfig(backend="none"),
         server=ServerConfig(db_url=pg_url, key_dir=str(tmp_path / "keys"), port=port),
-        rounds=RoundsConfig(total=1, min_devices=N_DEVICES, min_quorum=N_DEVICES, deadline_seconds=300.0),
+        rounds=RoundsConfig(total=1, min_devices=devices, min_quorum=devices, deadline_seconds=300.0),
         training=TrainConfig(epochs=1, batch_size=32, lr=0.05),
     )
     cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"enabled": False})})
@@ -61,7 +65,7 @@ def workers(tmp_path: Path, pg_url: str) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "qflare", "server", "-c", str(tmp_path / "global_config.yaml"), "--workers", "2",
          "--token-file", str(tmp_path / "token")],
-        env={**os.environ, "QFLARE_ADMIN_TOKEN": ADMIN}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "QFLARE_ADMIN_TOKEN": ADMIN, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -175,3 +179,78 @@ def test_workers_with_the_enclave_are_refused_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="enclave.backend: none") as info:
         check_workers(GlobalConfig(enclave=EnclaveHostConfig(backend="simulated")), 2, "postgresql")
     assert "\n" not in info.value.message
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_worker_killed_mid_upload_loses_nothing_and_counts_nothing_twice(tmp_path: Path, pg_url: str) -> None:
+    from qflare.ledger.entries import UpdateAccepted, decode_event
+    from qflare.server.faults import ENV
+    from qflare.server.storage.ledger_store import SqlLogStore
+
+    # Prepare: two workers, each SIGKILLed right after the first update it commits (before it answers);
+    # uvicorn starts a new worker in its place
+    n = 6
+    served = _serve_workers(tmp_path, pg_url, n, env={ENV: "after_commit@1"})
+    url = next(served)
+    try:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        keys = {f"dev_{i}": SigningKey.generate() for i in range(n)}
+        for d, k in keys.items():
+            r = httpx.post(f"{url}/v1/admin/devices", headers=auth, timeout=30,
+                           json={"device_id": d, "public_key": serialize_public_key(k.public_key()).decode()})
+            assert r.status_code == 201, r.text
+        server_pub = parse_public_key(httpx.get(f"{url}/v1/server/keys").json()["kem_public_key"].encode())
+        for d in keys:
+            assert _post(url, keys[d], server_pub, d, "/v1/device/heartbeat").status_code == 200
+        deadline = time.monotonic() + 60
+        while (status := httpx.get(f"{url}/v1/admin/status", headers=auth).json()).get("current_round") is None:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        rid = status["current_round"]["round_id"]
+        base, _ = load_arrays(initial_model_blob("digits", 0), ModelSpec.from_model(get_task("digits").build_model()))
+
+        def upload(d: str, i: int) -> list[str]:
+            """What a device does (docs/protocol.md 13.3): re-send a fresh envelope when unanswered; a
+            duplicate_update after an unanswered attempt means the first one was accepted."""
+            blob = dump_arrays(base, {"num_examples": str(i + 1), "train_loss": "0.5"})
+            seen: list[str] = []
+            for _ in range(30):
+                try:
+                    r = _post(url, keys[d], server_pub, d, f"/v1/device/rounds/{rid}/update", blob, round_id=rid)
+                except httpx.TransportError:
+                    seen.append("unanswered")
+                    time.sleep(0.5)
+                    continue
+                if r.status_code >= 500:
+                    seen.append(str(r.status_code))
+                    time.sleep(0.5)
+                    continue
+                seen.append(str(r.status_code))
+                return seen
+            raise AssertionError(f"{d}: no answer after {seen}")
+
+        # Execute
+        outcomes = {d: upload(d, i) for i, d in enumerate(keys)}
+
+        # Assert: each device either got 200, or 409 (duplicate) after an unanswered attempt; workers died
+        assert all(o[-1] == "200" or (o[-1] == "409" and "unanswered" in o) for o in outcomes.values()), outcomes
+        assert sum("unanswered" in o for o in outcomes.values()) >= 1, outcomes
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{url}/v1/admin/status", headers=auth).json()["rounds_completed"] < 1:
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.3)
+        repo = Repository(pg_url)
+        store = SqlLogStore(repo.engine)
+        try:
+            rnd = repo.get_round(rid)
+            assert rnd is not None and rnd.status == "aggregated" and rnd.metrics is not None
+            assert rnd.metrics["num_updates"] == n and rnd.metrics["total_examples"] == n * (n + 1) // 2
+            assert sorted(repo.update_device_ids(rid)) == sorted(keys)
+            logged = [e.device_id for e in map(decode_event, store.read_entries(0, store.size()))
+                      if isinstance(e, UpdateAccepted)]
+            assert sorted(logged) == sorted(keys)  # each accepted update logged exactly once
+        finally:
+            repo.close()
+    finally:
+        served.close()
