@@ -158,3 +158,38 @@ def test_a_device_config_whose_timeout_would_cut_a_long_poll_is_refused() -> Non
                      long_poll_seconds=20, request_timeout_seconds=10)
     assert DeviceConfig(device_id="edge_01", identity_key_file="k", server_public_key_file="p",
                         long_poll_seconds=0, request_timeout_seconds=5).long_poll_seconds == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_answers_a_held_long_poll_at_once_and_the_server_stops_cleanly(tmp_path: Path) -> None:
+    import signal
+
+    from qflare.crypto.keyfile import read_public_key
+    from qflare.edge.client import DeviceClient
+    from qflare.sim.runner import SimulationConfig, build_global_config, free_port, start_server
+
+    # Prepare: a real `qflare server` with no round (two devices needed, one enrolled): edge_01 long-polls
+    config = build_global_config(SimulationConfig(task="digits", clients=2, rounds=1, enclave="none"), tmp_path,
+                                 free_port())
+    with start_server(config, tmp_path) as fed:
+        key = fed.enroll("edge_01")
+        client = DeviceClient(fed.url, "edge_01", key, read_public_key(fed.server_key_file()), timeout=60)
+        answer: list[object] = []
+        poll = threading.Thread(target=lambda: answer.append(client.task(wait=25)))
+        poll.start()
+        time.sleep(1.5)  # the request is held
+
+        # Execute
+        t0 = time.monotonic()
+        fed.server.send_signal(signal.SIGINT)
+        poll.join(timeout=20)
+        code = fed.server.wait(timeout=30)
+        took = time.monotonic() - t0
+        client.close()
+
+    # Assert: the held poll got its (wait) answer, the server exited 0 within a few seconds, no traceback
+    log = (tmp_path / "logs" / "server.log").read_text() if (tmp_path / "logs" / "server.log").exists() else ""
+    assert answer and isinstance(answer[0], dict) and answer[0]["status"] == "wait", answer
+    assert took < 10, took
+    assert code == 0, log[-2000:]
+    assert "Traceback" not in log and "CancelledError" not in log

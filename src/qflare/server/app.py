@@ -38,6 +38,7 @@ from qflare.server.routes.ledger import router as ledger_router
 from qflare.server.state import ServerState
 from qflare.server.storage import Repository
 from qflare.server.storage.ledger_store import SqlLogStore
+from qflare.server.wakeup import release_on_exit_signals
 
 if TYPE_CHECKING:
     from qflare.enclave.backend import EnclaveAggregator
@@ -230,6 +231,7 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(state.orchestrator.bootstrap)
+        release_on_exit_signals(state.orchestrator.changed)  # Ctrl-C answers held long-polls at once
         tasks = [asyncio.create_task(_ticker(state))] if run_ticker else []
         if run_ticker and state.config.qkd is not None and state.ledger is not None:
             tasks.append(asyncio.create_task(_qkd_watcher(state)))

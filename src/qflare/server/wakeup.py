@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-__all__ = ["Wakeup"]
+__all__ = ["Wakeup", "release_on_exit_signals"]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -25,7 +29,14 @@ class Wakeup:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._generation = 0
+        self._closed = False
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def close(self) -> None:
+        """The server is stopping: wake every waiter, and let no new wait block (they return ``False``)."""
+        with self._lock:
+            self._closed = True
+        self.notify()
 
     @property
     def generation(self) -> int:
@@ -42,11 +53,16 @@ class Wakeup:
                 loop.call_soon_threadsafe(_resolve, fut)
 
     async def wait(self, generation: int, timeout: float) -> bool:
-        """Wait until the generation passes ``generation`` or ``timeout`` seconds pass; ``True`` if it changed."""
+        """Wait until the generation passes ``generation`` or ``timeout`` seconds pass; ``True`` if it changed.
+
+        ``False`` at once after :meth:`close`: a stopping server answers held requests instead of holding them.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         entry = (loop, fut)
         with self._lock:
+            if self._closed:
+                return False
             if self._generation != generation:
                 return True
             self._waiters.add(entry)
@@ -58,3 +74,24 @@ class Wakeup:
         finally:
             with self._lock:
                 self._waiters.discard(entry)
+
+
+def release_on_exit_signals(wakeup: Wakeup) -> None:
+    """Close ``wakeup`` when SIGINT or SIGTERM arrives, then run the handler that was there (uvicorn's).
+
+    Uvicorn waits for requests in flight before it stops; held long-polls would delay a Ctrl-C by up to
+    their ``wait``. Called from the app's start-up, in the main thread (elsewhere, e.g. under a test
+    client's thread, it does nothing).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # not under a server that handles it
+
+        def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            wakeup.close()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
