@@ -193,3 +193,34 @@ def test_fltrust_beats_thirty_percent_sign_flip_and_ipm_on_digits_where_other_ru
     print(f"fltrust {fltrust}, bounded-fedavg sign-flip {default_flip:.3f}, median ipm {median_ipm:.3f}")
     assert fltrust["sign-flip"] >= 0.75 and fltrust["sign-flip"] >= default_flip + 0.2
     assert fltrust["ipm"] >= 0.75 and fltrust["ipm"] >= median_ipm + 0.3
+
+
+@pytest.mark.slow
+def test_the_code_fltrust_loads_inside_the_enclave_is_measured() -> None:
+    # Prepare: a fresh interpreter builds and trains every task's root update, as the enclave would
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qflare.enclave.measurement import ENCLAVE_MODULES
+
+    code = (
+        "import sys\n"
+        "from qflare.fl.strategies import get_strategy\n"
+        "from qflare.fl.tasks import TASKS\n"
+        "from qflare.fl.train import get_arrays\n"
+        "for name in TASKS:\n"
+        "    s = get_strategy('fltrust', root_task=name, root_examples=8)\n"
+        "    t = s.root.task\n"
+        "    s.root.update(get_arrays(t.build_model(0)), t.model_spec())\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('qflare') and m.__file__))\n"
+    )
+
+    # Execute
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+
+    # Assert
+    root = Path(__import__("qflare").__file__).resolve().parent.parent
+    loaded = {Path(f).resolve().relative_to(root).as_posix() for f in done.stdout.split()}
+    assert "qflare/fl/root.py" in loaded
+    assert loaded <= set(ENCLAVE_MODULES), sorted(loaded - set(ENCLAVE_MODULES))
