@@ -45,7 +45,8 @@ def simulate(
     ] = None,
     aggregator: Annotated[
         str, typer.Option(help="aggregation.rule: bounded-fedavg (default), fedavg, median, trimmed-mean, krum, "
-                          "multi-krum, bulyan, centered-clipping, norm-bound")
+                          "multi-krum, bulyan, centered-clipping, norm-bound, fltrust (needs "
+                          "--aggregator-params '{\"root_task\": TASK}')")
     ] = "bounded-fedavg",
     aggregator_params: Annotated[
         str | None, typer.Option(help='aggregation.params as a JSON object, e.g. \'{"f": 2}\'')
