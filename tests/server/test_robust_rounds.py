@@ -101,3 +101,23 @@ def test_fltrust_on_the_deployed_path_trains_its_root_update_and_ignores_a_flipp
         new, _ = load_arrays(h.state.repo.model_blob(rnd.new_version), h.state.orchestrator.spec)
         for name in base:
             np.testing.assert_allclose(new[name], root[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("enclave", [False, True], ids=["in-process", "enclave"])
+def test_fltrust_with_another_task_s_root_data_fails_the_round_with_its_reason(tmp_path: Path, enclave: bool) -> None:
+    # Prepare: the federation trains digits, but the root data set is the traffic task's (another model)
+    agg = AggregationConfig(rule="fltrust", params={"root_task": "traffic"})
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=agg):
+        rid = h.open_round()
+
+        # Execute
+        for device in ("edge_0", "edge_1", "edge_2"):
+            assert _upload(h, rid, device, scale=1.1).status_code == 200
+
+        # Assert: a clear round failure naming the reason; the global model is unchanged
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "failed", rnd
+        assert rnd.close_reason == "root_spec_mismatch", rnd.close_reason
+        nxt = h.state.orchestrator.current_round()
+        assert nxt is None or nxt.base_version == 0
