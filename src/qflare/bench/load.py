@@ -116,6 +116,8 @@ class _Upload:
     reason: str = ""
     sha256: str = ""
     attempts: int = 0
+    earlier_failed: bool = False  # an earlier upload of this device for this round got no answer
+    sealed_refusal: bool = False  # the last refusal was sealed (the server's word, not a hint)
 
 
 @dataclass
@@ -214,7 +216,8 @@ class _Fleet:
         return bytes(opener.open(r.content))
 
     async def device(self, client: httpx.AsyncClient, i: int) -> None:
-        uploaded: set[int] = set()
+        uploaded: set[int] = set()  # rounds this device's upload was acknowledged in (or refused for good)
+        tries: dict[int, int] = {}
         await self._retrying(lambda: self._call(client, i, "/v1/device/heartbeat"), "heartbeat")
         wait = self.cfg.long_poll_seconds
         path = f"/v1/device/task?wait={wait:g}" if wait > 0 else "/v1/device/task"
@@ -234,16 +237,22 @@ class _Fleet:
                 self.stats.errors["train_again_after_upload"] += 1
                 await asyncio.sleep(0.5)
                 continue
+            tries[round_id] = tries.get(round_id, 0) + 1
+            if tries[round_id] > 3:  # three uploads (of up to 3 attempts each) failed: give the round up
+                self.stats.errors["round_given_up"] += 1
+                uploaded.add(round_id)
+                continue
             if self.cfg.download:
                 model_path = f"/v1/device/model/{int(task['model_version'])}"
                 await self._retrying(lambda p=model_path: self._call(client, i, p), "download")  # type: ignore[misc]
                 self.stats.downloads += 1
             if self.slots is None:
-                await self._upload(client, i, round_id)
+                done = await self._upload(client, i, round_id, tries[round_id] > 1)
             else:
                 async with self.slots:
-                    await self._upload(client, i, round_id)
-            uploaded.add(round_id)
+                    done = await self._upload(client, i, round_id, tries[round_id] > 1)
+            if done:
+                uploaded.add(round_id)  # else: the next task poll says train again, and the device re-uploads
 
     async def _retrying(self, fn: Callable[[], Any], what: str) -> bytes:
         for attempt in range(5):
@@ -256,14 +265,16 @@ class _Fleet:
                 await asyncio.sleep(1.0 + attempt)
         raise AssertionError("unreachable")
 
-    async def _upload(self, client: httpx.AsyncClient, i: int, round_id: int) -> None:
+    async def _upload(self, client: httpx.AsyncClient, i: int, round_id: int, earlier_failed: bool) -> bool:
+        """Upload (retrying transport errors, 429 and 5xx); whether the round is settled for this device
+        (acknowledged, or refused for a reason a retry cannot change)."""
         loop = asyncio.get_running_loop()
         path = f"/v1/device/rounds/{round_id}/update"
         up: _Upload | None = None
         for attempt in range(1, 4):
             envelope, opener, n, seal_s = await loop.run_in_executor(self.pool, self._build_upload, i, round_id)
             if up is None:
-                up = _Upload(self.device_id(i), round_id, n, len(envelope), seal_s)
+                up = _Upload(self.device_id(i), round_id, n, len(envelope), seal_s, earlier_failed=earlier_failed)
                 self.stats.uploads.append(up)
             up.attempts = attempt
             self.stats.inflight += 1
@@ -281,19 +292,23 @@ class _Fleet:
                     if (body["device_id"], body["round_id"], body["num_examples"]) != (up.device, round_id, n):
                         up.reason = "acknowledged_something_else"
                 else:
-                    up.reason = error_from_response(r, opener).reason
+                    err = error_from_response(r, opener)
+                    up.reason, up.sealed_refusal = err.reason, err.authenticated
             finally:
                 up.ended = time.perf_counter()
                 self.stats.inflight -= 1
                 del envelope
             if up.status == 200:
-                return
+                return True
             self.stats.errors[f"upload:{up.status}:{up.reason}"] += 1
-            if up.status == 409 and up.reason == "duplicate_update" and attempt > 1:
-                return  # an earlier attempt was recorded although its answer was lost: the server has it
+            if up.status == 409 and up.reason == "duplicate_update" and (attempt > 1 or earlier_failed):
+                return True  # an earlier attempt was recorded although its answer was lost: the server has it
             if up.status not in (0, 429, 500, 502, 503, 504):
-                return  # a refusal: retrying the same upload cannot help
+                # A sealed refusal is the server's word: final. A plain one (e.g. stale_timestamp: the upload
+                # waited too long in the server's queue) is a hint, as for an edge node: ask again and re-upload.
+                return up.sealed_refusal
             await asyncio.sleep(1.0)
+        return False
 
 
 async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -> None:
@@ -335,7 +350,7 @@ def _reconcile(stats: _Stats, admin: httpx.Client) -> dict[str, Any]:
     for u in stats.uploads:
         if u.status == 200 and not u.reason:
             acked[(u.device, u.round_id)] = u
-        elif u.status == 409 and u.reason == "duplicate_update" and u.attempts > 1:
+        elif u.status == 409 and u.reason == "duplicate_update" and (u.attempts > 1 or u.earlier_failed):
             acked[(u.device, u.round_id)] = u  # acknowledged by the refusal of its retry
     rounds = admin.get("/v1/admin/rounds").raise_for_status().json()
     recorded: dict[tuple[str, int], dict[str, Any]] = {}

@@ -13,7 +13,12 @@ from qflare.server.ratelimit import RateLimits, build_rate_limits, source_of
 from qflare.server.state import ServerState
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
+    # async: FastAPI runs a plain ``def`` dependency in the thread pool, so every request first waited for
+    # a free worker thread before its route could read the body. Under upload load (every thread busy
+    # opening and storing 4 MB updates) uvicorn stops reading a waiting request after 64 KiB, and the
+    # transport's body-chunk timeout (server.body_chunk_timeout_seconds) then cut it: a burst of 194
+    # "disconnected during POST .../update" with 500 devices (benchmarks/load_devices.py).
     state: ServerState = request.app.state.qflare
     return state
 
@@ -25,7 +30,8 @@ def rate_limits(request: Request) -> RateLimits:
     """The app's limiters, built from the config at first use."""
     limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
     if limits is None:
-        limits = build_rate_limits(get_state(request).config.server.rate_limits)
+        state: ServerState = request.app.state.qflare
+        limits = build_rate_limits(state.config.server.rate_limits)
         request.app.state.rate_limits = limits
     return limits
 
