@@ -165,6 +165,9 @@ class RateLimitConfig(_Strict):
     enrollment_burst: int = Field(20, ge=1)
     device_refusals_per_second: float = Field(20.0, gt=0, description="device requests refused unopened, per source")
     device_refusals_burst: int = Field(200, ge=1)
+    device_requests_per_second: float = Field(
+        5.0, gt=0, description="authenticated requests per device (an honest device long-polls: well under 1/s)")
+    device_requests_burst: int = Field(60, ge=1)
 
 
 class ServerConfig(_Strict):

@@ -66,3 +66,25 @@ def test_a_source_flooding_refused_device_requests_is_cut_off_and_stops_adding_e
     r = harness.client.post("/v1/device/heartbeat", content=b"garbage")
     assert r.status_code == 429 and "Retry-After" in r.headers
     assert harness.state.repo.count_events("request_rejected") - events_before == 20
+
+
+def test_each_authenticated_device_has_its_own_request_budget(harness: Harness) -> None:
+    # Prepare: 3 requests per device, refilled slowly
+    harness.client.app.state.rate_limits = build_rate_limits(  # type: ignore[attr-defined]
+        RateLimitConfig(device_requests_per_second=0.01, device_requests_burst=3))
+    events_before = harness.state.repo.count_events("request_rejected")
+
+    # Execute: edge_0 sends 5 heartbeats; an impostor claiming edge_1's id sends 5 (refused unopened)
+    codes = [harness.post("edge_0", "/v1/device/heartbeat").status_code for _ in range(5)]
+    from qflare.crypto import SigningKey
+
+    impostor = SigningKey.generate()
+    forged = [harness.post("edge_1", "/v1/device/heartbeat", key=impostor).status_code for _ in range(5)]
+    edge_1 = harness.post("edge_1", "/v1/device/heartbeat")
+
+    # Assert: edge_0 is cut off with 429 + Retry-After; the impostor could not spend edge_1's budget
+    assert codes == [200, 200, 200, 429, 429]
+    r = harness.post("edge_0", "/v1/device/heartbeat")
+    assert r.status_code == 429 and "rate_limited_device_requests" in r.text
+    assert forged == [401] * 5 and edge_1.status_code == 200
+    assert harness.state.repo.count_events("request_rejected") - events_before == 3 + 5  # bounded, with reasons

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig
+from qflare.config import EnclaveHostConfig, GlobalConfig, RateLimitConfig, RoundsConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.bench import run_benchmark
 from qflare.crypto.envelope import seal_request
@@ -91,7 +91,10 @@ def run(
         cfg = GlobalConfig(
             enclave=EnclaveHostConfig(backend="none"),  # the web tier's cost; `qflare bench enclave` measures that
             server=ServerConfig(port=port, db_url=f"sqlite:///{d / 'bench.db'}", key_dir=str(d / "keys"),
-                                max_request_bytes=payload_size + 16384),
+                                max_request_bytes=payload_size + 16384,
+                                # each bench device sends hundreds of heartbeats a second: lift its limit
+                                rate_limits=RateLimitConfig(device_requests_per_second=1e6,
+                                                            device_requests_burst=10**6)),
             rounds=RoundsConfig(min_devices=clients + 1, min_quorum=1),  # no round opens: heartbeats only
         )
         (d / "g.json").write_text(cfg.model_dump_json())

@@ -100,5 +100,6 @@ def build_rate_limits(cfg: RateLimitConfig, *, clock: Callable[[], float] = time
                                       clock=clock),
         device_refusals=TokenBucketLimiter(cfg.device_refusals_per_second, cfg.device_refusals_burst,
                                            name="device_refusals", clock=clock),
-        device_requests=None,
+        device_requests=TokenBucketLimiter(cfg.device_requests_per_second, cfg.device_requests_burst,
+                                           name="device_requests", clock=clock),
     )

@@ -74,6 +74,10 @@ async def _authenticate(request: Request, state: ServerState, *, update_round: i
             )
         )
         bind_device(call.device_id)  # for the logs (qflare.logs)
+        # Per device, after authentication: nobody can spend another device's budget by claiming its id.
+        per_device = rate_limits(request).device_requests
+        if per_device is not None:
+            per_device.take(call.device_id)  # RateLimited: 429 with Retry-After
         return call
     except QFlareError as exc:
         if refusals is not None:
