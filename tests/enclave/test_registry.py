@@ -297,3 +297,47 @@ class _Record:
                  revoked_at: float | None = None) -> None:
         self.device_id, self.public_key, self.key_source = device_id, public_key, "mlkem"
         self.status, self.created_at, self.revoked_at = status, 1000.0, revoked_at
+        self.max_examples: int | None = None
+
+
+def test_an_update_claiming_more_examples_than_enrolled_is_refused_inside(
+    start_aggregator: AggregatorFactory, operator: SigningKey, device_key: SigningKey, spec: ModelSpec,
+    base_model: bytes,
+) -> None:
+    # Prepare: dev-1 enrolled (operator-signed) for at most 50 examples per update
+    backend = start_aggregator(config=registered_config(operator))
+    capped = DeviceRegistration(device_id="dev-1", public_key=device_key.public_key().to_bytes(),
+                                key_source="mlkem", status="active", sequence=1, max_examples=50)
+    register(backend, capped, operator)
+    backend.begin_round(ROUND, base_model, spec)
+    kem = backend.public_keys().kem
+
+    # Execute: the host forwards an inflated claim (10^7 examples)
+    with pytest.raises(InvalidInput) as info:
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, make_update(1, num_examples=10**7)))
+
+    # Assert: refused with its reason, nothing counted; a claim at the cap is counted
+    assert info.value.reason == "num_examples_above_cap" and "at most 50" in info.value.message
+    backend.accumulate(validate_bytes(backend, ROUND, make_envelope(device_key, kem, make_update(2, num_examples=50))))
+    assert backend.finalize(ROUND) == inprocess_model(base_model, spec, [make_update(2, num_examples=50)])
+
+
+@pytest.mark.parametrize("cap", [0, -1, True, 2**31, "50"])
+def test_a_registration_with_a_bad_example_cap_is_refused(device_key: SigningKey, cap: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        DeviceRegistration(device_id="dev-1", public_key=device_key.public_key().to_bytes(), key_source="mlkem",
+                           status="active", sequence=1, max_examples=cap)  # type: ignore[arg-type]
+    assert info.value.reason == "bad_registration"
+
+
+def test_the_example_cap_is_part_of_the_signed_statement(device_key: SigningKey, operator: SigningKey) -> None:
+    from qflare.enclave.registry import verify_registration
+
+    plain = registration("dev-1", device_key)
+    capped = DeviceRegistration(device_id="dev-1", public_key=device_key.public_key().to_bytes(),
+                                key_source="mlkem", status="active", sequence=1, max_examples=50)
+    assert b"max_examples" not in plain.to_bytes() and b'"max_examples":50' in capped.to_bytes()
+    assert DeviceRegistration.from_bytes(capped.to_bytes()) == capped
+    # The host cannot lift the cap: the signature over the capped statement does not cover the plain one.
+    with pytest.raises(InvalidSignature):
+        verify_registration(plain.to_bytes(), sign_registration(capped, operator), operator_key=operator.public_key())

@@ -278,3 +278,25 @@ def test_a_server_whose_ledger_database_was_rolled_back_refuses_to_start(tmp_pat
     # Assert: a clear reason, naming what to do
     assert info.value.reason == "ledger_rolled_back"
     assert "rolled back" in info.value.message and "Restore the database" in info.value.message
+
+
+def test_the_enclave_refuses_an_update_above_the_devices_enrolled_cap_itself(eh: Harness) -> None:
+    from qflare.crypto import SigningKey
+    from qflare.crypto.keyfile import serialize_public_key
+
+    # Prepare: edge_3 enrolled for at most 50 examples; the host's own check is bypassed (a hostile host)
+    h = eh
+    key = SigningKey.generate()
+    r = h.client.post("/v1/admin/devices", headers={"Authorization": f"Bearer {ADMIN}"}, json={
+        "device_id": "edge_3", "public_key": serialize_public_key(key.public_key()).decode(), "max_examples": 50})
+    assert r.status_code == 201
+    h.keys["edge_3"] = key
+    rid = h.open_round()
+    h.state.repo.get_device = lambda d, real=h.state.repo.get_device: (  # type: ignore[method-assign]
+        real(d).__class__(**{**real(d).__dict__, "max_examples": None}) if real(d) is not None else None)
+
+    # Execute
+    refused = h.post("edge_3", UPDATE.format(rid), h.update_blob(num_examples=10**7))
+
+    # Assert: the enclave's registry (operator-signed) carries the cap and refuses the claim
+    assert refused.status_code == 400 and json.loads(refused.text)["error"]["reason"] == "num_examples_above_cap"

@@ -101,7 +101,7 @@ def _upgrade_from_the_previous_head(url: str, *, with_ledger: bool) -> None:
     repo = Repository(url)
     store = ledger_store.SqlLogStore(repo.engine)
     # Assert: at HEAD, the ORM's schema exactly, the old log intact, and the store appends after it
-    assert current_revision(repo.engine) == HEAD == "0004"
+    assert current_revision(repo.engine) == HEAD == "0005"
     if with_ledger:
         assert store.size() == 3 and store.read_entries(0, 3) == [b"e0", b"e1", b"e2"]
         latest = store.latest_checkpoint()
@@ -167,4 +167,26 @@ def test_a_0003_database_gains_the_ledger_outbox_and_downgrade_removes_it(tmp_pa
         command.downgrade(cfg, "0003")
     tables = set(inspect(repo.engine).get_table_names())
     assert "ledger_outbox" not in tables and {"updates", "ledger_entries"} <= tables
+    repo.close()
+
+
+def test_0005_adds_the_enrolled_example_cap_and_keeps_the_devices(tmp_path: Path) -> None:
+    # Prepare: a 0004 database with a device
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        conn.exec_driver_sql("insert into devices (device_id, status, public_key, fingerprint, key_source, created_at)"
+                             " values ('edge_1', 'active', x'00', 'fp', 'mlkem', 1.0)")
+    engine.dispose()
+
+    # Execute
+    repo = Repository(url)
+
+    # Assert
+    device = repo.get_device("edge_1")
+    assert device is not None and device.max_examples is None and _schema_diff(url) == []
     repo.close()

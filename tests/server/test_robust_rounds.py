@@ -121,3 +121,34 @@ def test_fltrust_with_another_task_s_root_data_fails_the_round_with_its_reason(t
         assert rnd.close_reason == "root_spec_mismatch", rnd.close_reason
         nxt = h.state.orchestrator.current_round()
         assert nxt is None or nxt.base_version == 0
+
+
+def test_an_update_claiming_more_examples_than_its_enrollment_allows_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from qflare.crypto import SigningKey
+    from qflare.crypto.keyfile import serialize_public_key
+
+    from .conftest import ADMIN
+
+    for h in make_harness(tmp_path):
+        # Prepare: edge_3 enrolled for at most 50 examples per update
+        key = SigningKey.generate()
+        r = h.client.post("/v1/admin/devices", headers={"Authorization": f"Bearer {ADMIN}"}, json={
+            "device_id": "edge_3", "public_key": serialize_public_key(key.public_key()).decode(),
+            "max_examples": 50})
+        assert r.status_code == 201 and r.json()["max_examples"] == 50
+        h.keys["edge_3"] = key
+        rid = h.open_round()
+        before = h.snapshot()
+
+        # Execute
+        refused = h.post("edge_3", f"/v1/device/rounds/{rid}/update", h.update_blob(num_examples=10**7))
+
+        # Assert: a sealed 400 with the reason, nothing changed; a claim at the cap is accepted
+        assert refused.status_code == 400 and json.loads(refused.text)["error"]["reason"] == "num_examples_above_cap"
+        assert h.snapshot() == before
+        assert h.post("edge_3", f"/v1/device/rounds/{rid}/update", h.update_blob(num_examples=50)).status_code == 200
+        bad = h.client.post("/v1/admin/devices", headers={"Authorization": f"Bearer {ADMIN}"}, json={
+            "device_id": "edge_4", "public_key": serialize_public_key(key.public_key()).decode(), "max_examples": 0})
+        assert bad.status_code == 422

@@ -85,6 +85,9 @@ def enroll(
     device_id: Annotated[str, typer.Argument(help="the device's id")],
     public_key: Annotated[Path, typer.Option("--public-key", help="the device's .pub file")],
     key_source: Annotated[str, typer.Option(help="mlkem | qkd | hybrid")] = "mlkem",
+    max_examples: Annotated[int | None, typer.Option(
+        min=1, help="the most training examples one update may claim (the device's dataset size); "
+                    "larger claims are refused")] = None,
     server: Server = DEFAULT_SERVER,
     admin_token: AdminToken = None,
     ca_file: CAFile = None,
@@ -95,9 +98,12 @@ def enroll(
     except OSError as exc:
         raise ConfigError(f"--public-key: cannot read {public_key} ({exc.strerror})") from None
     with OperatorClient(server, resolve_operator_token(admin_token), verify=_verify(ca_file)) as op:
-        rec = op.request("POST", "/v1/admin/devices",
-                         {"device_id": device_id, "public_key": text, "key_source": key_source})
-    console.print(f"enrolled {rec['device_id']} (key {rec['fingerprint']}, key source {rec['key_source']})")
+        body: dict[str, object] = {"device_id": device_id, "public_key": text, "key_source": key_source}
+        if max_examples is not None:
+            body["max_examples"] = max_examples
+        rec = op.request("POST", "/v1/admin/devices", body)
+    cap = f", at most {rec['max_examples']} examples per update" if rec.get("max_examples") else ""
+    console.print(f"enrolled {rec['device_id']} (key {rec['fingerprint']}, key source {rec['key_source']}{cap})")
 
 
 @app.command()

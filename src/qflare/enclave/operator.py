@@ -85,6 +85,8 @@ class RegistryRecord(Protocol):
     def created_at(self) -> float: ...
     @property
     def revoked_at(self) -> float | None: ...
+    @property
+    def max_examples(self) -> int | None: ...
 
 
 def _ms(t: float) -> int:
@@ -102,6 +104,7 @@ def registration_for(record: RegistryRecord) -> DeviceRegistration:
         key_source=record.key_source,
         status="revoked" if revoked else "active",
         sequence=sequence,
+        max_examples=record.max_examples,
     )
 
 

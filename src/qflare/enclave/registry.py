@@ -4,7 +4,10 @@ A registration is a canonical JSON statement, signed with the operator's composi
 Ed25519) in context ``ENROLLMENT`` (``status: "active"``) or ``REVOCATION`` (``status: "revoked"``)::
 
     {"type": "qflare.device-registration/1", "device_id": str, "public_key": hex, "key_source": str,
-     "status": "active" | "revoked", "sequence": int}
+     "status": "active" | "revoked", "sequence": int[, "max_examples": int]}
+
+``max_examples`` (present only when the operator set one) is the most training examples one update of
+the device may claim: the enclave refuses a larger claim (``num_examples_above_cap``).
 
 The operator's public key is part of the measured :class:`~qflare.enclave.config.EnclaveConfig`
 (``operator_key``), so devices that pin the measurement pin who may enrol devices. The enclave keeps
@@ -37,6 +40,7 @@ _KEY_SOURCES: Final = ("hybrid", "mlkem", "qkd")
 _DEVICE_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _MAX_STATEMENT: Final = 16 * 1024
 _KEYS: Final = {"type", "device_id", "public_key", "key_source", "status", "sequence"}
+_OPTIONAL: Final = {"max_examples"}
 
 
 def _context(status: str) -> SigningContext:
@@ -59,6 +63,8 @@ class DeviceRegistration:
         ``"active"`` or ``"revoked"``.
     sequence:
         Orders statements about one device: the enclave keeps the highest.
+    max_examples:
+        The most training examples one update may claim (``None``: no cap).
     """
 
     device_id: str
@@ -66,6 +72,7 @@ class DeviceRegistration:
     key_source: str
     status: str
     sequence: int
+    max_examples: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not _DEVICE_ID.fullmatch(self.device_id):
@@ -77,6 +84,9 @@ class DeviceRegistration:
         seq = self.sequence
         if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
             raise InvalidInput("registration sequence must be a non-negative integer", reason="bad_registration")
+        cap = self.max_examples
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap < 2**31):
+            raise InvalidInput("registration max_examples must be a positive integer", reason="bad_registration")
         try:
             VerifyKey.from_bytes(bytes(self.public_key))
         except (QFlareError, ValueError):
@@ -101,6 +111,8 @@ class DeviceRegistration:
             "status": self.status,
             "sequence": self.sequence,
         }
+        if self.max_examples is not None:
+            doc["max_examples"] = self.max_examples
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     @classmethod
@@ -113,7 +125,7 @@ class DeviceRegistration:
             doc: Any = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise bad from None
-        if not isinstance(doc, dict) or set(doc) != _KEYS or doc["type"] != REGISTRATION_TYPE:
+        if not isinstance(doc, dict) or not _KEYS <= set(doc) <= _KEYS | _OPTIONAL or doc["type"] != REGISTRATION_TYPE:
             raise bad
         if not isinstance(doc["public_key"], str):
             raise bad
@@ -122,7 +134,7 @@ class DeviceRegistration:
         except ValueError:
             raise bad from None
         reg = cls(device_id=doc["device_id"], public_key=key, key_source=doc["key_source"], status=doc["status"],
-                  sequence=doc["sequence"])
+                  sequence=doc["sequence"], max_examples=doc.get("max_examples"))
         if reg.to_bytes() != bytes(data):  # one encoding per statement
             raise bad
         return reg

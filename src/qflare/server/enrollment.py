@@ -46,12 +46,17 @@ def sign_enrollment(device_key: SigningKey, device_id: str, token: str) -> str:
 
 
 def enroll_by_operator(
-    repo: Repository, device_id: str, public_key: str, key_source: str, *, now: float
+    repo: Repository, device_id: str, public_key: str, key_source: str, *, now: float,
+    max_examples: int | None = None,
 ) -> DeviceRecord:
+    """``max_examples``: the most training examples one update of the device may claim (its declared
+    dataset size); larger claims are refused (``num_examples_above_cap``)."""
     key = parse_device_key(public_key)
     fp = fingerprint(key)
+    cap = "" if max_examples is None else f", at most {max_examples} examples per update"
     return repo.add_device(device_id, now=now, public_key=key.to_bytes(), fingerprint=fp, key_source=key_source,
-                           event=NewEvent("device_enrolled", device_id=device_id, detail=f"by operator, key {fp}"))
+                           max_examples=max_examples,
+                           event=NewEvent("device_enrolled", device_id=device_id, detail=f"by operator, key {fp}{cap}"))
 
 
 def enroll_with_token(repo: Repository, device_id: str, public_key: str, token: str, signature: str, *,

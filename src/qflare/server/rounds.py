@@ -263,6 +263,12 @@ class Orchestrator:
         except InvalidInput as exc:
             self.reputation.strike(device_id, round_id, f"refused {exc.reason}")
             raise
+        device = self.repo.get_device(device_id)
+        cap = device.max_examples if device is not None else None
+        if cap is not None and validated.num_examples > cap:  # the enclave refuses it itself (its registry)
+            self.reputation.strike(device_id, round_id, "refused num_examples_above_cap")
+            raise InvalidInput(f"the update claims {validated.num_examples} examples; device {device_id!r} is "
+                               f"enrolled for at most {cap}", reason="num_examples_above_cap")
         with self._lock:
             self._raise_if_closed(round_id)
             record = self._accept(device_id, validated, provenance)

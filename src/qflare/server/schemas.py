@@ -24,6 +24,9 @@ class DeviceEnroll(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     public_key: str = Field(max_length=16384, description="the device's public key file (qflare device keygen)")
     key_source: KeySource = KeySource.MLKEM
+    max_examples: int | None = Field(None, ge=1, le=2**31 - 1, description="the most training examples one "
+                                     "update may claim (the device's declared dataset size); larger claims are "
+                                     "refused (num_examples_above_cap)")
 
 
 class TokenCreate(BaseModel):
@@ -58,6 +61,7 @@ class DevicePublic(_Out):
     last_seen_at: float | None
     revoked_at: float | None
     quarantine_reason: str | None = None  # why reputation quarantined it (status "quarantined")
+    max_examples: int | None = None  # the enrolled cap on an update's num_examples
 
 
 class ServerKeysPublic(_Out):

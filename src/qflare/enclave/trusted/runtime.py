@@ -311,6 +311,14 @@ class EnclaveRuntime:
                 "the envelope is not signed by the device's enrolled key", reason="enclave_bad_signature"
             ) from None
 
+    def _check_cap(self, device_id: str, num_examples: int) -> None:
+        """The update claims no more examples than the device's enrolment allows (its registration)."""
+        registration = self._registry.get(device_id) if self._operator is not None else None
+        cap = registration.max_examples if registration is not None else None
+        if cap is not None and num_examples > cap:
+            raise InvalidInput(f"the update claims {num_examples} examples; device {device_id!r} is enrolled "
+                               f"for at most {cap}", reason="num_examples_above_cap")
+
     def _check_base(self, base_sha256: str) -> None:
         """A round starts only from the model this enclave signed last (the first one it adopts)."""
         self._require_state()
@@ -500,6 +508,7 @@ class EnclaveRuntime:
             request_hash: bytes | None = env.header_hash
             digest = self._hasher.submit(sha256_hex, payload)
             update = self._parse(state, payload)
+            self._check_cap(env.device_id, update.num_examples)
             secret = b"" if call.extra_secret is None else b"\x01" + call.extra_secret
             stored: tuple[bytes, ...] = (
                 self._sealing.seal(env.header_hash + secret, purpose=ENVELOPE_PURPOSE, header=header),
@@ -608,7 +617,10 @@ class EnclaveRuntime:
             state.seen_envelopes.add(env.header_hash)
         if state.counted(update_id):
             return self._counted(state, skipped=True)
-        state.add(update_id, self._parse(state, payload), None if env is None else env.device_id)
+        parsed = self._parse(state, payload)
+        if env is not None:
+            self._check_cap(env.device_id, parsed.num_examples)
+        state.add(update_id, parsed, None if env is None else env.device_id)
         return self._counted(state, skipped=False)
 
     def finalize(self, call: ec.Finalize) -> ec.FinalizedResult:

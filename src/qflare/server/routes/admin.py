@@ -29,7 +29,8 @@ router = APIRouter(prefix="/v1/admin", tags=["operator"], responses=error_respon
 @router.post("/devices", response_model=DevicePublic, status_code=201)
 def enroll_device(body: DeviceEnroll, state: State, _: Operator) -> DevicePublic:
     """Enroll a device's public identity key (operator enrollment)."""
-    rec = enroll_by_operator(state.repo, body.device_id, body.public_key, body.key_source, now=state.clock())
+    rec = enroll_by_operator(state.repo, body.device_id, body.public_key, body.key_source, now=state.clock(),
+                             max_examples=body.max_examples)
     if state.ledger is not None:
         state.ledger.device_enrolled(rec.device_id, rec.public_key)
     return DevicePublic.model_validate(rec)

@@ -27,6 +27,7 @@ class DeviceStore(StoreBase):
         fingerprint: str,
         key_source: str = "mlkem",
         event: NewEvent | None = None,
+        max_examples: int | None = None,
     ) -> DeviceRecord:
         try:
             with self._tx() as s:
@@ -37,6 +38,7 @@ class DeviceStore(StoreBase):
                     fingerprint=fingerprint,
                     key_source=key_source,
                     created_at=now,
+                    max_examples=max_examples,
                 )
                 s.add(row)
                 if event is not None:
@@ -56,7 +58,7 @@ class DeviceStore(StoreBase):
         return DeviceRecord(
             device_id=m["device_id"], status=m["status"], key_source=m["key_source"], created_at=m["created_at"],
             last_seen_at=m["last_seen_at"], revoked_at=m["revoked_at"], public_key=bytes(m["public_key"]),
-            fingerprint=m["fingerprint"],
+            fingerprint=m["fingerprint"], max_examples=m["max_examples"],
         )
 
     def list_devices(self) -> list[DeviceRecord]:

@@ -18,6 +18,7 @@ class DeviceRecord:
     revoked_at: float | None
     public_key: bytes = b""
     fingerprint: str = ""
+    max_examples: int | None = None  # the most examples one update may claim (enrollment); None: no cap
 
     @property
     def revoked(self) -> bool:
@@ -80,6 +81,7 @@ def _device(row: Device) -> DeviceRecord:
         revoked_at=row.revoked_at,
         public_key=row.public_key,
         fingerprint=row.fingerprint,
+        max_examples=row.max_examples,
     )
 
 

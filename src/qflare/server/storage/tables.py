@@ -23,6 +23,8 @@ class Device(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The most training examples one update of this device may claim (declared at enrollment); None: no cap.
+    max_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Round(Base):
