@@ -325,7 +325,8 @@ class EdgeNode:
             except BaseException as exc:  # noqa: BLE001 - re-raised in the device's thread
                 failure.append(exc)
 
-        thread = threading.Thread(target=run, name=f"{self.config.device_id}-ledger-audit", daemon=True)
+        # Named after the device's thread: a fleet process files the thread's log lines with the device's.
+        thread = threading.Thread(target=run, name=f"{threading.current_thread().name}-ledger-audit", daemon=True)
         thread.start()
 
         def join() -> None:

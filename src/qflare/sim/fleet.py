@@ -89,7 +89,9 @@ class _ThreadFilter(logging.Filter):
         self.thread_name = thread_name
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.threadName == self.thread_name
+        # The device's own thread, and the helper threads it starts (named "<its name>-...", e.g. its audit).
+        name = record.threadName or ""
+        return name == self.thread_name or name.startswith(self.thread_name + "-")
 
 
 def run_fleet(configs: Sequence[Path], *, train_slots: int = 1, max_rounds: int | None = None) -> dict[str, str]:
