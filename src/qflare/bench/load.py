@@ -447,7 +447,15 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
             fleet.pool.shutdown()
         cpu = process_cpu_seconds(pid) - cpu0
         server_rss = peak_rss_mib(pid)
+        # The client's figures first: the server may be slow to answer the admin queries below.
+        log("client side: " + json.dumps({"devices": cfg.devices, **_throughput(stats), "errors": dict(stats.errors),
+                                          "stopped": stats.stopped, "server_peak_rss_MiB": server_rss,
+                                          "loadgen_peak_rss_MiB": peak_rss_mib(), "drive_seconds": drive}))
+        # The server may still be busy closing the last round (dropping its stored updates): wait for it.
+        admin.timeout = httpx.Timeout(600.0)
+        t0 = time.perf_counter()
         status = admin.get("/v1/admin/status").raise_for_status().json()
+        status_seconds = time.perf_counter() - t0
         check = _reconcile(stats, admin)
         wall = time.perf_counter() - started
     return {
@@ -468,6 +476,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         "server_peak_rss_MiB": server_rss, "server_cpu_seconds": cpu,
         "loadgen_peak_rss_MiB": peak_rss_mib(),
         "keygen_seconds": keygen, "enroll_seconds": enroll, "drive_seconds": drive, "wall_seconds": wall,
+        "status_after_run_seconds": status_seconds,
     }
 
 
