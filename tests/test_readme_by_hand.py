@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ def test_the_by_hand_sequence_works_pasted_into_a_fresh_shell(tmp_path: Path) ->
     assert "edge_02 finished: trained 2 rounds, 2 updates accepted" in out, out
     assert "edge_01 finished: trained 2 rounds" in out, out
     # The server left what `qflare simulate` leaves: runs/<timestamp>/ with the summary, the CSV and the plot.
+    # (the server writes them as it stops; on a loaded machine the last file can land a moment late)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "runs").glob("*/summary.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 2 and summary["finished"] and summary["accepted_updates"] == 4, summary

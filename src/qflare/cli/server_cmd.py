@@ -198,6 +198,14 @@ def server(
         recorder = RunRecorder(cfg, state.repo, runs_dir, finished=state.orchestrator.finished,
                                on_written=_say_artefacts)
         recorder.start()
+    # Uvicorn re-raises a SIGTERM it handled once it has stopped, under the handler that was there before it:
+    # make that a clean exit through the finally below (the run's artefacts), not the default's abrupt death.
+    import signal
+
+    def _stopped(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _stopped)
     try:
         uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=log_level.lower(), access_log=False,
                     ssl_certfile=cfg.server.tls_cert, ssl_keyfile=cfg.server.tls_key,
