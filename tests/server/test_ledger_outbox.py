@@ -9,21 +9,16 @@ from pathlib import Path
 import pytest
 
 from qflare.ledger import verify_log
-from qflare.ledger.entries import AggregatePublished, LedgerEvent, UpdateAccepted, decode_event
+from qflare.ledger.entries import AggregatePublished, UpdateAccepted, decode_event
 from qflare.server.app import build_state
 
 from .conftest import ADMIN, Harness, config_for, make_harness
+from .test_ledger_events import _events
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     yield from make_harness(tmp_path)
-
-
-def _events(h: Harness) -> list[LedgerEvent]:
-    ledger = h.state.ledger
-    assert ledger is not None
-    return [decode_event(e) for e in ledger.store.read_entries(0, ledger.store.size())]
 
 
 def _accepted(h: Harness) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, insert, inspect
+from sqlalchemy import Engine, create_engine, insert, inspect
 
 from qflare.server.storage import Repository, ledger_store
 from qflare.server.storage.schema import HEAD, SCRIPTS, current_revision, upgrade_schema
@@ -19,6 +20,15 @@ from tests.server.pg import fresh_schema
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "schema_340eaec.sql"
 LEDGER_TABLES = ["ledger_entries", "ledger_tiles", "ledger_checkpoints"]  # under Alembic since 0003
+
+
+def _alembic(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run an Alembic ``command.upgrade`` / ``command.downgrade`` to ``revision`` on ``engine``."""
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", SCRIPTS)
+        cfg.attributes["connection"] = conn
+        step(cfg, revision)
 
 
 def _schema_diff(url: str) -> list[object]:
@@ -74,11 +84,7 @@ def _previous_release(url: str, *, with_ledger: bool) -> None:
     """A database as the previous release left it: migrated to 0002, and, when its ledger was on, the
     ledger tables made by its ``SqlLogStore`` (``create_all``) holding a log of 3 entries and a checkpoint."""
     engine = create_engine(url)
-    with engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", SCRIPTS)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+    _alembic(engine, command.upgrade, "0002")
     if with_ledger:
         tables = [Base.metadata.tables[t] for t in LEDGER_TABLES]
         Base.metadata.create_all(engine, tables=tables)
@@ -129,11 +135,7 @@ def test_a_store_on_a_url_migrates_its_database_and_downgrade_drops_the_ledger(t
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     store = ledger_store.SqlLogStore(url)  # `qflare ledger verify --db`, the benches: no Repository
     assert current_revision(store.engine) == HEAD and store.size() == 0
-    with store.engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", SCRIPTS)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0002")
+    _alembic(store.engine, command.downgrade, "0002")
     assert not set(LEDGER_TABLES) & set(inspect(store.engine).get_table_names())
     store.close()
 
@@ -145,11 +147,7 @@ def test_a_0003_database_gains_the_ledger_outbox_and_downgrade_removes_it(tmp_pa
     # Prepare: a database of the previous head (0003)
     url = f"sqlite:///{tmp_path / 'prev.db'}"
     engine = create_engine(url)
-    with engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", SCRIPTS)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
+    _alembic(engine, command.upgrade, "0003")
     assert "ledger_outbox" not in inspect(engine).get_table_names()
     engine.dispose()
 
@@ -160,11 +158,7 @@ def test_a_0003_database_gains_the_ledger_outbox_and_downgrade_removes_it(tmp_pa
     assert current_revision(repo.engine) == HEAD and _schema_diff(url) == []
     with repo.claim_ledger_entries() as entries:
         assert entries == []
-    with repo.engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", SCRIPTS)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+    _alembic(repo.engine, command.downgrade, "0003")
     tables = set(inspect(repo.engine).get_table_names())
     assert "ledger_outbox" not in tables and {"updates", "ledger_entries"} <= tables
     repo.close()
@@ -174,11 +168,8 @@ def test_0005_adds_the_enrolled_example_cap_and_keeps_the_devices(tmp_path: Path
     # Prepare: a 0004 database with a device
     url = f"sqlite:///{tmp_path / 'prev.db'}"
     engine = create_engine(url)
+    _alembic(engine, command.upgrade, "0004")
     with engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", SCRIPTS)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0004")
         conn.exec_driver_sql("insert into devices (device_id, status, public_key, fingerprint, key_source, created_at)"
                              " values ('edge_1', 'active', x'00', 'fp', 'mlkem', 1.0)")
     engine.dispose()
