@@ -81,6 +81,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/fl/optimizers.py",
             "qflare/fl/strategies/server_opt.py",
             "qflare/fl/privacy.py",  # central DP wrappers (EnclaveConfig.privacy); the accountant stays on the host
+            "qflare/fl/noise.py",  # the DP noise sampler (ChaCha20 key stream)
             # FLTrust (aggregation.rule: fltrust): the rule, and the torch code that builds the root data set
             # from the task's shipped data and trains the root update inside (imported only by that rule)
             "qflare/fl/root.py",

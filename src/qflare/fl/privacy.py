@@ -22,8 +22,10 @@ QFLARE selects a fixed number of devices per round; treating that as Poisson sam
 rate is the approximation TensorFlow Federated and Andrew et al. make too. The device (not a
 sample) is the unit of privacy: user-level DP.
 
-The noise comes from the operating system's entropy unless a ``seed`` or ``rng`` is given (tests):
-a host that knows the seed can subtract the noise.
+The noise is drawn by :class:`qflare.fl.noise.SecureGaussian` (ChaCha20 key stream, sums of four
+samples against floating-point attacks), keyed per round by 256 bits of the operating system's
+entropy unless a ``seed`` or ``rng`` is given (tests): a host that knows the key can subtract the
+noise, which is why the key lives only in the enclave and its sealed checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 from qflare.errors import AggregationError, ConfigError
 from qflare.fl.aggregate import Accumulator, AccumulatorState
 from qflare.fl.influence import clip_factor, global_norm
+from qflare.fl.noise import KEY_BITS, SecureGaussian
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies.base import Strategy
 from qflare.types import NDArrays
@@ -71,12 +74,12 @@ def _positive(key: str, value: float) -> float:
 
 
 def _seed_to_array(seed: int) -> np.ndarray:
-    # sealed checkpoints store float64: four 16-bit pieces are exact
-    return np.array([(seed >> (16 * i)) & 0xFFFF for i in range(4)], dtype=np.float64)
+    # sealed checkpoints store float64: 16-bit pieces are exact (16 of them for a 256-bit noise key)
+    return np.array([(seed >> (16 * i)) & 0xFFFF for i in range(KEY_BITS // 16)], dtype=np.float64)
 
 
 def _seed_from_array(array: np.ndarray) -> int:
-    return sum(int(v) << (16 * i) for i, v in enumerate(np.asarray(array).reshape(-1)[:4]))
+    return sum(int(v) << (16 * i) for i, v in enumerate(np.asarray(array).reshape(-1)[:KEY_BITS // 16]))
 
 
 class _DPAccumulator(Accumulator):
@@ -108,17 +111,17 @@ class _DPAccumulator(Accumulator):
     def _result(self) -> NDArrays:
         # Noise is drawn once per round: a second release with fresh noise would spend the budget twice.
         if self._released is None:
-            rng = np.random.default_rng(self._seed)
+            noise = SecureGaussian(self._seed)
             average = self._inner.result()
             std = self._owner.update_noise_multiplier * self.clip / self.count
             released: NDArrays = {}
             for name, tensor in average.items():
                 if np.issubdtype(tensor.dtype, np.floating):
-                    noise = rng.normal(0.0, std, size=tensor.shape)
-                    released[name] = (np.asarray(tensor, dtype=np.float64) + noise).astype(tensor.dtype)
+                    drawn = noise.normal(std, tensor.shape)
+                    released[name] = (np.asarray(tensor, dtype=np.float64) + drawn).astype(tensor.dtype)
                 else:
                     released[name] = tensor
-            self._owner.round_released(self, rng)
+            self._owner.round_released(self, noise)
             self._released = released
         return {name: a.copy() for name, a in self._released.items()}
 
@@ -175,7 +178,9 @@ class DPFixedClipping(Strategy):
         return self.noise_multiplier
 
     def _next_seed(self) -> int:
-        return int(self._rng.integers(0, 2**63)) if self._rng is not None else secrets.randbits(63)
+        if self._rng is None:
+            return secrets.randbits(KEY_BITS)
+        return sum(int(self._rng.integers(0, 2**32)) << (32 * i) for i in range(KEY_BITS // 32))
 
     def aggregate(self, results: Sequence[tuple[NDArrays, int]]) -> NDArrays:
         raise AggregationError(f"{self.name} clips steps: build accumulator(spec, reference=base model)",
@@ -188,7 +193,7 @@ class DPFixedClipping(Strategy):
         inner = self.strategy.accumulator(spec, reference=reference)
         return _DPAccumulator(self, spec, inner, base, self.clip, self._next_seed())
 
-    def round_released(self, acc: _DPAccumulator, rng: np.random.Generator) -> None:
+    def round_released(self, acc: _DPAccumulator, noise: SecureGaussian) -> None:
         """Hook after a round's noise is drawn (the adaptive rule updates ``clip`` here)."""
 
     def __repr__(self) -> str:
@@ -242,8 +247,8 @@ class DPAdaptiveClipping(DPFixedClipping):
     def update_noise_multiplier(self) -> float:
         return float((self.noise_multiplier ** -2 - (2 * self.clipped_count_stddev) ** -2) ** -0.5)
 
-    def round_released(self, acc: _DPAccumulator, rng: np.random.Generator) -> None:
-        noised = (acc.unclipped + rng.normal(0.0, self.clipped_count_stddev)) / acc.count
+    def round_released(self, acc: _DPAccumulator, noise: SecureGaussian) -> None:
+        noised = (acc.unclipped + float(noise.normal(self.clipped_count_stddev))) / acc.count
         self.clip = float(acc.clip * math.exp(-self.clip_learning_rate * (noised - self.target_quantile)))
         self.clip_history.append(self.clip)
 
