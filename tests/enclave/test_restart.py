@@ -180,3 +180,24 @@ def test_a_lost_checkpoint_fails_the_restore_instead_of_dropping_updates(
     assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"
     assert restore.value.reason == "enclave_restore_failed"
     assert "restore_incomplete" in restore.value.message
+
+
+def test_death_during_aggregation_is_unavailable_then_the_same_aggregate_is_finalized(
+    start_aggregator: AggregatorFactory, device_key: SigningKey, spec: ModelSpec, base_model: bytes
+) -> None:
+    # Prepare: a full round counted, nothing checkpointed since the last update (checkpoint_every=2, 3 updates)
+    backend = start_aggregator(config=EnclaveConfig(checkpoint_every=2))
+    kem = backend.public_keys().kem
+    updates = [make_update(seed, num_examples=2 + seed) for seed in range(3)]
+    backend.begin_round(ROUND, base_model, spec)
+    run_updates(backend, [make_envelope(device_key, kem, u, device_id=f"d{i}") for i, u in enumerate(updates)])
+
+    # Execute: the enclave dies inside finalize (aggregating and signing the model); the host retries
+    error = call_while_killed(backend, lambda: backend.finalize(ROUND))
+    model = backend.finalize(ROUND)
+
+    # Assert: every update counted once, and the aggregate signed by the restarted enclave
+    assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"
+    assert backend.enclave.restarts == 1
+    assert model == inprocess_model(base_model, spec, updates)
+    assert backend.published_entry(ROUND) is not None

@@ -252,6 +252,8 @@ class EdgeNode:
         arrays, _ = load_arrays(blob, self.spec)
         set_arrays(self.model, arrays)
         seed = self._rng.randrange(2**31)
+        log.info("%s: round %d training on model version %d (%d examples, %d epochs)", self.config.device_id,
+                 round_id, int(task["model_version"]), len(self.dataset), tc.epochs)  # type: ignore[arg-type]
         result = train_local(
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
             optimizer=tc.optimizer, momentum=tc.momentum, weight_decay=tc.weight_decay, seed=seed,
