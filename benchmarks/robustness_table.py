@@ -59,6 +59,14 @@ def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("norm-bound", "norm-bound", {}),
         ("fltrust", "fltrust", {"root_task": task, "root_examples": 100}),
     ]
+
+
+def attacks_for(task: str) -> list[str]:
+    """The poisoning attacks that apply to ``task``: label flipping needs class labels (not forecasting)."""
+    classes = getattr(get_task(task), "num_classes", None)
+    return [a for a in POISONING_KINDS if a != "label-flip" or classes]
+
+
 BEGIN, END = "<!-- robustness-table:{task}:begin -->", "<!-- robustness-table:{task}:end -->"
 
 
@@ -95,7 +103,7 @@ def table(task: str, cells: dict[str, float], rounds: int, cols: list[tuple[str,
     robust = [c for c, r, _ in cols if r != "fedavg"]
     head = "| attack | " + " | ".join(c for c, _, _ in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]
-    for attack in ["clean", *POISONING_KINDS]:
+    for attack in ["clean", *attacks_for(task)]:
         row = [fmt(cells[f"{c}|{attack}"]) for c, _, _ in cols]
         lines.append(f"| {attack} | " + " | ".join(row) + " |")
     # goals, in points (accuracy %) or MAE units
@@ -105,7 +113,7 @@ def table(task: str, cells: dict[str, float], rounds: int, cols: list[tuple[str,
         return (clean - v) * 100 if acc else v - clean
 
     checks = []
-    for attack in POISONING_KINDS:
+    for attack in attacks_for(task):
         best = min(gap(cells[f"{c}|{attack}"]) for c in robust)
         best_name = min(robust, key=lambda c: gap(cells[f"{c}|{attack}"]))
         dflt = gap(cells[f"{DEFAULT}|{attack}"]) if f"{DEFAULT}|{attack}" in cells else math.nan
@@ -147,7 +155,7 @@ def main() -> int:
     cells: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
     started = time.perf_counter()
     ran = 0
-    for attack in ["clean", *POISONING_KINDS]:
+    for attack in ["clean", *attacks_for(args.task)]:
         for column, rule, params in cols:
             key = f"{column}|{attack}"
             if key in cells:
@@ -162,7 +170,7 @@ def main() -> int:
     command = f"`.venv/bin/python benchmarks/robustness_table.py --task {args.task} --rounds {args.rounds}" \
         f"{columns} --update-doc`"
     block = f"{text}\n\nGoals (computed by the script):\n\n" + "\n".join(checks) + f"\n\nRegenerate: {command}" \
-        + f" ({ran} cells run in {time.perf_counter() - started:.0f} s, the other {len(cols) * 8 - ran} read from" \
+        + f" ({ran} cells run in {time.perf_counter() - started:.0f} s, the other {len(cols) * (1 + len(attacks_for(args.task))) - ran} read from" \
         f" the cache `{cache}`)."
     print(block)
     if args.update_doc:
