@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
@@ -81,6 +82,8 @@ def build_state(
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
+    if backend is None and config.aggregation.he.scheme == "ckks":
+        backend = he_backend(config)  # a context holding the secret key is refused here, before serving
     backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
@@ -122,6 +125,14 @@ def build_state(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
         enclave=enclave, ledger=audit,
     )
+
+
+def he_backend(config: GlobalConfig) -> AggregationBackend:
+    """The CKKS backend (``aggregation.he.scheme: ckks``, docs/privacy.md): sums under the public context."""
+    from qflare.server.he_aggregation import HEAggregator
+
+    assert config.aggregation.he.public_context_file is not None  # HEConfig requires it
+    return HEAggregator(Path(config.aggregation.he.public_context_file).expanduser())
 
 
 def central_strategy(config: GlobalConfig) -> tuple[Strategy, PrivacyAccountant | None]:
