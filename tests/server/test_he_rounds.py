@@ -178,7 +178,8 @@ def test_a_restarted_server_replays_the_stored_ciphertexts(tmp_path: Path, conte
             np.testing.assert_allclose(out[name], expected[name], atol=1e-4)
 
 
-def test_a_server_config_holding_the_secret_key_is_refused_at_start(tmp_path: Path, contexts: tuple[Path, Path]) -> None:
+def test_a_server_config_holding_the_secret_key_is_refused_at_start(tmp_path: Path,
+                                                                    contexts: tuple[Path, Path]) -> None:
     secret, _ = contexts
     # the devices' file (as qflare he init writes it) and a bare TenSEAL context with its secret key
     bare = tmp_path / "bare-secret.ctx"
