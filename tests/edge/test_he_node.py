@@ -111,3 +111,27 @@ def test_an_encrypted_model_without_a_context_is_refused_and_a_public_file_is_no
                      he_context=ctx)
     out = plain.train_round(plain.client.task())
     assert out is not None and out.startswith(b"QFHE1")
+
+
+def test_a_device_refuses_an_aggregate_of_another_context_another_model_or_garbage(files: tuple[Path, Path]) -> None:
+    from qflare.errors import AggregationError
+    from qflare.fl.spec import ModelSpec
+
+    secret, public = files
+    data = DataConfig(task="digits", partition_index=0, num_partitions=10, seed=0)
+    ctx = he_context_for(_cfg(data=data).model_copy(update={"he_context_file": str(secret)}), secret.parent)
+    node = EdgeNode(_cfg(data=data), _HEServer(b"", 1), sleep=lambda s: None, he_context=ctx)
+    # another operator's context (a server that swapped the public context)
+    other = make_context()
+    acc = HESumAccumulator(bytes(other.serialize(save_secret_key=False)), node.spec)
+    acc.add(encrypt_update(other, get_arrays(node.model), 5, node.spec), 5)
+    # an aggregate of another model (a small spec, same context)
+    small = ModelSpec.from_arrays({"w": np.zeros(3, dtype=np.float32)})
+    tiny = HESumAccumulator(public.read_bytes(), small)
+    tiny.add(encrypt_update(ctx, {"w": np.ones(3, dtype=np.float32)}, 1, small), 1)
+    for blob, reason in ((acc.result(), "he_context_mismatch"), (tiny.result(), "he_spec_mismatch"),
+                         (b"QFHE1\x00\x00\x00\x02{}", "he_context_mismatch"), (b"QFHE1\xff", "he_malformed")):
+        node.client = _HEServer(blob, 1)
+        with pytest.raises(AggregationError) as err:
+            node.train_round(node.client.task())
+        assert err.value.reason == reason

@@ -113,6 +113,11 @@ def test_the_server_process_never_holds_the_ckks_secret_key(tmp_path: Path) -> N
         except PermissionError:
             pytest.skip("this user may not read the server process's memory (ptrace policy)")
         assert all(not h for h in hits.values()), hits
+        # nor in anything the server wrote: its database (updates, models, ledger), its keys, its config
+        written = [run_dir / "qflare.db", run_dir / "global_config.yaml", *(run_dir / "server-keys").rglob("*")]
+        for f in (f for f in written if f.is_file()):
+            data = f.read_bytes()
+            assert not [i for i, n in enumerate(needles) if n in data], f
         # the devices did decrypt (their logs show a trained round on the encrypted aggregate)
         logs = "".join(p.read_text() for p in (run_dir / "logs").glob("edge_*.log"))
         assert '"encrypted_model": true' in logs
