@@ -63,3 +63,23 @@ def test_simulate_he_ckks_over_http_reports_accuracy_and_the_bytes_on_the_wire(t
     config = (run / "global_config.yaml").read_text()
     assert "ckks-public.ctx" in config and "ckks-secret.ctx" not in config
     assert stat.S_IMODE((run / "he" / "ckks-secret.ctx").stat().st_mode) == 0o600
+
+
+def test_qflare_server_refuses_a_secret_context_before_it_creates_anything(tmp_path: Path) -> None:
+    # Prepare: a server config naming the devices' secret file as its context
+    secret, public = tmp_path / "s.ctx", tmp_path / "p.ctx"
+    made = CliRunner().invoke(app, ["he", "init", "--secret-out", str(secret), "--public-out", str(public)])
+    assert made.exit_code == 0
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    (srv / "global_config.yaml").write_text(
+        "task: digits\nenclave: {backend: none}\nevaluation: {enabled: false}\n"
+        f"server: {{db_url: 'sqlite:///{srv / 'q.db'}', key_dir: '{srv / 'keys'}', port: 1}}\n"
+        f"aggregation: {{rule: fedavg, he: {{scheme: ckks, public_context_file: '{secret}'}}}}\n")
+    # Execute
+    proc = subprocess.run([sys.executable, "-m", "qflare", "server", "--config", str(srv / "global_config.yaml")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Assert: a config error naming the reason, and no database or key file
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "he_secret_key_on_server" in proc.stderr + proc.stdout
+    assert sorted(p.name for p in srv.iterdir()) == ["global_config.yaml"]

@@ -74,6 +74,9 @@ def build_state(
     # Central DP: a budget the planned rounds exceed is refused before the enclave starts. With an enclave
     # the wrapper is built inside it from its measured config (enclave_config_for); the accountant stays here.
     strategy, accountant = central_strategy(config)
+    if backend is None and config.aggregation.he.scheme == "ckks":
+        # CKKS: a context file holding the secret key is refused here, before any database, key or enclave exists
+        backend = he_backend(config)
     repo = repo or Repository(config.server.db_url)
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
@@ -82,8 +85,6 @@ def build_state(
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    if backend is None and config.aggregation.he.scheme == "ckks":
-        backend = he_backend(config)  # a context holding the secret key is refused here, before serving
     backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
