@@ -84,7 +84,8 @@ class HEAggregator:
         except AggregationError as exc:
             kind = MalformedPayload if exc.reason == "he_malformed" else UpdateRejected
             raise kind(exc.message, reason=exc.reason) from None
-        state.seconds += time.perf_counter() - started
+        with self._lock:  # uploads are validated concurrently (the route's worker threads)
+            state.seconds += time.perf_counter() - started
         return ValidatedUpdate(
             round_id=round_id, num_examples=checked.num_examples, train_loss=checked.train_loss,
             sha256=sha256_hex(update.data), size_bytes=len(update.data), stored=update.data, handle=checked,
