@@ -87,6 +87,7 @@ def test_a_device_decrypts_the_aggregate_trains_on_it_and_uploads_ciphertext(
     costs = [json.loads(r.getMessage().split(" costs ", 1)[1]) for r in caplog.records if " costs " in r.getMessage()]
     assert costs and costs[0]["encrypted_model"] is True and costs[0]["upload_bytes_sent"] == len(upload)
     assert costs[0]["download_bytes_received"] == len(client.blob) and costs[0]["encode_seconds"] > 0
+    assert 0 <= costs[0]["global_accuracy_local"] <= 1  # the device evaluated the model it decrypted
 
 
 def test_an_encrypted_model_without_a_context_is_refused_and_a_public_file_is_no_device_context(

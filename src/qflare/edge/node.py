@@ -264,6 +264,10 @@ class EdgeNode:
         self._costs["decode_seconds"] = time.perf_counter() - started
         self._costs["encrypted_model"] = is_ckks_blob(blob)
         set_arrays(self.model, arrays)
+        if self.config.cost_log:
+            # The device evaluates the global model it decrypted (the server cannot, under CKKS) on its own data.
+            metric = self.task.metric
+            self._costs[f"global_{metric}_local"] = float(self.task.evaluate(self.model, self.dataset)[metric])
         started = time.perf_counter()
         seed = self._rng.randrange(2**31)
         result = train_local(

@@ -393,7 +393,13 @@ def wire_costs(run_dir: Path, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [float(r["metrics"][key]) for r in done if isinstance(r["metrics"].get(key), int | float)]
         return sum(vals) / len(vals) if vals else math.nan
 
+    # What the devices measured of the last model they downloaded (decrypted under CKKS), on their own data.
+    last = max(int(x.get("model_version", 0)) for x in lines)
+    local = [float(v) for x in lines if int(x.get("model_version", 0)) == last
+             for k, v in x.items() if k.startswith("global_") and k.endswith("_local")]
     return {
+        "devices_evaluated_model_version": last,
+        "devices_local_metric_mean": sum(local) / len(local) if local else math.nan,
         "device_trainings": len(lines),
         "device_upload_bytes": mean("upload_bytes_sent"),  # the update's envelope
         "device_upload_answer_bytes": mean("upload_bytes_received"),
