@@ -410,6 +410,7 @@ class Orchestrator:
             self._seen.pop(round_id, None)
             self._counts.pop(round_id, None)
             self._task_signatures.pop(round_id, None)
+            self._update_seconds.pop(round_id, None)
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
@@ -556,6 +557,7 @@ class Orchestrator:
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
+        self._update_seconds.pop(rnd.round_id, None)
         if self.ledger is not None:
             self.ledger.drain(self.repo)
             self.ledger.checkpoint()
