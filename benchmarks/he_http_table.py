@@ -82,8 +82,9 @@ def main() -> None:
     print(table(plain, ckks))
     for name, run_summary in (("plaintext", plain), ("ckks", ckks)):
         c = run_summary["costs"]
-        print(f"{name}: the devices' own accuracy of model v{c['devices_evaluated_model_version']} (decrypted under "
-              f"CKKS) on their local data, mean {c['devices_local_metric_mean']:.3f}")
+        how = " (decrypted)" if name == "ckks" else ""
+        print(f"{name}: the devices' own accuracy of model v{c['devices_evaluated_model_version']}{how} on their "
+              f"local data, mean {c['devices_local_metric_mean']:.3f}")
     print(f"\naccuracy gap {out['accuracy_gap_points']:+.2f} points; upload x{out['upload_ratio']:.1f}, "
           f"download x{out['download_ratio']:.1f}; wrote {args.out}")
 
