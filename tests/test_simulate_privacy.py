@@ -140,13 +140,13 @@ def test_simulate_he_ckks_refuses_what_ciphertexts_cannot_do(kwargs: dict[str, o
 
 
 @pytest.mark.slow
-def test_simulate_he_ckks_reports_accuracy_and_costs() -> None:
+def test_simulate_he_ckks_inprocess_reports_accuracy_and_costs() -> None:
     from typer.testing import CliRunner
 
     from qflare.cli.app import app
 
-    result = CliRunner().invoke(app, ["simulate", "--he", "ckks", "--clients", "2", "--rounds", "1", "--epochs", "1",
-                                      "--partition", "iid"])
+    result = CliRunner().invoke(app, ["simulate", "--he", "ckks", "--he-inprocess", "--clients", "2", "--rounds", "1",
+                                      "--epochs", "1", "--partition", "iid"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["he"] == "ckks" and summary["transport"] == "in-process" and summary["rounds_completed"] == 1

@@ -30,6 +30,7 @@ __all__ = [
     "EnclaveHostConfig",
     "EvaluationConfig",
     "GlobalConfig",
+    "HEConfig",
     "LedgerConfig",
     "ReputationConfig",
     "RetryConfig",
@@ -93,8 +94,24 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class HEConfig(_Strict):
+    """Homomorphic aggregation (qflare.fl.he, docs/privacy.md): ``ckks`` sums ciphertexts the server cannot read."""
+
+    scheme: Literal["none", "ckks"] = "none"
+    public_context_file: str | None = Field(
+        None, description="the operator's public CKKS context (qflare he init --public-out); never the secret one"
+    )
+
+    @model_validator(mode="after")
+    def _context_given(self) -> HEConfig:
+        if self.scheme == "ckks" and not self.public_context_file:
+            raise ValueError("scheme ckks needs public_context_file (qflare he init --public-out)")
+        return self
+
+
 class AggregationConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    he: HEConfig = Field(default_factory=HEConfig)
     rule: str = Field("fedavg", description="aggregation strategy (qflare.fl.strategies): fedavg, ...")
     max_update_norm: float | None = Field(None, gt=0, description="reject updates with a larger L2 norm")
     params: dict[str, float | int | str | None] = Field(
@@ -118,6 +135,17 @@ class AggregationConfig(_Strict):
             STRATEGIES[self.rule].check_params(self.params)
         except ConfigError as exc:
             raise ValueError(exc.message) from None
+        return self
+
+    @model_validator(mode="after")
+    def _he_sums_only(self) -> AggregationConfig:
+        # Only sums exist on CKKS ciphertexts: no other rule, no clipping, no norm check, no central DP.
+        if self.he.scheme == "ckks":
+            clash = [k for k, bad in (("rule " + self.rule, self.rule != "fedavg"),
+                                      ("max_update_norm", self.max_update_norm is not None),
+                                      ("privacy.mode " + self.privacy.mode, self.privacy.mode != "none")) if bad]
+            if clash:
+                raise ValueError(f"he.scheme ckks sums ciphertexts (FedAvg only); not with {', '.join(clash)}")
         return self
 
 
@@ -305,6 +333,17 @@ class GlobalConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _he_in_process(self) -> GlobalConfig:
+        if self.aggregation.he.scheme == "ckks":
+            if self.enclave.backend != "none":
+                raise ValueError("aggregation.he.scheme ckks: the ciphertexts are summed on the host (it needs no "
+                                 "secret, docs/privacy.md); set enclave.backend: none")
+            if self.evaluation.enabled:
+                raise ValueError("aggregation.he.scheme ckks: the server cannot evaluate an encrypted model; set "
+                                 "evaluation.enabled: false (devices evaluate the decrypted model)")
+        return self
+
+    @model_validator(mode="after")
     def _privacy_budget_fits(self) -> GlobalConfig:
         # Refuse at start a DP budget the planned rounds would exceed (not after spending it).
         privacy = self.aggregation.privacy
@@ -390,6 +429,11 @@ class DeviceConfig(_Strict):
     local_dp: LocalDPConfig | None = Field(
         None, description="DP-SGD on this device whatever the server's task says (docs/privacy.md, local DP)"
     )
+    he_context_file: str | None = Field(
+        None, description="the operator's secret CKKS context (qflare he init): encrypt updates, decrypt the "
+                          "aggregate (docs/privacy.md, CKKS)"
+    )
+    cost_log: bool = Field(False, description="log each round's bytes on the wire and encode/decode times")
     simulation_attack: SimulationAttackConfig | None = Field(
         None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
     )

@@ -13,6 +13,7 @@ from qflare.cli import (
     device,
     edge_cmd,
     enclave,
+    he_cmd,
     init_cmd,
     ledger,
     operator_cmd,
@@ -71,6 +72,7 @@ app.command("events")(ops.events)
 app.add_typer(ops.rounds_app, name="rounds")
 app.add_typer(ops.model_app, name="model")
 app.add_typer(operator_cmd.app, name="operator")
+app.add_typer(he_cmd.app, name="he")
 
 # Exit codes by error family (0 ok, 1 unexpected, 2 usage from Typer).
 EXIT_CODES: tuple[tuple[type[QFlareError], int], ...] = (

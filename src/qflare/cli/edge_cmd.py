@@ -22,7 +22,7 @@ def edge(
 ) -> None:
     """Poll the server for tasks, train on local data, upload updates, repeat."""
     from qflare.edge.audit import build_auditor
-    from qflare.edge.node import EdgeNode, privacy_state_file
+    from qflare.edge.node import EdgeNode, he_context_for, privacy_state_file
     from qflare.edge.setup import build_client, connect
     from qflare.logs import bind_device, configure_logging
 
@@ -34,7 +34,7 @@ def edge(
     bind_device(cfg.device_id)
     with connect(lambda: build_client(cfg, config.parent), cfg) as client:
         auditor = build_auditor(cfg, config.parent, client.http)
-        stats = EdgeNode(cfg, client, auditor=auditor, privacy_state=privacy_state_file(cfg, config.parent)
-                         ).run(max_rounds=max_rounds)
+        stats = EdgeNode(cfg, client, auditor=auditor, privacy_state=privacy_state_file(cfg, config.parent),
+                         he_context=he_context_for(cfg, config.parent)).run(max_rounds=max_rounds)
     logging.getLogger("qflare.edge").info("%s finished: %s", cfg.device_id, stats.summary())
 

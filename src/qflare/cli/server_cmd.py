@@ -121,6 +121,11 @@ def server(
     # Checked before the heavy imports and the enclave start: a wrong path or URL is refused in a second.
     check_log_options(log_level, log_format)
     check_tls_files(cfg.server.tls_cert, cfg.server.tls_key)
+    if cfg.aggregation.he.public_context_file is not None:
+        from qflare.fl.he import load_public_context
+
+        # CKKS: a context file holding the secret key is refused before any database or key file is created
+        load_public_context(Path(cfg.aggregation.he.public_context_file).expanduser())
     exposure = plaintext_exposure_warning(cfg.server.host, cfg.server.tls_cert)
     if exposure is not None:
         console.print(f"[bold red]{exposure}[/]", highlight=False)

@@ -102,9 +102,11 @@ def simulate(
     max_staleness: Annotated[int, typer.Option(min=0, help="async: refuse updates older than this")] = 10,
     target_accuracy: Annotated[float | None, typer.Option(help="async: report time_to_target_seconds")] = None,
     personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto (in-process)")] = None,
-    he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS), the "
-                                    "aggregator sums ciphertexts blind (in-process, FedAvg only; docs/privacy.md)")
-                  ] = "none",
+    he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS) inside "
+                                    "the envelopes, the server sums ciphertexts blind over HTTP (FedAvg, enclave "
+                                    "none; docs/privacy.md)")] = "none",
+    he_inprocess: Annotated[bool, typer.Option("--he-inprocess", help="--he ckks without HTTP (library run: "
+                                               "payload sizes and local times only)")] = False,
     long_poll: Annotated[float, typer.Option(min=0.0, max=30.0, help="seconds each device's task poll may be held "
                                              "by the server until a round opens or closes (0: plain polling)")
                          ] = 10.0,
@@ -136,6 +138,9 @@ def simulate(
         AsyncConfig(buffer=buffer, max_staleness=max_staleness).check(clients)
     profiles = build_profiles(clients, seed, device_profiles=device_profiles, slow_fraction=slow_fraction,
                               slowdown=slowdown, dropout=dropout, network_delay=network_delay, duty_cycle=duty_cycle)
+    if he == "ckks" and profiles is not None:
+        raise ConfigError("--he ckks: not with device profiles (--device-profiles, --slow-fraction, --dropout, "
+                          "--network-delay, --duty-cycle)", reason="bad_option")
     from qflare.fl.tasks import get_task
     from qflare.sim.runner import SimulationConfig, run_simulation
 
@@ -152,7 +157,7 @@ def simulate(
                           reason="bad_option")
     if train.dp is not None:
         check_local_plan(t, train, clients=clients, partition=partition, alpha=alpha, seed=seed)
-    if he == "ckks":
+    if he == "ckks" and he_inprocess:
         console.print(f"[bold]QFLARE simulate[/]: in-process run (CKKS: {clients} devices encrypt, the aggregator "
                       "sums ciphertexts under the public context, devices decrypt); not over HTTP")
         print(json.dumps(run_he_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
@@ -174,8 +179,10 @@ def simulate(
         fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
         key_source=key_source,
-        enclave=enclave,
-        aggregator=aggregator,
+        # CKKS: the host sums the ciphertexts (it needs no secret; docs/privacy.md), FedAvg is the only rule.
+        enclave="none" if he == "ckks" else enclave,
+        aggregator="fedavg" if he == "ckks" else aggregator,
+        he=he,
         aggregator_params=params,
         attack=attack,
         attack_params=_attack_params(attack, attack_params),
@@ -191,8 +198,9 @@ def simulate(
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
-        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={enclave}"
-        + f" aggregator={aggregator}" + (f" dp={dp}" if dp != "none" else "")
+        + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={sim.enclave}"
+        + f" aggregator={sim.aggregator}" + (f" dp={dp}" if dp != "none" else "")
+        + (" he=ckks (devices encrypt; the host sums ciphertexts, enclave none)" if he == "ckks" else "")
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),
@@ -309,13 +317,13 @@ def check_privacy(dp: str, *, noise_multiplier: float | None, clip: float | None
 
 def check_he_options(*, dp: str, attack: str | None, attackers: str | None, aggregator: str, mode: str,
                      personalize: str | None, csv: Path | None) -> None:
-    """``--he ckks`` sums ciphertexts in process: refuse the options it cannot honour, naming them."""
+    """``--he ckks`` sums ciphertexts (FedAvg only): refuse the options it cannot honour, naming them."""
     clash = [name for name, used in (("--dp", dp != "none"), ("--attack", attack is not None),
                                      ("--attackers", bool(attackers)), ("--mode async", mode != "sync"),
                                      ("--personalize", personalize is not None), ("--csv", csv is not None),
                                      ("--aggregator", aggregator != "bounded-fedavg")) if used]
     if clash:
-        raise ConfigError(f"--he ckks: runs FedAvg over ciphertexts in process; not with {', '.join(clash)}",
+        raise ConfigError(f"--he ckks: runs FedAvg over ciphertexts; not with {', '.join(clash)}",
                           reason="bad_option")
 
 

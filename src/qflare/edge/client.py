@@ -138,6 +138,8 @@ class DeviceClient:
         self._qkd_keys = qkd_keys
         self._clock = clock
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify)
+        self.bytes_sent = 0  # HTTP request bodies sent (envelopes), for the cost log
+        self.bytes_received = 0
 
     def close(self) -> None:
         self._http.close()
@@ -196,6 +198,9 @@ class DeviceClient:
             resp = self._http.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"cannot reach server: {exc.__class__.__name__}: {exc}") from None
+        # HTTP bodies both ways, for the device's cost log (headers and TLS framing not counted)
+        self.bytes_sent += len(envelope)
+        self.bytes_received += len(resp.content)
         if resp.status_code >= 400:
             raise error_from_response(resp, opener)
         return resp

@@ -35,6 +35,7 @@ from qflare.errors import (
     QFlareError,
     QKDError,
 )
+from qflare.fl.he import is_ckks_blob
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
 from qflare.fl.train import get_arrays, set_arrays, train_local
@@ -98,6 +99,7 @@ class EdgeNode:
         clock: Callable[[], float] = time.monotonic,
         auditor: LedgerAuditor | None = None,
         privacy_state: Path | None = None,
+        he_context: Any = None,
     ) -> None:
         import torch
 
@@ -122,6 +124,9 @@ class EdgeNode:
         self.local_dp: Any = None  # qflare.fl.local_dp.LocalDP once a task asks for training.dp
         self.privacy_state = privacy_state  # local DP: the steps spent, kept across restarts
         self._local_dp_config: Any = None
+        # CKKS (docs/privacy.md): the operator's secret context; updates leave encrypted, the aggregate is decrypted.
+        self.he_context = he_context
+        self._costs: dict[str, Any] = {}  # this round's bytes on the wire and times (cost_log)
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
         """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
@@ -247,10 +252,23 @@ class EdgeNode:
                         dp.budget, dp.delta)
             return None
         self.verify_task(task)
+        sent, received, started = self._wire()
         blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
+        self._costs = {"device_id": self.config.device_id, "round_id": round_id,
+                       "model_version": int(task["model_version"]),
+                       "download_seconds": time.perf_counter() - started}
+        self._costs.update(self._wire_delta(sent, received, "download"))
         self.verify_model(task, blob)
-        arrays, _ = load_arrays(blob, self.spec)
+        started = time.perf_counter()
+        arrays = self._load_global(blob)
+        self._costs["decode_seconds"] = time.perf_counter() - started
+        self._costs["encrypted_model"] = is_ckks_blob(blob)
         set_arrays(self.model, arrays)
+        if self.config.cost_log:
+            # The device evaluates the global model it decrypted (the server cannot, under CKKS) on its own data.
+            metric = self.task.metric
+            self._costs[f"global_{metric}_local"] = float(self.task.evaluate(self.model, self.dataset)[metric])
+        started = time.perf_counter()
         seed = self._rng.randrange(2**31)
         log.info("%s: round %d training on model version %d (%d examples, %d epochs)", self.config.device_id,
                  round_id, int(task["model_version"]), len(self.dataset), tc.epochs)  # type: ignore[arg-type]
@@ -266,6 +284,7 @@ class EdgeNode:
             log.warning("%s: round %d local training stopped after %d steps: a loss, gradient or weight was not "
                         "finite (the last finite weights are uploaded)", self.config.device_id, round_id,
                         result.num_steps)
+        self._costs["train_seconds"] = time.perf_counter() - started
         update, num_examples = get_arrays(self.model), result.num_examples
         if self.poisoner is not None:
             update, num_examples = self._poison(update, num_examples, arrays, tc, seed)
@@ -281,7 +300,36 @@ class EdgeNode:
             meta.update(dp.metadata())
             log.info("%s: round %d local DP: epsilon %.4g at delta %g after %d DP-SGD steps", self.config.device_id,
                      round_id, dp.epsilon, dp.delta, dp.steps)
-        return dump_arrays(update, meta)
+        started = time.perf_counter()
+        if self.he_context is not None:
+            from qflare.fl.he import encrypt_update
+
+            loss = float(result.mean_loss) if math.isfinite(result.mean_loss) else None
+            out = encrypt_update(self.he_context, update, num_examples, self.spec, round_id=round_id, train_loss=loss)
+        else:
+            out = dump_arrays(update, meta)
+        self._costs["encode_seconds"] = time.perf_counter() - started
+        self._costs["update_bytes"] = len(out)
+        return out
+
+    def _load_global(self, blob: bytes) -> dict[str, Any]:
+        """The global model's tensors: a CKKS aggregate decrypted with this device's secret context, else plain."""
+        if not is_ckks_blob(blob):
+            return load_arrays(blob, self.spec)[0]
+        if self.he_context is None:
+            raise ConfigError("the server published an encrypted (CKKS) model and this device has no CKKS context: "
+                              "set he_context_file to the operator's secret context", reason="he_no_context")
+        from qflare.fl.he import decrypt_aggregate
+
+        return decrypt_aggregate(self.he_context, blob, self.spec)
+
+    def _wire(self) -> tuple[int, int, float]:
+        return (int(getattr(self.client, "bytes_sent", 0)), int(getattr(self.client, "bytes_received", 0)),
+                time.perf_counter())
+
+    def _wire_delta(self, sent: int, received: int, what: str) -> dict[str, int]:
+        return {f"{what}_bytes_sent": int(getattr(self.client, "bytes_sent", 0)) - sent,
+                f"{what}_bytes_received": int(getattr(self.client, "bytes_received", 0)) - received}
 
     UPLOAD_ATTEMPTS = 5
 
@@ -356,7 +404,13 @@ class EdgeNode:
             if update is None:
                 return "done"  # the local privacy budget is spent: this device takes no further part
             try:
+                sent, received, started = self._wire()
                 receipt = self._send_update(round_id, update)
+                if self.config.cost_log:
+                    self._costs["upload_seconds"] = time.perf_counter() - started
+                    self._costs.update(self._wire_delta(sent, received, "upload"))
+                    log.info("%s: round %d costs %s", self.config.device_id, round_id,
+                             json.dumps(self._costs, sort_keys=True))
                 self.stats.uploads_accepted += 1
                 if self.auditor is not None and receipt is not None:
                     self.auditor.expect(receipt, device_id=self.config.device_id,
@@ -444,6 +498,15 @@ class EdgeNode:
                     break
                 self.sleep(self.config.poll_interval_seconds)
         return self.stats
+
+
+def he_context_for(cfg: DeviceConfig, base: Path) -> Any:
+    """The device's CKKS secret context (``he_context_file``, from the operator), or ``None``."""
+    if cfg.he_context_file is None:
+        return None
+    from qflare.fl.he import load_secret_context
+
+    return load_secret_context(cfg.resolve(cfg.he_context_file, base))
 
 
 def privacy_state_file(cfg: DeviceConfig, base: Path) -> Path:

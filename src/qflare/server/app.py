@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
@@ -73,6 +74,9 @@ def build_state(
     # Central DP: a budget the planned rounds exceed is refused before the enclave starts. With an enclave
     # the wrapper is built inside it from its measured config (enclave_config_for); the accountant stays here.
     strategy, accountant = central_strategy(config)
+    if backend is None and config.aggregation.he.scheme == "ckks":
+        # CKKS: a context file holding the secret key is refused here, before any database, key or enclave exists
+        backend = he_backend(config)
     repo = repo or Repository(config.server.db_url)
     enclave = None
     if backend is None and opener is None and config.enclave.backend != "none":
@@ -122,6 +126,14 @@ def build_state(
         config=config, repo=repo, orchestrator=orch, gateway=gateway, admin_token=admin_token, clock=clock,
         enclave=enclave, ledger=audit,
     )
+
+
+def he_backend(config: GlobalConfig) -> AggregationBackend:
+    """The CKKS backend (``aggregation.he.scheme: ckks``, docs/privacy.md): sums under the public context."""
+    from qflare.server.he_aggregation import HEAggregator
+
+    assert config.aggregation.he.public_context_file is not None  # HEConfig requires it
+    return HEAggregator(Path(config.aggregation.he.public_context_file).expanduser())
 
 
 def central_strategy(config: GlobalConfig) -> tuple[Strategy, PrivacyAccountant | None]:

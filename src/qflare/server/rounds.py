@@ -122,6 +122,8 @@ class Orchestrator:
         self._seen: dict[int, set[str]] = {}
         self._owner = False
         self._task_signatures: dict[int, str | None] = {}
+        # Per round: seconds the backend spent validating and adding updates (reported as update_seconds).
+        self._update_seconds: dict[int, float] = {}
         # Wakes the task route's long-polls when what devices are told may have changed (a round opened,
         # closed or failed here, or another worker's round seen at a tick).
         self.changed = Wakeup()
@@ -253,6 +255,7 @@ class Orchestrator:
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
         with self._lock:
             self._ensure_round(rnd)
+        started = time.perf_counter()
         try:
             validated = self.backend.validate(round_id, update)
         except NotFound as exc:
@@ -270,6 +273,7 @@ class Orchestrator:
             raise InvalidInput(f"the update claims {validated.num_examples} examples; device {device_id!r} is "
                                f"enrolled for at most {cap}", reason="num_examples_above_cap")
         with self._lock:
+            self._update_seconds[round_id] = self._update_seconds.get(round_id, 0.0) + time.perf_counter() - started
             self._raise_if_closed(round_id)
             record = self._accept(device_id, validated, provenance)
             crash_point("after_commit")  # crash tests only (server/faults.py)
@@ -312,6 +316,7 @@ class Orchestrator:
         # restarted backend replays it from storage.
         self._counts[update.round_id] = self._counts.get(update.round_id, 0) + 1
         self._seen.setdefault(update.round_id, set()).add(device_id)
+        started = time.perf_counter()
         try:
             self.backend.accumulate(update)
         except EnclaveError as exc:
@@ -319,6 +324,8 @@ class Orchestrator:
                 raise
             log.warning("enclave unavailable while counting an accepted update; retrying once (it restarts)")
             self.backend.accumulate(update)
+        self._update_seconds[update.round_id] = (self._update_seconds.get(update.round_id, 0.0)
+                                                 + time.perf_counter() - started)
         crash_point("before_ledger_append")  # crash tests only (server/faults.py)
         if self.ledger is not None:
             self.ledger.drain(self.repo)
@@ -403,6 +410,7 @@ class Orchestrator:
             self._seen.pop(round_id, None)
             self._counts.pop(round_id, None)
             self._task_signatures.pop(round_id, None)
+            self._update_seconds.pop(round_id, None)
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
@@ -476,8 +484,12 @@ class Orchestrator:
             "num_selected": len(rnd.selected),
             "total_examples": sum(u.num_examples for u in updates),
             "aggregation_seconds": time.perf_counter() - started,
+            "update_seconds": self._update_seconds.pop(rnd.round_id, 0.0),  # this process's validate + add
             "round_seconds": self.clock() - rnd.opened_at,
         }
+        he_metrics = getattr(self.backend, "round_metrics", None)  # CKKS (server/he_aggregation.py)
+        if he_metrics is not None:
+            metrics["he"] = he_metrics(rnd.round_id)
         losses = [(u.train_loss, u.num_examples) for u in updates if u.train_loss is not None]
         if losses:
             metrics["train_loss"] = sum(lo * n for lo, n in losses) / sum(n for _, n in losses)
@@ -545,6 +557,7 @@ class Orchestrator:
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
+        self._update_seconds.pop(rnd.round_id, None)
         if self.ledger is not None:
             self.ledger.drain(self.repo)
             self.ledger.checkpoint()

@@ -28,7 +28,7 @@ log = logging.getLogger("qflare.sim.fleet")
 def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, results: dict[str, str]) -> None:
     from qflare.config import load_device_config
     from qflare.edge.audit import build_auditor
-    from qflare.edge.node import EdgeNode, privacy_state_file
+    from qflare.edge.node import EdgeNode, he_context_for, privacy_state_file
     from qflare.edge.setup import build_client, connect
     from qflare.sim.realistic import attach_simulation, simulated_device_for, write_device_report
 
@@ -36,7 +36,8 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
     try:
         with connect(lambda: build_client(cfg, path.parent), cfg) as client:
             node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http),
-                            privacy_state=privacy_state_file(cfg, path.parent))
+                            privacy_state=privacy_state_file(cfg, path.parent),
+                            he_context=he_context_for(cfg, path.parent))
             node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
             node.train_round = _reporting_dp(node, path.parent / f"{cfg.device_id}.dp.json")  # type: ignore[method-assign,assignment]
             simulated = simulated_device_for(cfg.device_id, seed=cfg.data.seed)  # --device-profiles only

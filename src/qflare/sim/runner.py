@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from qflare.config import (
     EnclaveHostConfig,
     EvaluationConfig,
     GlobalConfig,
+    HEConfig,
     LedgerConfig,
     PrivacyConfig,
     QKDConfig,
@@ -91,6 +93,7 @@ class SimulationConfig:
     csv_layout: dict[str, Any] = field(default_factory=dict)  # config.CsvLayoutConfig keys
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
     long_poll_seconds: float = 10.0  # DeviceConfig.long_poll_seconds (0: plain polling every 0.5 s)
+    he: str = "none"  # ckks: devices encrypt, the server sums ciphertexts (aggregation.he; enclave none, fedavg)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -320,11 +323,98 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
         aggregation=AggregationConfig(rule=sim.aggregator, params=dict(sim.aggregator_params),
-                                      privacy=PrivacyConfig(**sim.privacy)),
+                                      privacy=PrivacyConfig(**sim.privacy),
+                                      he=HEConfig(scheme="ckks",
+                                                  public_context_file=str(he_files(run_dir)[1].resolve()))
+                                      if sim.he == "ckks" else HEConfig()),
         ledger=LedgerConfig(enabled=sim.ledger),
-        evaluation=EvaluationConfig(csv_path=str(sim.csv_path.resolve()) if sim.csv_path else None,
+        # CKKS: the server cannot evaluate the encrypted model; the operator's side does (decrypt_and_evaluate).
+        evaluation=EvaluationConfig(enabled=sim.he != "ckks",
+                                    csv_path=str(sim.csv_path.resolve()) if sim.csv_path else None,
                                     csv=CsvLayoutConfig(**sim.csv_layout)),
     )
+
+
+def he_files(run_dir: Path) -> tuple[Path, Path]:
+    """Where a CKKS run keeps the operator's contexts: the secret one (devices) and the public one (server)."""
+    return run_dir / "he" / "ckks-secret.ctx", run_dir / "he" / "ckks-public.ctx"
+
+
+def decrypt_and_evaluate(fed: Federation, sim: SimulationConfig, rounds: list[dict[str, Any]]) -> None:
+    """CKKS: evaluate each round's published (encrypted) model as a device would, decrypting it with the
+    devices' secret context; the figures go into the rounds' metrics (marked ``evaluated_by``)."""
+    from qflare.fl.he import decrypt_aggregate, load_secret_context
+    from qflare.fl.serialize import ModelSpec, dump_arrays
+    from qflare.server.evaluation import Evaluator
+
+    ctx = load_secret_context(he_files(fed.run_dir)[0])
+    task = get_task(sim.task)
+    spec = ModelSpec.from_model(task.build_model())
+    evaluator = Evaluator(sim.task, seed=sim.seed)
+    with fed.admin() as c:
+        for rnd in rounds:
+            if rnd["status"] != "aggregated" or rnd.get("new_version") is None:
+                continue
+            r = c.get(f"/v1/admin/models/{rnd['new_version']}/safetensors")
+            r.raise_for_status()
+            plain = dump_arrays(decrypt_aggregate(ctx, r.content, spec), {"round_id": str(rnd["round_id"])})
+            rnd["metrics"] = {**(rnd.get("metrics") or {}), **evaluator.evaluate(plain),
+                              "evaluated_by": "operator, decrypted (the server cannot)"}
+
+
+_COST_LINE = re.compile(r": round (\d+) costs (\{.*\})\s*$")
+
+
+def wire_costs(run_dir: Path, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the devices' cost lines, one per device and round (bytes of the HTTP bodies both ways,
+    encode/decode and train times; the download and decode ones over rounds after the first, whose base is
+    a published aggregate, not the plaintext initial model) and the server's times per round (validate +
+    add, aggregate) from the rounds' metrics."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for log in sorted((run_dir / "logs").glob("*.log")):  # a fleet's log and its devices' logs repeat lines
+        for line in log.read_text(errors="replace").splitlines():
+            m = _COST_LINE.search(line)
+            if m:
+                with contextlib.suppress(ValueError):
+                    cost = json.loads(m.group(2))
+                    found[(str(cost.get("device_id")), int(m.group(1)))] = cost
+    lines = list(found.values())
+    done = [r for r in rounds if r["status"] == "aggregated" and r.get("metrics")]
+    if not lines or not done:
+        return {}
+
+    def mean(key: str) -> float:
+        later = key.startswith(("download", "decode"))
+        vals = [float(x[key]) for x in lines
+                if isinstance(x.get(key), int | float) and (not later or int(x.get("model_version", 0)) > 0)]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    def server_mean(key: str) -> float:
+        vals = [float(r["metrics"][key]) for r in done if isinstance(r["metrics"].get(key), int | float)]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    # What the devices measured of the last model they downloaded (decrypted under CKKS), on their own data.
+    last = max(int(x.get("model_version", 0)) for x in lines)
+    local = [float(v) for x in lines if int(x.get("model_version", 0)) == last
+             for k, v in x.items() if k.startswith("global_") and k.endswith("_local")]
+    return {
+        "devices_evaluated_model_version": last,
+        "devices_local_metric_mean": sum(local) / len(local) if local else math.nan,
+        "device_trainings": len(lines),
+        "device_upload_bytes": mean("upload_bytes_sent"),  # the update's envelope
+        "device_upload_answer_bytes": mean("upload_bytes_received"),
+        "device_download_bytes": mean("download_bytes_received"),  # the sealed global model
+        "device_download_request_bytes": mean("download_bytes_sent"),
+        "device_update_payload_bytes": mean("update_bytes"),
+        "device_encode_seconds": mean("encode_seconds"),  # encrypt (CKKS) or serialize (plaintext)
+        "device_decode_seconds": mean("decode_seconds"),  # decrypt (CKKS) or parse (plaintext)
+        "device_train_seconds": mean("train_seconds"),
+        "device_download_seconds": mean("download_seconds"),
+        "device_upload_seconds": mean("upload_seconds"),
+        "server_update_seconds_per_round": server_mean("update_seconds"),  # validate + add, all updates
+        "server_aggregate_seconds_per_round": server_mean("aggregation_seconds"),
+        "round_seconds": server_mean("round_seconds"),
+    }
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -394,6 +484,11 @@ def run_simulation(sim: SimulationConfig, *, on_progress: ProgressFn | None = No
         sim = dataclasses.replace(sim, partition=get_task(sim.task).partitions[0])
     check_partition(sim)
     run_dir = new_run_dir(sim.runs_dir)
+    if sim.he == "ckks":
+        # The operator's step (qflare he init): the secret context for the devices, the public one for the server.
+        from qflare.fl.he import make_context, write_context_files
+
+        write_context_files(make_context(), *he_files(run_dir))
     config = build_global_config(sim, run_dir, free_port())
     if config.enclave.backend != "none":
         prepare_enclave_signer(config)
@@ -432,6 +527,9 @@ def _run(
             if device_id in malicious:
                 extra["simulation_attack"] = malicious[device_id]
             extra["long_poll_seconds"] = sim.long_poll_seconds
+            extra["cost_log"] = True
+            if sim.he == "ckks":
+                extra["he_context_file"] = str(he_files(run_dir)[0].resolve())
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         n_proc = edge_processes(len(devices), sim.devices_per_process)
         if n_proc >= len(devices):
@@ -448,8 +546,15 @@ def _run(
             status = fed.status()
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()
+        if sim.he == "ckks":
+            decrypt_and_evaluate(fed, sim, rounds)
     wall = time.monotonic() - started
     summary = _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
+    costs = wire_costs(run_dir, rounds)
+    if costs or sim.he != "none":
+        summary["costs"] = costs
+        summary["he"] = sim.he
+        write_summary(summary, run_dir / "summary.json")
     if malicious:
         summary["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
                                 "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
