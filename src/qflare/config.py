@@ -64,11 +64,25 @@ class RoundsConfig(_Strict):
     )
     active_window_seconds: float = Field(30.0, gt=0, description="a device seen this recently is active")
     seed: int = 0
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="async: FedBuff, a model every `buffer` updates, stale updates weighted (docs/learning.md)"
+    )
+    buffer: int = Field(10, ge=1, description="async: updates per published model (FedBuff's K)")
+    max_staleness: int = Field(10, ge=0, description="async: refuse an update trained more than this many versions ago")
+    staleness_exponent: float = Field(0.5, ge=0, description="async: a stale step is weighted (1 + staleness) ** -a")
+    selector: Literal["uniform", "adaptive"] = Field(
+        "uniform", description="who is selected: uniform sampling, or selection.AdaptiveSelector (with fairness)"
+    )
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> RoundsConfig:
         if self.min_quorum > self.min_devices:
             raise ValueError("min_quorum must not exceed min_devices")
+        if self.mode == "async" and self.buffer > self.min_devices:
+            # One update per device and buffer: a buffer needs `buffer` distinct devices, and a buffer
+            # opens once min_devices are active. (The server also checks it against the enrolled devices.)
+            raise ValueError(f"buffer_exceeds_devices: rounds.buffer {self.buffer} is larger than the "
+                             f"{self.min_devices} devices of rounds.min_devices; a buffer could never fill")
         return self
 
 

@@ -34,6 +34,8 @@ from qflare.errors import (
     PermissionDenied,
     QFlareError,
     QKDError,
+    RoundClosed,
+    UpdateRejected,
 )
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
@@ -54,7 +56,7 @@ class Client(Protocol):
 
     def download_model(self, version: int, expected_sha256: str) -> bytes: ...
 
-    def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]: ...
+    def upload_update(self, round_id: int, blob: bytes, base_version: int | None = None) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -122,6 +124,9 @@ class EdgeNode:
         self.local_dp: Any = None  # qflare.fl.local_dp.LocalDP once a task asks for training.dp
         self.privacy_state = privacy_state  # local DP: the steps spent, kept across restarts
         self._local_dp_config: Any = None
+        # Async rounds: (task, base arrays) of the last training, to rebase a stale update before it is sent.
+        self._trained_on: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._last_upload: bytes | None = None  # the bytes last sent (a rebased update differs from the trained one)
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
         """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
@@ -251,6 +256,7 @@ class EdgeNode:
         self.verify_model(task, blob)
         arrays, _ = load_arrays(blob, self.spec)
         set_arrays(self.model, arrays)
+        self._trained_on = (task, arrays) if task.get("mode") == "async" else None
         seed = self._rng.randrange(2**31)
         result = train_local(
             self.model, self.dataset, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
@@ -282,8 +288,58 @@ class EdgeNode:
         return dump_arrays(update, meta)
 
     UPLOAD_ATTEMPTS = 5
+    REBASE_ATTEMPTS = 3
 
     def _send_update(self, round_id: int, update: bytes) -> dict[str, Any] | None:
+        """Upload ``update`` (in async rounds rebased onto the open buffer first: :meth:`_rebase`)."""
+        if self._trained_on is None or int(self._trained_on[0]["round_id"]) != round_id:
+            self._last_upload = update
+            return self._upload(round_id, update)
+        task, _ = self._trained_on
+        for attempt in range(1, self.REBASE_ATTEMPTS + 1):
+            target, sent = self._rebase(round_id, update)
+            self._last_upload = sent
+            try:
+                return self._upload(target, sent, base_version=int(task["model_version"]))
+            except RoundClosed:
+                # The buffer filled while this update was on its way: rebase onto the next one.
+                if attempt == self.REBASE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rebase(self, round_id: int, update: bytes) -> tuple[int, bytes]:
+        """Async rounds (FedBuff): ``(buffer, update)`` to send for an update trained in ``round_id``.
+
+        If the server has moved on to a newer buffer (model version ``v'``), the update's step from its base
+        ``b`` is moved onto ``v'`` and weighted by its staleness ``s = v' - b``:
+        ``model[v'] + (1 + s) ** -a * (update - model[b])``. The new base is verified as any task's is; the
+        upload names ``b`` (``?base_version=``), so the server checks ``s`` against ``max_staleness``.
+        """
+        assert self._trained_on is not None
+        trained_task, base = self._trained_on
+        now = self.client.task()
+        if now.get("status") != "train" or int(now["round_id"]) == round_id:
+            return round_id, update  # still the same buffer (or none open: the server answers the upload)
+        version, latest = int(trained_task["model_version"]), int(now["model_version"])
+        staleness = latest - version
+        limit = now.get("max_staleness")
+        if limit is not None and staleness > int(limit):
+            raise UpdateRejected(f"trained on model version {version}, {staleness} versions behind {latest} "
+                                 f"(max_staleness {limit}): not sent", reason="too_stale")
+        self.verify_task(now)
+        blob = self.client.download_model(latest, str(now["model_sha256"]))
+        self.verify_model(now, blob)
+        current, _ = load_arrays(blob, self.spec)
+        arrays, meta = load_arrays(update, self.spec)
+        weight = (1.0 + staleness) ** -float(now.get("staleness_exponent") or 0.0)
+        rebased = {k: (current[k] + weight * (arrays[k] - base[k])).astype(arrays[k].dtype) for k in arrays}
+        target = int(now["round_id"])
+        meta["round_id"] = str(target)
+        log.info("%s: update trained on version %d rebased onto version %d (buffer %d, staleness %d, weight %.3f)",
+                 self.config.device_id, version, latest, target, staleness, weight)
+        return target, dump_arrays(rebased, meta)
+
+    def _upload(self, round_id: int, update: bytes, base_version: int | None = None) -> dict[str, Any] | None:
         """Upload ``update``; after a 5xx re-send it (a fresh envelope each time, docs/protocol.md 13.3).
 
         A 5xx can come after the server durably accepted the update (the enclave died while sealing
@@ -294,7 +350,9 @@ class EdgeNode:
         delay = rc.initial_seconds
         for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
             try:
-                return self.client.upload_update(round_id, update)
+                if base_version is None:
+                    return self.client.upload_update(round_id, update)
+                return self.client.upload_update(round_id, update, base_version=base_version)
             except ServerUnavailable as exc:
                 if attempt == self.UPLOAD_ATTEMPTS:
                     raise
@@ -354,11 +412,13 @@ class EdgeNode:
             if update is None:
                 return "done"  # the local privacy budget is spent: this device takes no further part
             try:
+                self._last_upload = None
                 receipt = self._send_update(round_id, update)
                 self.stats.uploads_accepted += 1
                 if self.auditor is not None and receipt is not None:
+                    sent = self._last_upload if self._last_upload is not None else update
                     self.auditor.expect(receipt, device_id=self.config.device_id,
-                                        update_sha256=hashlib.sha256(update).hexdigest())
+                                        update_sha256=hashlib.sha256(sent).hexdigest())
                 log.info("%s: round %d update accepted%s", self.config.device_id, round_id,
                          "" if receipt is not None else " (duplicate_update after an unanswered attempt)")
             except (Conflict, NotFound, InvalidInput) as exc:
