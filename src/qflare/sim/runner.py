@@ -91,6 +91,12 @@ class SimulationConfig:
     csv_layout: dict[str, Any] = field(default_factory=dict)  # config.CsvLayoutConfig keys
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
     long_poll_seconds: float = 10.0  # DeviceConfig.long_poll_seconds (0: plain polling every 0.5 s)
+    mode: str = "sync"  # rounds.mode; async: FedBuff over HTTP, `rounds` published versions of `buffer` updates
+    buffer: int = 10  # rounds.buffer
+    max_staleness: int = 10  # rounds.max_staleness
+    staleness_exponent: float = 0.5  # rounds.staleness_exponent
+    selector: str = "uniform"  # rounds.selector
+    target: float | None = None  # report time_to_target_seconds (accuracy reached, or an error at most this)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -314,8 +320,11 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             key_dir=str((run_dir / "server-keys").resolve()),
         ),
         rounds=RoundsConfig(
-            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients, min_quorum=min(quorum, sim.clients),
-            deadline_seconds=sim.deadline_seconds, seed=sim.seed,
+            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients,
+            min_quorum=min(quorum, sim.clients, sim.buffer if sim.mode == "async" else sim.clients),
+            deadline_seconds=sim.deadline_seconds, seed=sim.seed, mode=sim.mode,  # type: ignore[arg-type]
+            buffer=sim.buffer, max_staleness=sim.max_staleness, staleness_exponent=sim.staleness_exponent,
+            selector=sim.selector,  # type: ignore[arg-type]
         ),
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
@@ -543,6 +552,12 @@ def _finish(
     }
     if f"baseline_{metric}" in final:
         summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
+    summary["mode"] = sim.mode
+    if sim.mode == "async":
+        summary["buffer"], summary["max_staleness"] = sim.buffer, sim.max_staleness
+    if sim.target is not None:
+        summary["target"] = sim.target
+        summary["time_to_target_seconds"] = time_to_target(rounds, metric, sim.target)
     summary["key_source"] = sim.key_source
     summary["enclave"] = sim.enclave
     if attacks is not None:
@@ -557,6 +572,21 @@ def _finish(
         summary["privacy"] = local_privacy_summary(run_dir / "devices")
     write_summary(summary, run_dir / "summary.json")
     return summary
+
+
+def time_to_target(rounds: list[dict[str, Any]], metric: str, target: float) -> float | None:
+    """Seconds from the first round's opening to the close of the first aggregated round whose global
+    ``metric`` reached ``target`` (accuracy at least, an error at most); ``None`` if none did."""
+    if not rounds:
+        return None
+    start = min(float(r["opened_at"]) for r in rounds)
+    for r in sorted(rounds, key=lambda r: r["round_id"]):
+        value = (r.get("metrics") or {}).get(metric)
+        if r["status"] != "aggregated" or not isinstance(value, int | float) or r.get("closed_at") is None:
+            continue
+        if (value >= target) if metric == "accuracy" else (value <= target):
+            return round(float(r["closed_at"]) - start, 2)
+    return None
 
 
 def local_privacy_summary(devices_dir: Path) -> dict[str, Any]:
