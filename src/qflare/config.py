@@ -31,6 +31,7 @@ __all__ = [
     "EvaluationConfig",
     "GlobalConfig",
     "LedgerConfig",
+    "PersonalizeConfig",
     "ReputationConfig",
     "RetryConfig",
     "RoundsConfig",
@@ -370,6 +371,15 @@ class SimulationAttackConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PersonalizeConfig(_Strict):
+    """Personalised FL on this device (docs/learning.md): once the run is done, it reports the held-out metric
+    of the global and of its personalised model (signed, ``POST /v1/device/metrics``)."""
+
+    method: Literal["finetune", "fedper", "ditto"]
+    epochs: int | None = Field(None, ge=1, description="finetune: local epochs (default: the task's)")
+    ditto_lambda: float = Field(0.1, gt=0, description="ditto: pull of the personal model towards the global one")
+
+
 class DeviceConfig(_Strict):
     """An edge node's ``device_config.yaml``."""
 
@@ -406,6 +416,9 @@ class DeviceConfig(_Strict):
     )
     simulation_attack: SimulationAttackConfig | None = Field(
         None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
+    )
+    personalize: PersonalizeConfig | None = Field(
+        None, description="personalise the model and report its held-out metric (qflare simulate --personalize)"
     )
 
     @model_validator(mode="after")

@@ -191,6 +191,7 @@ def simulate(
         privacy=privacy,
         long_poll_seconds=long_poll,
         mode=mode, buffer=buffer, max_staleness=max_staleness, selector=selector, target=target_accuracy,
+        personalize=personalize,
     )
     from qflare.sim.runner import check_partition
 
@@ -454,8 +455,10 @@ a CSV imports no torch; ``tests/test_simulate_csv.py`` checks they agree)."""
 
 def _print_summary(summary: dict[str, Any], metric: str) -> None:
     table = Table(title="QFLARE run summary", show_header=False)
-    for key in ("task", "clients", "rounds_completed", f"final_{metric}", f"baseline_{metric}", "wall_seconds",
-                "accepted_updates", "rejected_updates", "run_dir"):
+    for key in ("task", "clients", "mode", "rounds_completed", f"final_{metric}", f"baseline_{metric}",
+                "time_to_target_seconds", "personalize", f"personalized_{metric}_mean",
+                f"personalized_{metric}_worst_decile", f"global_{metric}_mean", f"global_{metric}_worst_decile",
+                "wall_seconds", "accepted_updates", "rejected_updates", "run_dir"):
         if key in summary and summary[key] is not None:
             val = summary[key]
             shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)

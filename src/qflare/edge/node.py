@@ -58,6 +58,8 @@ class Client(Protocol):
 
     def upload_update(self, round_id: int, blob: bytes, base_version: int | None = None) -> dict[str, Any]: ...
 
+    def report_metrics(self, report: dict[str, Any]) -> dict[str, Any]: ...
+
 
 @dataclass
 class NodeStats:
@@ -117,6 +119,7 @@ class EdgeNode:
             d.partition_index, d.num_partitions, partition=d.partition, alpha=d.alpha, seed=d.seed,
             csv_path=d.csv.source(d.csv_path) if d.csv_path else None,
         )
+        self.personalizer = self._personalizer(config)
         self.model = self.task.build_model()
         self.spec = ModelSpec.from_model(self.model)
         self._rng = random.Random(config.device_id)
@@ -127,6 +130,42 @@ class EdgeNode:
         # Async rounds: (task, base arrays) of the last training, to rebase a stale update before it is sent.
         self._trained_on: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._last_upload: bytes | None = None  # the bytes last sent (a rebased update differs from the trained one)
+        self._last_train_config: TrainConfig | None = None
+
+    def _personalizer(self, config: DeviceConfig) -> Any:
+        """``DeviceConfig.personalize``: hold out part of the device's own data and personalise on the rest."""
+        p = config.personalize
+        if p is None:
+            return None
+        from qflare.fl.personalize import DevicePersonalizer, device_split
+
+        d = config.data
+        if d.csv_path or config.local_dp is not None:
+            raise ConfigError("personalize: not with a CSV data source or local DP (held-out split and Ditto's "
+                              "second training are not defined for them)", reason="invalid_config")
+        self.dataset, held = device_split(self.task, d.partition_index, d.num_partitions, partition=d.partition,
+                                          alpha=d.alpha, seed=d.seed)
+        self._reported = False
+        return DevicePersonalizer(self.task, p.method, self.dataset, held, epochs=p.epochs,
+                                  ditto_lambda=p.ditto_lambda)
+
+    def report_personalized(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Once the run is done: evaluate the final global and the personalised model on this device's
+        held-out data and report both (signed, ``POST /v1/device/metrics``). Once per run."""
+        if self.personalizer is None or self._reported or task.get("model_version") is None:
+            return None
+        blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
+        self.verify_model(task, blob)
+        final, _ = load_arrays(blob, self.spec)
+        tc = self._last_train_config or self.task.default_train_config()
+        global_metric, personal = self.personalizer.evaluate(self.model, final, tc, self._rng.randrange(2**31))
+        report = {"method": self.personalizer.method, "metric": self.task.metric, "global": global_metric,
+                  "personalized": personal, "num_examples": len(self.personalizer.held_out)}
+        answer = self.client.report_metrics(report)
+        self._reported = True
+        log.info("%s: held-out %s of the global model %.4g, personalised (%s) %.4g: reported",
+                 self.config.device_id, self.task.metric, global_metric, self.personalizer.method, personal)
+        return answer
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
         """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
@@ -255,7 +294,8 @@ class EdgeNode:
         blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
         self.verify_model(task, blob)
         arrays, _ = load_arrays(blob, self.spec)
-        set_arrays(self.model, arrays)
+        set_arrays(self.model, self.personalizer.start(arrays) if self.personalizer is not None else arrays)
+        self._last_train_config = tc
         self._trained_on = (task, arrays) if task.get("mode") == "async" else None
         seed = self._rng.randrange(2**31)
         result = train_local(
@@ -271,6 +311,8 @@ class EdgeNode:
                         "finite (the last finite weights are uploaded)", self.config.device_id, round_id,
                         result.num_steps)
         update, num_examples = get_arrays(self.model), result.num_examples
+        if self.personalizer is not None:
+            update = self.personalizer.after_training(self.model, update, arrays, tc, seed)
         if self.poisoner is not None:
             update, num_examples = self._poison(update, num_examples, arrays, tc, seed)
         meta = {
@@ -431,6 +473,13 @@ class EdgeNode:
             self.stats.rounds_trained += 1
         else:
             audited()
+        if status == "done" and self.personalizer is not None:
+            try:
+                self.report_personalized(task)
+            except QFlareError as exc:  # the run is over either way: say why the report is missing
+                log.warning("%s: personalised metrics not reported (%s): %s", self.config.device_id, exc.reason,
+                            exc.message)
+                self._reported = True
         if status == "wait":
             reason = task.get("reason")
             if reason and reason != self._waiting_for:

@@ -7,6 +7,7 @@ aggregate) is rebuilt from stored updates on start-up, so a restart mid-round lo
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import random
 import threading
@@ -232,7 +233,13 @@ class Orchestrator:
     def _assignment_for(self, device_id: str) -> Assignment:
         rc = self.config.rounds
         if self.finished():
-            return Assignment(status="done", retry_after=0)
+            # The final model, for a device that personalises it (and reports its own metric) before it stops.
+            final = self.repo.latest_model()
+            if final is None:
+                return Assignment(status="done", retry_after=0)
+            return Assignment(status="done", retry_after=0, model_version=final.version, model_sha256=final.sha256,
+                              model_signature=base64.b64encode(final.signature).decode() if final.signature else None,
+                              model_round_id=final.round_id)
         rnd = self.current_round()
         # Async: any enrolled device may contribute once to the open buffer (FedBuff: devices train when
         # they can); selection applies to sync rounds.
@@ -638,6 +645,15 @@ class Orchestrator:
             self.ledger.checkpoint()
         self.changed.notify()
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
+
+    def report_metrics(self, device_id: str, payload: bytes) -> dict[str, Any]:
+        """Record a device's signed report of its held-out metric (personalised FL; server/personal.py)."""
+        from qflare.server.personal import EVENT_KIND, parse_report
+
+        report = parse_report(payload, self.metric)
+        self.repo.add_event(EVENT_KIND, now=self.clock(), device_id=device_id,
+                            detail=json.dumps(report, sort_keys=True, separators=(",", ":")))
+        return report
 
     def load_model(self, version: int) -> bytes:
         return self.repo.model_blob(version)

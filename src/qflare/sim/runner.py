@@ -36,6 +36,7 @@ from qflare.config import (
     EvaluationConfig,
     GlobalConfig,
     LedgerConfig,
+    PersonalizeConfig,
     PrivacyConfig,
     QKDConfig,
     RoundsConfig,
@@ -97,6 +98,7 @@ class SimulationConfig:
     staleness_exponent: float = 0.5  # rounds.staleness_exponent
     selector: str = "uniform"  # rounds.selector
     target: float | None = None  # report time_to_target_seconds (accuracy reached, or an error at most this)
+    personalize: str | None = None  # finetune | fedper | ditto: devices personalise and report their held-out metric
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -441,6 +443,8 @@ def _run(
             if device_id in malicious:
                 extra["simulation_attack"] = malicious[device_id]
             extra["long_poll_seconds"] = sim.long_poll_seconds
+            if sim.personalize is not None:
+                extra["personalize"] = PersonalizeConfig(method=sim.personalize)  # type: ignore[arg-type]
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         n_proc = edge_processes(len(devices), sim.devices_per_process)
         if n_proc >= len(devices):
@@ -455,10 +459,15 @@ def _run(
         if campaign is not None:
             attacks = campaign.stop()
             status = fed.status()
+        personal = _wait_personalized(fed, sim) if sim.personalize is not None else None
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()
     wall = time.monotonic() - started
     summary = _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
+    if personal is not None:
+        summary.update({k: v for k, v in personal.items() if k != "metric"})
+        summary["personalize"] = sim.personalize
+        write_summary(summary, run_dir / "summary.json")
     if malicious:
         summary["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
                                 "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
@@ -521,6 +530,20 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
         if time.monotonic() > deadline:
             raise SimulationError(f"run did not finish within {sim.timeout_seconds:.0f} s")
         time.sleep(0.25)
+
+
+def _wait_personalized(fed: Federation, sim: SimulationConfig, *, timeout: float = 300.0) -> dict[str, Any]:
+    """The devices' personalised-metrics reports, once every device sent one (or every edge exited, or timeout)."""
+    deadline = time.monotonic() + timeout
+    with fed.admin() as c:
+        while True:
+            doc: dict[str, Any] = c.get("/v1/admin/personalization").raise_for_status().json()
+            done = all(p.poll() is not None for p in fed.edges.values())
+            if doc["reports"] >= sim.clients or done or time.monotonic() > deadline:
+                doc["personalized_reports"] = doc.pop("reports")
+                doc.pop("personalize", None)
+                return doc
+            time.sleep(0.5)
 
 
 def _finish(

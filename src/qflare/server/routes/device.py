@@ -201,3 +201,12 @@ async def upload_update(round_id: int, call: Upload, state: State, request: Requ
                          ledger_leaf_hash=None if leaf is None else leaf[1].hex(),
                          ledger_entry=None if leaf is None else base64.b64encode(leaf[2]).decode())
     return _sealed_json(call, out.model_dump())
+
+
+@router.post("/metrics", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
+             summary="Report the device's held-out metrics (JSON: method, metric, global, personalized, num_examples)")
+async def report_metrics(call: Device, state: State) -> Response:
+    """A personalising device's own held-out metric of the global and of its personalised model (server/personal.py)."""
+    report = await _work(state, call, functools.partial(state.orchestrator.report_metrics, call.device_id,
+                                                        call.payload))
+    return _sealed_json(call, {"device_id": call.device_id, **report})
