@@ -74,6 +74,7 @@ class RoundsConfig(_Strict):
     selector: Literal["uniform", "adaptive"] = Field(
         "uniform", description="who is selected: uniform sampling, or selection.AdaptiveSelector (with fairness)"
     )
+    max_wait_rounds: int = Field(5, ge=1, description="adaptive: a device left out this many rounds is taken first")
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> RoundsConfig:

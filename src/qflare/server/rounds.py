@@ -149,7 +149,7 @@ class Orchestrator:
         if config.rounds.selector == "adaptive":
             from qflare.server.selection import AdaptiveSelector
 
-            self.select = AdaptiveSelector()
+            self.select = AdaptiveSelector(max_wait_rounds=config.rounds.max_wait_rounds)
         task = get_task(config.task)
         self.metric: str = task.metric
         self.spec: ModelSpec = ModelSpec.from_model(task.build_model())
