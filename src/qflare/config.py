@@ -324,6 +324,10 @@ class GlobalConfig(_Strict):
     def _privacy_budget_fits(self) -> GlobalConfig:
         # Refuse at start a DP budget the planned rounds would exceed (not after spending it).
         privacy = self.aggregation.privacy
+        if privacy.mode == "central" and self.rounds.mode == "async":
+            # The accountant composes sampled synchronous rounds (rate rounds.fraction); a buffer is not one.
+            raise ValueError("aggregation.privacy.mode central is accounted for synchronous rounds only, "
+                             "not rounds.mode async")
         if privacy.mode == "central" and privacy.target_epsilon is not None and privacy.noise_multiplier is not None:
             from qflare.fl.privacy import plan_central
 

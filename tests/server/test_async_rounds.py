@@ -168,3 +168,13 @@ def test_async_buffers_through_the_enclave(tmp_path: Path) -> None:
         reply = _upload(h, rid3, "edge_1", 0)
         assert reply.status_code == 422 and _reason(reply) == "too_stale"
         assert h.snapshot() == before
+
+
+def test_central_dp_is_refused_with_async_rounds(tmp_path: Path) -> None:
+    from qflare.config import AggregationConfig, PrivacyConfig
+    from tests.server.conftest import config_for
+
+    cfg = config_for(tmp_path, mode="async", buffer=2)
+    with pytest.raises(ValidationError, match="synchronous rounds only"):
+        type(cfg).model_validate({**cfg.model_dump(), "aggregation": AggregationConfig(
+            privacy=PrivacyConfig(mode="central", noise_multiplier=1.0)).model_dump()})
