@@ -104,6 +104,8 @@ def simulate(
     target_accuracy: Annotated[float | None, typer.Option(
         help="report time_to_target_seconds: accuracy reached (or, for traffic/pollution, MAE at most this)")] = None,
     personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(
+        min=1, help="--personalize finetune: local epochs of fine-tuning (default: the task's)")] = None,
     selector: Annotated[str, typer.Option(help="rounds.selector: uniform | adaptive (sync rounds)")] = "uniform",
     in_process: Annotated[bool, typer.Option(
         "--in-process", help="--mode async / --personalize: the in-process run instead of HTTP (async on a "
@@ -172,7 +174,8 @@ def simulate(
                                      target=target_accuracy, train=train, max_trainings=rounds * clients)
                  if mode == "async" else
                  run_personalize_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
-                                           alpha=alpha, seed=seed, method=personalize or ""))
+                                           alpha=alpha, seed=seed, method=personalize or "",
+                                           finetune_epochs=finetune_epochs))
         print(json.dumps(extra, sort_keys=True))
         return
     sim = SimulationConfig(
@@ -191,7 +194,7 @@ def simulate(
         privacy=privacy,
         long_poll_seconds=long_poll,
         mode=mode, buffer=buffer, max_staleness=max_staleness, selector=selector, target=target_accuracy,
-        personalize=personalize,
+        personalize=personalize, personalize_epochs=finetune_epochs,
     )
     from qflare.sim.runner import check_partition
 

@@ -99,6 +99,7 @@ class SimulationConfig:
     selector: str = "uniform"  # rounds.selector
     target: float | None = None  # report time_to_target_seconds (accuracy reached, or an error at most this)
     personalize: str | None = None  # finetune | fedper | ditto: devices personalise and report their held-out metric
+    personalize_epochs: int | None = None  # finetune: local epochs of fine-tuning (None: the task's)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -444,7 +445,8 @@ def _run(
                 extra["simulation_attack"] = malicious[device_id]
             extra["long_poll_seconds"] = sim.long_poll_seconds
             if sim.personalize is not None:
-                extra["personalize"] = PersonalizeConfig(method=sim.personalize)  # type: ignore[arg-type]
+                extra["personalize"] = PersonalizeConfig(method=sim.personalize,  # type: ignore[arg-type]
+                                                         epochs=sim.personalize_epochs)
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         n_proc = edge_processes(len(devices), sim.devices_per_process)
         if n_proc >= len(devices):
