@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/learning_figures.py            # both; ~10-15 min on the shared machine
     .venv/bin/python benchmarks/learning_figures.py async      # digits, sync vs async wall time to 0.93
     .venv/bin/python benchmarks/learning_figures.py personalize
+    .venv/bin/python benchmarks/learning_figures.py finetune --epochs 2 10 30   # traffic: fine-tuning epochs
 
 Writes ``benchmarks/results/learning_<figure>.json`` and prints the Markdown tables.
 
@@ -15,6 +16,9 @@ trainings; sync rounds wait for all selected devices or the deadline (1.5 x the 
 ``personalize``: traffic and pollution, 10 sensors = 10 devices, 15 rounds; per-device MAE on each
 sensor's own 7 test days for the global model, finetune, fedper and ditto, against a centralised
 model (pooled data, 30 epochs) and local-only models (each sensor alone, 30 epochs).
+
+``finetune``: traffic, the same run with finetune for each ``--epochs`` of local fine-tuning (the
+local-only model gets 30 epochs: fine-tuning the global model as long costs the device the same).
 """
 
 from __future__ import annotations
@@ -120,15 +124,33 @@ def markdown(name: str, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def figure_finetune(seed: int = 0, epochs: tuple[int, ...] = (2, 10, 30), rounds: int = 15,
+                    clients: int = 10) -> dict[str, Any]:
+    rows: dict[str, Any] = {"task": "traffic", "rounds": rounds, "clients": clients, "seed": seed}
+    for ep in epochs:
+        started = time.perf_counter()
+        s = run_personalized("traffic", clients, rounds, method="finetune", seed=seed, finetune_epochs=ep).summary()
+        s.pop("per_device", None)
+        rows[str(ep)] = s
+        print(f"traffic finetune {ep} epochs: personalised {s['personalized_mae_mean']:.2f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("figure", nargs="?", choices=("all", "async", "personalize"), default="all")
+    parser.add_argument("figure", nargs="?", choices=("all", "async", "personalize", "finetune"), default="all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2, 10, 30], help="finetune: local epochs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     np.set_printoptions(precision=3)
     RESULTS.mkdir(exist_ok=True)
     for name in (("async", "personalize") if args.figure == "all" else (args.figure,)):
+        if name == "finetune":
+            data = figure_finetune(args.seed, tuple(args.epochs))
+            (RESULTS / "learning_finetune.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            continue
         data = figure_async(args.seed) if name == "async" else figure_personalize(args.seed)
         (RESULTS / f"learning_{name}.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(markdown(name, data), flush=True)

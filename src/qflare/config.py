@@ -32,6 +32,7 @@ __all__ = [
     "GlobalConfig",
     "HEConfig",
     "LedgerConfig",
+    "PersonalizeConfig",
     "ReputationConfig",
     "RetryConfig",
     "RoundsConfig",
@@ -65,11 +66,26 @@ class RoundsConfig(_Strict):
     )
     active_window_seconds: float = Field(30.0, gt=0, description="a device seen this recently is active")
     seed: int = 0
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="async: FedBuff, a model every `buffer` updates, stale updates weighted (docs/learning.md)"
+    )
+    buffer: int = Field(10, ge=1, description="async: updates per published model (FedBuff's K)")
+    max_staleness: int = Field(10, ge=0, description="async: refuse an update trained more than this many versions ago")
+    staleness_exponent: float = Field(0.5, ge=0, description="async: a stale step is weighted (1 + staleness) ** -a")
+    selector: Literal["uniform", "adaptive"] = Field(
+        "uniform", description="who is selected: uniform sampling, or selection.AdaptiveSelector (with fairness)"
+    )
+    max_wait_rounds: int = Field(5, ge=1, description="adaptive: a device left out this many rounds is taken first")
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> RoundsConfig:
         if self.min_quorum > self.min_devices:
             raise ValueError("min_quorum must not exceed min_devices")
+        if self.mode == "async" and self.buffer > self.min_devices:
+            # One update per device and buffer: a buffer needs `buffer` distinct devices, and a buffer
+            # opens once min_devices are active. (The server also checks it against the enrolled devices.)
+            raise ValueError(f"buffer_exceeds_devices: rounds.buffer {self.buffer} is larger than the "
+                             f"{self.min_devices} devices of rounds.min_devices; a buffer could never fill")
         return self
 
 
@@ -341,12 +357,19 @@ class GlobalConfig(_Strict):
             if self.evaluation.enabled:
                 raise ValueError("aggregation.he.scheme ckks: the server cannot evaluate an encrypted model; set "
                                  "evaluation.enabled: false (devices evaluate the decrypted model)")
+            if self.rounds.mode == "async":
+                raise ValueError("aggregation.he.scheme ckks: synchronous rounds only (an async device moves its "
+                                 "step onto the newest model in the clear); not rounds.mode async")
         return self
 
     @model_validator(mode="after")
     def _privacy_budget_fits(self) -> GlobalConfig:
         # Refuse at start a DP budget the planned rounds would exceed (not after spending it).
         privacy = self.aggregation.privacy
+        if privacy.mode == "central" and self.rounds.mode == "async":
+            # The accountant composes sampled synchronous rounds (rate rounds.fraction); a buffer is not one.
+            raise ValueError("aggregation.privacy.mode central is accounted for synchronous rounds only, "
+                             "not rounds.mode async")
         if privacy.mode == "central" and privacy.target_epsilon is not None and privacy.noise_multiplier is not None:
             from qflare.fl.privacy import plan_central
 
@@ -395,6 +418,15 @@ class SimulationAttackConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PersonalizeConfig(_Strict):
+    """Personalised FL on this device (docs/learning.md): once the run is done, it reports the held-out metric
+    of the global and of its personalised model (signed, ``POST /v1/device/metrics``)."""
+
+    method: Literal["finetune", "fedper", "ditto"]
+    epochs: int | None = Field(None, ge=1, description="finetune: local epochs (default: the task's)")
+    ditto_lambda: float = Field(0.1, gt=0, description="ditto: pull of the personal model towards the global one")
+
+
 class DeviceConfig(_Strict):
     """An edge node's ``device_config.yaml``."""
 
@@ -436,6 +468,9 @@ class DeviceConfig(_Strict):
     cost_log: bool = Field(False, description="log each round's bytes on the wire and encode/decode times")
     simulation_attack: SimulationAttackConfig | None = Field(
         None, description="DANGER: poison this device's updates (qflare simulate --attack; needs QFLARE_SIMULATION=1)"
+    )
+    personalize: PersonalizeConfig | None = Field(
+        None, description="personalise the model and report its held-out metric (qflare simulate --personalize)"
     )
 
     @model_validator(mode="after")

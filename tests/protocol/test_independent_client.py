@@ -364,7 +364,8 @@ def test_operator_enrollment_then_heartbeat_task_model_and_upload(h: Harness, ke
     task = dev.ok_json("/v1/device/task")
     assert set(task) == {"status", "retry_after", "server_time", "round_id", "model_version", "model_sha256",
                          "deadline_at", "train_config", "task_signature", "model_signature", "model_round_id",
-                         "reason", "waited"}
+                         "reason", "waited", "mode", "staleness_exponent", "max_staleness"}
+    assert task["mode"] == "sync" and task["staleness_exponent"] is None and task["max_staleness"] is None
     assert task["waited"] is None  # no ?wait=: not held
     assert task["round_id"] == rid and task["retry_after"] == 0 and task["model_version"] == 0
     assert task["task_signature"] is None and task["model_signature"] is None  # no enclave

@@ -200,6 +200,7 @@ def test_ckks_config_refuses_what_cannot_run_on_ciphertexts(tmp_path: Path, cont
         ({"evaluation": {**doc["evaluation"], "enabled": True}}, "cannot evaluate an encrypted model"),
         ({"enclave": {**doc["enclave"], "backend": "simulated"}}, "set enclave.backend: none"),
         ({"aggregation": {**doc["aggregation"], "he": {"scheme": "ckks"}}}, "needs public_context_file"),
+        ({"rounds": {**doc["rounds"], "mode": "async", "buffer": 1}}, "synchronous rounds only"),
     ]
     for change, words in cases:
         with pytest.raises(ValueError, match=words):

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from qflare.server.selection import DeviceRecord, score, select_devices
-from tests.server.conftest import make_harness
+from tests.server.conftest import Harness, make_harness
 
 
 def _fleet() -> list[DeviceRecord]:
@@ -89,3 +89,45 @@ def test_orchestrator_uses_the_selection_hook(tmp_path: Path) -> None:
     assert all(len(c) == 2 for c in chosen)
     assert chosen[0] == {"edge_0", "edge_1"} and "edge_2" in chosen[1]
     gen.close()
+
+
+def test_rounds_selector_adaptive_in_config_prefers_reliable_devices_and_starves_none(tmp_path: Path) -> None:
+    """``rounds.selector: adaptive``: over HTTP rounds, a device that never reports is selected less often
+    than the reliable ones, yet every device is selected within max_wait_rounds + ceil(n / k) rounds."""
+    from qflare.crypto import SigningKey
+    from qflare.server.selection import AdaptiveSelector
+
+    # Prepare: 6 devices, 2 per round; edge_5 is selected but never reports (the round closes at its deadline)
+    keys = {f"edge_{i}": SigningKey.generate() for i in range(6)}
+    gen = make_harness(tmp_path, keys, total=30, fraction=0.34, min_devices=6, min_quorum=1, selector="adaptive",
+                       max_wait_rounds=4)
+    h = next(gen)
+    assert isinstance(h.state.orchestrator.select, AdaptiveSelector)
+    picks: list[set[str]] = []
+
+    # Execute
+    for _ in range(30):
+        rid = h.open_round()
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None
+        picks.append(set(rnd.selected))
+        for d in sorted(set(rnd.selected) - {"edge_5"}):
+            assert h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+        if "edge_5" in rnd.selected:
+            h.clock.advance(61)
+            h.state.orchestrator.tick()
+
+    # Assert: 2 each round; no device waits longer than the bound; the unreliable one is taken less
+    assert all(len(p) == 2 for p in picks)
+    bound = 4 + 3  # max_wait_rounds + ceil(6 / 2)
+    for d in keys:
+        rounds_with = [i for i, p in enumerate(picks) if d in p]
+        gaps = [b - a for a, b in zip([-1, *rounds_with], [*rounds_with, len(picks)], strict=True)]
+        assert max(gaps) <= bound, (d, gaps)
+    counts = Counter(d for p in picks for d in p)
+    assert counts["edge_5"] < min(counts[d] for d in keys if d != "edge_5")
+    gen.close()
+
+
+def test_rounds_selector_uniform_is_the_default(harness: Harness) -> None:
+    assert harness.state.config.rounds.selector == "uniform" and harness.state.orchestrator.select is None

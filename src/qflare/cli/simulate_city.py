@@ -2,9 +2,10 @@
 
 - ``--device-profiles FILE`` or ``--slow-fraction/--slowdown/--dropout/--network-delay/--duty-cycle``:
   the real HTTP simulation with simulated device behaviour (:mod:`qflare.sim.realistic`).
-- ``--mode async --buffer K``: asynchronous FedBuff. The HTTP server serves synchronous rounds only, so
-  this runs the in-process virtual-clock simulation (:mod:`qflare.sim.timed`) and says so.
-- ``--personalize finetune|fedper|ditto``: the in-process personalised run (:mod:`qflare.fl.personalize`).
+- ``--mode async --buffer K``: asynchronous FedBuff, over HTTP (``rounds.mode: async``); with
+  ``--in-process`` the virtual-clock simulation (:mod:`qflare.sim.timed`) instead.
+- ``--personalize finetune|fedper|ditto``: over HTTP every device reports its own held-out metric; with
+  ``--in-process`` the in-process personalised run (:mod:`qflare.fl.personalize`).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def run_async_inprocess(*, task: str, clients: int, partition: str | None, alpha
 
 
 def run_personalize_inprocess(*, task: str, clients: int, rounds: int, partition: str | None, alpha: float,
-                              seed: int, method: str) -> dict[str, Any]:
+                              seed: int, method: str, finetune_epochs: int | None = None) -> dict[str, Any]:
     from qflare.fl.personalize import run_personalized
 
-    s = run_personalized(task, clients, rounds, method=method, partition=partition, alpha=alpha, seed=seed).summary()
+    s = run_personalized(task, clients, rounds, method=method, partition=partition, alpha=alpha, seed=seed,
+                         finetune_epochs=finetune_epochs).summary()
     return {"transport": "in-process", "task": task, "clients": clients, "rounds": rounds, **s}

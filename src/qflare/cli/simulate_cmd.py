@@ -97,11 +97,19 @@ def simulate(
     network_delay: Annotated[float, typer.Option(min=0.0, help="seconds added to each upload")] = 0.0,
     duty_cycle: Annotated[float, typer.Option(min=0.01, max=1.0, help="share of each minute a device is online")
                           ] = 1.0,
-    mode: Annotated[str, typer.Option(help="sync | async (async: in-process FedBuff on a virtual clock)")] = "sync",
+    mode: Annotated[str, typer.Option(help="sync | async (rounds.mode; async: FedBuff over HTTP, --rounds models "
+                                      "of --buffer updates each)")] = "sync",
     buffer: Annotated[int, typer.Option(min=1, help="async: updates per published model")] = 10,
     max_staleness: Annotated[int, typer.Option(min=0, help="async: refuse updates older than this")] = 10,
-    target_accuracy: Annotated[float | None, typer.Option(help="async: report time_to_target_seconds")] = None,
-    personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto (in-process)")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(
+        help="report time_to_target_seconds: accuracy reached (or, for traffic/pollution, MAE at most this)")] = None,
+    personalize: Annotated[str | None, typer.Option(help="finetune | fedper | ditto")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(
+        min=1, help="--personalize finetune: local epochs of fine-tuning (default: the task's)")] = None,
+    selector: Annotated[str, typer.Option(help="rounds.selector: uniform | adaptive (sync rounds)")] = "uniform",
+    in_process: Annotated[bool, typer.Option(
+        "--in-process", help="--mode async / --personalize: the in-process run instead of HTTP (async on a "
+                             "virtual clock: what benchmarks/learning_figures.py measures)")] = False,
     he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS) inside "
                                     "the envelopes, the server sums ciphertexts blind over HTTP (FedAvg, enclave "
                                     "none; docs/privacy.md)")] = "none",
@@ -126,6 +134,7 @@ def simulate(
     from qflare.cli.simulate_city import build_profiles, run_async_inprocess, run_personalize_inprocess
 
     _choice("--mode", mode, ("sync", "async"))
+    _choice("--selector", selector, ("uniform", "adaptive"))
     _choice("--he", he, ("none", "ckks"))
     if he == "ckks":
         check_he_options(dp=dp, attack=attack, attackers=attackers, aggregator=aggregator, mode=mode,
@@ -152,9 +161,8 @@ def simulate(
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     train = TrainConfig.model_validate({**t.default_train_config().model_dump(), **overrides,
                                         **({"dp": local_dp} if local_dp else {})})
-    if local_dp and (mode == "async" or personalize is not None):
-        raise ConfigError("--dp local: served by the synchronous HTTP run only (not --mode async / --personalize)",
-                          reason="bad_option")
+    if local_dp and in_process and (mode == "async" or personalize is not None):
+        raise ConfigError("--dp local: served by the HTTP runs only (not --in-process)", reason="bad_option")
     if train.dp is not None:
         check_local_plan(t, train, clients=clients, partition=partition, alpha=alpha, seed=seed)
     if he == "ckks" and he_inprocess:
@@ -163,15 +171,16 @@ def simulate(
         print(json.dumps(run_he_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
                                           alpha=alpha, seed=seed, train=train), sort_keys=True))
         return
-    if mode == "async" or personalize is not None:
+    if in_process and (mode == "async" or personalize is not None):
         console.print("[bold]QFLARE simulate[/]: in-process run (" + ("async FedBuff, virtual clock" if mode == "async"
-                      else f"personalize {personalize}") + "); the HTTP server serves synchronous rounds only")
+                      else f"personalize {personalize}") + "; --in-process: no HTTP, keys, enclave or ledger)")
         extra = (run_async_inprocess(task=task, clients=clients, partition=partition, alpha=alpha, seed=seed,
                                      profiles=profiles, buffer=buffer, max_staleness=max_staleness,
                                      target=target_accuracy, train=train, max_trainings=rounds * clients)
                  if mode == "async" else
                  run_personalize_inprocess(task=task, clients=clients, rounds=rounds, partition=partition,
-                                           alpha=alpha, seed=seed, method=personalize or ""))
+                                           alpha=alpha, seed=seed, method=personalize or "",
+                                           finetune_epochs=finetune_epochs))
         print(json.dumps(extra, sort_keys=True))
         return
     sim = SimulationConfig(
@@ -191,6 +200,8 @@ def simulate(
         csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
         long_poll_seconds=long_poll,
+        mode=mode, buffer=buffer, max_staleness=max_staleness, selector=selector, target=target_accuracy,
+        personalize=personalize, personalize_epochs=finetune_epochs,
     )
     from qflare.sim.runner import check_partition
 
@@ -201,6 +212,7 @@ def simulate(
         + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={sim.enclave}"
         + f" aggregator={sim.aggregator}" + (f" dp={dp}" if dp != "none" else "")
         + (" he=ckks (devices encrypt; the host sums ciphertexts, enclave none)" if he == "ckks" else "")
+        + (f" mode=async buffer={buffer} max_staleness={max_staleness}" if mode == "async" else "")
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),
@@ -221,7 +233,8 @@ def simulate(
             progress.update(overall, completed=status["rounds_completed"], info=shown)
             rnd = status.get("current_round")
             if rnd is not None:
-                progress.update(current, description=f"round {rnd['round_id']}", total=len(rnd["selected"]),
+                progress.update(current, description=f"{'buffer' if mode == 'async' else 'round'} {rnd['round_id']}",
+                                total=buffer if mode == "async" else len(rnd["selected"]),
                                 completed=status["current_round_updates"],
                                 info=f"updates accepted {status['accepted_updates']}, "
                                 f"rejected {status['rejected_updates']}")
@@ -453,8 +466,10 @@ a CSV imports no torch; ``tests/test_simulate_csv.py`` checks they agree)."""
 
 def _print_summary(summary: dict[str, Any], metric: str) -> None:
     table = Table(title="QFLARE run summary", show_header=False)
-    for key in ("task", "clients", "rounds_completed", f"final_{metric}", f"baseline_{metric}", "wall_seconds",
-                "accepted_updates", "rejected_updates", "run_dir"):
+    for key in ("task", "clients", "mode", "rounds_completed", f"final_{metric}", f"baseline_{metric}",
+                "time_to_target_seconds", "personalize", f"personalized_{metric}_mean",
+                f"personalized_{metric}_worst_decile", f"global_{metric}_mean", f"global_{metric}_worst_decile",
+                "wall_seconds", "accepted_updates", "rejected_updates", "run_dir"):
         if key in summary and summary[key] is not None:
             val = summary[key]
             shown = (f"{val:.1f} s" if key == "wall_seconds" else f"{val:.4f}") if isinstance(val, float) else str(val)

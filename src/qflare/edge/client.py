@@ -233,5 +233,12 @@ class DeviceClient:
             raise e.InvalidInput(f"model v{version} does not match its announced SHA-256", reason="model_hash")
         return blob
 
-    def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]:
-        return self._call_json(f"/v1/device/rounds/{round_id}/update", blob, round_id)
+    def report_metrics(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Report this device's held-out metrics (personalised FL), signed like every request."""
+        return self._call_json("/v1/device/metrics", json.dumps(report, separators=(",", ":")).encode())
+
+    def upload_update(self, round_id: int, blob: bytes, base_version: int | None = None) -> dict[str, Any]:
+        """Upload an update; ``base_version`` (async rounds) is the model version it was trained on, signed
+        as part of the request target."""
+        query = "" if base_version is None else f"?base_version={int(base_version)}"
+        return self._call_json(f"/v1/device/rounds/{round_id}/update{query}", blob, round_id)

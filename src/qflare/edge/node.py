@@ -34,6 +34,8 @@ from qflare.errors import (
     PermissionDenied,
     QFlareError,
     QKDError,
+    RoundClosed,
+    UpdateRejected,
 )
 from qflare.fl.he import is_ckks_blob
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
@@ -55,7 +57,9 @@ class Client(Protocol):
 
     def download_model(self, version: int, expected_sha256: str) -> bytes: ...
 
-    def upload_update(self, round_id: int, blob: bytes) -> dict[str, Any]: ...
+    def upload_update(self, round_id: int, blob: bytes, base_version: int | None = None) -> dict[str, Any]: ...
+
+    def report_metrics(self, report: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -117,6 +121,7 @@ class EdgeNode:
             d.partition_index, d.num_partitions, partition=d.partition, alpha=d.alpha, seed=d.seed,
             csv_path=d.csv.source(d.csv_path) if d.csv_path else None,
         )
+        self.personalizer = self._personalizer(config)
         self.model = self.task.build_model()
         self.spec = ModelSpec.from_model(self.model)
         self._rng = random.Random(config.device_id)
@@ -127,6 +132,45 @@ class EdgeNode:
         # CKKS (docs/privacy.md): the operator's secret context; updates leave encrypted, the aggregate is decrypted.
         self.he_context = he_context
         self._costs: dict[str, Any] = {}  # this round's bytes on the wire and times (cost_log)
+        # Async rounds: (task, base arrays) of the last training, to rebase a stale update before it is sent.
+        self._trained_on: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._last_upload: bytes | None = None  # the bytes last sent (a rebased update differs from the trained one)
+        self._last_train_config: TrainConfig | None = None
+
+    def _personalizer(self, config: DeviceConfig) -> Any:
+        """``DeviceConfig.personalize``: hold out part of the device's own data and personalise on the rest."""
+        p = config.personalize
+        if p is None:
+            return None
+        from qflare.fl.personalize import DevicePersonalizer, device_split
+
+        d = config.data
+        if d.csv_path or config.local_dp is not None:
+            raise ConfigError("personalize: not with a CSV data source or local DP (held-out split and Ditto's "
+                              "second training are not defined for them)", reason="invalid_config")
+        self.dataset, held = device_split(self.task, d.partition_index, d.num_partitions, partition=d.partition,
+                                          alpha=d.alpha, seed=d.seed)
+        self._reported = False
+        return DevicePersonalizer(self.task, p.method, self.dataset, held, epochs=p.epochs,
+                                  ditto_lambda=p.ditto_lambda)
+
+    def report_personalized(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Once the run is done: evaluate the final global and the personalised model on this device's
+        held-out data and report both (signed, ``POST /v1/device/metrics``). Once per run."""
+        if self.personalizer is None or self._reported or task.get("model_version") is None:
+            return None
+        blob = self.client.download_model(int(task["model_version"]), str(task["model_sha256"]))
+        self.verify_model(task, blob)
+        final, _ = load_arrays(blob, self.spec)
+        tc = self._last_train_config or self.task.default_train_config()
+        global_metric, personal = self.personalizer.evaluate(self.model, final, tc, self._rng.randrange(2**31))
+        report = {"method": self.personalizer.method, "metric": self.task.metric, "global": global_metric,
+                  "personalized": personal, "num_examples": len(self.personalizer.held_out)}
+        answer = self.client.report_metrics(report)
+        self._reported = True
+        log.info("%s: held-out %s of the global model %.4g, personalised (%s) %.4g: reported",
+                 self.config.device_id, self.task.metric, global_metric, self.personalizer.method, personal)
+        return answer
 
     def _simulation_poisoner(self, config: DeviceConfig) -> Any:
         """DANGER: ``simulation_attack`` turns this device into a poisoner; refused without QFLARE_SIMULATION=1."""
@@ -263,7 +307,9 @@ class EdgeNode:
         arrays = self._load_global(blob)
         self._costs["decode_seconds"] = time.perf_counter() - started
         self._costs["encrypted_model"] = is_ckks_blob(blob)
-        set_arrays(self.model, arrays)
+        set_arrays(self.model, self.personalizer.start(arrays) if self.personalizer is not None else arrays)
+        self._last_train_config = tc
+        self._trained_on = (task, arrays) if task.get("mode") == "async" else None
         if self.config.cost_log:
             # The device evaluates the global model it decrypted (the server cannot, under CKKS) on its own data.
             metric = self.task.metric
@@ -286,6 +332,8 @@ class EdgeNode:
                         result.num_steps)
         self._costs["train_seconds"] = time.perf_counter() - started
         update, num_examples = get_arrays(self.model), result.num_examples
+        if self.personalizer is not None:
+            update = self.personalizer.after_training(self.model, update, arrays, tc, seed)
         if self.poisoner is not None:
             update, num_examples = self._poison(update, num_examples, arrays, tc, seed)
         meta = {
@@ -332,8 +380,58 @@ class EdgeNode:
                 f"{what}_bytes_received": int(getattr(self.client, "bytes_received", 0)) - received}
 
     UPLOAD_ATTEMPTS = 5
+    REBASE_ATTEMPTS = 3
 
     def _send_update(self, round_id: int, update: bytes) -> dict[str, Any] | None:
+        """Upload ``update`` (in async rounds rebased onto the open buffer first: :meth:`_rebase`)."""
+        if self._trained_on is None or int(self._trained_on[0]["round_id"]) != round_id:
+            self._last_upload = update
+            return self._upload(round_id, update)
+        task, _ = self._trained_on
+        for attempt in range(1, self.REBASE_ATTEMPTS + 1):
+            target, sent = self._rebase(round_id, update)
+            self._last_upload = sent
+            try:
+                return self._upload(target, sent, base_version=int(task["model_version"]))
+            except RoundClosed:
+                # The buffer filled while this update was on its way: rebase onto the next one.
+                if attempt == self.REBASE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rebase(self, round_id: int, update: bytes) -> tuple[int, bytes]:
+        """Async rounds (FedBuff): ``(buffer, update)`` to send for an update trained in ``round_id``.
+
+        If the server has moved on to a newer buffer (model version ``v'``), the update's step from its base
+        ``b`` is moved onto ``v'`` and weighted by its staleness ``s = v' - b``:
+        ``model[v'] + (1 + s) ** -a * (update - model[b])``. The new base is verified as any task's is; the
+        upload names ``b`` (``?base_version=``), so the server checks ``s`` against ``max_staleness``.
+        """
+        assert self._trained_on is not None
+        trained_task, base = self._trained_on
+        now = self.client.task()
+        if now.get("status") != "train" or int(now["round_id"]) == round_id:
+            return round_id, update  # still the same buffer (or none open: the server answers the upload)
+        version, latest = int(trained_task["model_version"]), int(now["model_version"])
+        staleness = latest - version
+        limit = now.get("max_staleness")
+        if limit is not None and staleness > int(limit):
+            raise UpdateRejected(f"trained on model version {version}, {staleness} versions behind {latest} "
+                                 f"(max_staleness {limit}): not sent", reason="too_stale")
+        self.verify_task(now)
+        blob = self.client.download_model(latest, str(now["model_sha256"]))
+        self.verify_model(now, blob)
+        current, _ = load_arrays(blob, self.spec)
+        arrays, meta = load_arrays(update, self.spec)
+        weight = (1.0 + staleness) ** -float(now.get("staleness_exponent") or 0.0)
+        rebased = {k: (current[k] + weight * (arrays[k] - base[k])).astype(arrays[k].dtype) for k in arrays}
+        target = int(now["round_id"])
+        meta["round_id"] = str(target)
+        log.info("%s: update trained on version %d rebased onto version %d (buffer %d, staleness %d, weight %.3f)",
+                 self.config.device_id, version, latest, target, staleness, weight)
+        return target, dump_arrays(rebased, meta)
+
+    def _upload(self, round_id: int, update: bytes, base_version: int | None = None) -> dict[str, Any] | None:
         """Upload ``update``; after a 5xx re-send it (a fresh envelope each time, docs/protocol.md 13.3).
 
         A 5xx can come after the server durably accepted the update (the enclave died while sealing
@@ -344,7 +442,9 @@ class EdgeNode:
         delay = rc.initial_seconds
         for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
             try:
-                return self.client.upload_update(round_id, update)
+                if base_version is None:
+                    return self.client.upload_update(round_id, update)
+                return self.client.upload_update(round_id, update, base_version=base_version)
             except ServerUnavailable as exc:
                 if attempt == self.UPLOAD_ATTEMPTS:
                     raise
@@ -405,6 +505,7 @@ class EdgeNode:
                 return "done"  # the local privacy budget is spent: this device takes no further part
             try:
                 sent, received, started = self._wire()
+                self._last_upload = None
                 receipt = self._send_update(round_id, update)
                 if self.config.cost_log:
                     self._costs["upload_seconds"] = time.perf_counter() - started
@@ -413,8 +514,9 @@ class EdgeNode:
                              json.dumps(self._costs, sort_keys=True))
                 self.stats.uploads_accepted += 1
                 if self.auditor is not None and receipt is not None:
+                    uploaded = self._last_upload if self._last_upload is not None else update
                     self.auditor.expect(receipt, device_id=self.config.device_id,
-                                        update_sha256=hashlib.sha256(update).hexdigest())
+                                        update_sha256=hashlib.sha256(uploaded).hexdigest())
                 log.info("%s: round %d update accepted%s", self.config.device_id, round_id,
                          "" if receipt is not None else " (duplicate_update after an unanswered attempt)")
             except (Conflict, NotFound, InvalidInput) as exc:
@@ -427,6 +529,13 @@ class EdgeNode:
             self.stats.rounds_trained += 1
         else:
             audited()
+        if status == "done" and self.personalizer is not None:
+            try:
+                self.report_personalized(task)
+            except QFlareError as exc:  # the run is over either way: say why the report is missing
+                log.warning("%s: personalised metrics not reported (%s): %s", self.config.device_id, exc.reason,
+                            exc.message)
+                self._reported = True
         if status == "wait":
             reason = task.get("reason")
             if reason and reason != self._waiting_for:

@@ -28,13 +28,15 @@ from torch.utils.data import Dataset, TensorDataset
 
 from qflare.errors import ConfigError
 from qflare.fl.aggregate import fedavg
+from qflare.fl.models import TaskModel
+from qflare.fl.per_device import summarize
 from qflare.fl.simulation import client_seed
 from qflare.fl.tasks import Task, get_task
 from qflare.fl.train import TrainConfig, get_arrays, set_arrays, train_local
 from qflare.types import NDArrays
 
-__all__ = ["METHODS", "PersonalizedResult", "device_split", "local_only", "personal_layers", "run_personalized",
-           "summarize"]
+__all__ = ["METHODS", "DevicePersonalizer", "PersonalizedResult", "device_split", "local_only", "personal_layers",
+           "run_personalized", "summarize"]
 
 METHODS = ("finetune", "fedper", "ditto")
 
@@ -88,13 +90,6 @@ class PersonalizedResult:
             "per_device": [{"device": k, "global": g, "personalized": p} for k, (g, p)
                            in enumerate(zip(self.global_per_device, self.personalized_per_device, strict=True))],
         }
-
-
-def summarize(metric: str, prefix: str, values: list[float]) -> dict[str, float]:
-    """``{prefix}_{metric}_mean`` and ``{prefix}_{metric}_worst_decile`` of per-device values."""
-    arr = np.asarray(values, dtype=np.float64)
-    worst = np.percentile(arr, 10 if metric == "accuracy" else 90)
-    return {f"{prefix}_{metric}_mean": float(arr.mean()), f"{prefix}_{metric}_worst_decile": float(worst)}
 
 
 def _ditto_loss(model: torch.nn.Module, anchor: list[torch.Tensor], lam: float,
@@ -186,3 +181,61 @@ def local_only(task: Task | str, clients: int, epochs: int, *, partition: str | 
         train_local(model, train, **kw, seed=client_seed(seed, 0, k))
         out.append(task.evaluate(model, held)[task.metric])
     return out
+
+
+class DevicePersonalizer:
+    """One device's side of personalised FL over HTTP (the edge node's, ``DeviceConfig.personalize``).
+
+    The same three methods as :func:`run_personalized`, on one device: ``finetune`` changes nothing
+    during the rounds and fine-tunes the final global model; ``fedper`` trains from the global model with
+    its own personal layers, and its upload carries the global model's values for them (a zero step: the
+    personal layers never leave the device); ``ditto`` trains, after each round's regular local training,
+    its personal model towards that round's global model. :meth:`evaluate` gives the held-out metric of
+    the final global model and of the personalised one.
+    """
+
+    def __init__(self, task: Task, method: str, train: Dataset[Any], held_out: Dataset[Any], *,
+                 epochs: int | None = None, ditto_lambda: float = 0.1) -> None:
+        if method not in METHODS:
+            raise ConfigError(f"personalize: {method!r} is not one of {', '.join(METHODS)}", reason="bad_option")
+        self.task, self.method, self.train, self.held_out = task, method, train, held_out
+        self.epochs, self.ditto_lambda = epochs, ditto_lambda
+        self.personal: NDArrays | None = None  # fedper: the trained personal layers; ditto: the personal model
+
+    def start(self, global_arrays: NDArrays) -> NDArrays:
+        """What local training starts from this round."""
+        if self.method != "fedper" or self.personal is None:
+            return global_arrays
+        return {n: self.personal.get(n, a) for n, a in global_arrays.items()}
+
+    def after_training(self, model: TaskModel, trained: NDArrays, global_arrays: NDArrays,
+                       tc: TrainConfig, seed: int) -> NDArrays:
+        """The arrays to upload (``trained`` but for FedPer's personal layers); Ditto trains its personal model."""
+        if self.method == "fedper":
+            own = personal_layers(trained)
+            self.personal = {n: trained[n].copy() for n in own}
+            return {n: (global_arrays[n] if n in own else a) for n, a in trained.items()}
+        if self.method == "ditto":
+            set_arrays(model, self.personal if self.personal is not None else global_arrays)
+            anchor = [torch.from_numpy(global_arrays[n].copy()) for n in global_arrays]
+            train_local(model, self.train, **tc.as_kwargs(), seed=seed + 1,
+                        loss_fn=_ditto_loss(model, anchor, self.ditto_lambda, model.loss))
+            self.personal = get_arrays(model)
+            set_arrays(model, trained)
+        return trained
+
+    def evaluate(self, model: TaskModel, final: NDArrays, tc: TrainConfig, seed: int) -> tuple[float, float]:
+        """``(global, personalised)`` held-out metric of this device (``model`` is overwritten)."""
+        metric = self.task.metric
+        set_arrays(model, final)
+        global_metric = float(self.task.evaluate(model, self.held_out)[metric])
+        if self.method == "finetune":
+            kw = tc.as_kwargs()
+            if self.epochs is not None:
+                kw["epochs"] = self.epochs
+            train_local(model, self.train, **kw, seed=seed)
+        elif self.method == "fedper":
+            set_arrays(model, self.start(final))
+        else:
+            set_arrays(model, self.personal if self.personal is not None else final)
+        return global_metric, float(self.task.evaluate(model, self.held_out)[metric])

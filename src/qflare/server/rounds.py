@@ -7,6 +7,7 @@ aggregate) is rebuilt from stored updates on start-up, so a restart mid-round lo
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import random
 import threading
@@ -26,6 +27,7 @@ from qflare.errors import (
     PermissionDenied,
     QFlareError,
     RoundClosed,
+    UpdateRejected,
 )
 from qflare.fl.port import AggregationBackend, UpdateInput, ValidatedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
@@ -66,6 +68,20 @@ class Assignment:
     model_signature: str | None = None  # base64, by the enclave, over the base model (versions >= 1)
     model_round_id: int | None = None  # the round that produced the base model (what its signature names)
     reason: str | None = None  # with "wait": what the device waits for, in words (logged by the edge node)
+    # rounds.mode async (FedBuff): the device names the version it trained on in its upload (?base_version=),
+    # and rebases a stale update onto the open buffer's model, its step weighted (1 + staleness) ** -a.
+    mode: Literal["sync", "async"] = "sync"
+    staleness_exponent: float | None = None
+    max_staleness: int | None = None
+
+
+def _parse_version(raw: int | str | None) -> int | None:
+    """A model version from a request's ``?base_version=`` (decimal digits), else ``bad_base_version``."""
+    if raw is None or isinstance(raw, int):
+        return raw
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        raise InvalidInput("base_version must be a model version (a non-negative integer)", reason="bad_base_version")
+    return int(raw)
 
 
 def initial_model_blob(task_name: str, seed: int) -> bytes:
@@ -130,6 +146,12 @@ class Orchestrator:
         self._announced: tuple[int, str] | None = None
         # Who takes part in a round: None is uniform sampling; else e.g. selection.AdaptiveSelector().
         self.select: Callable[..., list[str]] | None = None
+        # Async mode: each accepted update's staleness (versions behind the buffer's base), per open buffer.
+        self._staleness: dict[int, dict[str, int]] = {}
+        if config.rounds.selector == "adaptive":
+            from qflare.server.selection import AdaptiveSelector
+
+            self.select = AdaptiveSelector(max_wait_rounds=config.rounds.max_wait_rounds)
         task = get_task(config.task)
         self.metric: str = task.metric
         self.spec: ModelSpec = ModelSpec.from_model(task.build_model())
@@ -170,10 +192,26 @@ class Orchestrator:
         log.info("resumed round %d with %d accepted updates", rnd.round_id, count)
         # A crash between a round's last accepted update and its close leaves a round that only the
         # deadline would close: close it now when the updates already stored suffice.
-        rc = self.config.rounds
-        if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
-            self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+        why = self._full(rnd, count)
+        if why is not None:
+            self._aggregate(rnd, reason=why)
             self._maybe_open_round()
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.config.rounds.mode == "async"
+
+    def _full(self, rnd: RoundRecord, count: int) -> str | None:
+        """Why ``rnd`` closes now with ``count`` updates (``None``: it stays open).
+
+        Sync: every selected device reported, or the quorum with ``close_on_quorum``. Async: the buffer
+        holds ``rounds.buffer`` updates (FedBuff's K)."""
+        rc = self.config.rounds
+        if self.asynchronous:
+            return "buffer_full" if count >= rc.buffer else None
+        if count >= len(rnd.selected):
+            return "all_reported"
+        return "quorum" if rc.close_on_quorum and count >= rc.min_quorum else None
 
     # -- queries ---------------------------------------------------------------------------------
     def current_round(self) -> RoundRecord | None:
@@ -197,9 +235,18 @@ class Orchestrator:
     def _assignment_for(self, device_id: str) -> Assignment:
         rc = self.config.rounds
         if self.finished():
-            return Assignment(status="done", retry_after=0)
+            # The final model, for a device that personalises it (and reports its own metric) before it stops.
+            final = self.repo.latest_model()
+            if final is None:
+                return Assignment(status="done", retry_after=0)
+            return Assignment(status="done", retry_after=0, model_version=final.version, model_sha256=final.sha256,
+                              model_signature=base64.b64encode(final.signature).decode() if final.signature else None,
+                              model_round_id=final.round_id)
         rnd = self.current_round()
-        if rnd is None or device_id not in rnd.selected or self.repo.has_update(rnd.round_id, device_id):
+        # Async: any enrolled device may contribute once to the open buffer (FedBuff: devices train when
+        # they can); selection applies to sync rounds.
+        chosen = rnd is not None and (self.asynchronous or device_id in rnd.selected)
+        if rnd is None or not chosen or self.repo.has_update(rnd.round_id, device_id):
             return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),
                               reason=self._wait_reason(device_id, rnd))
         model = self.repo.get_model(rnd.base_version)
@@ -216,6 +263,9 @@ class Orchestrator:
             task_signature=self._task_signature(rnd, model.sha256),
             model_signature=base64.b64encode(model.signature).decode() if model.signature else None,
             model_round_id=model.round_id,
+            mode=rc.mode,
+            staleness_exponent=rc.staleness_exponent if self.asynchronous else None,
+            max_staleness=rc.max_staleness if self.asynchronous else None,
         )
 
     def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
@@ -226,8 +276,10 @@ class Orchestrator:
                 return (f"waiting for {rc.min_devices} active devices before round {self.repo.last_round_id() + 1}"
                         f" opens ({active} of {rc.min_devices} active)")
             return "waiting for the next round to open"
-        if device_id not in rnd.selected:
+        if device_id not in rnd.selected and not self.asynchronous:
             return f"not selected for round {rnd.round_id}; waiting for the next round"
+        if self.asynchronous:
+            return f"update for buffer {rnd.round_id} received; waiting for the next model version"
         return f"update for round {rnd.round_id} received; waiting for the round to close"
 
     def _task_signature(self, rnd: RoundRecord, model_sha256: str) -> str | None:
@@ -239,9 +291,14 @@ class Orchestrator:
 
     # -- updates ---------------------------------------------------------------------------------
     def submit_update(
-        self, device_id: str, round_id: int, update: UpdateInput, *, provenance: str = ""
+        self, device_id: str, round_id: int, update: UpdateInput, *, provenance: str = "",
+        base_version: int | str | None = None,
     ) -> UpdateRecord:
-        """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal."""
+        """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal.
+
+        ``base_version``: the model version the device trained on (the signed ``?base_version=`` of its
+        upload). Required in async mode, where it decides the update's staleness; in sync mode, if given,
+        it must be the round's base version."""
         rnd = self.repo.get_round(round_id)
         if rnd is None:
             raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
@@ -249,7 +306,9 @@ class Orchestrator:
             raise RoundClosed(f"round {round_id} is closed ({rnd.status})")
         if self.clock() > rnd.deadline_at:
             raise RoundClosed(f"round {round_id} passed its deadline", reason="deadline_passed")
-        if device_id not in rnd.selected:
+        base_version = _parse_version(base_version)
+        staleness = self._check_base_version(rnd, base_version)
+        if device_id not in rnd.selected and not self.asynchronous:
             raise PermissionDenied(f"device {device_id!r} is not selected for round {round_id}", reason="not_selected")
         if self.repo.has_update(round_id, device_id):
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
@@ -272,19 +331,46 @@ class Orchestrator:
             self.reputation.strike(device_id, round_id, "refused num_examples_above_cap")
             raise InvalidInput(f"the update claims {validated.num_examples} examples; device {device_id!r} is "
                                f"enrolled for at most {cap}", reason="num_examples_above_cap")
+        if staleness is not None:
+            provenance = f"base_version={base_version} staleness={staleness} {provenance}".strip()
         with self._lock:
             self._update_seconds[round_id] = self._update_seconds.get(round_id, 0.0) + time.perf_counter() - started
             self._raise_if_closed(round_id)
             record = self._accept(device_id, validated, provenance)
+            if staleness is not None:
+                self._staleness.setdefault(round_id, {})[device_id] = staleness
             crash_point("after_commit")  # crash tests only (server/faults.py)
-            count = self._counts[round_id]
-            rc = self.config.rounds
-            full = count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum)
+            why = self._full(rnd, self._counts[round_id])
             # A follower leaves closing to the owner, whose next tick counts this update from the database.
-            if full and self._owner and self.lease.held():
-                self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+            if why is not None and self._owner and self.lease.held():
+                self._aggregate(rnd, reason=why)
                 self._maybe_open_round()
         return record
+
+    def _check_base_version(self, rnd: RoundRecord, base_version: int | None) -> int | None:
+        """The staleness of an update computed on ``base_version`` for ``rnd`` (async), or raise.
+
+        Sync: ``None`` (a given base version must be the round's). Async: ``rnd.base_version - base_version``;
+        refused, before anything is stored, when the version never existed (``unknown_model_version``) or
+        is more than ``rounds.max_staleness`` versions old (``too_stale``)."""
+        if not self.asynchronous:
+            if base_version is not None and base_version != rnd.base_version:
+                raise InvalidInput(f"round {rnd.round_id} trains on model version {rnd.base_version}, not "
+                                   f"{base_version}", reason="base_version_mismatch")
+            return None
+        if base_version is None:
+            raise InvalidInput("async rounds: the upload must name the model version it was trained on "
+                               "(?base_version=)", reason="base_version_required")
+        if base_version < 0 or base_version > rnd.base_version or self.repo.get_model(base_version) is None:
+            raise NotFound(f"model version {base_version} never existed (buffer {rnd.round_id} builds on version "
+                           f"{rnd.base_version})", reason="unknown_model_version")
+        staleness = rnd.base_version - base_version
+        limit = self.config.rounds.max_staleness
+        if staleness > limit:
+            raise UpdateRejected(f"the update was computed on model version {base_version}, {staleness} versions "
+                                 f"behind version {rnd.base_version} (rounds.max_staleness {limit})",
+                                 reason="too_stale")
+        return staleness
 
     def _raise_if_closed(self, round_id: int) -> None:
         rnd = self.repo.get_round(round_id)
@@ -363,8 +449,9 @@ class Orchestrator:
                 self._sync(rnd)
                 count = self._counts.get(rnd.round_id, 0)
                 rc = self.config.rounds
-                if count >= len(rnd.selected) or (rc.close_on_quorum and count >= rc.min_quorum):
-                    self._aggregate(rnd, reason="all_reported" if count >= len(rnd.selected) else "quorum")
+                why = self._full(rnd, count)
+                if why is not None:
+                    self._aggregate(rnd, reason=why)
                 elif self.clock() >= rnd.deadline_at:
                     if count >= rc.min_quorum:
                         self._aggregate(rnd, reason="deadline")
@@ -411,6 +498,7 @@ class Orchestrator:
             self._counts.pop(round_id, None)
             self._task_signatures.pop(round_id, None)
             self._update_seconds.pop(round_id, None)
+            self._staleness.pop(round_id, None)
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
@@ -422,7 +510,9 @@ class Orchestrator:
             return
         round_id = self.repo.last_round_id() + 1
         k = max(rc.min_quorum, min(len(active), round(rc.fraction * len(active)) or 1))
-        if self.select is not None:  # qflare.server.selection.AdaptiveSelector
+        if self.asynchronous:  # a buffer is open to every device; its record names those active at opening
+            k, selected = len(active), sorted(active)
+        elif self.select is not None:  # qflare.server.selection.AdaptiveSelector
             selected = self.select(self.repo, active, k, round_id=round_id, seed=f"{rc.seed}:{round_id}")
         else:
             rng = random.Random(f"{rc.seed}:{round_id}")
@@ -497,6 +587,10 @@ class Orchestrator:
             metrics.update(self.evaluator.evaluate(blob))
         if self.privacy is not None:
             metrics["privacy"] = self.privacy.spend(self.config.rounds.fraction).as_dict()
+        stale = list(self._staleness.pop(rnd.round_id, {}).values())
+        if self.asynchronous and stale:  # of the updates this process accepted (not those replayed after a restart)
+            metrics["staleness_mean"] = sum(stale) / len(stale)
+            metrics["staleness_max"] = max(stale)
         latest = self.repo.latest_model()
         version = (latest.version if latest is not None else 0) + 1
         ledger_entries = (
@@ -558,11 +652,21 @@ class Orchestrator:
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         self._update_seconds.pop(rnd.round_id, None)
+        self._staleness.pop(rnd.round_id, None)
         if self.ledger is not None:
             self.ledger.drain(self.repo)
             self.ledger.checkpoint()
         self.changed.notify()
         log.warning("round %d failed: %s%s", rnd.round_id, reason, f" ({detail})" if detail else "")
+
+    def report_metrics(self, device_id: str, payload: bytes) -> dict[str, Any]:
+        """Record a device's signed report of its held-out metric (personalised FL; server/personal.py)."""
+        from qflare.server.personal import EVENT_KIND, parse_report
+
+        report = parse_report(payload, self.metric)
+        self.repo.add_event(EVENT_KIND, now=self.clock(), device_id=device_id,
+                            detail=json.dumps(report, sort_keys=True, separators=(",", ":")))
+        return report
 
     def load_model(self, version: int) -> bytes:
         return self.repo.model_blob(version)

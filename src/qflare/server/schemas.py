@@ -85,6 +85,10 @@ class TaskResponse(_Out):
     reason: str | None = Field(None, description='with "wait": what the device waits for, in words')
     waited: float | None = Field(None, description="with ?wait=: seconds the server held the request (long-poll); "
                                                    "a device that gets a wait answer with it asks again at once")
+    mode: Literal["sync", "async"] = Field("sync", description="rounds.mode; async: upload with ?base_version=")
+    staleness_exponent: float | None = Field(None, description="async: a rebased stale step is weighted "
+                                                               "(1 + staleness) ** -staleness_exponent")
+    max_staleness: int | None = Field(None, description="async: updates more versions behind are refused")
 
 
 class AttestationPublic(_Out):

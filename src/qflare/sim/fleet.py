@@ -13,6 +13,7 @@ Run as ``python -m qflare.sim.fleet [--train-slots N] CONFIG.yaml ...``.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import sys
 import threading
@@ -25,7 +26,7 @@ __all__ = ["run_fleet"]
 log = logging.getLogger("qflare.sim.fleet")
 
 
-def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, results: dict[str, str]) -> None:
+def _run_one(path: Path, gate: FairGate, max_rounds: int | None, results: dict[str, str]) -> None:
     from qflare.config import load_device_config
     from qflare.edge.audit import build_auditor
     from qflare.edge.node import EdgeNode, he_context_for, privacy_state_file
@@ -57,7 +58,32 @@ def _run_one(path: Path, gate: threading.Semaphore, max_rounds: int | None, resu
         log.exception("%s failed", cfg.device_id)
 
 
-def _gated(fn: Callable[[dict[str, Any]], bytes | None], gate: threading.Semaphore
+class FairGate:
+    """A semaphore that admits waiters in arrival order (``threading.Semaphore`` does not: in async rounds,
+    where a device may train again at once, the device that just released a slot re-took it and the
+    others of its process never trained)."""
+
+    def __init__(self, slots: int) -> None:
+        self._cond = threading.Condition()
+        self._free = max(1, slots)
+        self._queue: collections.deque[object] = collections.deque()
+
+    def __enter__(self) -> None:
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is me)
+            self._queue.popleft()
+            self._free -= 1
+            self._cond.notify_all()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+
+def _gated(fn: Callable[[dict[str, Any]], bytes | None], gate: FairGate
            ) -> Callable[[dict[str, Any]], bytes | None]:
     def train(task: dict[str, Any]) -> bytes | None:
         with gate:
@@ -100,7 +126,7 @@ def run_fleet(configs: Sequence[Path], *, train_slots: int = 1, max_rounds: int 
     import torch
 
     torch.set_num_threads(1)  # one core per training slot: the slots, not torch, use the cores
-    gate = threading.Semaphore(max(1, train_slots))
+    gate = FairGate(train_slots)
     results: dict[str, str] = {}
     threads = [threading.Thread(target=_run_one, args=(Path(p), gate, max_rounds, results), name=Path(p).stem,
                                 daemon=True) for p in configs]

@@ -38,6 +38,7 @@ from qflare.config import (
     GlobalConfig,
     HEConfig,
     LedgerConfig,
+    PersonalizeConfig,
     PrivacyConfig,
     QKDConfig,
     RoundsConfig,
@@ -94,6 +95,14 @@ class SimulationConfig:
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
     long_poll_seconds: float = 10.0  # DeviceConfig.long_poll_seconds (0: plain polling every 0.5 s)
     he: str = "none"  # ckks: devices encrypt, the server sums ciphertexts (aggregation.he; enclave none, fedavg)
+    mode: str = "sync"  # rounds.mode; async: FedBuff over HTTP, `rounds` published versions of `buffer` updates
+    buffer: int = 10  # rounds.buffer
+    max_staleness: int = 10  # rounds.max_staleness
+    staleness_exponent: float = 0.5  # rounds.staleness_exponent
+    selector: str = "uniform"  # rounds.selector
+    target: float | None = None  # report time_to_target_seconds (accuracy reached, or an error at most this)
+    personalize: str | None = None  # finetune | fedper | ditto: devices personalise and report their held-out metric
+    personalize_epochs: int | None = None  # finetune: local epochs of fine-tuning (None: the task's)
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -317,8 +326,11 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             key_dir=str((run_dir / "server-keys").resolve()),
         ),
         rounds=RoundsConfig(
-            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients, min_quorum=min(quorum, sim.clients),
-            deadline_seconds=sim.deadline_seconds, seed=sim.seed,
+            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients,
+            min_quorum=min(quorum, sim.clients, sim.buffer if sim.mode == "async" else sim.clients),
+            deadline_seconds=sim.deadline_seconds, seed=sim.seed, mode=sim.mode,  # type: ignore[arg-type]
+            buffer=sim.buffer, max_staleness=sim.max_staleness, staleness_exponent=sim.staleness_exponent,
+            selector=sim.selector,  # type: ignore[arg-type]
         ),
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
@@ -530,6 +542,9 @@ def _run(
             extra["cost_log"] = True
             if sim.he == "ckks":
                 extra["he_context_file"] = str(he_files(run_dir)[0].resolve())
+            if sim.personalize is not None:
+                extra["personalize"] = PersonalizeConfig(method=sim.personalize,  # type: ignore[arg-type]
+                                                         epochs=sim.personalize_epochs)
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
         n_proc = edge_processes(len(devices), sim.devices_per_process)
         if n_proc >= len(devices):
@@ -544,6 +559,7 @@ def _run(
         if campaign is not None:
             attacks = campaign.stop()
             status = fed.status()
+        personal = _wait_personalized(fed, sim) if sim.personalize is not None else None
         with fed.admin() as c:
             rounds = c.get("/v1/admin/rounds").json()
         if sim.he == "ckks":
@@ -554,6 +570,9 @@ def _run(
     if costs or sim.he != "none":
         summary["costs"] = costs
         summary["he"] = sim.he
+    if personal is not None:
+        summary.update({k: v for k, v in personal.items() if k != "metric"})
+        summary["personalize"] = sim.personalize
         write_summary(summary, run_dir / "summary.json")
     if malicious:
         summary["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
@@ -619,6 +638,20 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
         time.sleep(0.25)
 
 
+def _wait_personalized(fed: Federation, sim: SimulationConfig, *, timeout: float = 300.0) -> dict[str, Any]:
+    """The devices' personalised-metrics reports, once every device sent one (or every edge exited, or timeout)."""
+    deadline = time.monotonic() + timeout
+    with fed.admin() as c:
+        while True:
+            doc: dict[str, Any] = c.get("/v1/admin/personalization").raise_for_status().json()
+            done = all(p.poll() is not None for p in fed.edges.values())
+            if doc["reports"] >= sim.clients or done or time.monotonic() > deadline:
+                doc["personalized_reports"] = doc.pop("reports")
+                doc.pop("personalize", None)
+                return doc
+            time.sleep(0.5)
+
+
 def _finish(
     sim: SimulationConfig, run_dir: Path, metric: str, rounds: list[dict[str, Any]], status: dict[str, Any],
     wall: float, attacks: dict[str, Any] | None = None,
@@ -648,6 +681,12 @@ def _finish(
     }
     if f"baseline_{metric}" in final:
         summary[f"baseline_{metric}"] = final[f"baseline_{metric}"]
+    summary["mode"] = sim.mode
+    if sim.mode == "async":
+        summary["buffer"], summary["max_staleness"] = sim.buffer, sim.max_staleness
+    if sim.target is not None:
+        summary["target"] = sim.target
+        summary["time_to_target_seconds"] = time_to_target(rounds, metric, sim.target)
     summary["key_source"] = sim.key_source
     summary["enclave"] = sim.enclave
     if attacks is not None:
@@ -662,6 +701,21 @@ def _finish(
         summary["privacy"] = local_privacy_summary(run_dir / "devices")
     write_summary(summary, run_dir / "summary.json")
     return summary
+
+
+def time_to_target(rounds: list[dict[str, Any]], metric: str, target: float) -> float | None:
+    """Seconds from the first round's opening to the close of the first aggregated round whose global
+    ``metric`` reached ``target`` (accuracy at least, an error at most); ``None`` if none did."""
+    if not rounds:
+        return None
+    start = min(float(r["opened_at"]) for r in rounds)
+    for r in sorted(rounds, key=lambda r: r["round_id"]):
+        value = (r.get("metrics") or {}).get(metric)
+        if r["status"] != "aggregated" or not isinstance(value, int | float) or r.get("closed_at") is None:
+            continue
+        if (value >= target) if metric == "accuracy" else (value <= target):
+            return round(float(r["closed_at"]) - start, 2)
+    return None
 
 
 def local_privacy_summary(devices_dir: Path) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -110,3 +112,11 @@ def _status(state: ServerState) -> StatusResponse:
 @router.get("/status", response_model=StatusResponse)
 async def status(state: State, _: Operator) -> StatusResponse:
     return await run_in_threadpool(_status, state)
+
+
+@router.get("/personalization")
+def personalization(state: State, _: Operator) -> dict[str, Any]:
+    """The devices' reported held-out metrics (personalised FL): per device, mean and worst decile."""
+    from qflare.server.personal import personalization_summary
+
+    return {"metric": state.orchestrator.metric, **personalization_summary(state.repo, state.orchestrator.metric)}

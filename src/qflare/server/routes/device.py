@@ -185,12 +185,14 @@ async def model(version: int, call: Device, state: State) -> Response:
 
 @router.post("/rounds/{round_id}/update", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
              summary="Upload an update (sealed JSON: UpdateAccepted)")
-async def upload_update(round_id: int, call: Upload, state: State) -> Response:
+async def upload_update(round_id: int, call: Upload, state: State, request: Request) -> Response:
+    """``?base_version=N`` (in the signed target): the model version the update was trained on (async rounds)."""
     assert isinstance(call.body, PlainUpdate | SealedUpdate)
     rec = await _work(
         state, call,
         functools.partial(state.orchestrator.submit_update, call.device_id, round_id, call.body,
-                          provenance=_provenance(call.envelope)),
+                          provenance=_provenance(call.envelope),
+                          base_version=request.query_params.get("base_version")),
         kind="update_rejected", round_id=round_id,
     )
     leaf = state.ledger.receipt(rec.sha256) if state.ledger is not None else None
@@ -199,3 +201,12 @@ async def upload_update(round_id: int, call: Upload, state: State) -> Response:
                          ledger_leaf_hash=None if leaf is None else leaf[1].hex(),
                          ledger_entry=None if leaf is None else base64.b64encode(leaf[2]).decode())
     return _sealed_json(call, out.model_dump())
+
+
+@router.post("/metrics", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
+             summary="Report the device's held-out metrics (JSON: method, metric, global, personalized, num_examples)")
+async def report_metrics(call: Device, state: State) -> Response:
+    """A personalising device's own held-out metric of the global and of its personalised model (server/personal.py)."""
+    report = await _work(state, call, functools.partial(state.orchestrator.report_metrics, call.device_id,
+                                                        call.payload))
+    return _sealed_json(call, {"device_id": call.device_id, **report})
