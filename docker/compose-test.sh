@@ -87,7 +87,10 @@ links=$(pipcfg find-links)
   echo "default-timeout = 180"
 } >"$PIPCONF"
 if [ -n "$links" ] && [ -d "$links" ]; then
-  for w in "$links"/*.whl; do [ -e "$WHEELS/$(basename "$w")" ] || ln -f "$w" "$WHEELS/" 2>/dev/null || cp "$w" "$WHEELS/"; done
+  for w in "$links"/*.whl; do
+    [ -e "$w" ] || continue   # no wheel there
+    [ -e "$WHEELS/$(basename "$w")" ] || ln -f "$w" "$WHEELS/" 2>/dev/null || cp "$w" "$WHEELS/"
+  done
 fi
 secrets=(--secret id=pip_conf,src="$PIPCONF")
 [ -n "$cert" ] && secrets+=(--secret id=pip_cert,src="$cert")
