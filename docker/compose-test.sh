@@ -157,11 +157,17 @@ wait_round 1
 wait_verified 0 0 0
 say "the witness: $($COMPOSE -p $PROJECT logs --no-color witness | grep -c 'cosigned qflare.local/ledger at size') checkpoints cosigned, last: $($COMPOSE -p $PROJECT logs --no-color witness | grep 'cosigned qflare.local/ledger at size' | tail -1 | sed 's/.*| //')"
 check_hybrid
-before=$(rounds_completed)
-seen="$(verified_size edge_1) $(verified_size edge_2) $(verified_size edge_3)"
-say "killing the server container (SIGKILL) after $before rounds"
+say "killing the server container (SIGKILL) after $(rounds_completed) rounds"
 $COMPOSE -p $PROJECT kill -s SIGKILL server
+# Read once the kill has landed (a Compose command takes seconds here): what the dead server had done.
+seen="$(verified_size edge_1) $(verified_size edge_2) $(verified_size edge_3)"
 $COMPOSE -p $PROJECT up -d --no-build server
+deadline=$(( $(date +%s) + TIMEOUT ))
+until before=$(rounds_completed); [ "$before" -ge 0 ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { say "FAILED: the restarted server did not answer in ${TIMEOUT}s"; exit 1; }
+  sleep 1
+done
+say "the restarted server answers: $before rounds completed"
 wait_round $((before + 1))
 # shellcheck disable=SC2086
 wait_verified $seen
