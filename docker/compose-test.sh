@@ -9,6 +9,8 @@
 #    published file;
 # 5. brings the stack up, waits for round 1, kills and restarts the server container, waits for round 2,
 #    tears everything down. Logs to $LOG (default runs/compose-test.log).
+#    Checked on the way: every accepted update was keyed with hybrid keys (the server's events), the witness
+#    cosigned checkpoints and each edge node verified a cosigned one, before and after the restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -85,7 +87,10 @@ links=$(pipcfg find-links)
   echo "default-timeout = 180"
 } >"$PIPCONF"
 if [ -n "$links" ] && [ -d "$links" ]; then
-  for w in "$links"/*.whl; do [ -e "$WHEELS/$(basename "$w")" ] || ln -f "$w" "$WHEELS/" 2>/dev/null || cp "$w" "$WHEELS/"; done
+  for w in "$links"/*.whl; do
+    [ -e "$w" ] || continue   # no wheel there
+    [ -e "$WHEELS/$(basename "$w")" ] || ln -f "$w" "$WHEELS/" 2>/dev/null || cp "$w" "$WHEELS/"
+  done
 fi
 secrets=(--secret id=pip_conf,src="$PIPCONF")
 [ -n "$cert" ] && secrets+=(--secret id=pip_cert,src="$cert")
@@ -118,15 +123,61 @@ wait_round() {   # wait until the server reports at least $1 completed rounds
     sleep 5
   done
 }
+hybrid_updates() {   # "<accepted updates> <of them keyed hybrid>" from the server's events
+  python3 -c "import json,os,urllib.request as u
+rows=json.load(u.urlopen(u.Request('http://127.0.0.1:8000/v1/admin/events?kind=update_accepted&limit=10000',headers={'Authorization':'Bearer '+os.environ['QFLARE_ADMIN_TOKEN']}),timeout=10))
+print(len(rows), sum('key_source=hybrid key_ids=' in (r['detail'] or '') for r in rows))" 2>/dev/null || echo "-1 -1"
+}
+check_hybrid() {
+  read -r n h <<<"$(hybrid_updates)"
+  [ "$n" -gt 0 ] && [ "$h" = "$n" ] || { say "FAILED: $h of $n accepted updates keyed hybrid"; return 1; }
+  say "accepted updates keyed hybrid (ML-KEM/X-Wing + QKD key from the KME): $h of $n"
+}
+verified_size() {   # the largest witness-cosigned checkpoint edge $1 verified (0: none)
+  $COMPOSE -p $PROJECT logs --no-color "$1" 2>/dev/null \
+    | sed -n 's/.*ledger: verified checkpoint \([0-9]*\) cosigned by .*/\1/p' | sort -n | tail -1 | grep . || echo 0
+}
+wait_verified() {   # wait until edge_1, edge_2, edge_3 each verified a cosigned checkpoint larger than $1, $2, $3
+  local deadline=$(( $(date +%s) + TIMEOUT )) e i sizes
+  while :; do
+    sizes="" i=0 ok=1
+    for e in edge_1 edge_2 edge_3; do
+      i=$((i + 1)); n=$(verified_size $e); sizes="$sizes $e=$n"
+      eval "floor=\${$i:-0}"
+      [ "$n" -gt "$floor" ] || ok=0
+    done
+    [ $ok = 1 ] && { say "checkpoints cosigned by the witness and verified by the edges:$sizes"; return 0; }
+    [ "$(date +%s)" -lt "$deadline" ] || { say "FAILED: no cosigned checkpoint verified by every edge in ${TIMEOUT}s:$sizes"; $COMPOSE -p $PROJECT logs --tail 30 witness edge_1 edge_2 edge_3; return 1; }
+    sleep 5
+  done
+}
 say "compose up"
 $COMPOSE -p $PROJECT up -d --no-build
 wait_round 1
-before=$(rounds_completed)
-say "killing the server container (SIGKILL) after $before rounds"
+wait_verified 0 0 0
+say "the witness: $($COMPOSE -p $PROJECT logs --no-color witness | grep -c 'cosigned qflare.local/ledger at size') checkpoints cosigned, last: $($COMPOSE -p $PROJECT logs --no-color witness | grep 'cosigned qflare.local/ledger at size' | tail -1 | sed 's/.*| //')"
+check_hybrid
+say "killing the server container (SIGKILL) after $(rounds_completed) rounds"
 $COMPOSE -p $PROJECT kill -s SIGKILL server
+# Read once the kill has landed (a Compose command takes seconds here): what the dead server had done.
+seen="$(verified_size edge_1) $(verified_size edge_2) $(verified_size edge_3)"
 $COMPOSE -p $PROJECT up -d --no-build server
+deadline=$(( $(date +%s) + TIMEOUT ))
+until before=$(rounds_completed); [ "$before" -ge 0 ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { say "FAILED: the restarted server did not answer in ${TIMEOUT}s"; exit 1; }
+  sleep 1
+done
+say "the restarted server answers: $before rounds completed"
 wait_round $((before + 1))
+# shellcheck disable=SC2086
+wait_verified $seen
+check_hybrid
 $COMPOSE -p $PROJECT ps
-say "the restarted server's log:"
-$COMPOSE -p $PROJECT logs --no-color --tail 12 server | grep -E "resumed|opened|aggregated|QFLARE server" || true
+for svc in server witness edge_1 edge_2 edge_3; do
+  say "$svc: restarts $($DOCKER inspect -f '{{.RestartCount}}' "$($COMPOSE -p $PROJECT ps -q $svc)")"
+done
+say "the server's starts (the second after the SIGKILL):"
+$COMPOSE -p $PROJECT logs --no-color server | grep -E "QFLARE server:|resumed round|Application startup complete" | cut -c1-160 || true
+say "an edge's log:"
+$COMPOSE -p $PROJECT logs --no-color edge_1 | grep -E "ledger: verified|update accepted" | tail -4 || true
 say "PASSED in $(( $(date +%s) - t0 )) s"

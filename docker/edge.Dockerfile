@@ -12,13 +12,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY docker/*.sh ./docker/
 RUN --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_cert \
     --mount=type=bind,source=docker/wheels,target=/wheels \
     if [ -f /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi \
     && python3 -m venv /opt/venv \
     && pip install --no-cache-dir --find-links /wheels . \
     && useradd --create-home --uid 10001 qflare && mkdir -p /state /config && chown qflare /state
+# after the install, so that a changed entrypoint script does not re-run pip
+COPY docker/*-entrypoint.sh ./docker/
 USER qflare
 
 ENTRYPOINT ["/app/docker/edge-entrypoint.sh"]

@@ -124,3 +124,19 @@ def test_version_prints_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "qflare", "--version"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout == f"qflare {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--key-source", "hybrid"], ["--key-source hybrid", "--kme-url", "--kme-pki"]),
+        (["--key-source", "hybrid", "--kme-url", "https://kme:8443", "--kme-pki", "pki"], ["--kme-pki", "ca.pem"]),
+        (["--witness-key", "w+1+A", "--require-witnesses", "1"], ["--ledger-key"]),
+        (["--ledger-key", "nowhere.pub"], ["--ledger-key", "nowhere.pub"]),
+    ],
+)
+def test_provision_refuses_hybrid_without_sae_certificates_and_witnesses_without_a_log_key(
+        tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    code, lines, imported = run_qflare(tmp_path, "device", "provision", "edge_1", *args)
+    assert_one_line_error(code, lines, *needles)
+    assert not imported and not (tmp_path / "devices").exists()

@@ -301,6 +301,9 @@ class DeviceLedgerConfig(_Strict):
     vkeys: list[str] | None = Field(None, description="or the log's two note verifier keys (Ed25519, ML-DSA-65)")
     require_witnesses: int = Field(0, ge=0, description="cosignatures needed from witness_keys (k of n)")
     witness_keys: list[str] = Field(default_factory=list, description="trusted witness cosignature verifier keys")
+    witness_wait_seconds: float = Field(
+        60.0, ge=0, description="how long the device waits for the log's newest checkpoint to be cosigned "
+                                "(witnesses cosign when they poll) before it refuses it")
     state_file: str | None = Field(None, description="the last verified checkpoint (default: beside the identity key)")
 
     @model_validator(mode="after")

@@ -236,3 +236,34 @@ def test_qflare_witness_run_as_its_own_process_cosigns_the_growing_log(harness: 
             out, _ = proc.communicate(timeout=30)
         assert f"cosigned qflare.local/ledger at size {grown}" in out
         assert "refusing to cosign" not in out
+
+
+def test_a_device_waits_for_the_witness_to_cosign_the_newest_checkpoint_and_refuses_past_its_wait(
+        harness: Harness) -> None:
+    """A checkpoint is uncosigned until the witness polls: the device asks again meanwhile (never accepting it
+    uncosigned), takes it once cosigned, and refuses with witness_quorum_not_met once witness_wait_seconds pass."""
+    _round(harness)
+    w = _witness(harness, "witness.a")
+    ledger = harness.state.ledger
+    assert ledger is not None
+    now = [0.0]
+
+    def witness_polls_while_the_device_sleeps(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 1.0:
+            poll_once(harness.client, w)
+
+    auditor = LedgerAuditor(HttpLedgerReader(harness.client), origin=ledger.origin, log_key=ledger.log_key,
+                            witnesses=WitnessPolicy([w.verifier], 1), witness_wait_seconds=5,
+                            clock=lambda: now[0], sleep=witness_polls_while_the_device_sleeps)
+    cp = auditor.check()
+    assert cp is not None and cp.size == 9 and now[0] == 1.0
+    # The next round's checkpoint, and no witness any more: the device waits 5 s, then stops.
+    _round(harness)
+    idle = LedgerAuditor(HttpLedgerReader(harness.client), origin=ledger.origin, log_key=ledger.log_key,
+                         witnesses=WitnessPolicy([w.verifier], 1), witness_wait_seconds=5,
+                         clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    start = now[0]
+    with pytest.raises(WitnessQuorumError):
+        idle.check()
+    assert now[0] - start == 5.0

@@ -214,6 +214,17 @@ def provision(
     admin_token: AdminToken = None,
     ca_file: CAFile = None,
     force: Annotated[bool, typer.Option(help="replace existing device folders")] = False,
+    ledger_key: Annotated[Path | None, typer.Option(
+        help="audit the server's ledger under this log key (server-keys/ledger-log.pub), copied to each folder")]
+    = None,
+    witness_key: Annotated[list[str] | None, typer.Option(
+        help="a trusted witness's cosignature verifier key (repeat; qflare witness key)")] = None,
+    require_witnesses: Annotated[int, typer.Option(min=0, help="cosignatures each checkpoint needs (k of n)")] = 0,
+    kme_url: Annotated[str | None, typer.Option(help="qkd/hybrid: the devices' KME (master SAE side)")] = None,
+    kme_pki: Annotated[Path | None, typer.Option(
+        help="qkd/hybrid: a `qflare qkd kme pki` folder holding ca.pem and <id>.pem/<id>.key per device, "
+             "copied to each folder")] = None,
+    qkd_peer_sae: Annotated[str, typer.Option(help="qkd/hybrid: the server's SAE ID")] = "server",
 ) -> None:
     """Operator: for each device, an identity key, its enrollment and a ready ``device_config.yaml``.
 
@@ -239,6 +250,19 @@ def provision(
         check_device_id(device_id, option=f"device id #{i + 1}")
         if (out_dir / device_id).exists() and not force:
             raise ConfigError(f"{out_dir / device_id} exists; use --force to replace it", reason="key_exists")
+    if key_source != "mlkem":
+        if kme_url is None or kme_pki is None:
+            raise ConfigError(f"--key-source {key_source} needs --kme-url and --kme-pki", reason="bad_option")
+        for device_id in device_ids:
+            for name in ("ca.pem", f"{device_id}.pem", f"{device_id}.key"):
+                if not (kme_pki / name).is_file():
+                    raise ConfigError(f"--kme-pki: {kme_pki / name} does not exist (qflare qkd kme pki {kme_pki} "
+                                      f"--sae {device_id} ...)", reason="bad_option")
+    if (witness_key or require_witnesses) and ledger_key is None:
+        raise ConfigError("--witness-key/--require-witnesses need --ledger-key (the log key the devices pin)",
+                          reason="bad_option")
+    if ledger_key is not None and not ledger_key.is_file():
+        raise ConfigError(f"--ledger-key: {ledger_key} does not exist", reason="bad_option")
     token = resolve_operator_token(admin_token)
     # Wait for the server (it may just have been started in the background), then read what it wrote.
     deadline = time.monotonic() + wait
@@ -277,6 +301,18 @@ def provision(
             if ca is not None:
                 shutil.copyfile(ca, folder / "ca.pem")
                 cfg["ca_file"] = "ca.pem"
+            if key_source != "mlkem":
+                assert kme_pki is not None
+                shutil.copyfile(kme_pki / "ca.pem", folder / "kme-ca.pem")
+                shutil.copyfile(kme_pki / f"{device_id}.pem", folder / "sae.pem")
+                shutil.copyfile(kme_pki / f"{device_id}.key", folder / "sae.key")
+                (folder / "sae.key").chmod(0o600)
+                cfg["qkd"] = {"kme_url": kme_url, "cert": "sae.pem", "key": "sae.key", "ca": "kme-ca.pem",
+                              "peer_sae_id": qkd_peer_sae}
+            if ledger_key is not None:
+                shutil.copyfile(ledger_key, folder / "ledger-log.pub")
+                cfg["ledger"] = {"log_key_file": "ledger-log.pub", "require_witnesses": require_witnesses,
+                                 "witness_keys": list(witness_key or [])}
             att = cfg.get("attestation")
             if isinstance(att, dict) and att.get("trust_root_file"):
                 root = Path(att["trust_root_file"])

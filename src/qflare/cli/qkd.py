@@ -248,10 +248,12 @@ def sweep(
 def kme_pki(
     directory: Annotated[Path, typer.Argument(help="Directory to write the CA, KME and SAE certificates to.")],
     sae: Annotated[list[str] | None, typer.Option("--sae", help="SAE ID (repeat); default edge-1, server.")] = None,
+    dns_name: Annotated[list[str] | None, typer.Option(
+        "--dns-name", help="host name of the KMEs' certificates (repeat); default localhost.")] = None,
 ) -> None:
     """Create a demo PKI: a CA, server certificates kme-a/kme-b, a client certificate per SAE."""
     sae_ids = tuple(sae) if sae else ("edge-1", "server")
-    pki = create_demo_pki(directory, sae_ids=sae_ids)
+    pki = create_demo_pki(directory, sae_ids=sae_ids, hosts=tuple(dns_name) if dns_name else ("localhost",))
     typer.echo(f"CA            {pki.ca}")
     for name in ("kme-a", "kme-b", *sae_ids):
         typer.echo(f"{name:<13} {pki.cert(name)}  {pki.key(name)}")

@@ -20,7 +20,8 @@ import binascii
 import json
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +34,7 @@ from qflare.crypto.keyfile import read_public_key
 from qflare.errors import ConfigError, LedgerIntegrityError, MalformedPayload, NotFound, QFlareError
 from qflare.ledger import HybridLogKey, WitnessPolicy
 from qflare.ledger.checkpoint import Checkpoint, parse_checkpoint
-from qflare.ledger.cosignature import CosignatureVerifier
+from qflare.ledger.cosignature import CosignatureVerifier, WitnessQuorumError
 from qflare.ledger.entries import UpdateAccepted, decode_event, verify_entry
 from qflare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from qflare.ledger.note import parse_note, parse_verifier_key
@@ -117,7 +118,17 @@ class LedgerAuditor:
         An optional k-of-n witness policy every checkpoint must meet.
     state_file:
         Where the state survives a restart (``None``: memory only).
+    witness_wait_seconds:
+        How long :meth:`check` waits for the log's newest checkpoint to get the witness quorum: a witness
+        cosigns when it polls, so a checkpoint is uncosigned for a while after the log issues it. ``check``
+        asks again every ``WITNESS_POLL_SECONDS`` meanwhile (in the audit thread, while the device trains)
+        and never accepts a checkpoint without the quorum; past this it refuses with
+        ``witness_quorum_not_met``. 0: refuse at once.
+    clock, sleep:
+        Monotonic seconds and a sleep (parameters, for tests).
     """
+
+    WITNESS_POLL_SECONDS = 0.5
 
     def __init__(
         self,
@@ -127,8 +138,14 @@ class LedgerAuditor:
         log_key: HybridLogKey,
         witnesses: WitnessPolicy | None = None,
         state_file: Path | None = None,
+        witness_wait_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.reader = reader
+        self.witness_wait_seconds = witness_wait_seconds
+        self._clock, self._sleep = clock, sleep
+        self._cosigned_by: list[str] = []
         self.origin = origin
         self.log_key = log_key
         self.witnesses = witnesses
@@ -191,7 +208,8 @@ class LedgerAuditor:
         opened = self.log_key.open(note)  # LedgerIntegrityError: invalid_signature, missing_signature_half, ...
         cp = parse_checkpoint(opened.text, origin=self.origin)
         if self.witnesses is not None:
-            self.witnesses.check(note, self.log_key.verifiers())  # WitnessQuorumError: witness_quorum_not_met
+            report = self.witnesses.check(note, self.log_key.verifiers())  # WitnessQuorumError
+            self._cosigned_by = [c.name for c in report.cosignatures]
         return cp
 
     def expect(self, receipt: dict[str, Any], *, device_id: str | None = None,
@@ -256,7 +274,21 @@ class LedgerAuditor:
             ``checkpoint_rollback``, ``checkpoint_fork``, ``checkpoint_missing``, ``inconsistent_checkpoint``,
             ``update_not_logged``, ``witness_quorum_not_met`` or a signature reason. Final: stop.
         """
-        note = self.reader.checkpoint()
+        deadline: float | None = None
+        while True:
+            try:
+                return self._check_note(self.reader.checkpoint())
+            except WitnessQuorumError as exc:  # signed by the log key (checked first), not cosigned yet
+                now = self._clock()
+                if deadline is None:
+                    deadline = now + self.witness_wait_seconds
+                    log.debug("ledger: the log's checkpoint has %s; waiting up to %.0f s", exc.message,
+                              self.witness_wait_seconds)
+                if now >= deadline:
+                    raise
+                self._sleep(self.WITNESS_POLL_SECONDS)
+
+    def _check_note(self, note: bytes | None) -> Checkpoint | None:
         old = self._verified
         if note is None:
             if old is not None:
@@ -265,7 +297,7 @@ class LedgerAuditor:
             return None
         due = old is not None and any(i < old.size for i, _ in self._state.pending)
         if self._state.note is not None and parse_note(note)[0] == parse_note(self._state.note)[0] and not due:
-            if self.witnesses is not None:
+            if self.witnesses is not None:  # e.g. a restarted server dropped the cosignatures: wait for them
                 self.witnesses.check(note, self.log_key.verifiers())
             return old  # same checkpoint as last time: nothing to prove
         cp = self._open(note)
@@ -274,6 +306,8 @@ class LedgerAuditor:
         self._check_receipts(cp)
         self._verified, self._state.note = cp, note
         self._save()
+        if self.witnesses is not None:
+            log.info("ledger: verified checkpoint %d cosigned by %s", cp.size, ", ".join(self._cosigned_by))
         return cp
 
     def _check_extends(self, old: Checkpoint, cp: Checkpoint) -> None:
@@ -356,4 +390,5 @@ def build_auditor(cfg: DeviceConfig, base: Path, http: httpx.Client) -> LedgerAu
     state = cfg.resolve(lc.state_file, base) if lc.state_file else \
         cfg.resolve(cfg.identity_key_file, base).with_suffix(".ledger.json")
     return LedgerAuditor(HttpLedgerReader(http), origin=lc.origin, log_key=_log_key(cfg, base),
-                         witnesses=_witness_policy(lc.witness_keys, lc.require_witnesses), state_file=state)
+                         witnesses=_witness_policy(lc.witness_keys, lc.require_witnesses), state_file=state,
+                         witness_wait_seconds=lc.witness_wait_seconds)
