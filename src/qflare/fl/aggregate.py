@@ -33,6 +33,10 @@ __all__ = [
     "fedavg",
 ]
 
+_PARTIAL = "\x00fedavg.partial/"
+_PARTIAL_COUNT = "\x00fedavg.partial_count"
+"""Keys of :class:`FedAvgAccumulator`'s float32 partial sums in its state (no tensor name starts with NUL)."""
+
 AggregateFn = Callable[[Sequence[tuple[NDArrays, int]]], NDArrays]
 """A pure aggregation rule: ``[(arrays, num_examples), ...] -> arrays``."""
 
@@ -181,6 +185,8 @@ class FedAvgAccumulator(Accumulator):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
+        if any(name.startswith("\x00") for name in spec):
+            raise AggregationError("tensor names must not start with NUL", reason="inconsistent_results")
         # Don't keep the updates: only their weighted sum, one flat buffer for the whole model.
         self._slots: dict[str, tuple[int, int, int | None]] = {}  # name -> (offset, size, float32 offset)
         at = at32 = 0
@@ -207,20 +213,37 @@ class FedAvgAccumulator(Accumulator):
         self._in_part = 0
 
     def _export(self) -> tuple[NDArrays, tuple[int, ...]]:
-        self._fold()
-        return {name: self._sum[a : a + n].reshape(self.spec[name].shape).copy()
-                for name, (a, n, _) in self._slots.items()}, ()
+        # Exactly the live state, partial sum included (not folded: when the partial is folded depends only
+        # on the updates counted, so a restored accumulator rounds exactly as an uninterrupted one).
+        arrays: NDArrays = {}
+        for name, (a, n, a32) in self._slots.items():
+            shape = self.spec[name].shape
+            arrays[name] = self._sum[a : a + n].reshape(shape).copy()
+            if a32 is not None:
+                arrays[_PARTIAL + name] = self._part[a32 : a32 + n].reshape(shape).copy()
+        arrays[_PARTIAL_COUNT] = np.array(float(self._in_part))
+        return arrays, ()
 
     def _import(self, state: AccumulatorState) -> None:
-        if set(state.arrays) != set(self._slots) or state.weights:
+        expected = set(self._slots) | {_PARTIAL + k for k, (_, _, a32) in self._slots.items() if a32 is not None}
+        if set(state.arrays) != expected | {_PARTIAL_COUNT} or state.weights:
             raise AggregationError("accumulator state does not match the spec", reason="bad_accumulator_state")
-        for name, (a, n, _) in self._slots.items():
+        in_part = float(np.asarray(state.arrays[_PARTIAL_COUNT]).reshape(-1)[0])
+        if not (in_part.is_integer() and 0 <= in_part <= self.FOLD):
+            raise AggregationError("accumulator state: bad partial count", reason="bad_accumulator_state")
+        for name, (a, n, a32) in self._slots.items():
+            shape = self.spec[name].shape
             value = np.asarray(state.arrays[name], dtype=np.float64)
-            if value.shape != self.spec[name].shape:
+            if value.shape != shape:
                 raise AggregationError(f"accumulator state: {name} has the wrong shape", reason="bad_accumulator_state")
             self._sum[a : a + n] = value.reshape(-1)
-        self._part[...] = 0
-        self._in_part = 0
+            if a32 is not None:
+                part = np.asarray(state.arrays[_PARTIAL + name])
+                if part.shape != shape or part.dtype != np.float32:
+                    raise AggregationError(f"accumulator state: partial {name} is not float32 of its shape",
+                                           reason="bad_accumulator_state")
+                self._part[a32 : a32 + n] = part.reshape(-1)
+        self._in_part = int(in_part)
 
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
         # Weighted in place: a cache-sized chunk of n * x goes into a reused scratch buffer, then is added
@@ -251,11 +274,15 @@ class FedAvgAccumulator(Accumulator):
             self._in_part += 1
 
     def _result(self) -> NDArrays:
-        self._fold()
+        # Folded into a copy: the state (and so every later result) does not depend on when this is called.
         out: NDArrays = {}
-        for name, (a, n, _) in self._slots.items():
+        for name, (a, n, a32) in self._slots.items():
             t = self.spec[name]
-            out[name] = (self._sum[a : a + n] / self._total_examples).astype(t.dtype).reshape(t.shape)
+            total = self._sum[a : a + n].copy()
+            if a32 is not None:
+                np.add(total, self._part[a32 : a32 + n], out=total)
+            np.divide(total, self._total_examples, out=total)
+            out[name] = total.astype(t.dtype).reshape(t.shape)
         return out
 
 
