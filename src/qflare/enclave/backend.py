@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -64,16 +65,27 @@ class _Held:
     size: int
     blob: bytes | None = field(default=None, repr=False)
     path: Path | None = None
+    written: Future[None] | None = field(default=None, repr=False)  # the spill write, on a worker thread
 
     def load(self) -> bytes:
         if self.blob is not None:
             return self.blob
         assert self.path is not None
+        if self.written is not None:
+            self.written.result()
         return self.path.read_bytes()
 
     def drop(self) -> None:
         if self.path is not None:
+            if self.written is not None:
+                self.written.exception()  # wait for it; a failed write leaves nothing to remove
             self.path.unlink(missing_ok=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -147,6 +159,7 @@ class EnclaveAggregator:
             Path(spill_dir) if spill_dir is not None else Path(work_dir) / "host-held" if work_dir is not None else None
         )
         self._spill_tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._spiller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qflare-host-held")
         enclave.add_restart_hook(self._on_restart)
 
     @classmethod
@@ -282,12 +295,10 @@ class EnclaveAggregator:
             state.counted.add(update_id)
             if self.held_bytes() + len(stored) <= self.max_held_bytes:
                 state.uncheckpointed.append(_Held(update_id, len(stored), blob=stored))
-            else:
+            else:  # written in the background: the upload's answer does not wait for the disk
                 path = self._spill_path(update_id)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(stored)
-                os.replace(tmp, path)
-                state.uncheckpointed.append(_Held(update_id, len(stored), path=path))
+                written = self._spiller.submit(_write_file, path, stored)
+                state.uncheckpointed.append(_Held(update_id, len(stored), path=path, written=written))
 
     @staticmethod
     def _forget_unless_unavailable(state: _HostRound, update_id: str, exc: QFlareError) -> None:
@@ -482,6 +493,7 @@ class EnclaveAggregator:
         with self._lock:
             for state in self._rounds.values():
                 state.keep(lambda _: False)
+        self._spiller.shutdown(wait=True)
         if self._spill_tmp is not None:
             self._spill_tmp.cleanup()
 
