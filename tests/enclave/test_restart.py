@@ -195,6 +195,7 @@ def test_stored_updates_beyond_the_host_memory_budget_are_spilled_and_replayed(
     run_updates(backend, envelopes[:3])
     spill_dir = backend._spill_dir
     assert spill_dir is not None
+    backend._spiller.submit(lambda: None).result()  # the spill writes are done (one worker, in order)
     spilled = sorted(p.name for p in spill_dir.glob("*.stored"))
     in_memory = backend.held_bytes(ROUND)
 
