@@ -228,6 +228,8 @@ class ServerConfig(_Strict):
     admin_token: str | None = Field(None, min_length=16)
     keep_update_blobs: bool = Field(False, description="keep raw updates after their round aggregated")
     key_dir: str = Field(".qflare/server-keys", description="the server's KEM and signing keys (made on first start)")
+    state_dir: str = Field(".qflare/server-state", description="in-process server optimizer state between rounds "
+                           "(fedavgm/fedadam/...; with an enclave it is sealed inside the enclave's work_dir)")
     timestamp_window_seconds: float = Field(120.0, gt=0, le=3600, description="accepted request clock skew, +-")
     enrollment_token_ttl_seconds: float = Field(3600.0, gt=0)
     tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")

@@ -201,3 +201,32 @@ def test_death_during_aggregation_is_unavailable_then_the_same_aggregate_is_fina
     assert backend.enclave.restarts == 1
     assert model == inprocess_model(base_model, spec, updates)
     assert backend.published_entry(ROUND) is not None
+
+
+def test_stored_updates_beyond_the_host_memory_budget_are_spilled_and_replayed(
+    start_aggregator: AggregatorFactory, device_key: SigningKey, spec: ModelSpec, base_model: bytes
+) -> None:
+    # Prepare: room in memory for one stored update; no checkpoint before the 4th update
+    backend = start_aggregator(config=EnclaveConfig(checkpoint_every=4))
+    backend.max_held_bytes = len(make_envelope(device_key, backend.public_keys().kem, make_update(0))) + 4096
+    kem = backend.public_keys().kem
+    updates = [make_update(seed) for seed in range(5)]
+    envelopes = [make_envelope(device_key, kem, u, device_id=f"d{i}") for i, u in enumerate(updates)]
+    backend.begin_round(ROUND, base_model, spec)
+    run_updates(backend, envelopes[:3])
+    spill_dir = backend._spill_dir
+    assert spill_dir is not None
+    backend._spiller.submit(lambda: None).result()  # the spill writes are done (one worker, in order)
+    spilled = sorted(p.name for p in spill_dir.glob("*.stored"))
+    in_memory = backend.held_bytes(ROUND)
+
+    # Execute: the enclave dies; its replacement gets the held updates back from memory and the files
+    error = call_while_killed(backend, lambda: validate_bytes(backend, ROUND, envelopes[3]))
+    run_updates(backend, envelopes[3:])
+    model = backend.finalize(ROUND)
+
+    # Assert: memory stayed within the budget, two of three went to files, none is left after the round
+    assert isinstance(error, EnclaveError) and error.reason == "enclave_unavailable"
+    assert len(spilled) == 2 and 0 < in_memory <= backend.max_held_bytes
+    assert model == inprocess_model(base_model, spec, updates)
+    assert not list(spill_dir.glob("*.stored"))

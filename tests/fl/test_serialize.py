@@ -209,3 +209,71 @@ def test_corrupted_valid_payloads_never_crash(prefix_len: int, flip: int) -> Non
             load_arrays(data, spec)
         except (MalformedPayload, ModelSpecMismatch, NonFiniteValues):
             pass
+
+
+def test_load_without_copy_gives_read_only_views_into_the_payload() -> None:
+    # Prepare
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(3, dtype=np.int64)}
+    blob = dump_arrays(arrays, {"num_examples": "3"})
+
+    # Execute
+    views, meta = load_arrays(blob, ModelSpec.from_arrays(arrays), copy=False)
+    copies, _ = load_arrays(blob, ModelSpec.from_arrays(arrays))
+
+    # Assert: the same values; the views share the payload's memory and cannot be written
+    for name in arrays:
+        np.testing.assert_array_equal(views[name], arrays[name])
+        assert np.shares_memory(views[name], np.frombuffer(blob, np.uint8))
+        assert not views[name].flags.writeable
+        assert copies[name].flags.writeable and not np.shares_memory(copies[name], np.frombuffer(blob, np.uint8))
+    assert meta == {"num_examples": "3"}
+
+
+def _with_header(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize("header, data", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),  # overlap
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)),  # gap
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8)),  # trailing bytes
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4)),  # truncated
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),  # shape vs offsets
+    ({"a": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}, bytes(2)),  # dtype
+    ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, bytes(4)),  # bool dimension
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}}, bytes(4)),  # extra key
+])
+def test_zero_copy_parser_refuses_what_does_not_tile_the_data(header: dict, data: bytes) -> None:
+    with pytest.raises(MalformedPayload) as info:
+        load_arrays(_with_header(header, data), copy=False)
+    assert info.value.reason == "malformed_tensor"
+
+
+def test_duplicate_header_keys_are_refused() -> None:
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    raw = ('{"a":' + entry + ',"a":' + entry + "}").encode()
+    with pytest.raises(MalformedPayload):
+        load_arrays(len(raw).to_bytes(8, "little") + raw + bytes(4))
+
+
+def test_chunked_norm_matches_float64_and_survives_float32_overflow() -> None:
+    # Prepare: several chunks' worth of values, and a step too large for a float32 difference
+    from qflare.fl.checks import l2_norm
+
+    rng = np.random.default_rng(0)
+    x = {"w": rng.standard_normal(50_000).astype(np.float32), "b": rng.standard_normal(7)}
+    ref = {"w": rng.standard_normal(50_000).astype(np.float32), "b": rng.standard_normal(7)}
+    huge = {"w": np.full(3, 3e38, np.float32)}
+    minus = {"w": np.full(3, -3e38, np.float32)}
+
+    # Execute
+    norm = l2_norm(x, ref)
+    huge_norm = l2_norm(huge, minus)
+
+    # Assert: within float32 rounding of the float64 value; the overflowing chunk is redone in float64
+    exact = np.sqrt(sum(np.sum((x[k].astype(np.float64) - ref[k]) ** 2) for k in x))
+    assert norm == pytest.approx(exact, rel=1e-6)
+    assert huge_norm == pytest.approx(np.sqrt(3) * 6e38, rel=1e-6)
+    assert l2_norm(x) == pytest.approx(np.sqrt(sum(np.sum(x[k].astype(np.float64) ** 2) for k in x)), rel=1e-12)

@@ -10,12 +10,17 @@ Baselines are measured in the same run, on the same updates:
 
 Throughput is update bytes in per second (n x d x 4 bytes / time). The streaming accumulator is
 timed twice: ``_add`` alone (the arithmetic) and ``add`` (with the spec and finiteness checks every
-update goes through). Peak memory is tracemalloc's peak (NumPy allocations) during one further,
-untimed call.
+update goes through). Times are the best of ``repeat`` calls, and their median is given too. Peak
+memory is tracemalloc's peak (NumPy allocations) during one further, untimed call.
+
+``production``: the production path (envelope decrypt + parse + validate + accumulate inside the
+simulated enclave) on ``production_clients`` x ``production_params`` against Flower's
+``aggregate_inplace`` on the same values, alternating, medians (:mod:`qflare.bench.production`).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -41,18 +46,18 @@ def make_updates(clients: int, params: int, *, seed: int = 0) -> list[tuple[NDAr
     ]
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
-    """Best wall time of ``repeat`` untraced calls, and the tracemalloc peak (MiB) of one more call."""
-    best = float("inf")
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float]:
+    """Best and median wall time of ``repeat`` untraced calls, and the tracemalloc peak (MiB) of one more."""
+    runs = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        runs.append(time.perf_counter() - t0)
     tracemalloc.start()
     fn()
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return best, peak
+    return min(runs), statistics.median(runs), peak
 
 
 def _flower_style(results: list[tuple[NDArrays, int]]) -> list[np.ndarray]:
@@ -65,7 +70,8 @@ def _flower_style(results: list[tuple[NDArrays, int]]) -> list[np.ndarray]:
 
 
 def run(*, clients: int = 100, params: int = 1_000_000, f: int = 10, repeat: int = 2,
-        rules: bool = True) -> dict[str, Any]:
+        rules: bool = True, production: bool = False, production_clients: int = 20,
+        production_params: int = 10_000_000) -> dict[str, Any]:
     """Measure everything; return the figures (times in s, rates in GB/s, memory in MiB)."""
     results = make_updates(clients, params)
     spec = ModelSpec.from_arrays(results[0][0])
@@ -95,17 +101,24 @@ def run(*, clients: int = 100, params: int = 1_000_000, f: int = 10, repeat: int
 
     figures: dict[str, Any] = {"clients": clients, "params": params, "update_MiB_total": round(nbytes / 2**20, 1),
                                "numpy": np.__version__}
-    copy_s, copy_mem = _timed(copy, repeat)
-    figures["copy"] = {"seconds": copy_s, "GB_per_s": gb / copy_s, "peak_MiB": copy_mem}
+    copy_s, copy_med, copy_mem = _timed(copy, repeat)
+    figures["copy"] = {"seconds": copy_s, "median_seconds": copy_med, "GB_per_s": gb / copy_s, "peak_MiB": copy_mem}
     for name, fn in (("flower_style_fedavg", lambda: _flower_style(results)),
                      ("streaming_fedavg_arithmetic", stream(False)),
                      ("streaming_fedavg_add_validated", stream(True))):
-        s, mem = _timed(fn, repeat)
-        figures[name] = {"seconds": s, "GB_per_s": gb / s, "x_copy_bandwidth": copy_s / s, "peak_MiB": mem}
+        s, med, mem = _timed(fn, repeat)
+        figures[name] = {"seconds": s, "median_seconds": med, "GB_per_s": gb / s, "x_copy_bandwidth": copy_s / s,
+                         "x_copy_bandwidth_median": copy_med / med, "peak_MiB": mem}
     if rules:
         for rule, kw in (("median", {}), ("trimmed-mean", {"beta": 0.1}), ("krum", {"f": f}),
                          ("multi-krum", {"f": f})):
-            s, mem = _timed(lambda r=rule, k=kw: ROBUST_RULES[r](results, **k), 1)  # type: ignore[misc]
+            s, _, mem = _timed(lambda r=rule, k=kw: ROBUST_RULES[r](results, **k), 1)  # type: ignore[misc]
             # (one timed and one traced call each: the rules take seconds)
             figures[rule] = {"seconds": s, "x_copy_time": s / copy_s, "peak_MiB": mem, **kw}
+    if production:
+        from qflare.bench.production import run as run_production
+
+        del results, matrix  # the production inputs are larger: free these first
+        figures["production"] = run_production(clients=production_clients, params=production_params,
+                                               repeat=max(repeat, 1))
     return figures

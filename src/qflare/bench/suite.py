@@ -27,7 +27,10 @@ def _auth(quick: bool) -> dict[str, Any]:
 def _aggregate(quick: bool) -> dict[str, Any]:
     from qflare.bench.aggregate import run
 
-    return run(clients=20, params=250_000, repeat=1, rules=False) if quick else run()
+    if quick:
+        return run(clients=20, params=250_000, repeat=1, rules=False, production=True, production_clients=4,
+                   production_params=250_000)
+    return run(production=True)
 
 
 def _qkd(quick: bool) -> dict[str, Any]:

@@ -116,13 +116,20 @@ def aggregate(
     f: Annotated[int, typer.Option(help="Krum / Multi-Krum f")] = 10,
     repeat: Annotated[int, typer.Option(help="runs per figure (best is kept)")] = 2,
     no_rules: Annotated[bool, typer.Option("--no-rules", help="skip median, trimmed mean, Krum, Multi-Krum")] = False,
+    production: Annotated[bool, typer.Option(help="also the production path (envelope decrypt + parse + validate "
+                                             "+ accumulate in the enclave) vs Flower's aggregate_inplace")] = True,
+    production_clients: Annotated[int, typer.Option(help="updates of the production run")] = 20,
+    production_params: Annotated[int, typer.Option(help="float32 values per update of the production run")]
+    = 10_000_000,
     json_out: JsonOut = False,
 ) -> None:
-    """Streaming FedAvg accumulator vs a NumPy copy and Flower-style FedAvg (GB/s), and robust rule times."""
+    """Streaming FedAvg accumulator vs a NumPy copy and Flower-style FedAvg (GB/s), robust rule times, and the
+    production enclave path vs Flower's plaintext aggregate_inplace."""
     from qflare.bench.aggregate import run
 
-    with console.status("timing the copy baseline, the accumulator and the rules"):
-        figures = run(clients=clients, params=params, f=f, repeat=repeat, rules=not no_rules)
+    with console.status("timing the copy baseline, the accumulator, the rules and the production path"):
+        figures = run(clients=clients, params=params, f=f, repeat=repeat, rules=not no_rules, production=production,
+                      production_clients=production_clients, production_params=production_params)
     _show("qflare bench aggregate", figures, json_out)
 
 

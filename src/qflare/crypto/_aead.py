@@ -58,7 +58,7 @@ class Aead:
         nonce = random_bytes(NONCE_SIZE)
         return nonce + self._aesgcm.encrypt(nonce, bytes(plaintext), bytes(associated_data))
 
-    def decrypt(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+    def decrypt(self, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
         """Verify and decrypt the output of :meth:`encrypt`.
 
         Raises
@@ -67,11 +67,14 @@ class Aead:
             For any failure; no partial plaintext is returned.
         """
         _check_ad(associated_data)
-        data = bytes(ciphertext)
+        # Immutable input is read in place (a 40 MB update body is not copied twice); anything else is
+        # copied first, so that no other holder can change it while it is checked and decrypted.
+        immutable = isinstance(ciphertext, bytes) or (isinstance(ciphertext, memoryview) and ciphertext.readonly)
+        data = memoryview(ciphertext if immutable else bytes(ciphertext))
         if len(data) < OVERHEAD:
             raise DecryptionFailed("ciphertext too short", reason="decryption_failed")
         try:
-            return self._aesgcm.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], bytes(associated_data))
+            return self._aesgcm.decrypt(bytes(data[:NONCE_SIZE]), data[NONCE_SIZE:], bytes(associated_data))
         except InvalidTag:
             raise DecryptionFailed("authentication failed", reason="decryption_failed") from None
 

@@ -81,7 +81,7 @@ RESPONSE_OVERHEAD: Final = len(_RESPONSE_PREFIX) + AEAD_OVERHEAD
 _FRAME_OVERHEAD: Final = 4 + 4 + 2
 
 
-def _signed_message(header_bytes: bytes, body: bytes) -> bytes:
+def _signed_message(header_bytes: bytes, body: bytes | memoryview) -> bytes:
     return header_bytes + hashlib.sha256(body).digest()
 
 
@@ -239,7 +239,7 @@ class Envelope:
 
     header: RequestHeader
     header_bytes: bytes = field(repr=False)
-    body: bytes = field(repr=False)
+    body: memoryview = field(repr=False)
     signature: bytes = field(repr=False)
     raw: bytes = field(repr=False)
 
@@ -320,15 +320,19 @@ def parse_envelope(data: bytes, *, max_size: int, accepted_suites: Sequence[int]
     if len(data) > max_size:
         raise PayloadTooLarge(f"envelope of {len(data)} bytes exceeds {max_size}", reason="payload_too_large")
     data = bytes(data)
+    view = memoryview(data)
     pos = 0
 
-    def take(n: int) -> bytes:
+    def span(n: int) -> memoryview:
         nonlocal pos
         if pos + n > len(data):
             raise MalformedPayload("truncated envelope", reason="malformed_envelope")
-        out = data[pos : pos + n]
+        out = view[pos : pos + n]
         pos += n
         return out
+
+    def take(n: int) -> bytes:
+        return bytes(span(n))
 
     (header_len,) = struct.unpack(">I", take(4))
     if header_len > MAX_HEADER_SIZE:
@@ -338,7 +342,7 @@ def parse_envelope(data: bytes, *, max_size: int, accepted_suites: Sequence[int]
     (body_len,) = struct.unpack(">I", take(4))
     if body_len < AEAD_OVERHEAD:
         raise MalformedPayload("body too short", reason="malformed_envelope")
-    body = take(body_len)
+    body = span(body_len)  # a view into ``raw``: an update's body is not copied
     (sig_len,) = struct.unpack(">H", take(2))
     if sig_len != SIGNATURE_SIZE:
         raise MalformedPayload("signature has the wrong length", reason="malformed_envelope")

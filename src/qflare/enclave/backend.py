@@ -16,9 +16,11 @@ update id once, so replays never double-count.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -40,6 +42,8 @@ from qflare.fl.spec import ModelSpec
 __all__ = ["EnclaveAggregator", "EnclaveUpdateHandle"]
 
 _KEEP_SIGNATURES: Final = 64
+DEFAULT_MAX_HELD_BYTES: Final = 256 * 1024 * 1024
+"""Stored updates the host keeps in memory until a checkpoint covers them; more are spilled to files."""
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,54 @@ class EnclaveUpdateHandle:
 
 
 @dataclass
+class _Held:
+    """A stored update counted since the enclave's last checkpoint: in memory, or spilled to a file."""
+
+    update_id: str
+    size: int
+    blob: bytes | None = field(default=None, repr=False)
+    path: Path | None = None
+    written: Future[None] | None = field(default=None, repr=False)  # the spill write, on a worker thread
+
+    def load(self) -> bytes:
+        if self.blob is not None:
+            return self.blob
+        assert self.path is not None
+        if self.written is not None:
+            self.written.result()
+        return self.path.read_bytes()
+
+    def drop(self) -> None:
+        if self.path is not None:
+            if self.written is not None:
+                self.written.exception()  # wait for it; a failed write leaves nothing to remove
+            self.path.unlink(missing_ok=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
 class _HostRound:
     base_model: bytes
     spec: ModelSpec
-    # Sealed updates counted since the enclave's last checkpoint: (update id, sealed bytes).
-    uncheckpointed: list[tuple[str, bytes]] = field(default_factory=list)
+    # Stored updates counted since the enclave's last checkpoint (what a restarted enclave must replay).
+    uncheckpointed: list[_Held] = field(default_factory=list)
     # Every update id counted in this round: a restored enclave must count exactly these.
     counted: set[str] = field(default_factory=set)
+
+    def keep(self, keep: Callable[[_Held], bool]) -> None:
+        """Keep only the held updates ``keep`` accepts (the others' spill files are removed)."""
+        kept = []
+        for held in self.uncheckpointed:
+            if keep(held):
+                kept.append(held)
+            else:
+                held.drop()
+        self.uncheckpointed = kept
 
 
 class EnclaveAggregator:
@@ -76,6 +121,13 @@ class EnclaveAggregator:
     allowed_key_sources:
         Envelope key sources to accept in :meth:`validate`; the enclave also applies its own
         (measured) list.
+    max_held_bytes:
+        Memory for the stored updates kept until a sealed checkpoint covers them (for a replay into a
+        restarted enclave); beyond it they are written to ``spill_dir`` (ciphertext only: the stored
+        form the server persists anyway) and read back only for a replay.
+    spill_dir:
+        Where those go (default: ``host-held/`` in the launcher's work directory; ``None`` there:
+        a temporary directory).
     """
 
     def __init__(
@@ -84,6 +136,8 @@ class EnclaveAggregator:
         *,
         inputs: Literal["envelope", "plaintext"] = "envelope",
         allowed_key_sources: Collection[str] = ("mlkem", "hybrid"),
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        spill_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if inputs not in ("envelope", "plaintext"):
             raise ValueError("inputs must be 'envelope' or 'plaintext'")
@@ -99,6 +153,13 @@ class EnclaveAggregator:
         # Registrations handed to the enclave (re-sent after a restart), and who signs new ones.
         self._registered: dict[str, tuple[DeviceRegistration, bytes, bytes]] = {}
         self.registrar: DeviceRegistrar | None = None
+        self.max_held_bytes = max_held_bytes
+        work_dir = getattr(enclave.launcher, "work_dir", None)
+        self._spill_dir: Path | None = (
+            Path(spill_dir) if spill_dir is not None else Path(work_dir) / "host-held" if work_dir is not None else None
+        )
+        self._spill_tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._spiller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qflare-host-held")
         enclave.add_restart_hook(self._on_restart)
 
     @classmethod
@@ -139,6 +200,20 @@ class EnclaveAggregator:
         with self._lock:
             self._rounds[round_id] = _HostRound(base_model=bytes(base_model), spec=spec)
             self.enclave.begin_round(round_id, base_model, spec)
+
+    def held_bytes(self, round_id: int | None = None) -> int:
+        """Bytes of stored updates this host keeps in memory (for ``round_id``, or all rounds) until a sealed
+        checkpoint covers them; the rest of what it keeps is spilled to files."""
+        with self._lock:
+            rounds = self._rounds.values() if round_id is None else [self._rounds.get(round_id)]
+            return sum(h.size for st in rounds if st is not None for h in st.uncheckpointed if h.blob is not None)
+
+    def _spill_path(self, update_id: str) -> Path:
+        if self._spill_dir is None:
+            self._spill_tmp = self._spill_tmp or tempfile.TemporaryDirectory(prefix="qflare-host-held-")
+            self._spill_dir = Path(self._spill_tmp.name)
+        self._spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._spill_dir / f"{update_id}.stored"
 
     def _host_round(self, round_id: int) -> _HostRound:
         state = self._rounds.get(round_id)
@@ -213,12 +288,17 @@ class EnclaveAggregator:
         if covered:
             gone = set(covered)
             for state in self._rounds.values():
-                state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in gone]
+                state.keep(lambda h: h.update_id not in gone)
 
     def _remember(self, state: _HostRound, update_id: str, stored: bytes) -> None:
         if update_id not in state.counted:
             state.counted.add(update_id)
-            state.uncheckpointed.append((update_id, stored))
+            if self.held_bytes() + len(stored) <= self.max_held_bytes:
+                state.uncheckpointed.append(_Held(update_id, len(stored), blob=stored))
+            else:  # written in the background: the upload's answer does not wait for the disk
+                path = self._spill_path(update_id)
+                written = self._spiller.submit(_write_file, path, stored)
+                state.uncheckpointed.append(_Held(update_id, len(stored), path=path, written=written))
 
     @staticmethod
     def _forget_unless_unavailable(state: _HostRound, update_id: str, exc: QFlareError) -> None:
@@ -226,7 +306,7 @@ class EnclaveAggregator:
         if isinstance(exc, EnclaveError) and exc.reason in ("enclave_unavailable", "enclave_restore_failed"):
             return
         state.counted.discard(update_id)
-        state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid != update_id]
+        state.keep(lambda h: h.update_id != update_id)
 
     def accumulate(self, update: ValidatedUpdate) -> None:
         """Count a validated update; if the enclave no longer holds it, count its sealed copy."""
@@ -267,7 +347,7 @@ class EnclaveAggregator:
         with self._lock:
             self._host_round(round_id)
             done = self.enclave.finalize(round_id, time_ms=self._now_ms())
-            del self._rounds[round_id]
+            self._rounds.pop(round_id).keep(lambda _: False)
             self._signatures[round_id] = done.signature
             self._entries[round_id] = done.ledger_entry
             while len(self._signatures) > _KEEP_SIGNATURES:
@@ -301,7 +381,9 @@ class EnclaveAggregator:
     def abort_round(self, round_id: int) -> None:
         """Forget the round without aggregating."""
         with self._lock:
-            self._rounds.pop(round_id, None)
+            state = self._rounds.pop(round_id, None)
+            if state is not None:
+                state.keep(lambda _: False)
             self.enclave.abort_round(round_id)
 
     # -- the enclave's device registry and model chain ------------------------------------------
@@ -349,10 +431,11 @@ class EnclaveAggregator:
     def _restore_rounds(self) -> None:
         for round_id, state in self._rounds.items():
             status = self.enclave.restore_round(round_id, state.base_model, state.spec)
-            state.uncheckpointed = [(uid, blob) for uid, blob in state.uncheckpointed if uid not in status.included]
+            included = set(status.included)
+            state.keep(lambda h, done=included: h.update_id not in done)  # type: ignore[misc]
             count = status.count
-            for _uid, blob in list(state.uncheckpointed):
-                result = self.enclave.replay(round_id, blob)
+            for held in list(state.uncheckpointed):
+                result = self.enclave.replay(round_id, held.load())
                 count = result.count
                 self._drop_covered(result.covered)
             if count != len(state.counted):
@@ -405,8 +488,14 @@ class EnclaveAggregator:
         return self.enclave.ledger_head()
 
     def close(self) -> None:
-        """Stop the enclave process (sealed state stays on disk)."""
+        """Stop the enclave process (sealed state stays on disk; spilled stored updates are removed)."""
         self.enclave.close()
+        with self._lock:
+            for state in self._rounds.values():
+                state.keep(lambda _: False)
+        self._spiller.shutdown(wait=True)
+        if self._spill_tmp is not None:
+            self._spill_tmp.cleanup()
 
     def __enter__(self) -> EnclaveAggregator:
         return self

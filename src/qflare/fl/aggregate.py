@@ -2,9 +2,9 @@
 
 The pure functions (``fedavg`` here; robust rules such as Krum, trimmed mean and median go next
 to it) take every client result at once, like Flower's ``aggregate.py``. An :class:`Accumulator`
-takes them one at a time as they arrive: :class:`FedAvgAccumulator` keeps a single float64
-running weighted sum, so an enclave holds O(model) memory however many clients report, and rules
-that need all updates at once run through :class:`BufferedAccumulator`.
+takes them one at a time as they arrive: :class:`FedAvgAccumulator` keeps one running weighted
+sum (float64, fed through a float32 partial sum), so an enclave holds O(model) memory however many
+clients report, and rules that need all updates at once run through :class:`BufferedAccumulator`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ __all__ = [
     "FedAvgAccumulator",
     "fedavg",
 ]
+
+_PARTIAL = "\x00fedavg.partial/"
+_PARTIAL_COUNT = "\x00fedavg.partial_count"
+"""Keys of :class:`FedAvgAccumulator`'s float32 partial sums in its state (no tensor name starts with NUL)."""
 
 AggregateFn = Callable[[Sequence[tuple[NDArrays, int]]], NDArrays]
 """A pure aggregation rule: ``[(arrays, num_examples), ...] -> arrays``."""
@@ -101,10 +105,15 @@ class Accumulator(ABC):
         self._count = 0
         self._total_examples = 0
 
-    def add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
-        """Validate one update and fold it in."""
+    def add(self, arrays: Mapping[str, np.ndarray], num_examples: int, *, finite_checked: bool = False) -> None:
+        """Validate one update and fold it in.
+
+        ``finite_checked``: the caller has already checked these very arrays for NaN/Inf against this
+        spec (:func:`qflare.fl.checks.parse_update` does), so that pass over every value is not repeated;
+        names, shapes and dtypes are checked all the same.
+        """
         _check_weight(num_examples)
-        self.spec.validate(arrays)
+        self.spec.validate(arrays, check_finite_values=not finite_checked)
         self._add(arrays, int(num_examples))
         self._count += 1
         self._total_examples += int(num_examples)
@@ -154,10 +163,14 @@ class Accumulator(ABC):
 
 
 class FedAvgAccumulator(Accumulator):
-    """Streaming FedAvg: one float64 running weighted sum, O(model) memory.
+    """Streaming FedAvg: one flat running weighted sum, O(model) memory.
 
-    Gives the same result as :func:`fedavg` over the same updates (up to float64 rounding, in
-    any order).
+    float32 tensors are summed in two stages: up to :attr:`FOLD` weighted updates in a float32
+    partial sum, in cache-sized chunks (``np.multiply``/``np.add`` with ``out=``: no temporaries the
+    size of the model), which is then folded into the float64 running sum. Other dtypes go straight
+    into the float64 sum. The result equals :func:`fedavg` over the same updates (float64) to within
+    ``FOLD`` float32 roundings of the weighted values: ``|streamed - fedavg| <= 2 * FOLD * 2**-24 *
+    sum(n_i |x_i|) / sum(n_i)`` elementwise, in any order (tested).
 
     Parameters
     ----------
@@ -165,44 +178,112 @@ class FedAvgAccumulator(Accumulator):
         The model's tensors (see :class:`Accumulator`).
     """
 
-    _CHUNK = 1 << 17
-    """Elements per step of :meth:`_add`: its float64 scratch (1 MiB) stays in the CPU's L2 cache."""
+    FOLD = 8
+    """float32 updates summed before their partial sum is folded into the float64 running sum."""
+    _CHUNK = 1 << 14
+    """Elements per step of :meth:`_add`: its scratch (64-128 KiB) stays in the CPU's L1/L2 cache."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
-        # Don't keep the updates: only their weighted sum.
-        self._sum = {name: np.zeros(t.shape, dtype=np.float64) for name, t in spec.items()}
-        self._scratch = np.empty(min(self._CHUNK, max((int(np.prod(t.shape)) for _, t in spec.items()), default=1)),
-                                 dtype=np.float64)
+        if any(name.startswith("\x00") for name in spec):
+            raise AggregationError("tensor names must not start with NUL", reason="inconsistent_results")
+        # Don't keep the updates: only their weighted sum, one flat buffer for the whole model.
+        self._slots: dict[str, tuple[int, int, int | None]] = {}  # name -> (offset, size, float32 offset)
+        at = at32 = 0
+        for name, t in spec.items():
+            size = t.size
+            self._slots[name] = (at, size, at32 if t.dtype == "float32" else None)
+            at += size
+            at32 += size if t.dtype == "float32" else 0
+        self._sum = np.zeros(at, dtype=np.float64)
+        self._part = np.zeros(at32, dtype=np.float32)
+        self._in_part = 0
+        self._scratch = np.empty(self._CHUNK, dtype=np.float64)
+        self._scratch32 = np.empty(self._CHUNK, dtype=np.float32)
+
+    def _fold(self) -> None:
+        """Add the float32 partial sum into the float64 sum (one float64 rounding) and clear it."""
+        if self._in_part == 0:
+            return
+        for start, size, start32 in self._slots.values():
+            if start32 is not None:
+                dst = self._sum[start : start + size]
+                np.add(dst, self._part[start32 : start32 + size], out=dst)
+        self._part[...] = 0
+        self._in_part = 0
 
     def _export(self) -> tuple[NDArrays, tuple[int, ...]]:
-        return {name: running.copy() for name, running in self._sum.items()}, ()
+        # Exactly the live state, partial sum included (not folded: when the partial is folded depends only
+        # on the updates counted, so a restored accumulator rounds exactly as an uninterrupted one).
+        arrays: NDArrays = {}
+        for name, (a, n, a32) in self._slots.items():
+            shape = self.spec[name].shape
+            arrays[name] = self._sum[a : a + n].reshape(shape).copy()
+            if a32 is not None:
+                arrays[_PARTIAL + name] = self._part[a32 : a32 + n].reshape(shape).copy()
+        arrays[_PARTIAL_COUNT] = np.array(float(self._in_part))
+        return arrays, ()
 
     def _import(self, state: AccumulatorState) -> None:
-        if set(state.arrays) != set(self._sum) or state.weights:
+        expected = set(self._slots) | {_PARTIAL + k for k, (_, _, a32) in self._slots.items() if a32 is not None}
+        if set(state.arrays) != expected | {_PARTIAL_COUNT} or state.weights:
             raise AggregationError("accumulator state does not match the spec", reason="bad_accumulator_state")
-        for name, running in self._sum.items():
+        in_part = float(np.asarray(state.arrays[_PARTIAL_COUNT]).reshape(-1)[0])
+        if not (in_part.is_integer() and 0 <= in_part <= self.FOLD):
+            raise AggregationError("accumulator state: bad partial count", reason="bad_accumulator_state")
+        for name, (a, n, a32) in self._slots.items():
+            shape = self.spec[name].shape
             value = np.asarray(state.arrays[name], dtype=np.float64)
-            if value.shape != running.shape:
+            if value.shape != shape:
                 raise AggregationError(f"accumulator state: {name} has the wrong shape", reason="bad_accumulator_state")
-            running[...] = value
+            self._sum[a : a + n] = value.reshape(-1)
+            if a32 is not None:
+                part = np.asarray(state.arrays[_PARTIAL + name])
+                if part.shape != shape or part.dtype != np.float32:
+                    raise AggregationError(f"accumulator state: partial {name} is not float32 of its shape",
+                                           reason="bad_accumulator_state")
+                self._part[a32 : a32 + n] = part.reshape(-1)
+        self._in_part = int(in_part)
 
     def _add(self, arrays: Mapping[str, np.ndarray], num_examples: int) -> None:
-        # No float64 copy of the update: weight a cache-sized chunk into one reused buffer, then add it.
+        # Weighted in place: a cache-sized chunk of n * x goes into a reused scratch buffer, then is added
+        # (no float64 copy of the update, no temporaries the size of a tensor).
         weight = float(num_examples)
-        for name, running in self._sum.items():
+        weight32 = np.float32(weight)
+        in_part = float(weight32) == weight  # exact in float32 (num_examples < 2^24, always for updates)
+        if self._in_part >= self.FOLD or not in_part:
+            self._fold()
+        chunk = self._CHUNK
+        for name, (start, size, start32) in self._slots.items():
             src = np.asarray(arrays[name]).reshape(-1)
-            dst = running.reshape(-1)
-            for start in range(0, src.size, self._CHUNK):
-                stop = min(start + self._CHUNK, src.size)
-                tmp = self._scratch[: stop - start]
-                np.multiply(src[start:stop], weight, out=tmp, dtype=np.float64, casting="unsafe")
-                np.add(dst[start:stop], tmp, out=dst[start:stop])
+            if start32 is not None and in_part:
+                dst32 = self._part[start32 : start32 + size]
+                for lo in range(0, size, chunk):
+                    hi = min(lo + chunk, size)
+                    t32, d32 = self._scratch32[: hi - lo], dst32[lo:hi]
+                    np.multiply(src[lo:hi], weight32, out=t32)
+                    np.add(d32, t32, out=d32)
+            else:
+                dst = self._sum[start : start + size]
+                for lo in range(0, size, chunk):
+                    hi = min(lo + chunk, size)
+                    t, d = self._scratch[: hi - lo], dst[lo:hi]
+                    np.multiply(src[lo:hi], weight, out=t, dtype=np.float64, casting="unsafe")
+                    np.add(d, t, out=d)
+        if in_part and self._part.size:
+            self._in_part += 1
 
     def _result(self) -> NDArrays:
-        return {
-            name: (running / self._total_examples).astype(self.spec[name].dtype) for name, running in self._sum.items()
-        }
+        # Folded into a copy: the state (and so every later result) does not depend on when this is called.
+        out: NDArrays = {}
+        for name, (a, n, a32) in self._slots.items():
+            t = self.spec[name]
+            total = self._sum[a : a + n].copy()
+            if a32 is not None:
+                np.add(total, self._part[a32 : a32 + n], out=total)
+            np.divide(total, self._total_examples, out=total)
+            out[name] = total.astype(t.dtype).reshape(t.shape)
+        return out
 
 
 class BufferedAccumulator(Accumulator):

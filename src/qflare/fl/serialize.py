@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 ORDER_KEY = "qflare.order"
+_MAX_HEADER = 100_000_000  # bytes of JSON header, the reference parser's own limit
 _RESERVED_PREFIX = "qflare."
 
 # safetensors dtype tag -> numpy dtype; anything else (BF16, F8, ...) is refused as malformed.
@@ -86,11 +89,13 @@ def _canonical_header(data: bytes) -> bytes:
     return len(raw).to_bytes(8, "little") + raw + data[8 + length :]
 
 
-def load_arrays(data: bytes, spec: ModelSpec | None = None) -> tuple[NDArrays, dict[str, str]]:
+def load_arrays(data: bytes, spec: ModelSpec | None = None, *, copy: bool = True) -> tuple[NDArrays, dict[str, str]]:
     """Parse safetensors bytes into ``(arrays, metadata)``.
 
-    Arrays come back as writable copies in the order of ``spec`` (or of the sender's
-    ``state_dict`` when no spec is given). Floating tensors are always checked for NaN/Inf.
+    Arrays come back in the order of ``spec`` (or of the sender's ``state_dict`` when no spec is
+    given): writable copies, or with ``copy=False`` read-only views into ``data`` (zero-copy: they
+    keep ``data`` alive; ``data`` must then be ``bytes``, or is copied once). Floating tensors are
+    always checked for NaN/Inf.
 
     Raises
     ------
@@ -101,7 +106,7 @@ def load_arrays(data: bytes, spec: ModelSpec | None = None) -> tuple[NDArrays, d
     NonFiniteValues
         reason ``non_finite``.
     """
-    raw, metadata = _parse(data)
+    raw, metadata = _parse(data, copy=copy)
     order = _tensor_order(metadata.pop(ORDER_KEY, None), raw)
     names = list(spec) + [n for n in order if n not in spec] if spec is not None else order
     arrays: NDArrays = {name: raw[name] for name in names if name in raw}
@@ -112,39 +117,76 @@ def load_arrays(data: bytes, spec: ModelSpec | None = None) -> tuple[NDArrays, d
     return arrays, metadata
 
 
-def _parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _malformed(message: str) -> MalformedPayload:
+    return MalformedPayload(message, reason="malformed_tensor")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _malformed("safetensors header names a key twice")
+    return out
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse(data: bytes, *, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of a safetensors file (format: 8-byte little-endian header length, UTF-8 JSON header
+    of ``{name: {dtype, shape, data_offsets}}`` and ``__metadata__``, then the data section, which the
+    tensors must tile exactly), checked as strictly as the reference parser, as views into ``data``
+    (``copy=False``) or copies."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedPayload("model payload must be bytes", reason="malformed_tensor")
-    data = bytes(data)
-    try:
-        views = safetensors.deserialize(data)
-    except Exception as exc:  # the Rust parser raises SafetensorError, but be total on hostile input
-        raise MalformedPayload(f"not a safetensors payload: {exc}", reason="malformed_tensor") from exc
-    arrays: dict[str, np.ndarray] = {}
-    for name, view in views:
-        dtype = _DTYPES.get(view["dtype"])
-        if dtype is None:
-            raise MalformedPayload(f"tensor {name!r}: unsupported dtype {view['dtype']}", reason="malformed_tensor")
-        try:
-            flat = np.frombuffer(view["data"], dtype=dtype)
-            arrays[name] = flat.reshape(view["shape"]).astype(dtype.newbyteorder("="), copy=True)
-        except (ValueError, TypeError) as exc:
-            raise MalformedPayload(f"tensor {name!r}: {exc}", reason="malformed_tensor") from exc
-    return arrays, _metadata(data)
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    # The header already parsed in safetensors; read __metadata__ from it (the numpy API drops it).
+    data = bytes(data)  # immutable: the views below can never change under their reader
+    if len(data) < 8:
+        raise _malformed("not a safetensors payload: shorter than its header length")
     length = int.from_bytes(data[:8], "little")
+    if length > _MAX_HEADER or 8 + length > len(data):
+        raise _malformed("not a safetensors payload: bad header length")
     try:
-        header = json.loads(data[8 : 8 + length])
-    except ValueError as exc:
-        raise MalformedPayload(f"safetensors header is not valid JSON: {exc}", reason="malformed_tensor") from exc
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+        header = json.loads(data[8 : 8 + length].decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _malformed(f"safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _malformed("safetensors header is not an object")
+    meta = header.pop("__metadata__", None)
     meta = {} if meta is None else meta
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise MalformedPayload("safetensors __metadata__ must map str to str", reason="malformed_tensor")
-    return dict(meta)
+    spans: list[tuple[int, int, str, np.dtype, tuple[int, ...]]] = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _malformed(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+        tag, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        dtype = _DTYPES.get(tag) if isinstance(tag, str) else None
+        if dtype is None:
+            raise _malformed(f"tensor {name!r}: unsupported dtype {str(tag)[:16]}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise _malformed(f"tensor {name!r}: shape must be a list of non-negative ints")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise _malformed(f"tensor {name!r}: data_offsets must be two non-negative ints")
+        begin, end = offsets
+        count = math.prod(shape)
+        if end < begin or end - begin != count * dtype.itemsize:
+            raise _malformed(f"tensor {name!r}: data_offsets do not match its shape and dtype")
+        spans.append((begin, end, name, dtype, tuple(shape)))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    base = 8 + length
+    pos = 0
+    for begin, end, name, _, _ in spans:
+        if begin != pos:
+            raise _malformed(f"tensor {name!r}: data overlaps another tensor or leaves a gap")
+        pos = end
+    if base + pos != len(data):
+        raise _malformed("safetensors data section is not exactly its tensors")
+    arrays: dict[str, np.ndarray] = {}
+    for begin, end, name, dtype, shape in spans:
+        view = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=base + begin)
+        view = view.reshape(shape)
+        arrays[name] = view.astype(dtype.newbyteorder("="), copy=True) if copy else view
+    return arrays, dict(meta)
 
 
 def _tensor_order(order_json: str | None, arrays: Mapping[str, np.ndarray]) -> list[str]:

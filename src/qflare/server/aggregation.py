@@ -8,8 +8,10 @@ code: :func:`qflare.fl.checks.parse_update` validates, the configured
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from qflare.errors import AggregationError, NotFound
 from qflare.fl.aggregate import Accumulator
@@ -17,6 +19,7 @@ from qflare.fl.checks import parse_update
 from qflare.fl.port import PlainUpdate, UpdateInput, ValidatedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays, sha256_hex
 from qflare.fl.strategies import FedAvg, Strategy
+from qflare.fl.strategies.server_opt import ServerOptStrategy
 from qflare.types import NDArrays
 
 __all__ = ["InProcessAggregator"]
@@ -39,17 +42,51 @@ class InProcessAggregator:
         The aggregation rule (default FedAvg).
     max_update_norm:
         Reject an update whose L2 norm over all tensors exceeds this bound; ``None`` disables the check.
+    state_dir:
+        Where a server optimizer (FedAvgM, FedAdam, ...) keeps its state after each round, named by the
+        model it produced, so that a restarted server resumes it for a round on that model. ``None``:
+        the state lives in this object only (a restart starts the optimizer afresh).
     """
 
-    def __init__(self, strategy: Strategy | None = None, *, max_update_norm: float | None = None) -> None:
+    def __init__(self, strategy: Strategy | None = None, *, max_update_norm: float | None = None,
+                 state_dir: str | os.PathLike[str] | None = None) -> None:
         self.strategy = strategy or FedAvg()
         self._max_norm = max_update_norm
+        self._state_dir = Path(state_dir) if state_dir is not None else None
         self._rounds: dict[int, _RoundState] = {}
         self._flagged: dict[int, list[str]] = {}
         self._lock = threading.Lock()
 
+    def _optimizer_path(self, model_sha256: str) -> Path:
+        assert self._state_dir is not None
+        return self._state_dir / f"server-optimizer-{model_sha256[:32]}.safetensors"
+
+    def _resume_optimizer(self, base_model: bytes) -> None:
+        """Load the optimizer state persisted with ``base_model`` (if any) into the strategy."""
+        if self._state_dir is None or not isinstance(self.strategy, ServerOptStrategy):
+            return
+        path = self._optimizer_path(sha256_hex(base_model))
+        if path.exists():
+            arrays, meta = load_arrays(path.read_bytes())
+            if meta.get("optimizer") == self.strategy.optimizer:
+                self.strategy.from_state(arrays)
+
+    def _persist_optimizer(self, model: bytes) -> None:
+        """Write the optimizer state after the step that made ``model``; keep it and the one before."""
+        if self._state_dir is None or not isinstance(self.strategy, ServerOptStrategy):
+            return
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        path = self._optimizer_path(sha256_hex(model))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(dump_arrays(self.strategy.state(), {"optimizer": self.strategy.optimizer}))
+        os.replace(tmp, path)
+        older = sorted(self._state_dir.glob("server-optimizer-*.safetensors"), key=lambda p: p.stat().st_mtime)
+        for stale in older[:-2]:  # the previous one stays: the model of this round may not be stored yet
+            stale.unlink(missing_ok=True)
+
     def begin_round(self, round_id: int, base_model: bytes, spec: ModelSpec) -> None:
         with self._lock:
+            self._resume_optimizer(base_model)
             need_base = self._max_norm is not None or self.strategy.needs_reference
             base = load_arrays(base_model, spec)[0] if need_base else None
             acc = self.strategy.accumulator(spec, reference=base)
@@ -96,7 +133,9 @@ class InProcessAggregator:
             outcome = state.acc.last_outcome
             self._flagged[round_id] = [state.sha256s[i] for i in outcome.flagged] if outcome is not None else []
             del self._rounds[round_id]
-        return dump_arrays(result, {"round_id": str(round_id)})
+            model = dump_arrays(result, {"round_id": str(round_id)})
+            self._persist_optimizer(model)
+        return model
 
     def flagged_updates(self, round_id: int) -> list[str]:
         """SHA-256 of the updates the rule flagged when ``round_id`` was finalized (once; then forgotten)."""

@@ -85,7 +85,8 @@ def build_state(
         attach_registrar(enclave, config, repo)
         backend, opener = enclave, EnclaveOpener(enclave)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
-    backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm)
+    backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm,
+                                             state_dir=config.server.state_dir)
     gateway = DeviceGateway(repo, opener, window_seconds=config.server.timestamp_window_seconds,
                             qkd_lookup=qkd_lookup(config.qkd) if config.qkd is not None else None)
     orch = Orchestrator(repo, config, backend, clock=clock, evaluator=evaluator, lease=lease)

@@ -30,6 +30,8 @@ __all__ = ["CHECKPOINT_PURPOSE", "RoundState", "checkpoint_header"]
 CHECKPOINT_PURPOSE: Final = "round-checkpoint"
 _CKPT_HEADER: Final = struct.Struct(">4sQ32s32s")
 _CKPT_MAGIC: Final = b"QFCP"
+_F32: Final = "<f4"
+_F64: Final = "<f8"
 
 
 def checkpoint_header(round_id: int, base_sha256: str, spec: ModelSpec) -> bytes:
@@ -123,7 +125,7 @@ class RoundState:
         if device_id is not None and device_id in self._devices:
             raise DuplicateUpdate(f"an update of device {device_id!r} is already counted in round {self.round_id}",
                                   reason="enclave_duplicate_device")
-        self.acc.add(update.arrays, update.num_examples)
+        self.acc.add(update.arrays, update.num_examples, finite_checked=True)  # parse_update checked them
         self.included.append(update_id)
         self._included_set.add(update_id)
         self.participants.append((device_id, update.num_examples))
@@ -137,20 +139,22 @@ class RoundState:
     def checkpoint(self) -> tuple[bytes, bytes]:
         """``(public header, plaintext)`` of a checkpoint of the running aggregate.
 
-        Plaintext: ``u32 len || JSON {count, total_examples, weights, included, names}`` then every tensor
-        of :meth:`Accumulator.state` as little-endian float64, in ``names`` order (raw, so an 8 MB sum
-        costs one copy, not a serialiser).
+        Plaintext: ``u32 len || JSON {count, total_examples, weights, included, names, shapes, dtypes}``
+        then every tensor of :meth:`Accumulator.state` raw, in ``names`` order: little-endian float32 if
+        it is float32 (a buffered update, a partial sum), else float64 (raw, so an 8 MB sum costs one
+        copy, not a serialiser).
         """
         st = self.acc.state()
         names = list(st.arrays)
+        dtypes = [_F32 if st.arrays[n].dtype == np.float32 else _F64 for n in names]
         meta = json.dumps(
             {"count": st.count, "total_examples": st.total_examples, "weights": list(st.weights),
              "included": self.included, "participants": [list(p) for p in self.participants],
-             "names": names, "shapes": [list(st.arrays[n].shape) for n in names]},
+             "names": names, "shapes": [list(st.arrays[n].shape) for n in names], "dtypes": dtypes},
             separators=(",", ":"),
         ).encode("ascii")
         parts: list[bytes | memoryview] = [struct.pack(">I", len(meta)), meta]
-        parts += [np.ascontiguousarray(st.arrays[name], dtype="<f8").data for name in names]
+        parts += [np.ascontiguousarray(st.arrays[name], dtype=dt).data for name, dt in zip(names, dtypes, strict=True)]
         return checkpoint_header(self.round_id, self.base_sha256, self.spec), b"".join(parts)
 
     def restore(self, header: bytes, plaintext: bytes) -> None:
@@ -163,21 +167,24 @@ class RoundState:
             meta = json.loads(plaintext[4 : 4 + mlen])
             count, total, included = meta["count"], meta["total_examples"], meta["included"]
             names, shapes, weights = meta["names"], meta["shapes"], meta["weights"]
+            dtypes = meta.get("dtypes", [_F64] * len(names))  # a checkpoint from before dtypes: all float64
             participants = [(None if d is None else str(d), int(n)) for d, n in meta["participants"]]
         except (struct.error, ValueError, KeyError, TypeError):
             raise bad from None
         if not (isinstance(count, int) and isinstance(total, int) and isinstance(included, list)):
             raise bad
-        if len(included) != count or len(participants) != count or len(names) != len(shapes):
+        if len(included) != count or len(participants) != count or not len(names) == len(shapes) == len(dtypes):
+            raise bad
+        if not all(dt in (_F32, _F64) for dt in dtypes):
             raise bad
         arrays: NDArrays = {}
         pos = 4 + mlen
-        for name, shape in zip(names, shapes, strict=True):
+        for name, shape, dt in zip(names, shapes, dtypes, strict=True):
             size = int(np.prod(shape, dtype=np.int64))
-            n = size * 8
+            n = size * np.dtype(dt).itemsize
             if pos + n > len(plaintext):
                 raise bad
-            arrays[str(name)] = np.frombuffer(plaintext, dtype="<f8", count=size, offset=pos).reshape(shape)
+            arrays[str(name)] = np.frombuffer(plaintext, dtype=dt, count=size, offset=pos).reshape(shape)
             pos += n
         if pos != len(plaintext):
             raise bad

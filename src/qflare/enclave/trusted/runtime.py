@@ -38,7 +38,7 @@ from qflare.enclave.config import EnclaveConfig
 from qflare.enclave.quote import EnclavePublicKeys, check_nonce, report_data_for
 from qflare.enclave.registry import DeviceRegistry, verify_registration
 from qflare.enclave.sealing import SealingKey
-from qflare.enclave.statements import RoundTask, model_statement, sign_model, sign_task
+from qflare.enclave.statements import RoundTask, model_statement, sign_task
 from qflare.enclave.stored import (
     ENVELOPE_PURPOSE,
     UPDATE_PURPOSE,
@@ -69,6 +69,7 @@ from qflare.fl.privacy import DPFixedClipping, dp_from_params
 from qflare.fl.serialize import dump_arrays, load_arrays, sha256_hex
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import get_strategy
+from qflare.fl.strategies.server_opt import ServerOptStrategy
 from qflare.ledger.checkpoint import parse_checkpoint
 from qflare.ledger.entries import AggregatePublished, UpdateAccepted, encode_event, sign_entry
 from qflare.ledger.merkle import verify_consistency
@@ -80,6 +81,12 @@ _KEYS_PURPOSE: Final = "enclave-keys"
 _CHAIN_PURPOSE: Final = "model-chain"
 _REGISTRY_PURPOSE: Final = "device-registry"
 _MAX_STATE_FILE: Final = 1 << 34
+_OPTIMIZER_PURPOSE: Final = "server-optimizer"
+
+
+def _optimizer_header(model_sha256: str, kind: str) -> bytes:
+    """The public header of a sealed optimizer state: the model it belongs to and the optimizer."""
+    return b"QFOS" + bytes.fromhex(model_sha256) + kind.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class EnclaveRuntime:
         self._state_missing = False
         if created:
             self._chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None,
-                                           "log_size": 0, "log_root": None}
+                                           "log_size": 0, "log_root": None, "optimizer": None}
             self._registry = DeviceRegistry()
             self._save_chain()
             self._save_registry()
@@ -156,6 +163,7 @@ class EnclaveRuntime:
         # HybridNoteSigner, from the enclave's own composite key (sign_note).
         self._note_signer = HybridNoteSigner(config.ledger_origin, self._signer, secret_access.TOKEN)
         self._rounds: dict[int, RoundState] = {}
+        self._optimizers: dict[int, ServerOptStrategy] = {}  # open rounds whose rule is a server optimizer
         self._sealers: OrderedDict[bytes, ResponseSealer] = OrderedDict()
         self.stopping = False
         # hashlib and AES-GCM drop the GIL on large inputs: hash (and seal) an update while parsing it,
@@ -250,7 +258,8 @@ class EnclaveRuntime:
         write_atomic(self._registry_path(), self._sealing.seal(self._registry.to_bytes(), purpose=_REGISTRY_PURPOSE))
 
     def _load_state(self) -> tuple[dict[str, Any], DeviceRegistry]:
-        chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None, "log_size": 0, "log_root": None}
+        chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None, "log_size": 0, "log_root": None,
+                                 "optimizer": None}
         registry = DeviceRegistry()
         chain_blob = read_file(self._chain_path(), max_size=65536)
         registry_blob = read_file(self._registry_path(), max_size=_MAX_STATE_FILE)
@@ -263,6 +272,8 @@ class EnclaveRuntime:
         except CryptoError as exc:
             raise EnclaveError(f"sealed enclave state does not open: {exc.message}", reason="unseal_failed") from None
         loaded = json.loads(chain_data)
+        if isinstance(loaded, dict):
+            loaded.setdefault("optimizer", None)  # sealed before server optimizer state was kept
         if not isinstance(loaded, dict) or set(loaded) != set(chain):
             raise EnclaveError("sealed model chain is malformed", reason="unseal_failed")
         return loaded, DeviceRegistry.from_bytes(registry_data)
@@ -435,6 +446,7 @@ class EnclaveRuntime:
         base_model = self._input(call.base_model)
         spec = ModelSpec.from_json(call.spec_json)
         strategy = get_strategy(self._config.aggregation_rule, **self._config.aggregation_params)
+        optimizer = strategy if isinstance(strategy, ServerOptStrategy) else None
         if self._dp is not None:
             self._dp.strategy = strategy  # a fresh rule per round, as without DP
             strategy = self._dp
@@ -442,8 +454,48 @@ class EnclaveRuntime:
         # Always kept: every update's step norm goes into its signed ledger entry.
         base = load_arrays(base_model, spec)[0]
         self._check_base(base_sha256)
+        if optimizer is not None:
+            self._load_optimizer(optimizer, base_sha256)
+            self._optimizers[call.round_id] = optimizer
         return RoundState(round_id=call.round_id, spec=spec, base_sha256=base_sha256, base=base,
                           strategy=strategy)
+
+    # -- server optimizer state (FedAvgM momentum, FedAdam moments): sealed with the model it led to ----
+
+    def _optimizer_path(self, model_sha256: str) -> Path:
+        return self._state_dir / f"optimizer-{self._tag}-{model_sha256[:32]}.sealed"
+
+    def _load_optimizer(self, optimizer: ServerOptStrategy, base_sha256: str) -> None:
+        """Resume the optimizer state the round's base model was produced with (none: a fresh start).
+
+        The sealed chain names the model the last sealed state belongs to, so a state file the host
+        deleted or swapped for an older one is refused, never silently replaced by a fresh start.
+        """
+        if self._chain.get("optimizer") != base_sha256:
+            return  # the base was not made by a server optimizer step (the first round, or another rule)
+        blob = read_file(self._optimizer_path(base_sha256), max_size=_MAX_STATE_FILE)
+        if blob is None:
+            raise EnclaveError("the server optimizer state of the base model is missing from the state directory",
+                               reason="enclave_state_missing")
+        header, plaintext = self._sealing.unseal(blob, purpose=_OPTIMIZER_PURPOSE)
+        if header != _optimizer_header(base_sha256, optimizer.optimizer):
+            raise EnclaveError("the sealed optimizer state belongs to another model or optimizer",
+                               reason="enclave_state_missing")
+        optimizer.from_state(load_arrays(plaintext)[0])
+
+    def _save_optimizer(self, round_id: int, model_sha256: str) -> None:
+        """Seal the optimizer state after the step that made ``model_sha256`` (before the chain names it)."""
+        optimizer = self._optimizers.get(round_id)
+        if optimizer is not None:
+            write_atomic(self._optimizer_path(model_sha256), *self._sealing.seal_parts(
+                dump_arrays(optimizer.state()), purpose=_OPTIMIZER_PURPOSE,
+                header=_optimizer_header(model_sha256, optimizer.optimizer)))
+
+    def _drop_optimizers(self, *, keep: str) -> None:
+        """Remove sealed optimizer states of older models (the chain has moved past them)."""
+        for path in self._state_dir.glob(f"optimizer-{self._tag}-*.sealed"):
+            if path != self._optimizer_path(keep):
+                remove_file(path)
 
     def _status(self, state: RoundState, *, restored: bool) -> ec.RoundStatusResult:
         return ec.RoundStatusResult(
@@ -628,11 +680,16 @@ class EnclaveRuntime:
         if state.acc.count == 0:
             raise AggregationError(f"round {call.round_id} has no updates", reason="no_updates")
         model = dump_arrays(state.acc.result(), {"round_id": str(call.round_id)})
-        signature = sign_model(call.round_id, model, self._signer)
-        entry = self._aggregate_entry(state, sha256_hex(model), call.time_ms)
+        model_sha256 = sha256_hex(model)  # once: the signature, the ledger entry and the chain name it
+        signature = self._signer.sign(model_statement(call.round_id, model_sha256), SigningContext.GLOBAL_MODEL)
+        entry = self._aggregate_entry(state, model_sha256, call.time_ms)
+        self._save_optimizer(call.round_id, model_sha256)
         # The chain moves on before the model leaves: the next round must start from this model.
-        self._chain = {**self._chain, "last": sha256_hex(model), "last_round": call.round_id}
+        self._chain = {**self._chain, "last": model_sha256, "last_round": call.round_id,
+                       "optimizer": model_sha256 if call.round_id in self._optimizers else None}
         self._save_chain()
+        self._drop_optimizers(keep=model_sha256)
+        self._optimizers.pop(call.round_id, None)
         # The checkpoint stays until abort_round: if this answer is lost, the round can be restored.
         del self._rounds[call.round_id]
         return ec.FinalizedResult(
@@ -664,6 +721,7 @@ class EnclaveRuntime:
     def abort_round(self, call: ec.AbortRound) -> ec.Empty:
         self._collect_checkpoint(wait=True)
         self._rounds.pop(call.round_id, None)
+        self._optimizers.pop(call.round_id, None)
         remove_file(self._checkpoint_path(call.round_id))
         return ec.Empty()
 
