@@ -15,6 +15,7 @@ update id once, so replays never double-count.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import OrderedDict
@@ -139,6 +140,18 @@ class EnclaveAggregator:
         with self._lock:
             self._rounds[round_id] = _HostRound(base_model=bytes(base_model), spec=spec)
             self.enclave.begin_round(round_id, base_model, spec)
+
+    def round_base_sha256(self, round_id: int) -> str | None:
+        """SHA-256 of the base model ``round_id`` is aggregated on (``None``: not being aggregated)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return None if state is None else hashlib.sha256(state.base_model).hexdigest()
+
+    def counted_updates(self, round_id: int) -> int:
+        """How many updates the enclave has counted in ``round_id`` (0 when it is not being aggregated)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return 0 if state is None else len(state.counted)
 
     def _host_round(self, round_id: int) -> _HostRound:
         state = self._rounds.get(round_id)

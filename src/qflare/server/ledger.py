@@ -287,6 +287,8 @@ class AuditLog:
             if not self._flush():
                 return None
             try:
+                if self.store.size() != self.log.size():
+                    self.log.refresh()  # another worker appended: sign the log as it is, not this view of it
                 note = self.log.checkpoint()
             except Exception:  # noqa: BLE001 - retried at the next tick
                 log.exception("ledger checkpoint failed")
@@ -295,10 +297,15 @@ class AuditLog:
             self._last_checkpoint_at = self.clock()
             return note
 
-    def tick(self) -> None:
-        """Issue a checkpoint when the log grew and ``checkpoint_interval`` passed (the server's ticker)."""
+    def tick(self, *, checkpoint: bool = True) -> None:
+        """Issue a checkpoint when the log grew and ``checkpoint_interval`` passed (the server's ticker);
+        with ``checkpoint=False`` only append what is pending."""
         with self.lock:
             self._flush()
+            if not checkpoint:
+                return
+            if self.store.size() != self.log.size():
+                self.log.refresh()  # other workers appended
             due = self.clock() - self._last_checkpoint_at >= self.checkpoint_interval
             grew = self.log.size() != self._checkpointed_size
         if due and grew:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from qflare.errors import Conflict, DuplicateUpdate, NotFound
@@ -15,6 +15,10 @@ from qflare.server.storage.records import (
     _update,
 )
 from qflare.server.storage.tables import LedgerOutbox, Round, Update
+
+# The round close barrier's advisory lock (with the round id as its second key): ``add_update`` takes it
+# shared, the round owner exclusively while it closes the round (qflare.server.lease.PostgresLease.closing).
+CLOSE_KEY_SQL = "hashtext('qflare-close:' || current_database() || ':' || current_schema())"
 
 
 class UpdateStore(StoreBase):
@@ -39,6 +43,8 @@ class UpdateStore(StoreBase):
         ``ledger``: audit entries committed with it, into the ledger outbox (:mod:`.outbox`)."""
         try:
             with self._tx() as s:
+                if self.engine.dialect.name == "postgresql":  # waits while the owner closes the round
+                    s.execute(text(f"SELECT pg_advisory_xact_lock_shared({CLOSE_KEY_SQL}, :r)"), {"r": round_id})
                 rnd = s.get(Round, round_id, with_for_update=True)
                 if rnd is None:
                     raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
