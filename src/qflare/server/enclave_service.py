@@ -131,6 +131,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():  # the directory is 0700 already; a process of another user is not a worker
+            log.warning("enclave service: refused a connection from uid %d (pid %d)", uid, pid)
+            return
+        log.debug("enclave service: worker pid %d connected", pid)
         while True:
             try:
                 header, blobs = _recv(sock)
@@ -139,6 +144,9 @@ class _Handler(socketserver.BaseRequestHandler):
             try:
                 result, out = self.server.service.dispatch(str(header.get("op", "")), header, blobs)
                 reply: dict[str, Any] = {"ok": result}
+                if header.get("op") == "validate":
+                    log.debug("enclave service: update validated for round %s via worker pid %d",
+                              header.get("round_id"), pid)
             except QFlareError as exc:
                 reply, out = _error_header(exc), []
             except Exception as exc:  # noqa: BLE001 - a bug here must not kill the service thread silently

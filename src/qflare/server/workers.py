@@ -51,10 +51,14 @@ def run_workers(config: GlobalConfig, *, admin_token: str, workers: int, log_lev
     Each worker gets what a single ``qflare server`` process has: the dashboard's operator accounts, the
     log level and format (every line names its worker's pid), and the transport limits of ``server:``.
     """
+    from qflare.logs import configure_logging
     from qflare.server.keys import ServerKeys
 
     ServerKeys.load_or_create(config.server.key_dir)  # before the fork: every worker loads the same keys
-    service = start_enclave_service(config) if config.enclave.backend != "none" else None
+    service = None
+    if config.enclave.backend != "none":
+        configure_logging(log_level, log_format, process_ids=True)  # the service logs from this process
+        service = start_enclave_service(config)
     spec = WorkerSpec(config=config, admin_token=admin_token, log_level=log_level, log_format=log_format,
                       operators_file=str(operators_file.resolve()) if operators_file is not None else None,
                       bench_endpoint=bench_endpoint,
