@@ -153,6 +153,12 @@ class EnclaveAggregator:
             state = self._rounds.get(round_id)
             return 0 if state is None else len(state.counted)
 
+    def is_counted(self, round_id: int, update_id: str) -> bool:
+        """Whether the enclave counts ``update_id`` in ``round_id`` (or will, after restoring from a crash)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return state is not None and update_id in state.counted
+
     def _host_round(self, round_id: int) -> _HostRound:
         state = self._rounds.get(round_id)
         if state is None:

@@ -53,7 +53,7 @@ from qflare.enclave.backend import EnclaveUpdateHandle
 from qflare.enclave.client import EnclaveIdentity, OpenedRequest
 from qflare.enclave.quote import EnclavePublicKeys
 from qflare.enclave.statements import RoundTask
-from qflare.enclave.stored import parse_stored
+from qflare.enclave.stored import parse_stored, stored_update_id
 from qflare.errors import Conflict, EnclaveError, NotFound, QFlareError
 from qflare.fl.port import SealedUpdate, UpdateInput, ValidatedUpdate
 from qflare.fl.spec import ModelSpec
@@ -267,7 +267,10 @@ class EnclaveService:
                                            size_bytes=len(blobs[0]), stored=blobs[0], handle=handle))
             return {}, []
         if op == "replay":
-            agg.replay(int(h["round_id"]), blobs[0])
+            rid = int(h["round_id"])
+            _, update_id = stored_update_id(blobs[0])
+            if not agg.is_counted(rid, update_id):  # the owner replays what another worker counted: skip it here,
+                agg.replay(rid, blobs[0])           # not after decrypting 4 MB again inside
             return {}, []
         if op == "begin_round":
             return self._begin(int(h["round_id"]), blobs[0], str(h["spec"]), h.get("token"))

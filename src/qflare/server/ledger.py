@@ -251,7 +251,11 @@ class AuditLog:
         try:
             try:
                 first = self.log.append_events(self._pending)
-            except Conflict:  # another writer on the same database: catch up and append after it
+            except (Conflict, LedgerIntegrityError) as exc:
+                # Another writer on the same database (another worker) appended: catch up and append after
+                # it. Behind mid-tile, the stored tile is longer than this view expects (tile_missing).
+                if isinstance(exc, LedgerIntegrityError) and exc.reason != "tile_missing":
+                    raise
                 self.log.refresh()
                 first = self.log.append_events(self._pending)
         except Exception:  # noqa: BLE001 - the audit log must not fail the server's work; kept for retry

@@ -31,6 +31,7 @@ __all__ = ["SPEC_ENV", "WorkerH11Protocol", "WorkerSpec", "check_workers", "run_
            "worker_app"]
 
 SPEC_ENV = WORKER_SPEC_ENV
+HEALTHCHECK_SECONDS = 60
 
 
 def check_workers(config: GlobalConfig, workers: int, dialect: str) -> None:
@@ -98,7 +99,11 @@ def _serve(config: GlobalConfig, *, workers: int, log_level: str, log_format: st
                 # JSON: uvicorn's own lines go through the root logger's JSON formatter too
                 log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
                 # the guarded protocol by name: a class made at run time cannot reach a spawned worker
-                **{**uvicorn_options(cfg), "http": "qflare.server.workers:WorkerH11Protocol"})
+                **{**uvicorn_options(cfg), "http": "qflare.server.workers:WorkerH11Protocol"},
+                # uvicorn kills a worker whose health-check thread does not answer in time (default 5 s): a
+                # round owner replaying and aggregating hundreds of 4 MB updates on a loaded machine was killed
+                # so (500 devices, 2 shared cores); a real hang is still caught, a minute later
+                timeout_worker_healthcheck=HEALTHCHECK_SECONDS)
 
 
 @dataclass(frozen=True)
