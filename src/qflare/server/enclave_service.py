@@ -42,6 +42,7 @@ import socketserver
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -71,6 +72,7 @@ _LEN: Final = struct.Struct(">I")
 _MAX_HEADER: Final = 1 << 20
 _MAX_BLOB: Final = 1 << 31
 SOCKET_NAME: Final = "enclave.sock"
+_CONNECT_ATTEMPTS: Final = 20
 
 
 # -- framing ----------------------------------------------------------------------------------------
@@ -161,6 +163,9 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    # Workers open connections in bursts (one per concurrent upload); the default backlog of 5 refused them
+    # with EAGAIN at 500 devices.
+    request_queue_size = 1024
     service: EnclaveService
 
 
@@ -340,15 +345,21 @@ class EnclaveServiceClient:
         self._idle: queue.LifoQueue[socket.socket] = queue.LifoQueue()
 
     def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError as exc:
-            sock.close()
-            raise EnclaveError(f"the enclave service at {self.socket_path} does not answer ({exc.strerror})",
-                               reason="enclave_unavailable") from None
-        return sock
+        for attempt in range(_CONNECT_ATTEMPTS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+                return sock
+            except BlockingIOError:  # the service's backlog is full for a moment: wait, then again
+                sock.close()
+                time.sleep(0.05 * (attempt + 1))
+            except OSError as exc:
+                sock.close()
+                raise EnclaveError(f"the enclave service at {self.socket_path} does not answer ({exc.strerror})",
+                                   reason="enclave_unavailable") from None
+        raise EnclaveError(f"the enclave service at {self.socket_path} accepts no more connections",
+                           reason="enclave_unavailable")
 
     def _call(self, op: str, header: dict[str, Any] | None = None,
               blobs: Sequence[bytes] = ()) -> tuple[dict[str, Any], list[bytes]]:

@@ -170,6 +170,9 @@ class EnclaveNoteSigner:
         return sigs
 
 
+_APPEND_ATTEMPTS = 8  # appends racing other workers' (each retry first catches up with them)
+
+
 class AuditLog:
     """Appends QFLARE events to the transparency log and issues signed checkpoints.
 
@@ -249,15 +252,17 @@ class AuditLog:
         if not self._pending:
             return True
         try:
-            try:
-                first = self.log.append_events(self._pending)
-            except (Conflict, LedgerIntegrityError) as exc:
-                # Another writer on the same database (another worker) appended: catch up and append after
-                # it. Behind mid-tile, the stored tile is longer than this view expects (tile_missing).
-                if isinstance(exc, LedgerIntegrityError) and exc.reason != "tile_missing":
-                    raise
-                self.log.refresh()
-                first = self.log.append_events(self._pending)
+            for attempt in range(_APPEND_ATTEMPTS):
+                try:
+                    first = self.log.append_events(self._pending)
+                    break
+                except (Conflict, LedgerIntegrityError) as exc:
+                    # Another writer on the same database (another worker) appended: catch up and append
+                    # after it. Behind mid-tile, the stored tile is longer than this view expects (tile_missing).
+                    if (isinstance(exc, LedgerIntegrityError) and exc.reason != "tile_missing") or \
+                            attempt == _APPEND_ATTEMPTS - 1:
+                        raise
+                    self.log.refresh()
         except Exception:  # noqa: BLE001 - the audit log must not fail the server's work; kept for retry
             log.exception("ledger append failed; %d events kept for the next attempt", len(self._pending))
             return False
