@@ -52,7 +52,7 @@ def main() -> None:
                     help="stop a run when the server and this process together use more resident memory")
     ap.add_argument("--workers", type=int, default=1, help="qflare server --workers K (needs --postgres)")
     ap.add_argument("--enclave", action="store_true", help="the simulated enclave (one, shared by the workers)")
-    ap.add_argument("--task", default="digits-wide", help="digits-wide (4 MB updates) or digits (28 KB)")
+    ap.add_argument("--task", default="digits-wide", help="digits-wide (4 MB updates) or digits (154 KB)")
     ap.add_argument("--out", type=Path, default=RESULTS / "load_devices.json")
     args = ap.parse_args()
     runs: list[dict[str, Any]] = []

@@ -4,7 +4,7 @@ One server process (``enclave.backend: none``: aggregation in process; SQLite in
 fresh PostgreSQL schema) runs ``rounds`` rounds of the ``digits-wide`` task (996,938 float32 parameters, a
 4 MB update) with every one of ``devices`` devices selected. ``workers`` > 1 runs ``qflare server
 --workers K`` (PostgreSQL) instead, ``enclave`` the simulated enclave (one, shared by the workers), and
-``task`` another task (``digits``: 28 KB updates). The devices are coroutines of this process
+``task`` another task (``digits``: 154 KB updates). The devices are coroutines of this process
 (asyncio, one shared ``httpx.AsyncClient``), each with its own enrolled composite key, speaking the
 device protocol exactly as :class:`~qflare.edge.client.DeviceClient` does: a heartbeat, then task
 long-polls (``POST /v1/device/task?wait=S``, docs/protocol.md 11.3) until the server says ``train``, an
