@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/load_devices.py 200 500 1000            # SQLite, 2 rounds each
     .venv/bin/python benchmarks/load_devices.py 1000 --rounds 1 \\
         --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test    # a fresh schema, dropped after
+    .venv/bin/python benchmarks/load_devices.py 500 --rounds 1 --workers 2 [--enclave] [--task digits] \
+        --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test    # qflare server --workers 2
 
 Each N is one server process (``task: digits-wide``: 996,938 parameters, 4 MB updates; ``enclave.backend:
 none``) and N device coroutines in this process that enroll, heartbeat, long-poll ``/v1/device/task?wait=10``
@@ -29,7 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _row(r: dict[str, Any]) -> str:
     lat = r["upload_latency_seconds"]
-    return (f"{r['devices']:>5} {r['database']:>10} {r['acknowledged']:>6}/{r['recorded']:<6} lost {len(r['lost'])} "
+    return (f"{r['devices']:>5} {r['task']} {r['database']:>10} {r['workers']}w{' enclave' if r['enclave'] else ''} "
+            f"{r['acknowledged']:>6}/{r['recorded']:<6} lost {len(r['lost'])} "
             f"double {r['double_counted']} unacked {len(r['unacknowledged'])} | p50 {lat['p50']:.2f} s p99 "
             f"{lat['p99']:.2f} s | {r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
             f"{r['server_peak_rss_MiB']:.0f} MiB | errors {r['errors'] or 0} {r['stopped']}")
@@ -47,13 +50,16 @@ def main() -> None:
                     help="at most this many uploads sealed or in flight at once (0: every device at once)")
     ap.add_argument("--max-rss-mib", type=float, default=14 * 1024,
                     help="stop a run when the server and this process together use more resident memory")
+    ap.add_argument("--workers", type=int, default=1, help="qflare server --workers K (needs --postgres)")
+    ap.add_argument("--enclave", action="store_true", help="the simulated enclave (one, shared by the workers)")
+    ap.add_argument("--task", default="digits-wide", help="digits-wide (4 MB updates) or digits (154 KB)")
     ap.add_argument("--out", type=Path, default=RESULTS / "load_devices.json")
     args = ap.parse_args()
     runs: list[dict[str, Any]] = []
     for n in args.devices:
         cfg = LoadConfig(devices=n, rounds=args.rounds, postgres=args.postgres, long_poll_seconds=args.long_poll,
                          seal_threads=args.seal_threads, download=args.download, max_inflight=args.max_inflight,
-                         max_rss_mib=args.max_rss_mib)
+                         max_rss_mib=args.max_rss_mib, workers=args.workers, enclave=args.enclave, task=args.task)
         print(f"--- {n} devices, {args.rounds} rounds", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:

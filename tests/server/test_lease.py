@@ -138,6 +138,64 @@ def test_a_close_counting_fewer_updates_than_stored_is_refused(pg_url: str) -> N
         repo.close()
 
 
+def test_an_upload_waits_for_the_close_barrier_and_finds_the_round_closed(pg_url: str) -> None:
+    import threading
+    import time
+
+    # Prepare: round 1 open, the owner inside its close barrier
+    repo = Repository(pg_url)
+    lease = PostgresLease(repo.engine)
+    try:
+        assert lease.held()
+        for d in ("a", "b"):
+            repo.add_device(d, now=1.0, public_key=b"pk" + d.encode(), fingerprint="fp" + d)
+        repo.open_round(1, base_version=0, selected=["a", "b"], now=1.0, deadline_at=9.0)
+        repo.add_update(1, "a", num_examples=1, train_loss=None, sha256="0" * 64, blob=b"x", now=2.0)
+        outcome: list[str] = []
+
+        def upload() -> None:
+            try:
+                repo.add_update(1, "b", num_examples=1, train_loss=None, sha256="1" * 64, blob=b"y", now=3.0)
+                outcome.append("stored")
+            except Conflict as exc:
+                outcome.append(exc.reason)
+
+        # Execute: another worker's upload arrives while the owner counts and closes
+        with lease.closing(1):
+            late = threading.Thread(target=upload)
+            late.start()
+            time.sleep(1.0)
+            waited = not outcome  # still waiting for the barrier
+            repo.close_round(1, status="failed", reason="deadline_no_quorum", now=4.0, expect_updates=1)
+        late.join(30)
+
+        # Assert: it waited, then found the round closed; the close counted what was stored before
+        assert waited and outcome == ["round_closed"]
+        assert repo.update_device_ids(1) == ["a"]
+    finally:
+        lease.release()
+        repo.close()
+
+
+def test_a_stale_owner_may_not_enter_the_close_barrier(pg_url: str) -> None:
+    repo = Repository(pg_url)
+    old, new = PostgresLease(repo.engine), PostgresLease(repo.engine)
+    try:
+        assert old.held()
+        token = old.token
+        old.release()
+        assert new.held() and new.token > token
+        old._token = token  # an owner that has not noticed it lost the lease
+        with pytest.raises(Conflict) as info, old.closing(1):
+            pass
+        assert info.value.reason == "stale_round_owner"
+        with new.closing(1):  # the current owner may
+            pass
+    finally:
+        new.release()
+        repo.close()
+
+
 @pytest.mark.postgres
 def test_a_second_server_with_the_enclave_refuses_to_start(pg_url: str) -> None:
     repo = Repository(pg_url)

@@ -50,11 +50,14 @@ def workers(tmp_path: Path, pg_url: str) -> Iterator[str]:
     yield from _serve_workers(tmp_path, pg_url, N_DEVICES)
 
 
-def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str] | None = None) -> Iterator[str]:
+def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str] | None = None, *,
+                   enclave: bool = False, args: tuple[str, ...] = ()) -> Iterator[str]:
+    """``qflare server --workers 2`` (with the simulated enclave when ``enclave``); yields its URL."""
     port = _free_port()
     cfg = GlobalConfig(
         task="digits",
-        enclave=EnclaveHostConfig(backend="none"),
+        enclave=EnclaveHostConfig(backend="simulated", work_dir=str(tmp_path / "enclave")) if enclave
+        else EnclaveHostConfig(backend="none"),
         server=ServerConfig(db_url=pg_url, key_dir=str(tmp_path / "keys"), port=port),
         rounds=RoundsConfig(total=1, min_devices=devices, min_quorum=devices, deadline_seconds=300.0),
         training=TrainConfig(epochs=1, batch_size=32, lr=0.05),
@@ -64,7 +67,7 @@ def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "qflare", "server", "-c", str(tmp_path / "global_config.yaml"), "--workers", "2",
-         "--token-file", str(tmp_path / "token")],
+         "--token-file", str(tmp_path / "token"), *args],
         env={**os.environ, "QFLARE_ADMIN_TOKEN": ADMIN, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -172,12 +175,13 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path) -> None:
     assert isinstance(result.exception, Exception) and "SQLite is single-process" in str(result.exception)
 
 
-def test_workers_with_the_enclave_are_refused_with_the_reason() -> None:
+def test_workers_with_the_enclave_share_it_on_postgresql_and_sqlite_stays_refused() -> None:
     from qflare.errors import ConfigError
     from qflare.server.workers import check_workers
 
-    with pytest.raises(ConfigError, match="enclave.backend: none") as info:
-        check_workers(GlobalConfig(enclave=EnclaveHostConfig(backend="simulated")), 2, "postgresql")
+    check_workers(GlobalConfig(enclave=EnclaveHostConfig(backend="simulated")), 4, "postgresql")  # no refusal
+    with pytest.raises(ConfigError, match="SQLite is single-process") as info:
+        check_workers(GlobalConfig(enclave=EnclaveHostConfig(backend="simulated")), 2, "sqlite")
     assert "\n" not in info.value.message
 
 

@@ -2,7 +2,9 @@
 
 One server process (``enclave.backend: none``: aggregation in process; SQLite in the run directory or a
 fresh PostgreSQL schema) runs ``rounds`` rounds of the ``digits-wide`` task (996,938 float32 parameters, a
-4 MB update) with every one of ``devices`` devices selected. The devices are coroutines of this process
+4 MB update) with every one of ``devices`` devices selected. ``workers`` > 1 runs ``qflare server
+--workers K`` (PostgreSQL) instead, ``enclave`` the simulated enclave (one, shared by the workers), and
+``task`` another task (``digits``: 154 KB updates). The devices are coroutines of this process
 (asyncio, one shared ``httpx.AsyncClient``), each with its own enrolled composite key, speaking the
 device protocol exactly as :class:`~qflare.edge.client.DeviceClient` does: a heartbeat, then task
 long-polls (``POST /v1/device/task?wait=S``, docs/protocol.md 11.3) until the server says ``train``, an
@@ -19,7 +21,8 @@ device's upload at once (the worst case for ingest). What is measured and checke
 - upload latency (POST sent to sealed answer received; sealing excluded), p50 / p90 / p99 / max;
 - throughput per round (uploads answered / the span from the first upload sent to the last answered):
   updates/s and envelope MB/s;
-- the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) and CPU seconds, and this process's peak RSS.
+- the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``; with workers, the sum of every process's
+  peak in the server's tree) and CPU seconds (the tree's), and this process's peak RSS.
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from qflare.bench.auth import process_cpu_seconds
+from qflare.bench.auth import process_tree, tree_cpu_seconds
 from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerConfig
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
-from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key
+from qflare.crypto.keyfile import UnencryptedKeyWarning, parse_public_key, serialize_public_key
 from qflare.edge.client import ENVELOPE_MEDIA_TYPE, error_from_response
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.sim.net import free_port
@@ -101,6 +104,11 @@ class LoadConfig:
     run_timeout_seconds: float = 1800.0
     max_rss_mib: float = 14 * 1024.0  # server + this process: stop the run above it (the machine is shared)
     max_inflight: int = 0  # at most this many uploads sealed or in flight at once (0: no limit)
+    workers: int = 1
+    """``qflare server --workers`` (more than 1 needs ``postgres``)."""
+    enclave: bool = False
+    """The simulated enclave validates and aggregates (one enclave service shared by the workers)."""
+    task: str = TASK
 
 
 @dataclass
@@ -152,6 +160,22 @@ def rss_mib(pid: int | str = "self") -> float:
     return 0.0
 
 
+def tree_rss_mib(pid: int) -> float:
+    """:func:`rss_mib` summed over the server's process tree (its workers and enclave)."""
+    return sum(rss_mib(p) for p in process_tree(pid))
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """:func:`peak_rss_mib` summed over the live process tree (an upper bound of the tree's peak)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += peak_rss_mib(p)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -165,7 +189,7 @@ def _num_examples(index: int, round_id: int) -> int:
 
 
 @contextlib.contextmanager
-def _fresh_schema(url: str) -> Iterator[str]:
+def fresh_schema(url: str) -> Iterator[str]:
     """A new empty schema of the PostgreSQL database at ``url``: yields the URL that uses it; dropped after."""
     from sqlalchemy import create_engine, text
 
@@ -314,7 +338,7 @@ class _Fleet:
 async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -> None:
     """Stop the run (cancel every device) if the server and this process together pass ``max_rss_mib``."""
     while not devices.done():
-        total = rss_mib(server_pid) + rss_mib()
+        total = tree_rss_mib(server_pid) + rss_mib()
         if total > fleet.cfg.max_rss_mib:
             fleet.stats.stopped = (f"stopped: server + load generator RSS {total:.0f} MiB > {fleet.cfg.max_rss_mib:.0f}"
                                    f" MiB with {fleet.stats.inflight} uploads in flight")
@@ -410,21 +434,25 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
     """Run one load (see the module docstring); returns the figures and the reconciliation."""
     with tempfile.TemporaryDirectory(prefix="qflare-load-") as tmp, contextlib.ExitStack() as stack:
         run_dir = Path(workdir or tmp)
-        db = (stack.enter_context(_fresh_schema(cfg.postgres)) if cfg.postgres
+        db = (stack.enter_context(fresh_schema(cfg.postgres)) if cfg.postgres
               else f"sqlite:///{(run_dir / 'qflare.db').resolve()}")
         config = GlobalConfig(
-            task=TASK,
+            task=cfg.task,
             server=ServerConfig(host="127.0.0.1", port=free_port(), db_url=db,
                                 key_dir=str((run_dir / "server-keys").resolve())),
             rounds=RoundsConfig(total=cfg.rounds, fraction=1.0, min_devices=cfg.devices, min_quorum=cfg.devices,
                                 deadline_seconds=cfg.run_timeout_seconds, active_window_seconds=120.0),
-            enclave=EnclaveHostConfig(backend="none", work_dir=str((run_dir / "enclave").resolve())),
+            enclave=EnclaveHostConfig(backend="simulated" if cfg.enclave else "none",
+                                      work_dir=str((run_dir / "enclave").resolve())),
         )
         started = time.perf_counter()
-        fed: Federation = stack.enter_context(start_server(config, run_dir))
+        fed: Federation = stack.enter_context(start_server(config, run_dir,
+                                                           server_args=("--workers", str(cfg.workers))))
         pid = fed.server.pid
-        log(f"server up (pid {pid}, {'postgresql' if cfg.postgres else 'sqlite'}); enrolling {cfg.devices} devices")
-        server_pub = read_public_key(fed.server_key_file())
+        log(f"server up (pid {pid}, {'postgresql' if cfg.postgres else 'sqlite'}, {cfg.workers} workers, "
+            f"{'enclave' if cfg.enclave else 'in process'}); enrolling {cfg.devices} devices")
+        # The server's KEM key, or the enclave's: whichever the server serves.
+        server_pub = parse_public_key(httpx.get(f"{fed.url}/v1/server/keys").json()["kem_public_key"].encode())
         assert isinstance(server_pub, XWingPublicKey)
         t0 = time.perf_counter()
         keys = [SigningKey.generate() for _ in range(cfg.devices)]
@@ -440,13 +468,13 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         stats = _Stats()
         fleet = _Fleet(cfg, fed.url, server_pub, keys, base, stats)
         log(f"enrolled in {enroll:.1f} s; {cfg.devices} devices long-polling, {cfg.rounds} rounds")
-        cpu0 = process_cpu_seconds(pid)
+        cpu0 = tree_cpu_seconds(pid)
         try:
             drive = asyncio.run(_drive(fleet, pid))
         finally:
             fleet.pool.shutdown()
-        cpu = process_cpu_seconds(pid) - cpu0
-        server_rss = peak_rss_mib(pid)
+        cpu = tree_cpu_seconds(pid) - cpu0
+        server_rss = tree_peak_rss_mib(pid)
         # The client's figures first: the server may be slow to answer the admin queries below.
         log("client side: " + json.dumps({"devices": cfg.devices, **_throughput(stats), "errors": dict(stats.errors),
                                           "stopped": stats.stopped, "server_peak_rss_MiB": server_rss,
@@ -459,8 +487,8 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         check = _reconcile(stats, admin)
         wall = time.perf_counter() - started
     return {
-        "devices": cfg.devices, "rounds": cfg.rounds, "task": TASK,
-        "database": "postgresql" if cfg.postgres else "sqlite",
+        "devices": cfg.devices, "rounds": cfg.rounds, "task": cfg.task,
+        "database": "postgresql" if cfg.postgres else "sqlite", "workers": cfg.workers, "enclave": cfg.enclave,
         "long_poll_seconds": cfg.long_poll_seconds, "download": cfg.download, "max_inflight": cfg.max_inflight,
         "update_bytes": len(dump_arrays(base, {"num_examples": "1", "train_loss": "0.5"})),
         "envelope_bytes": max((u.envelope_bytes for u in stats.uploads), default=0),

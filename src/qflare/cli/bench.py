@@ -66,15 +66,31 @@ def auth(
     requests: Annotated[int, typer.Option(help="requests per timed phase")] = 3200,
     clients: Annotated[int, typer.Option(help="concurrent clients")] = 16,
     payload: Annotated[int, typer.Option(help="payload bytes per request")] = 4096,
+    postgres: Annotated[str | None, typer.Option(help="PostgreSQL URL: run each --workers count on a fresh schema "
+                                                 "of it, in one run")] = None,
+    workers: Annotated[str, typer.Option(help="worker counts, comma-separated (with --postgres)")] = "1,2,4",
+    enclave: Annotated[bool, typer.Option(help="the simulated enclave opens and seals every request")] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Bare FastAPI endpoint vs the post-quantum authenticated endpoint: req/s, server CPU, wire bytes."""
-    from qflare.bench.auth import run
-    from qflare.crypto.keyfile import UnencryptedKeyWarning
+    """Bare FastAPI endpoint vs the post-quantum authenticated endpoint: req/s, server CPU, wire bytes.
 
+    With ``--postgres``: the same against ``qflare server --workers K`` for each K of ``--workers``."""
+    from qflare.bench.auth import run, run_scaling
+    from qflare.crypto.keyfile import UnencryptedKeyWarning
+    from qflare.errors import ConfigError
+
+    try:
+        counts = tuple(int(k) for k in workers.split(","))
+    except ValueError:
+        raise ConfigError(f"--workers: {workers!r} is not a comma-separated list of counts",
+                          reason="bad_option") from None
     with warnings.catch_warnings(), console.status("building envelopes and running both phases"):
         warnings.simplefilter("ignore", UnencryptedKeyWarning)
-        figures = run(requests=requests, clients=clients, payload_size=payload)
+        if postgres is not None:
+            figures = run_scaling(postgres, workers=counts, requests=requests, clients=clients, payload_size=payload,
+                                  enclave=enclave)
+        else:
+            figures = run(requests=requests, clients=clients, payload_size=payload, enclave=enclave)
     _show("qflare bench auth", figures, json_out)
 
 

@@ -101,8 +101,8 @@ def server(
     = "text",
     bench_endpoint: Annotated[bool, typer.Option(hidden=True, help="add POST /bench/bare (qflare bench auth)")]
     = False,
-    workers: Annotated[int, typer.Option(help="web worker processes (PostgreSQL and enclave.backend: none "
-                                         "for more than 1)")] = 1,
+    workers: Annotated[int, typer.Option(help="web worker processes (PostgreSQL for more than 1; with an "
+                                         "enclave they share one enclave service)")] = 1,
     runs_dir: Annotated[Path, typer.Option(help="the run's artefacts go to RUNS_DIR/<timestamp>/ (metrics.csv, "
                                            "plot, summary.json), when it finishes and when the server stops")]
     = Path("runs"),
@@ -151,7 +151,9 @@ def server(
         OperatorAccounts(operators_file)  # a bad accounts file is refused here, in one line, not in each worker
         token = resolve_admin_token(cfg.server.admin_token, token_file)
         console.print(f"QFLARE server: task={cfg.task} db={shown_db} {workers} workers on "
-                      f"{cfg.server.host}:{cfg.server.port} (in-process aggregation, one round owner)")
+                      f"{cfg.server.host}:{cfg.server.port} ("
+                      f"{'in-process aggregation' if cfg.enclave.backend == 'none' else 'one shared enclave'}"
+                      ", one round owner)")
         try:
             run_workers(cfg, admin_token=token, workers=workers, log_level=log_level, log_format=log_format,
                         operators_file=operators_file, bench_endpoint=bench_endpoint)

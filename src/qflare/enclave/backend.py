@@ -15,6 +15,7 @@ update id once, so replays never double-count.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -214,6 +215,24 @@ class EnclaveAggregator:
             self._spill_dir = Path(self._spill_tmp.name)
         self._spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self._spill_dir / f"{update_id}.stored"
+
+    def round_base_sha256(self, round_id: int) -> str | None:
+        """SHA-256 of the base model ``round_id`` is aggregated on (``None``: not being aggregated)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return None if state is None else hashlib.sha256(state.base_model).hexdigest()
+
+    def counted_updates(self, round_id: int) -> int:
+        """How many updates the enclave has counted in ``round_id`` (0 when it is not being aggregated)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return 0 if state is None else len(state.counted)
+
+    def is_counted(self, round_id: int, update_id: str) -> bool:
+        """Whether the enclave counts ``update_id`` in ``round_id`` (or will, after restoring from a crash)."""
+        with self._lock:
+            state = self._rounds.get(round_id)
+            return state is not None and update_id in state.counted
 
     def _host_round(self, round_id: int) -> _HostRound:
         state = self._rounds.get(round_id)

@@ -44,6 +44,7 @@ from qflare.server.wakeup import release_on_exit_signals
 if TYPE_CHECKING:
     from qflare.enclave.backend import EnclaveAggregator
     from qflare.enclave.config import EnclaveConfig
+    from qflare.server.enclave_service import RemoteEnclaveAggregator
 
 log = logging.getLogger("qflare.server")
 
@@ -59,8 +60,12 @@ def build_state(
     clock: Clock = time.time,
     opener: RequestOpener | None = None,
     lease: RoundLease | None = None,
+    enclave: EnclaveAggregator | RemoteEnclaveAggregator | None = None,
 ) -> ServerState:
-    """Wire storage, keys, enclave, gateway, aggregation backend, evaluator and orchestrator together."""
+    """Wire storage, keys, enclave, gateway, aggregation backend, evaluator and orchestrator together.
+
+    ``enclave``: the shared enclave service of ``qflare server --workers`` (:mod:`qflare.server.enclave_service`)
+    instead of an enclave process of this server's own."""
     # What can be checked before anything starts is checked first (a bad evaluation file is a start-up
     # error, not a traceback at every round close).
     evaluator = (
@@ -78,12 +83,14 @@ def build_state(
         # CKKS: a context file holding the secret key is refused here, before any database, key or enclave exists
         backend = he_backend(config)
     repo = repo or Repository(config.server.db_url)
-    enclave = None
-    if backend is None and opener is None and config.enclave.backend != "none":
-        enclave = launch_enclave(config)
-        enclave.clock = clock  # the time in the enclave's signed ledger entries
-        attach_registrar(enclave, config, repo)
-        backend, opener = enclave, EnclaveOpener(enclave)
+    if enclave is not None:
+        backend, opener = enclave, EnclaveOpener(enclave)  # the service keeps the enclave's registry itself
+    elif backend is None and opener is None and config.enclave.backend != "none":
+        launched = launch_enclave(config)
+        launched.clock = clock  # the time in the enclave's signed ledger entries
+        attach_registrar(launched, config, repo)
+        enclave = launched
+        backend, opener = launched, EnclaveOpener(launched)
     opener = opener or LocalOpener(ServerKeys.load_or_create(config.server.key_dir))
     backend = backend or InProcessAggregator(strategy, max_update_norm=config.aggregation.max_update_norm,
                                              state_dir=config.server.state_dir)
@@ -97,7 +104,7 @@ def build_state(
         store = SqlLogStore(repo.engine)
         interval = config.ledger.checkpoint_interval_seconds
         if enclave is not None:
-            signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.enclave.public_keys().signing,
+            signer = EnclaveNoteSigner(DEFAULT_ORIGIN, enclave.sign_note, enclave.public_keys().signing,
                                        head=enclave.ledger_head)
             audit = AuditLog(store, signer=signer, clock=clock, checkpoint_interval=interval)
             signed_size, _ = enclave.ledger_head()
@@ -190,7 +197,9 @@ NONCE_PURGE_EVERY = 50  # ticks
 def _tick(state: ServerState, n: int) -> None:
     state.orchestrator.tick()
     if state.ledger is not None:
-        state.ledger.tick()
+        # Checkpoints by the round owner only (token 0: a follower), so that an enclave, which signs no
+        # checkpoint smaller than its last, is not asked by a worker whose view of the log lags.
+        state.ledger.tick(checkpoint=state.orchestrator.lease.token != 0)
     if n % NONCE_PURGE_EVERY == 0:
         state.repo.purge_nonces(now=state.clock())
         cfg = state.config.server

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qflare.crypto import KeySource, XWingPublicKey
 from qflare.crypto.envelope import Envelope
 from qflare.enclave.backend import EnclaveAggregator
 from qflare.server.keys import Sealer
 
+if TYPE_CHECKING:
+    from qflare.server.enclave_service import RemoteEnclaveAggregator
+
 
 @dataclass(frozen=True)
 class _EnclaveSealer:
-    aggregator: EnclaveAggregator
+    aggregator: EnclaveAggregator | RemoteEnclaveAggregator
     request_hash: bytes
 
     def seal(self, payload: bytes) -> bytes:
@@ -31,7 +35,7 @@ class EnclaveOpener:
 
     opens_updates = False
 
-    def __init__(self, aggregator: EnclaveAggregator) -> None:
+    def __init__(self, aggregator: EnclaveAggregator | RemoteEnclaveAggregator) -> None:
         self.aggregator = aggregator
 
     def kem_public_key(self) -> XWingPublicKey:

@@ -22,14 +22,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Protocol
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine, make_url
 
-from qflare.errors import ConfigError
+from qflare.errors import ConfigError, Conflict
+from qflare.server.storage.updates import CLOSE_KEY_SQL
 
 __all__ = ["PostgresLease", "RoundLease", "SoleLease", "SqliteLease", "open_lease", "sqlite_path"]
 
@@ -48,6 +50,10 @@ class RoundLease(Protocol):
     @property
     def token(self) -> int: ...
 
+    def closing(self, round_id: int) -> AbstractContextManager[None]:
+        """Hold the round's close barrier while the owner counts, aggregates and closes it."""
+        ...
+
 
 class SoleLease:
     """Always held: the one process on its database."""
@@ -59,6 +65,9 @@ class SoleLease:
 
     def release(self) -> None:
         return None
+
+    def closing(self, round_id: int) -> AbstractContextManager[None]:
+        return nullcontext()  # nobody else writes to this database
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -95,6 +104,9 @@ class SqliteLease:
 
     def held(self) -> bool:
         return self._fh is not None
+
+    def closing(self, round_id: int) -> AbstractContextManager[None]:
+        return nullcontext()  # single-process: the orchestrator's lock orders closes and uploads
 
     def release(self) -> None:
         if self._fh is not None:
@@ -167,6 +179,34 @@ class PostgresLease:
         except BaseException:
             conn.close()
             raise
+
+    @contextmanager
+    def closing(self, round_id: int) -> Iterator[None]:
+        """The close barrier of ``round_id``, for the owner while it closes the round.
+
+        One transaction on its own connection holds, until the block ends: a share lock on the lease row,
+        after checking that its token is this holding's (else :class:`Conflict` ``stale_round_owner``: a
+        newer owner exists; and no new owner can take the token while a close is running), and the
+        round's exclusive close lock, which ``add_update`` takes shared: uploads that committed before
+        are all in the database, uploads that come later wait and find the round closed.
+        """
+        conn = self.engine.connect()
+        try:
+            # A stopped owner must not hold the barrier forever: its session ends after this long idle.
+            conn.execute(text("SET idle_in_transaction_session_timeout = '300s'"))
+            token = int(conn.execute(text("SELECT token FROM qflare_round_lease WHERE id = 1 FOR SHARE")).scalar()
+                        or 0)
+            if self._token == 0 or token != self._token:
+                raise Conflict(f"round {round_id}: this server's round lease (token {self._token}) was taken over "
+                               f"(token {token}); it may not close rounds", reason="stale_round_owner")
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({CLOSE_KEY_SQL}, :r)"), {"r": round_id})
+            yield
+        finally:
+            try:
+                conn.rollback()
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection released its locks already
+                conn.invalidate()
 
     def holder_now(self) -> str:
         """Who took the lease last (the row; the lock itself says whether it is still held)."""

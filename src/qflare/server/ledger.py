@@ -170,6 +170,9 @@ class EnclaveNoteSigner:
         return sigs
 
 
+_APPEND_ATTEMPTS = 8  # appends racing other workers' (each retry first catches up with them)
+
+
 class AuditLog:
     """Appends QFLARE events to the transparency log and issues signed checkpoints.
 
@@ -249,11 +252,17 @@ class AuditLog:
         if not self._pending:
             return True
         try:
-            try:
-                first = self.log.append_events(self._pending)
-            except Conflict:  # another writer on the same database: catch up and append after it
-                self.log.refresh()
-                first = self.log.append_events(self._pending)
+            for attempt in range(_APPEND_ATTEMPTS):
+                try:
+                    first = self.log.append_events(self._pending)
+                    break
+                except (Conflict, LedgerIntegrityError) as exc:
+                    # Another writer on the same database (another worker) appended: catch up and append
+                    # after it. Behind mid-tile, the stored tile is longer than this view expects (tile_missing).
+                    if (isinstance(exc, LedgerIntegrityError) and exc.reason != "tile_missing") or \
+                            attempt == _APPEND_ATTEMPTS - 1:
+                        raise
+                    self.log.refresh()
         except Exception:  # noqa: BLE001 - the audit log must not fail the server's work; kept for retry
             log.exception("ledger append failed; %d events kept for the next attempt", len(self._pending))
             return False
@@ -287,6 +296,8 @@ class AuditLog:
             if not self._flush():
                 return None
             try:
+                if self.store.size() != self.log.size():
+                    self.log.refresh()  # another worker appended: sign the log as it is, not this view of it
                 note = self.log.checkpoint()
             except Exception:  # noqa: BLE001 - retried at the next tick
                 log.exception("ledger checkpoint failed")
@@ -295,10 +306,15 @@ class AuditLog:
             self._last_checkpoint_at = self.clock()
             return note
 
-    def tick(self) -> None:
-        """Issue a checkpoint when the log grew and ``checkpoint_interval`` passed (the server's ticker)."""
+    def tick(self, *, checkpoint: bool = True) -> None:
+        """Issue a checkpoint when the log grew and ``checkpoint_interval`` passed (the server's ticker);
+        with ``checkpoint=False`` only append what is pending."""
         with self.lock:
             self._flush()
+            if not checkpoint:
+                return
+            if self.store.size() != self.log.size():
+                self.log.refresh()  # other workers appended
             due = self.clock() - self._last_checkpoint_at >= self.checkpoint_interval
             grew = self.log.size() != self._checkpointed_size
         if due and grew:

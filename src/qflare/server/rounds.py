@@ -435,7 +435,10 @@ class Orchestrator:
         with self._lock:
             held = self.lease.held()
             if held and not self._owner:
-                self._forget_rounds(keep=set())  # rebuild from the database: another owner may have moved on
+                # Rebuild from the database: another owner may have moved on. A shared enclave (one service
+                # behind every worker) already holds the round: keep it; bootstrap replays what it lacks.
+                if not getattr(self.backend, "shared", False):
+                    self._forget_rounds(keep=set())
                 self.bootstrap()
             self._owner = held
             rnd = self.current_round()
@@ -541,7 +544,8 @@ class Orchestrator:
     def _aggregate(self, rnd: RoundRecord, *, reason: str) -> None:
         """Close ``rnd`` with a new model; any failure fails the round (with its reason) instead of wedging it."""
         try:
-            self._close_with_model(rnd, reason=reason)
+            with self.lease.closing(rnd.round_id):  # no worker commits an update to it meanwhile
+                self._close_with_model(rnd, reason=reason)
         except Conflict as exc:
             if exc.reason != "round_changed":
                 raise
@@ -631,6 +635,12 @@ class Orchestrator:
         """Fail ``rnd``. ``keep_updates`` keeps the accepted updates' stored bytes (a failure of the server,
         not of the devices: an operator can inspect or re-aggregate them). With ``expect_updates`` the
         round fails only if it still has exactly that many updates (else the next tick decides again)."""
+        with self.lease.closing(rnd.round_id):  # no worker commits an update to it meanwhile
+            self._fail_closing(rnd, reason=reason, detail=detail, keep_updates=keep_updates,
+                               expect_updates=expect_updates)
+
+    def _fail_closing(self, rnd: RoundRecord, *, reason: str, detail: str | None, keep_updates: bool,
+                      expect_updates: int | None) -> None:
         if expect_updates is not None and len(self.repo.update_device_ids(rnd.round_id)) != expect_updates:
             return
         try:

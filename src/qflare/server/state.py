@@ -13,6 +13,7 @@ from qflare.server.storage import Repository
 
 if TYPE_CHECKING:
     from qflare.enclave.backend import EnclaveAggregator
+    from qflare.server.enclave_service import RemoteEnclaveAggregator
     from qflare.server.ledger import AuditLog
 
 
@@ -24,7 +25,7 @@ class ServerState:
     gateway: DeviceGateway
     admin_token: str
     clock: Clock = time.time
-    enclave: EnclaveAggregator | None = None
+    enclave: EnclaveAggregator | RemoteEnclaveAggregator | None = None
     ledger: AuditLog | None = None
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -265,9 +265,11 @@ class Federation:
 
 @contextlib.contextmanager
 def start_server(
-    config: GlobalConfig, run_dir: Path, *, extra_env: dict[str, str] | None = None
+    config: GlobalConfig, run_dir: Path, *, extra_env: dict[str, str] | None = None,
+    server_args: Sequence[str] = (),
 ) -> Iterator[Federation]:
-    """Start ``qflare server`` for ``config`` in ``run_dir``; stop it (and any edges) on exit."""
+    """Start ``qflare server`` for ``config`` in ``run_dir`` (``server_args``: more options, e.g. ``--workers``);
+    stop it (and any edges) on exit."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     env = {**os.environ, "QFLARE_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
@@ -275,7 +277,8 @@ def start_server(
     cfg_path = run_dir / "global_config.yaml"
     dump_yaml(config, cfg_path)
     url = f"http://{config.server.host}:{config.server.port}"
-    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info", "--no-run-artefacts"],
+    proc = spawn_qflare(["server", "--config", str(cfg_path), "--log-level", "info", "--no-run-artefacts",
+                         *server_args],
                         run_dir / "logs" / "server.log", env)  # the run's artefacts: written by simulate itself
     fed = Federation(run_dir=run_dir, url=url, admin_token=token, server=proc, env=env,
                      ledger=config.ledger.enabled)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from qflare.errors import Conflict, DuplicateUpdate, NotFound
 from qflare.server.storage.engine import StoreBase
@@ -15,6 +16,10 @@ from qflare.server.storage.records import (
     _update,
 )
 from qflare.server.storage.tables import LedgerOutbox, Round, Update
+
+# The round close barrier's advisory lock (with the round id as its second key): ``add_update`` takes it
+# shared, the round owner exclusively while it closes the round (qflare.server.lease.PostgresLease.closing).
+CLOSE_KEY_SQL = "hashtext('qflare-close:' || current_database() || ':' || current_schema())"
 
 
 class UpdateStore(StoreBase):
@@ -39,6 +44,8 @@ class UpdateStore(StoreBase):
         ``ledger``: audit entries committed with it, into the ledger outbox (:mod:`.outbox`)."""
         try:
             with self._tx() as s:
+                if self.engine.dialect.name == "postgresql":  # waits while the owner closes the round
+                    s.execute(text(f"SELECT pg_advisory_xact_lock_shared({CLOSE_KEY_SQL}, :r)"), {"r": round_id})
                 rnd = s.get(Round, round_id, with_for_update=True)
                 if rnd is None:
                     raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
@@ -72,7 +79,9 @@ class UpdateStore(StoreBase):
 
     def round_updates(self, round_id: int) -> list[UpdateRecord]:
         with self._tx() as s:
-            q = select(Update).where(Update.round_id == round_id).order_by(Update.update_id)
+            # Not the stored bytes: a round close reads these records (500 x 4 MB would be 2 GB from the database).
+            q = (select(Update).options(defer(Update.blob)).where(Update.round_id == round_id)
+                 .order_by(Update.update_id))
             return [_update(r) for r in s.scalars(q)]
 
     def iter_update_blobs(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
