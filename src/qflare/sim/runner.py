@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -53,6 +53,9 @@ from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
 from qflare.sim.net import free_port
 from qflare.sim.report import metric_label, write_metrics_csv, write_plot, write_summary
+
+if TYPE_CHECKING:
+    from qflare.sim.ray_fleet import RayCluster, RayFleet
 
 
 class SimulationError(QFlareError):
@@ -91,6 +94,10 @@ class SimulationConfig:
     csv_layout: dict[str, Any] = field(default_factory=dict)  # config.CsvLayoutConfig keys
     privacy: dict[str, Any] = field(default_factory=dict)  # aggregation.privacy (config.PrivacyConfig keys)
     long_poll_seconds: float = 10.0  # DeviceConfig.long_poll_seconds (0: plain polling every 0.5 s)
+    # process: edge processes (qflare.sim.fleet) on this machine; ray: the same fleets in Ray actors
+    # (qflare.sim.ray_fleet), on a local cluster or the one at ray_address.
+    backend: str = "process"
+    ray_address: str | None = None
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -161,7 +168,7 @@ class Federation:
     admin_token: str
     server: subprocess.Popen[bytes]
     env: dict[str, str]
-    edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    edges: dict[str, subprocess.Popen[bytes] | RayFleet] = field(default_factory=dict)
     attestation: AttestationConfig | None = None
     ledger: bool = True  # the server keeps an audit ledger: devices audit it
     _status_client: httpx.Client | None = field(default=None, repr=False)
@@ -242,12 +249,30 @@ class Federation:
                 stdout=log, stderr=subprocess.STDOUT, env=edge_env(self.env), start_new_session=True,
             )
 
+    def start_ray_fleet(self, cluster: RayCluster, name: str, devices: list[DeviceConfig], *, num_cpus: float,
+                        train_slots: int = 1) -> None:
+        """One Ray actor hosting ``devices`` as virtual devices (:mod:`qflare.sim.ray_fleet`), each its own config."""
+        from qflare.sim.ray_fleet import RayFleet
+
+        paths = []
+        for device in devices:
+            path = self.device_dir / f"{device.device_id}.yaml"
+            dump_yaml(device, path)
+            paths.append(path)
+        # What the runner added to the edges' environment (the local cluster's workers inherit the rest).
+        env = {k: v for k, v in edge_env(self.env).items() if os.environ.get(k) != v}
+        self.edges[name] = RayFleet.start(cluster, name=name, configs=paths, log_dir=self.run_dir / "logs", env=env,
+                                          num_cpus=num_cpus, train_slots=train_slots)
+
     def stop(self) -> None:
         if self._status_client is not None:
             self._status_client.close()
             self._status_client = None
         for proc in self.edges.values():
-            stop_process(proc, grace=5)
+            if isinstance(proc, subprocess.Popen):
+                stop_process(proc, grace=5)
+            else:
+                proc.stop()
         stop_process(self.server)
 
 
@@ -414,8 +439,11 @@ def _run(
     malicious = _malicious_devices(sim, device_ids)
     # DANGER flag for the edge processes: lets the chosen devices apply their simulation_attack.
     extra_env = {**sim.extra_env, "QFLARE_SIMULATION": "1"} if malicious else sim.extra_env
-    with start_server(config, run_dir, extra_env=extra_env) as fed, contextlib.ExitStack() as stack:
-        campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
+    with contextlib.ExitStack() as outer:
+        # Ray first: its cluster outlives the server and the actors (Federation.stop ends them, then Ray stops).
+        cluster = outer.enter_context(_ray_cluster(sim)) if sim.backend == "ray" else None
+        fed = outer.enter_context(start_server(config, run_dir, extra_env=extra_env))
+        campaign = _prepare_attacks(fed, sim, outer) if sim.attackers else None
         devices: list[DeviceConfig] = []
         for i, device_id in enumerate(device_ids):
             data = DataConfig(
@@ -433,13 +461,7 @@ def _run(
                 extra["simulation_attack"] = malicious[device_id]
             extra["long_poll_seconds"] = sim.long_poll_seconds
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
-        n_proc = edge_processes(len(devices), sim.devices_per_process)
-        if n_proc >= len(devices):
-            for device in devices:
-                fed.start_edge(device)
-        else:
-            for k in range(n_proc):
-                fed.start_fleet(f"fleet_{k + 1:02d}", devices[k::n_proc])
+        start_edges(fed, devices, sim, cluster)
         if campaign is not None:
             campaign.start()
         status = _wait_finished(fed, sim, on_progress)
@@ -455,6 +477,32 @@ def _run(
                                 "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
         write_summary(summary, run_dir / "summary.json")
     return summary
+
+
+def start_edges(fed: Federation, devices: list[DeviceConfig], sim: SimulationConfig, cluster: RayCluster | None
+                ) -> None:
+    """Start the devices: in Ray actors (``cluster``), else in edge processes (one per device, or fleets)."""
+    if cluster is not None:
+        n_actors = cluster.actors_for(len(devices), sim.devices_per_process)
+        for k in range(n_actors):  # fractional CPUs when asked for more actors than the cluster has CPUs
+            fed.start_ray_fleet(cluster, f"fleet_{k + 1:02d}", devices[k::n_actors],
+                                num_cpus=min(1.0, cluster.cpus / n_actors))
+        return
+    n_proc = edge_processes(len(devices), sim.devices_per_process)
+    if n_proc >= len(devices):
+        for device in devices:
+            fed.start_edge(device)
+    else:
+        for k in range(n_proc):
+            fed.start_fleet(f"fleet_{k + 1:02d}", devices[k::n_proc])
+
+
+@contextlib.contextmanager
+def _ray_cluster(sim: SimulationConfig) -> Iterator[RayCluster]:
+    from qflare.sim.ray_fleet import ray_cluster
+
+    with ray_cluster(sim.ray_address) as cluster:
+        yield cluster
 
 
 def _malicious_devices(sim: SimulationConfig, device_ids: list[str]) -> dict[str, SimulationAttackConfig]:
@@ -506,12 +554,23 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
             return status
         failed = sorted(d for d, p in fed.edges.items() if p.poll() not in (None, 0))
         if failed:
-            raise SimulationError(f"edge node(s) {', '.join(failed)} failed; see {fed.run_dir}/logs")
+            named = [d + _failure_note(fed.edges[d]) for d in failed]
+            raise SimulationError(f"edge node(s) {', '.join(named)} failed; see {fed.run_dir}/logs")
         if all(p.poll() is not None for p in fed.edges.values()):
             raise SimulationError(f"every edge node exited before the run finished; see {fed.run_dir}/logs")
         if time.monotonic() > deadline:
             raise SimulationError(f"run did not finish within {sim.timeout_seconds:.0f} s")
         time.sleep(0.25)
+
+
+def _failure_note(edge: subprocess.Popen[bytes] | RayFleet) -> str:
+    """A Ray fleet's first failure (``" (edge_07: ...)"``); a process's is in its log."""
+    failures = getattr(edge, "failures", None)
+    if not failures:
+        return ""
+    device, why = sorted(failures.items())[0]
+    more = f", and {len(failures) - 1} more" if len(failures) > 1 else ""
+    return f" ({device}: {why}{more})"
 
 
 def _finish(
