@@ -106,7 +106,10 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None,
         check_ray_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
-        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes)
+        # On loopback only, and no usage report sent home from a simulation.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes,
+                      _node_ip_address="127.0.0.1")
     try:
         # Ray's C++ client writes a warning a second to fd 2 while it retries a GCS that does not answer.
         with _stderr_to_file() as noise:
@@ -176,6 +179,7 @@ class FleetActor:
         whole = logging.FileHandler(fleet_log)
         whole.setFormatter(logging.Formatter("%(asctime)s %(threadName)s " + LOG_FORMAT[12:]))
         root.addHandler(whole)
+        log.info("%d virtual devices in Ray actor pid %d", len(configs), os.getpid())
         try:
             results = run_fleet([Path(c) for c in configs], train_slots=train_slots, max_rounds=max_rounds)
             for device, outcome in sorted(results.items()):
