@@ -106,8 +106,10 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None,
         check_ray_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
-        # On loopback only, and no usage report sent home from a simulation.
+        # No usage report sent home from a simulation; and the actors at the niceness of the server and enclave
+        # (Ray starts workers at nice 15: on a busy machine the devices starved behind everything else).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes,
                       _node_ip_address="127.0.0.1")
     try:
