@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,25 @@ from qflare.fl.train import TrainConfig
 __all__ = ["DigitsTask", "DigitsWideTask"]
 
 
-@lru_cache(maxsize=8)
+_PARTS_LOCK = threading.Lock()
+
+
 def _dirichlet_parts(seed: int, test_fraction: float, num_partitions: int, alpha: float, min_size: int | None
                      ) -> tuple[np.ndarray, ...]:
     """The Dirichlet split of :func:`digits_split`'s training labels, computed once per process (read-only).
 
     A split into 1000 parts takes about 0.5 s; the virtual devices of one process (``qflare.sim.fleet``)
     each ask for their own part of the same split, which made 1000 of them spend minutes before their first
-    request. Every device still gets its own copy of its own images.
+    request. The lock makes the devices that start together wait for the first one's split instead of each
+    computing it. Every device still gets its own copy of its own images.
     """
+    with _PARTS_LOCK:
+        return _dirichlet_parts_once(seed, test_fraction, num_partitions, alpha, min_size)
+
+
+@lru_cache(maxsize=8)
+def _dirichlet_parts_once(seed: int, test_fraction: float, num_partitions: int, alpha: float, min_size: int | None
+                          ) -> tuple[np.ndarray, ...]:
     parts = dirichlet_partition(digits_split(seed, test_fraction).y_train, num_partitions, alpha, seed,
                                 min_size=min_size)
     for part in parts:
