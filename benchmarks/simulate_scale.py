@@ -50,6 +50,14 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -64,10 +72,14 @@ def run(clients: int, rounds: int, extra: list[str], *, deadline: float = 600.0,
         cmd = [sys.executable, "-m", "qflare", "simulate", "--clients", str(clients), "--rounds", str(rounds),
                "--task", "digits", "--runs-dir", str(runs), "--deadline", str(deadline), "--json", *extra]
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ})
+        err = open(runs / f"simulate-{clients}.stderr", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ})
         peak, peak_procs, by_name = 0, 0, {}
+        cpu: dict[int, tuple[str, float]] = {}  # the last CPU time seen of every process of the tree
         while proc.poll() is None:
             pids = _tree(proc.pid)
+            for p in pids:
+                cpu[p] = (_name(p), _cpu_seconds(p))
             pss = {p: _pss_kib(p) for p in pids}
             total = sum(pss.values())
             if total > peak:
@@ -77,15 +89,31 @@ def run(clients: int, rounds: int, extra: list[str], *, deadline: float = 600.0,
                     by_name[_name(p)] = by_name.get(_name(p), 0) + kib
             time.sleep(0.5)
         wall = time.monotonic() - started
+        err.close()
+        tail = [ln for ln in (runs / f"simulate-{clients}.stderr").read_text(errors="replace").splitlines()
+                if ln.strip()][-1:]
+        cpu_by_name: dict[str, float] = {}
+        for name, secs in cpu.values():
+            cpu_by_name[name] = cpu_by_name.get(name, 0.0) + secs
         out = proc.stdout.read().decode() if proc.stdout else ""
         summary = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+        rounds = []
+        if summary.get("run_dir") and (Path(summary["run_dir"]) / "metrics.csv").exists():
+            import csv
+
+            with (Path(summary["run_dir"]) / "metrics.csv").open() as f:
+                rounds = [{"round": int(r["round_id"]), "close_reason": r["close_reason"],
+                           "updates": int(r["num_updates"] or 0), "seconds": round(float(r["round_seconds"]), 1)}
+                          for r in csv.DictReader(f) if r.get("round_seconds")]
     return {"clients": clients, "rounds": rounds, "returncode": proc.returncode, "wall_s": round(wall, 1),
             "peak_pss_gib": round(peak / 2**20, 2), "processes_at_peak": peak_procs,
             "peak_by_process_mib": {k: round(v / 1024) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])},
             "rounds_completed": summary.get("rounds_completed"), "accepted_updates": summary.get("accepted_updates"),
-            "rejected_updates": summary.get("rejected_updates"), "final_accuracy": summary.get("final_accuracy"),
+            "rejected_updates": summary.get("rejected_updates"), "rounds_detail": rounds,
+            "final_accuracy": summary.get("final_accuracy"),
             "inner_wall_s": summary.get("wall_seconds"), "run_dir": summary.get("run_dir") if keep else None,
-            "args": extra}
+            "cpu_seconds_by_process": {k: round(v, 1) for k, v in sorted(cpu_by_name.items(), key=lambda kv: -kv[1])},
+            "loadavg_1min_at_end": os.getloadavg()[0], "error": None if proc.returncode == 0 else tail, "args": extra}
 
 
 def main() -> None:

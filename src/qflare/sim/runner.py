@@ -107,6 +107,15 @@ def edge_processes(clients: int, devices_per_process: int | None) -> int:
     return min(clients, max(2, math.ceil(clients / 50)))
 
 
+def active_window(clients: int) -> float:
+    """The simulation server's ``rounds.active_window_seconds``: 30 s (the default), longer above 300 devices.
+
+    A round opens when every device was seen within the window. One machine's server serves each device's
+    requests in turn, so the time between two requests of one device grows with the count (1000 devices on
+    2 busy cores: about 44 s), and a 30 s window never held all of them at once."""
+    return max(30.0, clients / 10)
+
+
 def new_run_dir(base: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
@@ -341,6 +350,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
         rounds=RoundsConfig(
             total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients, min_quorum=min(quorum, sim.clients),
             deadline_seconds=sim.deadline_seconds, seed=sim.seed,
+            active_window_seconds=active_window(sim.clients),
         ),
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
@@ -547,7 +557,12 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
     while True:
         if fed.server.poll() is not None:
             raise SimulationError(f"server exited with code {fed.server.returncode}; see {fed.run_dir}/logs")
-        status = fed.status()
+        try:
+            status = fed.status()
+        except httpx.TimeoutException:  # a server busy with every device's requests answers late, not never
+            if time.monotonic() > deadline:
+                raise SimulationError(f"run did not finish within {sim.timeout_seconds:.0f} s") from None
+            continue
         if on_progress is not None:
             on_progress(status)
         if status["finished"]:
