@@ -97,19 +97,19 @@ def run(clients: int, rounds: int, extra: list[str], *, deadline: float = 600.0,
             cpu_by_name[name] = cpu_by_name.get(name, 0.0) + secs
         out = proc.stdout.read().decode() if proc.stdout else ""
         summary = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else {}
-        rounds = []
+        round_rows = []
         if summary.get("run_dir") and (Path(summary["run_dir"]) / "metrics.csv").exists():
             import csv
 
             with (Path(summary["run_dir"]) / "metrics.csv").open() as f:
-                rounds = [{"round": int(r["round_id"]), "close_reason": r["close_reason"],
+                round_rows = [{"round": int(r["round_id"]), "close_reason": r["close_reason"],
                            "updates": int(r["num_updates"] or 0), "seconds": round(float(r["round_seconds"]), 1)}
                           for r in csv.DictReader(f) if r.get("round_seconds")]
     return {"clients": clients, "rounds": rounds, "returncode": proc.returncode, "wall_s": round(wall, 1),
             "peak_pss_gib": round(peak / 2**20, 2), "processes_at_peak": peak_procs,
             "peak_by_process_mib": {k: round(v / 1024) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])},
             "rounds_completed": summary.get("rounds_completed"), "accepted_updates": summary.get("accepted_updates"),
-            "rejected_updates": summary.get("rejected_updates"), "rounds_detail": rounds,
+            "rejected_updates": summary.get("rejected_updates"), "rounds_detail": round_rows,
             "final_accuracy": summary.get("final_accuracy"),
             "inner_wall_s": summary.get("wall_seconds"), "run_dir": summary.get("run_dir") if keep else None,
             "cpu_seconds_by_process": {k: round(v, 1) for k, v in sorted(cpu_by_name.items(), key=lambda kv: -kv[1])},

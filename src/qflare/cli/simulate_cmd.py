@@ -33,7 +33,8 @@ def simulate(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (label skew)")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     fraction: Annotated[float, typer.Option(help="fraction of active devices selected per round")] = 1.0,
-    deadline: Annotated[float, typer.Option(help="round deadline in seconds")] = 120.0,
+    deadline: Annotated[float | None, typer.Option(help="round deadline in seconds (default: 120, 0.6 a device "
+                                                   "above 200 devices)")] = None,
     epochs: Annotated[int | None, typer.Option(help="local epochs (default: the task's)")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate (default: the task's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size (default: the task's)")] = None,
@@ -118,9 +119,9 @@ def simulate(
     he: Annotated[str, typer.Option("--he", help="none | ckks: devices encrypt their updates (TenSEAL CKKS), the "
                                     "aggregator sums ciphertexts blind (in-process, FedAvg only; docs/privacy.md)")
                   ] = "none",
-    long_poll: Annotated[float, typer.Option(min=0.0, max=30.0, help="seconds each device's task poll may be held "
-                                             "by the server until a round opens or closes (0: plain polling)")
-                         ] = 10.0,
+    long_poll: Annotated[float | None, typer.Option(
+        min=0.0, max=30.0, help="seconds each device's task poll may be held by the server until a round opens or "
+        "closes (0: plain polling; default: 10, 30 above 300 devices)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -151,7 +152,7 @@ def simulate(
     profiles = build_profiles(clients, seed, device_profiles=device_profiles, slow_fraction=slow_fraction,
                               slowdown=slowdown, dropout=dropout, network_delay=network_delay, duty_cycle=duty_cycle)
     from qflare.fl.tasks import get_task
-    from qflare.sim.runner import SimulationConfig
+    from qflare.sim.runner import SimulationConfig, default_deadline, default_long_poll
 
     t = get_task(task)
     if partition is not None and partition not in t.partitions:
@@ -185,7 +186,8 @@ def simulate(
         return
     sim = SimulationConfig(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
-        fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
+        fraction=fraction, deadline_seconds=default_deadline(clients) if deadline is None else deadline,
+        train=train, runs_dir=runs_dir,
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
         key_source=key_source,
         enclave=enclave,
@@ -197,7 +199,7 @@ def simulate(
         devices_per_process=devices_per_process,
         csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
-        long_poll_seconds=long_poll,
+        long_poll_seconds=default_long_poll(clients) if long_poll is None else long_poll,
         backend=backend,
         ray_address=ray_address,
     )
