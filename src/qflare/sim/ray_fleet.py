@@ -110,6 +110,9 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None,
         # (Ray starts workers at nice 15: on a busy machine the devices starved behind everything else).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Ray's memory monitor kills workers when the whole machine passes 95%, whoever holds the memory: on a
+        # shared machine it killed both fleets (1.7 GiB of 23) when other processes filled it. The kernel decides.
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
         kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes,
                       _node_ip_address="127.0.0.1")
     try:
