@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class DigitsTask(Task):
         check_partition_index(partition_index, num_partitions)
         _no_csv(csv_path)
         split = digits_split(seed, self.test_fraction)
+        parts: Sequence[np.ndarray]
         if self._partition_kind(partition) == "iid":
             parts = iid_partition(len(split.y_train), num_partitions, seed)
         else:
