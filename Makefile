@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# The tests also exercise the optional extras (Qiskit circuit backend, DP accountant, CKKS); the demo needs none.
+# The tests also exercise the optional extras (Qiskit circuit backend, DP accountant, CKKS, Ray backend); the demo needs none.
 EXTRAS_STAMP := $(VENV)/.extras-stamp
 
 .PHONY: demo test lint typecheck bench clean compose-test fuzz
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,qiskit,dp,he]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,qiskit,dp,he,ray]'
 	touch $(EXTRAS_STAMP)
 
 demo: $(STAMP)

@@ -429,7 +429,8 @@ def main() -> None:
                   f"{r['peak_rss_bytes'] / 2**30:.2f} |")
         print(f"ratios QFLARE / Flower-on-Ray at {cell['clients']}: "
               + ", ".join(f"{k} {v:.3f}" for k, v in cell["ratios_qflare_over_flower_ray"].items() if v is not None)
-              + f"; accuracy difference {cell['accuracy_difference_points']:+.2f} points")
+              + (f"; accuracy difference {cell['accuracy_difference_points']:+.2f} points"
+                 if cell["accuracy_difference_points"] is not None else ""))
 
 
 if __name__ == "__main__":

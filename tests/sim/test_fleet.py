@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from qflare.sim.runner import SimulationConfig, edge_processes, run_simulation
+from qflare.sim.runner import (
+    SimulationConfig,
+    active_window,
+    build_global_config,
+    default_deadline,
+    default_long_poll,
+    edge_processes,
+    run_simulation,
+)
 
 
 @pytest.mark.parametrize(("clients", "per_process", "expected"),
@@ -34,3 +42,18 @@ def test_four_virtual_devices_in_one_process_run_the_full_protocol(tmp_path: Pat
         assert "update accepted" in (run_dir / "logs" / f"{d}.log").read_text()
     keys = {(run_dir / "devices" / f"edge_0{i}.key").read_bytes() for i in range(1, 5)}
     assert len(keys) == 4  # four identities
+
+
+@pytest.mark.parametrize(("clients", "window"), [(10, 30.0), (300, 30.0), (1000, 100.0), (5000, 500.0)])
+def test_the_simulation_servers_active_window_grows_with_the_devices(tmp_path: Path, clients: int,
+                                                                     window: float) -> None:
+    # A round opens when every device was seen within the window; one machine serves each device in turn
+    config = build_global_config(SimulationConfig(clients=clients), tmp_path, 8000)
+    assert active_window(clients) == window == config.rounds.active_window_seconds
+
+
+@pytest.mark.parametrize(("clients", "deadline", "hold"), [(10, 120.0, 10.0), (200, 120.0, 10.0),
+                                                           (300, 180.0, 10.0), (1000, 600.0, 30.0)])
+def test_simulate_defaults_for_deadline_and_hold_scale_with_the_devices(clients: int, deadline: float,
+                                                                         hold: float) -> None:
+    assert default_deadline(clients) == deadline and default_long_poll(clients) == hold

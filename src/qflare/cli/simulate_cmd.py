@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +16,9 @@ from rich.table import Table
 from qflare.cli.console import make_console
 from qflare.config import TrainConfig
 from qflare.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qflare.sim.runner import SimulationConfig
 
 console = make_console(stderr=True)
 
@@ -29,7 +33,8 @@ def simulate(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (label skew)")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     fraction: Annotated[float, typer.Option(help="fraction of active devices selected per round")] = 1.0,
-    deadline: Annotated[float, typer.Option(help="round deadline in seconds")] = 120.0,
+    deadline: Annotated[float | None, typer.Option(help="round deadline in seconds (default: 120, 0.6 a device "
+                                                   "above 200 devices)")] = None,
     epochs: Annotated[int | None, typer.Option(help="local epochs (default: the task's)")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate (default: the task's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size (default: the task's)")] = None,
@@ -61,8 +66,17 @@ def simulate(
         float, typer.Option(min=0.0, max=1.0, help="share of devices running --attack (chosen from --seed)")
     ] = 0.3,
     devices_per_process: Annotated[
-        int | None, typer.Option(min=1, help="virtual devices per edge process (1: a process per device; "
-                                 "default: 2 processes up to 100 devices, one per 50 above)")
+        int | None, typer.Option(min=1, help="virtual devices per edge process or Ray actor (1: a process per "
+                                 "device; default: 2 processes up to 100 devices, one per 50 above; --backend ray: "
+                                 "one actor per CPU of the cluster)")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="process: edge processes on this machine; ray: the same virtual devices in Ray "
+                          "actors (pip install 'qflare[ray]'; a local cluster unless --ray-address)")
+    ] = "process",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--backend ray: an existing cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                                 "its nodes must reach the server and the run directory")
     ] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="traffic/pollution: your CSV (timestamp column(s) + one "
                                              "column per sensor) instead of the generated city")] = None,
@@ -115,9 +129,9 @@ def simulate(
                                     "none; docs/privacy.md)")] = "none",
     he_inprocess: Annotated[bool, typer.Option("--he-inprocess", help="--he ckks without HTTP (library run: "
                                                "payload sizes and local times only)")] = False,
-    long_poll: Annotated[float, typer.Option(min=0.0, max=30.0, help="seconds each device's task poll may be held "
-                                             "by the server until a round opens or closes (0: plain polling)")
-                         ] = 10.0,
+    long_poll: Annotated[float | None, typer.Option(
+        min=0.0, max=30.0, help="seconds each device's task poll may be held by the server until a round opens or "
+        "closes (0: plain polling; default: 10, 30 above 300 devices)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON on the last line")] = False,
 ) -> None:
     """Run a federated training simulation over real HTTP and write runs/<timestamp>/."""
@@ -131,6 +145,7 @@ def simulate(
                             delta=delta, fraction=fraction, rounds=rounds)
     local_dp = check_local_privacy(dp, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                    target_epsilon=target_epsilon, delta=delta, rounds=rounds)
+    check_backend(backend, ray_address, in_process=he != "none" or mode != "sync" or personalize is not None)
     from qflare.cli.simulate_city import build_profiles, run_async_inprocess, run_personalize_inprocess
 
     _choice("--mode", mode, ("sync", "async"))
@@ -151,7 +166,7 @@ def simulate(
         raise ConfigError("--he ckks: not with device profiles (--device-profiles, --slow-fraction, --dropout, "
                           "--network-delay, --duty-cycle)", reason="bad_option")
     from qflare.fl.tasks import get_task
-    from qflare.sim.runner import SimulationConfig, run_simulation
+    from qflare.sim.runner import SimulationConfig, default_deadline, default_long_poll
 
     t = get_task(task)
     if partition is not None and partition not in t.partitions:
@@ -185,7 +200,8 @@ def simulate(
         return
     sim = SimulationConfig(
         task=task, clients=clients, rounds=rounds, partition=partition, alpha=alpha, seed=seed,
-        fraction=fraction, deadline_seconds=deadline, train=train, runs_dir=runs_dir,
+        fraction=fraction, deadline_seconds=default_deadline(clients) if deadline is None else deadline,
+        train=train, runs_dir=runs_dir,
         attackers=tuple(a.strip() for a in attackers.split(",") if a.strip()) if attackers else (),
         key_source=key_source,
         # CKKS: the host sums the ciphertexts (it needs no secret; docs/privacy.md), FedAvg is the only rule.
@@ -199,20 +215,42 @@ def simulate(
         devices_per_process=devices_per_process,
         csv_path=csv, csv_layout=csv_layout,
         privacy=privacy,
-        long_poll_seconds=long_poll,
+        long_poll_seconds=default_long_poll(clients) if long_poll is None else long_poll,
+        backend=backend,
+        ray_address=ray_address,
         mode=mode, buffer=buffer, max_staleness=max_staleness, selector=selector, target=target_accuracy,
         personalize=personalize, personalize_epochs=finetune_epochs,
     )
     from qflare.sim.runner import check_partition
 
     check_partition(sim)  # the data (the user's CSV too) split as every edge will: refused before the banner
+    with contextlib.ExitStack() as stack:
+        if backend == "ray":  # connected (or a local cluster started) here: a bad address is one line, nothing run
+            from qflare.sim.ray_fleet import ray_cluster
+
+            stack.enter_context(ray_cluster(ray_address))
+        summary = _run_http(sim, t.metric, profiles, clients=clients, rounds=rounds, backend=backend,
+                            ray_address=ray_address, dp=dp)
+    if json_out:
+        print(json.dumps(summary, sort_keys=True))
+
+
+def _run_http(sim: SimulationConfig, metric: str, profiles: Any, *, clients: int, rounds: int, backend: str,
+              ray_address: str | None, dp: str) -> dict[str, Any]:
+    """The banner, the live progress and the summary of a run over HTTP."""
+    from qflare.sim.runner import run_simulation
+
+    task, partition, alpha, train = sim.task, sim.partition, sim.alpha, sim.train
+    key_source = sim.key_source
+    assert train is not None  # simulate() always resolves it
     console.print(
         f"[bold]QFLARE simulate[/]: task={task} clients={clients} rounds={rounds} {partition}"
         + (f"({alpha})" if partition == "dirichlet" else "")
         + f" epochs={train.epochs} lr={train.lr} batch={train.batch_size} key_source={key_source} enclave={sim.enclave}"
         + f" aggregator={sim.aggregator}" + (f" dp={dp}" if dp != "none" else "")
-        + (" he=ckks (devices encrypt; the host sums ciphertexts, enclave none)" if he == "ckks" else "")
-        + (f" mode=async buffer={buffer} max_staleness={max_staleness}" if mode == "async" else "")
+        + (" he=ckks (devices encrypt; the host sums ciphertexts, enclave none)" if sim.he == "ckks" else "")
+        + (f" mode=async buffer={sim.buffer} max_staleness={sim.max_staleness}" if sim.mode == "async" else "")
+        + (f" backend=ray{'@' + ray_address if ray_address else ''}" if backend == "ray" else "")
     )
     with Progress(
         TextColumn("[bold blue]{task.description}"),
@@ -233,8 +271,9 @@ def simulate(
             progress.update(overall, completed=status["rounds_completed"], info=shown)
             rnd = status.get("current_round")
             if rnd is not None:
-                progress.update(current, description=f"{'buffer' if mode == 'async' else 'round'} {rnd['round_id']}",
-                                total=buffer if mode == "async" else len(rnd["selected"]),
+                what = "buffer" if sim.mode == "async" else "round"
+                progress.update(current, description=f"{what} {rnd['round_id']}",
+                                total=sim.buffer if sim.mode == "async" else len(rnd["selected"]),
                                 completed=status["current_round_updates"],
                                 info=f"updates accepted {status['accepted_updates']}, "
                                 f"rejected {status['rejected_updates']}")
@@ -246,15 +285,14 @@ def simulate(
         else:
             summary = run_simulation(sim, on_progress=on_progress)
         # End on the run's final figures, not on the last poll (it read "5/10" beside "200 accepted").
-        final = summary.get(f"final_{t.metric}")
+        final = summary.get(f"final_{metric}")
         progress.update(overall, completed=summary["rounds_completed"],
-                        info=f"{t.metric} {final:.4f}" if isinstance(final, float) else "")
+                        info=f"{metric} {final:.4f}" if isinstance(final, float) else "")
         progress.update(current, description="all rounds", total=1, completed=1,
                         info=f"updates accepted {summary.get('accepted_updates', 0)}, "
                         f"rejected {summary.get('rejected_updates', 0)}")
-    _print_summary(summary, t.metric)
-    if json_out:
-        print(json.dumps(summary, sort_keys=True))
+    _print_summary(summary, metric)
+    return summary
 
 
 KEY_SOURCES = ("mlkem", "qkd", "hybrid")
@@ -266,6 +304,27 @@ def _choice(option: str, value: str, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(f"{option}: {value!r} is not one of {', '.join(allowed)}", reason="bad_option")
+
+
+BACKENDS = ("process", "ray")
+
+
+def check_backend(backend: str, ray_address: str | None, *, in_process: bool = False) -> None:
+    """Refuse ``--backend``/``--ray-address`` misuse, Ray not installed, or a Ray address nothing answers at,
+    in one line before anything starts."""
+    _choice("--backend", backend, BACKENDS)
+    if backend != "ray":
+        if ray_address is not None:
+            raise ConfigError("--ray-address: given without --backend ray", reason="bad_option")
+        return
+    if in_process:
+        raise ConfigError("--backend ray: runs the edge nodes over HTTP; --he, --mode async and --personalize run "
+                          "in process", reason="bad_option")
+    from qflare.sim.ray_fleet import check_ray_address, import_ray
+
+    import_ray()
+    if ray_address is not None:
+        check_ray_address(ray_address)
 
 
 def check_options(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_fleet"]
+__all__ = ["LOG_FORMAT", "log_per_device", "run_fleet"]
 
 log = logging.getLogger("qflare.sim.fleet")
 
@@ -121,6 +121,22 @@ class _ThreadFilter(logging.Filter):
         return name == self.thread_name or name.startswith(self.thread_name + "-")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_per_device(configs: Sequence[Path], log_dir: Path) -> list[logging.Handler]:
+    """One ``<log_dir>/<device_id>.log`` per device (its thread is named after its config file); returns the
+    handlers added to the root logger."""
+    handlers: list[logging.Handler] = []
+    for path in configs:
+        handler = logging.FileHandler(Path(log_dir) / f"{Path(path).stem}.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(_ThreadFilter(Path(path).stem))
+        logging.getLogger().addHandler(handler)
+        handlers.append(handler)
+    return handlers
+
+
 def run_fleet(configs: Sequence[Path], *, train_slots: int = 1, max_rounds: int | None = None) -> dict[str, str]:
     """Run one device per config until each is done; returns ``device_id -> "ok"`` or the failure."""
     import torch
@@ -145,15 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-dir", type=Path, default=None, help="also one <device_id>.log per device here")
     args = parser.parse_args(argv)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(threadName)s " + fmt[12:])
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(threadName)s " + LOG_FORMAT[12:])
     if args.log_dir is not None:
-        for path in args.configs:  # each device's thread is named after its config file
-            handler = logging.FileHandler(args.log_dir / f"{path.stem}.log")
-            handler.setFormatter(logging.Formatter(fmt))
-            handler.addFilter(_ThreadFilter(path.stem))
-            logging.getLogger().addHandler(handler)
+        log_per_device(args.configs, args.log_dir)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     results = run_fleet(args.configs, train_slots=args.train_slots, max_rounds=args.max_rounds)
     failed = {d: r for d, r in results.items() if r != "ok"}
     for d, r in sorted(failed.items()):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -56,6 +56,9 @@ from qflare.qkd.pki import DemoPKI, create_demo_pki
 from qflare.sim.attacks import ATTACKS, AttackCampaign, RecordingProxy
 from qflare.sim.net import free_port
 from qflare.sim.report import metric_label, write_metrics_csv, write_plot, write_summary
+
+if TYPE_CHECKING:
+    from qflare.sim.ray_fleet import RayCluster, RayFleet
 
 
 class SimulationError(QFlareError):
@@ -103,6 +106,10 @@ class SimulationConfig:
     target: float | None = None  # report time_to_target_seconds (accuracy reached, or an error at most this)
     personalize: str | None = None  # finetune | fedper | ditto: devices personalise and report their held-out metric
     personalize_epochs: int | None = None  # finetune: local epochs of fine-tuning (None: the task's)
+    # process: edge processes (qflare.sim.fleet) on this machine; ray: the same fleets in Ray actors
+    # (qflare.sim.ray_fleet), on a local cluster or the one at ray_address.
+    backend: str = "process"
+    ray_address: str | None = None
 
 
 def edge_processes(clients: int, devices_per_process: int | None) -> int:
@@ -110,6 +117,28 @@ def edge_processes(clients: int, devices_per_process: int | None) -> int:
     if devices_per_process is not None:
         return math.ceil(clients / max(1, devices_per_process))
     return min(clients, max(2, math.ceil(clients / 50)))
+
+
+def active_window(clients: int) -> float:
+    """The simulation server's ``rounds.active_window_seconds``: 30 s (the default), longer above 300 devices.
+
+    A round opens when every device was seen within the window. One machine's server serves each device's
+    requests in turn, so the time between two requests of one device grows with the count (1000 devices on
+    2 busy cores: about 44 s), and a 30 s window never held all of them at once."""
+    return max(30.0, clients / 10)
+
+
+def default_deadline(clients: int) -> float:
+    """``qflare simulate``'s round deadline unless ``--deadline``: 120 s, 0.6 s a device above 200 devices (one
+    server takes the updates one at a time: 1000 devices on 2 busy cores got through about 2 a second)."""
+    return max(120.0, 0.6 * clients)
+
+
+def default_long_poll(clients: int) -> float:
+    """``qflare simulate``'s task-poll hold unless ``--long-poll``: 10 s, 30 s (the most) above 300 devices. A held
+    poll costs nothing; each return costs the server a sealed exchange, which 1000 devices' returns every 10 s
+    made most of its work between updates."""
+    return 10.0 if clients <= 300 else 30.0
 
 
 def new_run_dir(base: Path) -> Path:
@@ -173,7 +202,7 @@ class Federation:
     admin_token: str
     server: subprocess.Popen[bytes]
     env: dict[str, str]
-    edges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    edges: dict[str, subprocess.Popen[bytes] | RayFleet] = field(default_factory=dict)
     attestation: AttestationConfig | None = None
     ledger: bool = True  # the server keeps an audit ledger: devices audit it
     _status_client: httpx.Client | None = field(default=None, repr=False)
@@ -181,11 +210,15 @@ class Federation:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
 
-    def status(self) -> dict[str, Any]:
-        # One client for every poll (a client per poll cost a connection and, over TLS, an SSL context).
+    def _session(self) -> httpx.Client:
+        # One client for every poll and enrollment: a new httpx.Client loads the CA bundle into an SSL context
+        # (0.13 s on this busy machine), about two minutes of enrolling 1000 devices one client each.
         if self._status_client is None:
             self._status_client = self.admin()
-        r = self._status_client.get("/v1/admin/status")
+        return self._status_client
+
+    def status(self) -> dict[str, Any]:
+        r = self._session().get("/v1/admin/status")
         r.raise_for_status()
         return dict(r.json())
 
@@ -211,10 +244,10 @@ class Federation:
             warnings.simplefilter("ignore", UnencryptedKeyWarning)  # a simulation's keys live in its run dir
             write_private_key(self.device_dir / f"{device_id}.key", key, token=TOKEN, passphrase=None)
         pub = serialize_public_key(key.public_key()).decode()
-        with self.admin() as c:
-            r = c.post("/v1/admin/devices", json={"device_id": device_id, "public_key": pub, "key_source": key_source})
-            if r.status_code != 201:
-                raise SimulationError(f"enrolling {device_id} failed: {r.status_code} {r.text[:200]}")
+        r = self._session().post("/v1/admin/devices",
+                                 json={"device_id": device_id, "public_key": pub, "key_source": key_source})
+        if r.status_code != 201:
+            raise SimulationError(f"enrolling {device_id} failed: {r.status_code} {r.text[:200]}")
         return key
 
     def device_config(self, device_id: str, data: DataConfig, **extra: Any) -> DeviceConfig:
@@ -254,12 +287,30 @@ class Federation:
                 stdout=log, stderr=subprocess.STDOUT, env=edge_env(self.env), start_new_session=True,
             )
 
+    def start_ray_fleet(self, cluster: RayCluster, name: str, devices: list[DeviceConfig], *, num_cpus: float,
+                        train_slots: int = 1) -> None:
+        """One Ray actor hosting ``devices`` as virtual devices (:mod:`qflare.sim.ray_fleet`), each its own config."""
+        from qflare.sim.ray_fleet import RayFleet
+
+        paths = []
+        for device in devices:
+            path = self.device_dir / f"{device.device_id}.yaml"
+            dump_yaml(device, path)
+            paths.append(path)
+        # What the runner added to the edges' environment (the local cluster's workers inherit the rest).
+        env = {k: v for k, v in edge_env(self.env).items() if os.environ.get(k) != v}
+        self.edges[name] = RayFleet.start(cluster, name=name, configs=paths, log_dir=self.run_dir / "logs", env=env,
+                                          num_cpus=num_cpus, train_slots=train_slots)
+
     def stop(self) -> None:
         if self._status_client is not None:
             self._status_client.close()
             self._status_client = None
         for proc in self.edges.values():
-            stop_process(proc, grace=5)
+            if isinstance(proc, subprocess.Popen):
+                stop_process(proc, grace=5)
+            else:
+                proc.stop()
         stop_process(self.server)
 
 
@@ -334,6 +385,7 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             deadline_seconds=sim.deadline_seconds, seed=sim.seed, mode=sim.mode,  # type: ignore[arg-type]
             buffer=sim.buffer, max_staleness=sim.max_staleness, staleness_exponent=sim.staleness_exponent,
             selector=sim.selector,  # type: ignore[arg-type]
+            active_window_seconds=active_window(sim.clients),
         ),
         training=train,
         enclave=EnclaveHostConfig(backend=sim.enclave, work_dir=str((run_dir / "enclave").resolve())),  # type: ignore[arg-type]
@@ -524,8 +576,11 @@ def _run(
     malicious = _malicious_devices(sim, device_ids)
     # DANGER flag for the edge processes: lets the chosen devices apply their simulation_attack.
     extra_env = {**sim.extra_env, "QFLARE_SIMULATION": "1"} if malicious else sim.extra_env
-    with start_server(config, run_dir, extra_env=extra_env) as fed, contextlib.ExitStack() as stack:
-        campaign = _prepare_attacks(fed, sim, stack) if sim.attackers else None
+    with contextlib.ExitStack() as outer:
+        # Ray first: its cluster outlives the server and the actors (Federation.stop ends them, then Ray stops).
+        cluster = outer.enter_context(_ray_cluster(sim)) if sim.backend == "ray" else None
+        fed = outer.enter_context(start_server(config, run_dir, extra_env=extra_env))
+        campaign = _prepare_attacks(fed, sim, outer) if sim.attackers else None
         devices: list[DeviceConfig] = []
         for i, device_id in enumerate(device_ids):
             data = DataConfig(
@@ -549,13 +604,7 @@ def _run(
                 extra["personalize"] = PersonalizeConfig(method=sim.personalize,  # type: ignore[arg-type]
                                                          epochs=sim.personalize_epochs)
             devices.append(fed.device_config(device_id, data, **extra).model_copy(update={"server_url": url}))
-        n_proc = edge_processes(len(devices), sim.devices_per_process)
-        if n_proc >= len(devices):
-            for device in devices:
-                fed.start_edge(device)
-        else:
-            for k in range(n_proc):
-                fed.start_fleet(f"fleet_{k + 1:02d}", devices[k::n_proc])
+        start_edges(fed, devices, sim, cluster)
         if campaign is not None:
             campaign.start()
         status = _wait_finished(fed, sim, on_progress)
@@ -582,6 +631,32 @@ def _run(
                                 "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
         write_summary(summary, run_dir / "summary.json")
     return summary
+
+
+def start_edges(fed: Federation, devices: list[DeviceConfig], sim: SimulationConfig, cluster: RayCluster | None
+                ) -> None:
+    """Start the devices: in Ray actors (``cluster``), else in edge processes (one per device, or fleets)."""
+    if cluster is not None:
+        n_actors = cluster.actors_for(len(devices), sim.devices_per_process)
+        for k in range(n_actors):  # fractional CPUs when asked for more actors than the cluster has CPUs
+            fed.start_ray_fleet(cluster, f"fleet_{k + 1:02d}", devices[k::n_actors],
+                                num_cpus=min(1.0, cluster.cpus / n_actors))
+        return
+    n_proc = edge_processes(len(devices), sim.devices_per_process)
+    if n_proc >= len(devices):
+        for device in devices:
+            fed.start_edge(device)
+    else:
+        for k in range(n_proc):
+            fed.start_fleet(f"fleet_{k + 1:02d}", devices[k::n_proc])
+
+
+@contextlib.contextmanager
+def _ray_cluster(sim: SimulationConfig) -> Iterator[RayCluster]:
+    from qflare.sim.ray_fleet import ray_cluster
+
+    with ray_cluster(sim.ray_address) as cluster:
+        yield cluster
 
 
 def _malicious_devices(sim: SimulationConfig, device_ids: list[str]) -> dict[str, SimulationAttackConfig]:
@@ -626,14 +701,20 @@ def _wait_finished(fed: Federation, sim: SimulationConfig, on_progress: Progress
     while True:
         if fed.server.poll() is not None:
             raise SimulationError(f"server exited with code {fed.server.returncode}; see {fed.run_dir}/logs")
-        status = fed.status()
+        try:
+            status = fed.status()
+        except httpx.TimeoutException:  # a server busy with every device's requests answers late, not never
+            if time.monotonic() > deadline:
+                raise SimulationError(f"run did not finish within {sim.timeout_seconds:.0f} s") from None
+            continue
         if on_progress is not None:
             on_progress(status)
         if status["finished"]:
             return status
         failed = sorted(d for d, p in fed.edges.items() if p.poll() not in (None, 0))
         if failed:
-            raise SimulationError(f"edge node(s) {', '.join(failed)} failed; see {fed.run_dir}/logs")
+            named = [d + _failure_note(fed.edges[d]) for d in failed]
+            raise SimulationError(f"edge node(s) {', '.join(named)} failed; see {fed.run_dir}/logs")
         if all(p.poll() is not None for p in fed.edges.values()):
             raise SimulationError(f"every edge node exited before the run finished; see {fed.run_dir}/logs")
         if time.monotonic() > deadline:
@@ -653,6 +734,16 @@ def _wait_personalized(fed: Federation, sim: SimulationConfig, *, timeout: float
                 doc.pop("personalize", None)
                 return doc
             time.sleep(0.5)
+
+
+def _failure_note(edge: subprocess.Popen[bytes] | RayFleet) -> str:
+    """A Ray fleet's first failure (``" (edge_07: ...)"``); a process's is in its log."""
+    failures = getattr(edge, "failures", None)
+    if not failures:
+        return ""
+    device, why = sorted(failures.items())[0]
+    more = f", and {len(failures) - 1} more" if len(failures) > 1 else ""
+    return f" ({device}: {why}{more})"
 
 
 def _finish(
