@@ -619,16 +619,16 @@ def _run(
     wall = time.monotonic() - started
     summary = _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
     costs = wire_costs(run_dir, rounds)
+    extra: dict[str, Any] = {}
     if costs or sim.he != "none":
-        summary["costs"] = costs
-        summary["he"] = sim.he
+        extra.update(costs=costs, he=sim.he)
     if personal is not None:
-        summary.update({k: v for k, v in personal.items() if k != "metric"})
-        summary["personalize"] = sim.personalize
-        write_summary(summary, run_dir / "summary.json")
+        extra.update({k: v for k, v in personal.items() if k != "metric"}, personalize=sim.personalize)
     if malicious:
-        summary["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
-                                "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
+        extra["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
+                              "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
+    if extra:  # summary.json holds exactly what the run returns
+        summary.update(extra)
         write_summary(summary, run_dir / "summary.json")
     return summary
 
