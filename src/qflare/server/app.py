@@ -25,6 +25,7 @@ from qflare.server.enclave_link import EnclaveOpener
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
+from qflare.server.ingest import UploadGate, UploadGateMiddleware
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.lease import RoundLease
 from qflare.server.ledger import DEFAULT_ORIGIN, AuditLog, EnclaveNoteSigner
@@ -253,6 +254,9 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     )
     app.state.qflare = state
     install_error_handlers(app)
+    # Inside the metrics and request-id middlewares, so that busy answers are counted and carry an id.
+    app.state.upload_gate = UploadGate(state.config.server.max_uploads_in_flight)
+    app.add_middleware(UploadGateMiddleware, gate=app.state.upload_gate)
     install_metrics(app, state)
     install_dashboard(app, state, operators)
     install_request_ids(app)  # outermost: the request id is bound before anything logs
