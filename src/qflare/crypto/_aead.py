@@ -58,7 +58,7 @@ class Aead:
         nonce = random_bytes(NONCE_SIZE)
         return nonce + self._aesgcm.encrypt(nonce, bytes(plaintext), bytes(associated_data))
 
-    def decrypt(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+    def decrypt(self, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
         """Verify and decrypt the output of :meth:`encrypt`.
 
         Raises
@@ -67,7 +67,7 @@ class Aead:
             For any failure; no partial plaintext is returned.
         """
         _check_ad(associated_data)
-        data = bytes(ciphertext)
+        data = memoryview(ciphertext).cast("B")  # slices of a view: a 4 MB body is not copied to decrypt it
         if len(data) < OVERHEAD:
             raise DecryptionFailed("ciphertext too short", reason="decryption_failed")
         try:

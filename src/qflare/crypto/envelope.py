@@ -81,7 +81,7 @@ RESPONSE_OVERHEAD: Final = len(_RESPONSE_PREFIX) + AEAD_OVERHEAD
 _FRAME_OVERHEAD: Final = 4 + 4 + 2
 
 
-def _signed_message(header_bytes: bytes, body: bytes) -> bytes:
+def _signed_message(header_bytes: bytes, body: bytes | memoryview) -> bytes:
     return header_bytes + hashlib.sha256(body).digest()
 
 
@@ -239,7 +239,7 @@ class Envelope:
 
     header: RequestHeader
     header_bytes: bytes = field(repr=False)
-    body: bytes = field(repr=False)
+    body: bytes | memoryview = field(repr=False)  # a view into ``raw``: a 4 MB upload is not copied to parse it
     signature: bytes = field(repr=False)
     raw: bytes = field(repr=False)
 
@@ -319,21 +319,22 @@ def parse_envelope(data: bytes, *, max_size: int, accepted_suites: Sequence[int]
         raise TypeError("data must be bytes")
     if len(data) > max_size:
         raise PayloadTooLarge(f"envelope of {len(data)} bytes exceeds {max_size}", reason="payload_too_large")
-    data = bytes(data)
+    data = bytes(data)  # no copy for bytes (the server's case)
+    view = memoryview(data)
     pos = 0
 
-    def take(n: int) -> bytes:
+    def take(n: int) -> memoryview:
         nonlocal pos
         if pos + n > len(data):
             raise MalformedPayload("truncated envelope", reason="malformed_envelope")
-        out = data[pos : pos + n]
+        out = view[pos : pos + n]
         pos += n
         return out
 
     (header_len,) = struct.unpack(">I", take(4))
     if header_len > MAX_HEADER_SIZE:
         raise MalformedPayload("header too long", reason="malformed_envelope")
-    header_bytes = take(header_len)
+    header_bytes = bytes(take(header_len))
     header = RequestHeader.decode(header_bytes, accepted_suites=accepted_suites)
     (body_len,) = struct.unpack(">I", take(4))
     if body_len < AEAD_OVERHEAD:
@@ -342,7 +343,7 @@ def parse_envelope(data: bytes, *, max_size: int, accepted_suites: Sequence[int]
     (sig_len,) = struct.unpack(">H", take(2))
     if sig_len != SIGNATURE_SIZE:
         raise MalformedPayload("signature has the wrong length", reason="malformed_envelope")
-    signature = take(sig_len)
+    signature = bytes(take(sig_len))
     if pos != len(data):
         raise MalformedPayload("trailing bytes after envelope", reason="malformed_envelope")
     return Envelope(header=header, header_bytes=header_bytes, body=body, signature=signature, raw=data)
