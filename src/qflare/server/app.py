@@ -177,6 +177,7 @@ NONCE_PURGE_EVERY = 50  # ticks
 
 def _tick(state: ServerState, n: int) -> None:
     state.orchestrator.tick()
+    state.repo.checkpoint_wal()  # SQLite: a WAL past its bound is copied back and truncated (storage/engine.py)
     if state.ledger is not None:
         state.ledger.tick()
     if n % NONCE_PURGE_EVERY == 0:
