@@ -51,7 +51,7 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerC
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import UnencryptedKeyWarning, read_public_key, serialize_public_key
-from qflare.edge.client import ENVELOPE_MEDIA_TYPE, error_from_response
+from qflare.edge.client import ENVELOPE_MEDIA_TYPE, KEEPALIVE_SECONDS, error_from_response
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.sim.net import free_port
 from qflare.sim.runner import Federation, start_server
@@ -350,7 +350,9 @@ async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -
 async def _drive(fleet: _Fleet, server_pid: int) -> float:
     cfg = fleet.cfg
     n = cfg.devices
-    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16)
+    # Idle connections are dropped well before the server's 5 s keep-alive closes them (edge/client.py).
+    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16,
+                          keepalive_expiry=KEEPALIVE_SECONDS)
     timeout = httpx.Timeout(cfg.timeout_seconds, connect=60.0)
     async with httpx.AsyncClient(base_url=fleet.url, limits=limits, timeout=timeout) as client:
         t0 = time.perf_counter()
@@ -434,6 +436,19 @@ def _throughput(stats: _Stats) -> dict[str, Any]:
     }
 
 
+_LOG_MARKS = {"body_timeout": "connection closed: request body not received",
+              "client_disconnected": "disconnected during", "traceback": "Traceback"}
+
+
+def _server_log_counts(path: Path) -> dict[str, int]:
+    """How often the server logged what could explain a client's transport error."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return {name: text.count(mark) for name, mark in _LOG_MARKS.items()}
+
+
 def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None
              ) -> dict[str, Any]:
     """Run one load (see the module docstring); returns the figures and the reconciliation."""
@@ -476,6 +491,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
             fleet.pool.shutdown()
         cpu = process_cpu_seconds(pid) - cpu0
         server_rss = peak_rss_mib(pid)
+        server_log = _server_log_counts(run_dir / "logs" / "server.log")
         # The client's figures first: the server may be slow to answer the admin queries below.
         log("client side: " + json.dumps({"devices": cfg.devices, **_throughput(stats), "errors": dict(stats.errors),
                                           "stopped": stats.stopped, "server_peak_rss_MiB": server_rss,
@@ -501,7 +517,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         "per_round_server": check["rounds"],
         "max_concurrent_uploads": stats.max_inflight,
         "task_polls": stats.task_polls, "held_polls": stats.held_polls, "downloads": stats.downloads,
-        "errors": dict(stats.errors), "stopped": stats.stopped,
+        "errors": dict(stats.errors), "stopped": stats.stopped, "server_log": server_log,
         "server_peak_rss_MiB": server_rss, "server_cpu_seconds": cpu,
         "loadgen_peak_rss_MiB": peak_rss_mib(),
         "keygen_seconds": keygen, "enroll_seconds": enroll, "drive_seconds": drive, "wall_seconds": wall,

@@ -52,6 +52,13 @@ class ServerUnavailable(e.QFlareError):
         return self.reason == "server_busy"
 
 
+KEEPALIVE_SECONDS = 2.0
+"""An idle connection is reused for at most this long: well inside the server's keep-alive (5 s by default,
+``server.keep_alive_seconds``). httpx's default is the same 5 s as the server's, so a request could be
+sent on a connection at the moment the server closed it: the server's kernel answers the request's
+bytes with a reset, and the device sees a ``ReadError`` (636 of them at 1000 devices,
+``docs/benchmarks.md``)."""
+
 MAX_RETRY_AFTER_SECONDS = 300.0
 """A ``Retry-After`` above this is taken as this: a plain answer must not park a device for hours."""
 
@@ -167,7 +174,8 @@ class DeviceClient:
         self._key_source = key_source
         self._qkd_keys = qkd_keys
         self._clock = clock
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify,
+                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
 
     def close(self) -> None:
         self._http.close()

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qflare.config import ServerConfig
+
+log = logging.getLogger("qflare.server")
 
 
 class Limits:
@@ -67,6 +70,9 @@ class GuardedH11Protocol(H11Protocol):
     def _expire(self) -> None:
         self._timer = None
         if not self.transport.is_closing():
+            if not self._in_head:  # a body cut off (the route sees a disconnect); header deadlines are routine
+                log.info("connection closed: request body not received within the body timeouts (%s)",
+                         "discarded after its answer" if self._drain_cycle is not None else "being read")
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
