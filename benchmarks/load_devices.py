@@ -10,7 +10,8 @@ Each N is one server process (``task: digits-wide``: 996,938 parameters, 4 MB up
 none``) and N device coroutines in this process that enroll, heartbeat, long-poll ``/v1/device/task?wait=10``
 and upload a full-size update sealed with a one-time key, every device in every round
 (:mod:`qflare.bench.load`). Prints per N: acknowledged vs recorded uploads (lost, double counted), upload
-latency p50/p99, updates/s and MB/s, the server's peak RSS; writes every figure to
+latency p50/p99 and an upload's wait with the server's busy answers (backpressure), updates/s and MB/s,
+the server's peak RSS; writes every figure to
 ``benchmarks/results/load_devices.json``.
 """
 
@@ -34,7 +35,8 @@ def _row(r: dict[str, Any]) -> str:
     return (f"{r['devices']:>5} {r['task']} {r['database']:>10} {r['workers']}w{' enclave' if r['enclave'] else ''} "
             f"{r['acknowledged']:>6}/{r['recorded']:<6} lost {len(r['lost'])} "
             f"double {r['double_counted']} unacked {len(r['unacknowledged'])} | p50 {lat['p50']:.2f} s p99 "
-            f"{lat['p99']:.2f} s | {r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
+            f"{lat['p99']:.2f} s (wait p50 {r['upload_wait_seconds']['p50']:.1f} s p99 "
+            f"{r['upload_wait_seconds']['p99']:.1f} s, {r['busy_answers']} busy) | {r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
             f"{r['server_peak_rss_MiB']:.0f} MiB | errors {r['errors'] or 0} {r['stopped']}")
 
 

@@ -240,6 +240,9 @@ class ServerConfig(_Strict):
     body_chunk_timeout_seconds: float = Field(10.0, gt=0, description="longest gap between body chunks")
     body_timeout_seconds: float = Field(300.0, gt=0, description="the whole request body within this")
     keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_uploads_in_flight: int = Field(
+        8, ge=1, description="update uploads read, opened and stored at once; beyond, 503 server_busy with "
+                             "Retry-After before the body is read (server/ingest.py): bounds the memory uploads use")
     refusal_event_retention_seconds: float = Field(7 * 86400.0, gt=0, description="refusal events older are purged")
     max_refusal_events: int = Field(100_000, ge=100, description="at most this many refusal events are kept")
 

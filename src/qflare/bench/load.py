@@ -18,7 +18,9 @@ device's upload at once (the worst case for ingest). What is measured and checke
   server's own record (``/v1/admin/rounds/{id}``): **lost** (acknowledged but not recorded), **double
   counted** (a device twice in a round, or a round whose aggregate's ``num_updates`` or ``total_examples``
   differs from the acknowledged uploads) and unacknowledged (recorded, but the device never got its 200);
-- upload latency (POST sent to sealed answer received; sealing excluded), p50 / p90 / p99 / max;
+- upload latency (POST sent to sealed answer received; sealing excluded), p50 / p90 / p99 / max, and an
+  upload's wait (its first attempt sent to the answer of the one accepted: the ``503 server_busy``
+  answers of the server's backpressure and the ``Retry-After`` waits they asked for included);
 - throughput per round (uploads answered / the span from the first upload sent to the last answered):
   updates/s and envelope MB/s;
 - the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``; with workers, the sum of every process's
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -51,7 +54,7 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerC
 from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import UnencryptedKeyWarning, parse_public_key, serialize_public_key
-from qflare.edge.client import ENVELOPE_MEDIA_TYPE, error_from_response
+from qflare.edge.client import ENVELOPE_MEDIA_TYPE, KEEPALIVE_SECONDS, error_from_response
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.sim.net import free_port
 from qflare.sim.runner import Federation, start_server
@@ -126,6 +129,8 @@ class _Upload:
     attempts: int = 0
     earlier_failed: bool = False  # an earlier upload of this device for this round got no answer
     sealed_refusal: bool = False  # the last refusal was sealed (the server's word, not a hint)
+    busy_answers: int = 0  # 503 server_busy (turned away unread) before the last attempt
+    first_started: float = 0.0  # the first attempt sent (the upload's wait includes every busy answer)
 
 
 @dataclass
@@ -137,6 +142,7 @@ class _Stats:
     downloads: int = 0
     inflight: int = 0
     max_inflight: int = 0
+    busy: int = 0  # uploads turned away unread (503 server_busy), each re-sent after its Retry-After
     stopped: str = ""  # why the watchdog stopped the run, if it did
 
 
@@ -214,6 +220,7 @@ class _Fleet:
         self.cfg, self.url, self.server_pub, self.keys, self.base, self.stats = cfg, url, server_pub, keys, base, stats
         self.pool = ThreadPoolExecutor(max_workers=cfg.seal_threads, thread_name_prefix="seal")
         self.slots = asyncio.Semaphore(cfg.max_inflight) if cfg.max_inflight > 0 else None
+        self.rng = random.Random(0)
 
     @staticmethod
     def device_id(i: int) -> str:
@@ -286,8 +293,12 @@ class _Fleet:
                 self.stats.errors[f"{what}:{getattr(exc, 'reason', type(exc).__name__)}"] += 1
                 if attempt == 4:
                     raise
-                await asyncio.sleep(1.0 + attempt)
+                await asyncio.sleep(max(1.0 + attempt, self._retry_after(getattr(exc, "retry_after", None))))
         raise AssertionError("unreachable")
+
+    def _retry_after(self, seconds: float | None) -> float:
+        """The server's Retry-After plus up to half of it again (as an edge node waits: spread, never sooner)."""
+        return 0.0 if seconds is None else seconds * (1.0 + 0.5 * self.rng.random())
 
     async def _upload(self, client: httpx.AsyncClient, i: int, round_id: int, earlier_failed: bool) -> bool:
         """Upload (retrying transport errors, 429 and 5xx); whether the round is settled for this device
@@ -295,7 +306,9 @@ class _Fleet:
         loop = asyncio.get_running_loop()
         path = f"/v1/device/rounds/{round_id}/update"
         up: _Upload | None = None
-        for attempt in range(1, 4):
+        attempt = 0
+        while attempt < 3:
+            attempt += 1
             envelope, opener, n, seal_s = await loop.run_in_executor(self.pool, self._build_upload, i, round_id)
             if up is None:
                 up = _Upload(self.device_id(i), round_id, n, len(envelope), seal_s, earlier_failed=earlier_failed)
@@ -304,6 +317,8 @@ class _Fleet:
             self.stats.inflight += 1
             self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
             up.started = time.perf_counter()
+            up.first_started = up.first_started or up.started
+            retry_after: float | None = None
             try:
                 r = await client.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
             except httpx.TransportError as exc:
@@ -318,12 +333,21 @@ class _Fleet:
                 else:
                     err = error_from_response(r, opener)
                     up.reason, up.sealed_refusal = err.reason, err.authenticated
+                    retry_after = getattr(err, "retry_after", None)
             finally:
                 up.ended = time.perf_counter()
                 self.stats.inflight -= 1
                 del envelope
             if up.status == 200:
                 return True
+            if up.status == 503 and up.reason == "server_busy":
+                # Turned away unread (backpressure, server/ingest.py): wait as told and re-send, as an edge
+                # node does while the round's deadline is ahead; no attempt used.
+                self.stats.busy += 1
+                up.busy_answers += 1
+                attempt -= 1
+                await asyncio.sleep(self._retry_after(retry_after or 1.0))
+                continue
             self.stats.errors[f"upload:{up.status}:{up.reason}"] += 1
             if up.status == 409 and up.reason == "duplicate_update" and (attempt > 1 or earlier_failed):
                 return True  # an earlier attempt was recorded although its answer was lost: the server has it
@@ -350,7 +374,9 @@ async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -
 async def _drive(fleet: _Fleet, server_pid: int) -> float:
     cfg = fleet.cfg
     n = cfg.devices
-    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16)
+    # Idle connections are dropped well before the server's 5 s keep-alive closes them (edge/client.py).
+    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16,
+                          keepalive_expiry=KEEPALIVE_SECONDS)
     timeout = httpx.Timeout(cfg.timeout_seconds, connect=60.0)
     async with httpx.AsyncClient(base_url=fleet.url, limits=limits, timeout=timeout) as client:
         t0 = time.perf_counter()
@@ -409,10 +435,11 @@ def _reconcile(stats: _Stats, admin: httpx.Client) -> dict[str, Any]:
 def _throughput(stats: _Stats) -> dict[str, Any]:
     ok = [u for u in stats.uploads if u.status == 200]
     lat = sorted(u.ended - u.started for u in ok)
+    waited = sorted(u.ended - u.first_started for u in ok)
     spans, per_round = 0.0, {}
     for rid in sorted({u.round_id for u in ok}):
         mine = [u for u in ok if u.round_id == rid]
-        span = max(u.ended for u in mine) - min(u.started for u in mine)
+        span = max(u.ended for u in mine) - min(u.first_started for u in mine)
         spans += span
         per_round[rid] = {"updates_per_s": len(mine) / span,
                           "MB_per_s": sum(u.envelope_bytes for u in mine) / span / 1e6, "span_seconds": span}
@@ -422,11 +449,28 @@ def _throughput(stats: _Stats) -> dict[str, Any]:
         "upload_latency_seconds": {"p50": _percentile(lat, 50), "p90": _percentile(lat, 90),
                                    "p99": _percentile(lat, 99), "max": lat[-1] if lat else float("nan"),
                                    "mean": statistics.fmean(lat) if lat else float("nan")},
+        # From the first attempt sent to the answer of the last: what a device waits, busy answers included.
+        "upload_wait_seconds": {"p50": _percentile(waited, 50), "p99": _percentile(waited, 99),
+                                "max": waited[-1] if waited else float("nan")},
+        "busy_answers": stats.busy,
         "updates_per_s": len(ok) / spans if spans else 0.0,
         "MB_per_s": total_bytes / spans / 1e6 if spans else 0.0,
         "per_round": per_round,
         "seal_ms_p50": 1000 * _percentile(seal, 50),
     }
+
+
+_LOG_MARKS = {"body_timeout": "connection closed: request body not received",
+              "client_disconnected": "disconnected during", "traceback": "Traceback"}
+
+
+def _server_log_counts(path: Path) -> dict[str, int]:
+    """How often the server logged what could explain a client's transport error."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return {name: text.count(mark) for name, mark in _LOG_MARKS.items()}
 
 
 def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None
@@ -475,6 +519,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
             fleet.pool.shutdown()
         cpu = tree_cpu_seconds(pid) - cpu0
         server_rss = tree_peak_rss_mib(pid)
+        server_log = _server_log_counts(run_dir / "logs" / "server.log")
         # The client's figures first: the server may be slow to answer the admin queries below.
         log("client side: " + json.dumps({"devices": cfg.devices, **_throughput(stats), "errors": dict(stats.errors),
                                           "stopped": stats.stopped, "server_peak_rss_MiB": server_rss,
@@ -500,7 +545,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         "per_round_server": check["rounds"],
         "max_concurrent_uploads": stats.max_inflight,
         "task_polls": stats.task_polls, "held_polls": stats.held_polls, "downloads": stats.downloads,
-        "errors": dict(stats.errors), "stopped": stats.stopped,
+        "errors": dict(stats.errors), "stopped": stats.stopped, "server_log": server_log,
         "server_peak_rss_MiB": server_rss, "server_cpu_seconds": cpu,
         "loadgen_peak_rss_MiB": peak_rss_mib(),
         "keygen_seconds": keygen, "enroll_seconds": enroll, "drive_seconds": drive, "wall_seconds": wall,

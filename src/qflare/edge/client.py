@@ -27,7 +27,8 @@ from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.edge.attestation import AttestedEnclave, attest
 from qflare.fl.serialize import sha256_hex
 
-__all__ = ["DeviceClient", "QKDKeyFetcher", "ServerUnavailable", "error_from_response"]
+__all__ = ["MAX_RETRY_AFTER_SECONDS", "DeviceClient", "QKDKeyFetcher", "ServerUnavailable", "error_from_response",
+           "retry_after_of"]
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.qflare.envelope"
 log = logging.getLogger("qflare.edge")
@@ -37,9 +38,43 @@ QKDKeyFetcher = Callable[[], tuple[bytes, tuple[str, ...]]]
 
 
 class ServerUnavailable(e.QFlareError):
-    """The server could not be reached or answered 5xx; worth retrying."""
+    """The server could not be reached or answered 5xx (or 429); worth retrying.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one (a hint, as every plain
+    answer: the node waits at least that long, never less than its own backoff); ``None`` otherwise."""
 
     default_reason = "server_unavailable"
+    retry_after: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        """The server turned the upload away unread (``server_busy``): nothing of it was recorded."""
+        return self.reason == "server_busy"
+
+
+KEEPALIVE_SECONDS = 2.0
+"""An idle connection is reused for at most this long: well inside the server's keep-alive (5 s by default,
+``server.keep_alive_seconds``). httpx's default is the same 5 s as the server's, so a request could be
+sent on a connection at the moment the server closed it: the server's kernel answers the request's
+bytes with a reset, and the device sees a ``ReadError`` (636 of them at 1000 devices,
+``docs/benchmarks.md``)."""
+
+MAX_RETRY_AFTER_SECONDS = 300.0
+"""A ``Retry-After`` above this is taken as this: a plain answer must not park a device for hours."""
+
+
+def retry_after_of(resp: httpx.Response) -> float | None:
+    """The answer's ``Retry-After`` in seconds (delta-seconds form only), bounded; ``None`` if absent or bad."""
+    raw = resp.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    if not seconds >= 0:  # also NaN
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 _BY_STATUS: dict[int, type[e.QFlareError]] = {
@@ -86,7 +121,9 @@ def error_from_response(resp: httpx.Response, opener: ResponseOpener | None = No
         pass
     if resp.status_code >= 500 or resp.status_code == 429:
         # 429 (rate limited, with Retry-After) is retried like a 5xx: back off, then a fresh envelope.
-        err: e.QFlareError = ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
+        busy = ServerUnavailable(f"server answered {resp.status_code}: {message}", reason=reason)
+        busy.retry_after = retry_after_of(resp)
+        err: e.QFlareError = busy
     else:
         cls = _BY_REASON.get(reason) or _BY_STATUS.get(resp.status_code, e.QFlareError)
         err = cls(f"{resp.status_code} {reason}: {message}", reason=reason)
@@ -137,7 +174,8 @@ class DeviceClient:
         self._key_source = key_source
         self._qkd_keys = qkd_keys
         self._clock = clock
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, verify=verify,
+                                  limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
         self.bytes_sent = 0  # HTTP request bodies sent (envelopes), for the cost log
         self.bytes_received = 0
 

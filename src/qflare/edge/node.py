@@ -115,6 +115,7 @@ class EdgeNode:
         self.auditor = auditor  # docs/ledger.md, "Devices as auditors"
         self.stats = NodeStats()
         self._waiting_for: str | None = None  # the last wait reason logged (logged once, not at every poll)
+        self._deadline_at: float | None = None  # the current round's deadline, server (wall-clock) time
         d = config.data
         self.task = get_task(d.task)
         self.dataset = self.task.client_dataset(
@@ -382,6 +383,14 @@ class EdgeNode:
     UPLOAD_ATTEMPTS = 5
     REBASE_ATTEMPTS = 3
 
+    def _retry_wait(self, exc: ServerUnavailable, delay: float) -> float:
+        """Seconds until the next attempt: the jittered backoff, or the server's ``Retry-After`` plus up to
+        half of it again when that is longer (so a fleet turned away together comes back spread)."""
+        wait = delay * (0.5 + self._rng.random())
+        if exc.retry_after is not None:
+            wait = max(wait, exc.retry_after * (1.0 + 0.5 * self._rng.random()))
+        return wait
+
     def _send_update(self, round_id: int, update: bytes) -> dict[str, Any] | None:
         """Upload ``update`` (in async rounds rebased onto the open buffer first: :meth:`_rebase`)."""
         if self._trained_on is None or int(self._trained_on[0]["round_id"]) != round_id:
@@ -436,20 +445,28 @@ class EdgeNode:
 
         A 5xx can come after the server durably accepted the update (the enclave died while sealing
         the answer), so a ``duplicate_update`` refusal of a re-send means accepted: ``None`` is returned
-        (there is no receipt). A duplicate on the first attempt stays a refusal.
+        (there is no receipt). A duplicate on the first attempt stays a refusal. A ``server_busy`` answer
+        (the upload turned away unread, server/ingest.py) uses no attempt while the round's deadline
+        (the task's ``deadline_at``) is still ahead after the wait: the device waits its ``Retry-After``
+        and re-sends the update it trained, instead of giving up and training the round again.
         """
         rc = self.config.retry
+        deadline_at = self._deadline_at
         delay = rc.initial_seconds
-        for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 if base_version is None:
                     return self.client.upload_update(round_id, update)
                 return self.client.upload_update(round_id, update, base_version=base_version)
             except ServerUnavailable as exc:
-                if attempt == self.UPLOAD_ATTEMPTS:
+                wait = self._retry_wait(exc, delay)
+                if exc.busy and deadline_at is not None and time.time() + wait < deadline_at:
+                    attempt -= 1  # turned away unread: not a failed attempt
+                elif attempt >= self.UPLOAD_ATTEMPTS:
                     raise
                 self.stats.retries += 1
-                wait = delay * (0.5 + self._rng.random())
                 log.info("%s: round %d upload unanswered (%s: %s); re-sending in %.1f s", self.config.device_id,
                          round_id, exc.reason, exc.message, wait)
                 self.sleep(wait)
@@ -458,7 +475,6 @@ class EdgeNode:
                 if attempt == 1:
                     raise
                 return None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _audit(self) -> Callable[[], None]:
         """Check the server's ledger (``LedgerAuditor.check``) in a thread while the device trains; the
@@ -497,6 +513,8 @@ class EdgeNode:
         if status == "train":
             self._waiting_for = None
             round_id = int(task["round_id"])
+            deadline = task.get("deadline_at")
+            self._deadline_at = float(deadline) if isinstance(deadline, int | float) else None
             try:
                 update = self.train_round(task)
             finally:
@@ -560,7 +578,8 @@ class EdgeNode:
             if rc.give_up_after_seconds is not None and now - down_since > rc.give_up_after_seconds:
                 raise GaveUp(f"{what} for {now - down_since:.0f} s: {exc.message}", reason=exc.reason) from None
             self.stats.retries += 1
-            wait = delay * (0.5 + self._rng.random())
+            wait = (self._retry_wait(exc, delay) if isinstance(exc, ServerUnavailable)
+                    else delay * (0.5 + self._rng.random()))
             log.info("%s: %s (%s: %s); retrying in %.1f s", self.config.device_id, what, exc.reason, exc.message, wait)
             self.sleep(wait)
             delay = min(delay * 2, rc.max_seconds)

@@ -26,6 +26,7 @@ from qflare.server.enclave_link import EnclaveOpener
 from qflare.server.errors import install_error_handlers
 from qflare.server.evaluation import Evaluator
 from qflare.server.gateway import DeviceGateway, QKDKeyLookup, read_body_limited
+from qflare.server.ingest import UploadGate, UploadGateMiddleware
 from qflare.server.keys import LocalOpener, RequestOpener, ServerKeys
 from qflare.server.lease import RoundLease
 from qflare.server.ledger import DEFAULT_ORIGIN, AuditLog, EnclaveNoteSigner
@@ -196,6 +197,7 @@ NONCE_PURGE_EVERY = 50  # ticks
 
 def _tick(state: ServerState, n: int) -> None:
     state.orchestrator.tick()
+    state.repo.checkpoint_wal()  # SQLite: a WAL past its bound is copied back and truncated (storage/engine.py)
     if state.ledger is not None:
         # Checkpoints by the round owner only (token 0: a follower), so that an enclave, which signs no
         # checkpoint smaller than its last, is not asked by a worker whose view of the log lags.
@@ -275,6 +277,9 @@ def create_app(state: ServerState, *, run_ticker: bool = True, bench_endpoint: b
     )
     app.state.qflare = state
     install_error_handlers(app)
+    # Inside the metrics and request-id middlewares, so that busy answers are counted and carry an id.
+    app.state.upload_gate = UploadGate(state.config.server.max_uploads_in_flight)
+    app.add_middleware(UploadGateMiddleware, gate=app.state.upload_gate)
     install_metrics(app, state)
     install_dashboard(app, state, operators)
     install_request_ids(app)  # outermost: the request id is bound before anything logs

@@ -17,6 +17,7 @@ decrypted twice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable
@@ -220,7 +221,10 @@ class DeviceGateway:
             payload, sealer = self.opener.open(env, allowed_key_sources=sources, extra_secret=extra)
             body = PlainUpdate(payload) if update else OpenedRequest(payload)
         self._touch(device.device_id, now)
-        return DeviceCall(device_id=device.device_id, body=body, envelope=env, sealer=sealer)
+        # The call keeps the envelope's header only: an upload's ciphertext (4 MB) is not held while its
+        # update is validated and stored (the body, decrypted or still sealed, is in ``body``).
+        header_only = dataclasses.replace(env, body=memoryview(b""), raw=b"") if update else env
+        return DeviceCall(device_id=device.device_id, body=body, envelope=header_only, sealer=sealer)
 
     def _authenticate_signature(self, env: Envelope) -> DeviceRecord:
         """The enrolled device whose key signed ``env``; otherwise one indistinguishable refusal.

@@ -144,6 +144,8 @@ class Orchestrator:
         # closed or failed here, or another worker's round seen at a tick).
         self.changed = Wakeup()
         self._announced: tuple[int, str] | None = None
+        # Closed rounds whose updates' stored bytes are still to be dropped (a few per tick, _drop_blobs).
+        self._blobs_to_drop: set[int] = set()
         # Who takes part in a round: None is uniform sampling; else e.g. selection.AdaptiveSelector().
         self.select: Callable[..., list[str]] | None = None
         # Async mode: each accepted update's staleness (versions behind the buffer's base), per open buffer.
@@ -176,6 +178,8 @@ class Orchestrator:
                     round_id=None, now=now,
                 )
                 self.repo.add_event("model_created", now=now, detail="version 0 (initial)")
+            if not self.config.server.keep_update_blobs:  # a drop that a crash or a stop interrupted
+                self._blobs_to_drop.update(self.repo.rounds_holding_blobs(("aggregated",)))
             for rnd in self.repo.open_rounds():
                 self._resume(rnd)
 
@@ -430,6 +434,21 @@ class Orchestrator:
         self._announce()
         if self.ledger is not None:
             self.ledger.drain(self.repo)  # entries whose append failed or another worker left (usually none)
+        self._drop_blobs()
+
+    BLOBS_DROPPED_PER_TICK = 32
+
+    def _drop_blobs(self) -> None:
+        """Drop closed rounds' stored updates, a bounded number per tick and outside the lock: a 1000-update
+        round dropped in its close transaction held every request for minutes (``UpdateStore.drop_update_blobs``)."""
+        budget = self.BLOBS_DROPPED_PER_TICK
+        for round_id in sorted(self._blobs_to_drop):
+            n = self.repo.drop_update_blobs(round_id, limit=budget)
+            if n < budget:  # fewer than asked: none left in this round
+                self._blobs_to_drop.discard(round_id)
+            budget -= n
+            if budget <= 0:
+                return
 
     def _tick(self) -> None:
         with self._lock:
@@ -611,12 +630,14 @@ class Orchestrator:
             now=self.clock(),
             new_model=(version, blob, sha256_hex(blob), self.spec.fingerprint(), signature),
             metrics=metrics,
-            drop_update_blobs=not self.config.server.keep_update_blobs,
+            drop_update_blobs=False,  # after the close, a few per tick (_drop_blobs): not under the lock
             expect_updates=counted,
             event=NewEvent("round_aggregated", round_id=rnd.round_id,
                            detail=f"version {version} ({reason}, {len(updates)} updates)"),
             ledger=ledger_entries,
         )
+        if not self.config.server.keep_update_blobs:
+            self._blobs_to_drop.add(rnd.round_id)
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
@@ -649,7 +670,7 @@ class Orchestrator:
             log.exception("round %d: the backend could not abort it", rnd.round_id)
         try:
             self.repo.close_round(rnd.round_id, status="failed", reason=reason, now=self.clock(),
-                                  drop_update_blobs=not keep_updates, expect_updates=expect_updates,
+                                  drop_update_blobs=False, expect_updates=expect_updates,
                                   event=NewEvent("round_failed", round_id=rnd.round_id, reason=reason, detail=detail),
                                   ledger=self.ledger.round_failed_entries(rnd.round_id, reason)
                                   if self.ledger is not None else ())
@@ -658,6 +679,8 @@ class Orchestrator:
                 raise
             self._seen.pop(rnd.round_id, None)  # the backend dropped it: the next tick begins and recounts
             return
+        if not keep_updates:
+            self._blobs_to_drop.add(rnd.round_id)
         self._counts.pop(rnd.round_id, None)
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)

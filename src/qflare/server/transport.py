@@ -10,18 +10,24 @@ oversized header is answered 400. This protocol adds, per connection:
   ``431`` (with the error JSON) and the connection closed;
 - **body timeouts**: while the body is being read, no gap between chunks longer than
   ``body_chunk_timeout`` and the whole body within ``body_timeout`` seconds; else the connection is
-  closed (the route sees a client disconnect, logged in one line).
+  closed (the route sees a client disconnect, logged in one line). A body answered before it was read
+  (``503 server_busy``) is discarded under the same timeouts, and the connection then serves the next
+  request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qflare.config import ServerConfig
+
+log = logging.getLogger("qflare.server")
 
 
 class Limits:
@@ -48,6 +54,7 @@ class GuardedH11Protocol(H11Protocol):
         self._in_head = True
         self._timer: asyncio.TimerHandle | None = None
         self._body_deadline: float | None = None
+        self._drain_cycle: Any = None  # the cycle whose unread body is being discarded after its answer
         self._arm(self.limits.header_timeout)
 
     def _arm(self, delay: float) -> None:
@@ -63,9 +70,15 @@ class GuardedH11Protocol(H11Protocol):
     def _expire(self) -> None:
         self._timer = None
         if not self.transport.is_closing():
+            if not self._in_head:  # a body cut off (the route sees a disconnect); header deadlines are routine
+                log.info("connection closed: request body not received within the body timeouts (%s)",
+                         "discarded after its answer" if self._drain_cycle is not None else "being read")
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._drain_cycle is not None:
+            self._drain(data)
+            return
         if self._in_head:
             self._head = (self._head + data)[: self.limits.max_header_bytes + 4]
             end = self._head.find(b"\r\n\r\n")
@@ -78,6 +91,9 @@ class GuardedH11Protocol(H11Protocol):
                 self._in_head, self._head = False, b""
                 self._disarm()
         super().data_received(data)
+        self._time_body()
+
+    def _time_body(self) -> None:
         cycle = self.cycle
         if not self._in_head and cycle is not None and cycle.more_body and not cycle.response_complete:
             now = self.loop.time()
@@ -89,11 +105,34 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._head, self._body_deadline = b"", None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # Answered before the body was read (503 server_busy, 413): uvicorn discards the rest of the
+            # body and keeps the connection. Those bytes are no header: time them as a body, not a head
+            # (a head limit on them answered 431 and reset the connection under the device's answer).
+            self._in_head, self._drain_cycle = False, self.cycle
+            self._body_deadline = self.loop.time() + self.limits.body_timeout
+            self._arm(self.limits.body_chunk_timeout)
+            return
+        self._next_head()
+
+    def _next_head(self) -> None:
         # The next request on this connection gets its own header deadline (the keep-alive timer of
         # uvicorn is cancelled by the first byte of a next request, and half a header would then hang).
         self._in_head, self._head, self._body_deadline = True, b"", None
         if not self.transport.is_closing():
             self._arm(self.limits.header_timeout)
+
+    def _drain(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not self._drain_cycle:  # the next request began within these bytes
+            self._drain_cycle, self._body_deadline = None, None
+            self._time_body()
+        elif self.conn.their_state is not h11.SEND_BODY:  # the discarded body ended
+            self._drain_cycle = None
+            self._next_head()
+        elif self._body_deadline is not None:
+            self._arm(max(0.0, min(self.limits.body_chunk_timeout, self._body_deadline - self.loop.time())))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

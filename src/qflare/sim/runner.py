@@ -619,16 +619,16 @@ def _run(
     wall = time.monotonic() - started
     summary = _finish(sim, run_dir, task.metric, rounds, status, wall, attacks)
     costs = wire_costs(run_dir, rounds)
-    extra: dict[str, Any] = {}
+    added: dict[str, Any] = {}
     if costs or sim.he != "none":
-        extra.update(costs=costs, he=sim.he)
+        added.update(costs=costs, he=sim.he)
     if personal is not None:
-        extra.update({k: v for k, v in personal.items() if k != "metric"}, personalize=sim.personalize)
+        added.update({k: v for k, v in personal.items() if k != "metric"}, personalize=sim.personalize)
     if malicious:
-        extra["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
+        added["poisoning"] = {"attack": sim.attack, "params": dict(sim.attack_params),
                               "malicious_fraction": sim.malicious_fraction, "malicious": sorted(malicious)}
-    if extra:  # summary.json holds exactly what the run returns
-        summary.update(extra)
+    if added:  # summary.json holds exactly what the run returns
+        summary.update(added)
         write_summary(summary, run_dir / "summary.json")
     return summary
 
