@@ -107,7 +107,7 @@ def _upgrade_from_the_previous_head(url: str, *, with_ledger: bool) -> None:
     repo = Repository(url)
     store = ledger_store.SqlLogStore(repo.engine)
     # Assert: at HEAD, the ORM's schema exactly, the old log intact, and the store appends after it
-    assert current_revision(repo.engine) == HEAD == "0005"
+    assert current_revision(repo.engine) == HEAD == "0006"
     if with_ledger:
         assert store.size() == 3 and store.read_entries(0, 3) == [b"e0", b"e1", b"e2"]
         latest = store.latest_checkpoint()
@@ -180,4 +180,28 @@ def test_0005_adds_the_enrolled_example_cap_and_keeps_the_devices(tmp_path: Path
     # Assert
     device = repo.get_device("edge_1")
     assert device is not None and device.max_examples is None and _schema_diff(url) == []
+    repo.close()
+
+
+def test_0006_adds_the_reported_local_dp_epsilon_and_keeps_the_updates(tmp_path: Path) -> None:
+    # Prepare: a 0005 database with one accepted update
+    url = f"sqlite:///{tmp_path / 'prev.db'}"
+    engine = create_engine(url)
+    _alembic(engine, command.upgrade, "0005")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("insert into devices (device_id, status, public_key, fingerprint, key_source, created_at)"
+                             " values ('edge_1', 'active', x'00', 'fp', 'mlkem', 1.0)")
+        conn.exec_driver_sql("insert into rounds (round_id, status, base_version, selected, opened_at, deadline_at)"
+                             " values (1, 'open', 0, '[\"edge_1\"]', 1.0, 2.0)")
+        conn.exec_driver_sql("insert into updates (round_id, device_id, num_examples, train_loss, sha256, size_bytes,"
+                             " blob, received_at) values (1, 'edge_1', 10, 0.5, 'ab', 3, x'010203', 1.5)")
+    engine.dispose()
+
+    # Execute
+    repo = Repository(url)
+
+    # Assert
+    [update] = repo.round_updates(1)
+    assert (update.device_id, update.num_examples, update.dp_epsilon) == ("edge_1", 10, None)
+    assert _schema_diff(url) == []
     repo.close()

@@ -87,3 +87,42 @@ def test_a_budget_the_planned_rounds_exceed_is_refused_at_start(tmp_path: Path) 
     with pytest.raises(ConfigError) as err:
         build_state(config, admin_token="x" * 32)
     assert err.value.reason == "privacy_budget_exceeded"
+
+
+@pytest.mark.parametrize("enclave", [False, True], ids=["inprocess", "enclave"])
+def test_the_round_summary_carries_each_devices_local_dp_epsilon(tmp_path: Path, enclave: bool) -> None:
+    from qflare.fl.serialize import dump_arrays
+
+    # Prepare: three devices; two report a local-DP epsilon in their signed update, one trains without DP
+    reported = {"edge_0": 1.25, "edge_1": 3.5}
+    for h in make_harness(tmp_path, enclave=enclave):
+        rid = h.open_round()
+        # Execute
+        for device in ("edge_0", "edge_1", "edge_2"):
+            meta = {"num_examples": "10", "train_loss": "0.5"}
+            if device in reported:
+                meta.update({"dp_mode": "local", "dp_epsilon": repr(reported[device]), "dp_delta": "1e-05"})
+            blob = dump_arrays({k: v * 0.9 for k, v in h.global_arrays().items()}, meta)
+            assert h.post(device, f"/v1/device/rounds/{rid}/update", blob).status_code == 200
+        # Assert: per device, in the round's metrics and on the stored updates
+        rnd = h.state.repo.get_round(rid)
+        assert rnd is not None and rnd.status == "aggregated"
+        local = rnd.metrics["local_dp"]
+        assert local["epsilon_per_device"] == reported and local["devices"] == 2
+        assert local["epsilon_max"] == 3.5 and local["epsilon_mean"] == pytest.approx(2.375)
+        assert {u.device_id: u.dp_epsilon for u in h.state.repo.round_updates(rid)} == {**reported, "edge_2": None}
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "lots"])
+def test_an_update_reporting_a_nonsense_epsilon_is_refused_and_nothing_changes(tmp_path: Path, value: str) -> None:
+    from qflare.fl.serialize import dump_arrays
+
+    for h in make_harness(tmp_path):
+        rid = h.open_round()
+        before = h.snapshot()
+        blob = dump_arrays(h.global_arrays(), {"num_examples": "10", "dp_epsilon": value})
+        # Execute
+        reply = h.post("edge_0", f"/v1/device/rounds/{rid}/update", blob)
+        # Assert
+        assert reply.status_code in (400, 422) and reply.json()["error"]["reason"] == "bad_dp_epsilon"
+        assert h.snapshot() == before

@@ -297,6 +297,7 @@ class EnclaveAggregator:
             handle=EnclaveUpdateHandle(update_id=receipt.update_id, request_hash=receipt.request_hash),
             norm=receipt.norm,
             ledger_entry=receipt.ledger_entry,
+            dp_epsilon=receipt.dp_epsilon,
         )
 
     def _now_ms(self) -> int:

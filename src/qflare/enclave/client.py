@@ -83,6 +83,7 @@ class UpdateReceipt:
     norm: float | None = None
     ledger_entry: bytes | None = None
     """The enclave-signed ``update_accepted`` entry (envelope updates)."""
+    dp_epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ class Enclave:
             stored=stored,
             norm=result.norm,
             ledger_entry=result.ledger_entry,
+            dp_epsilon=result.dp_epsilon,
         )
 
     def accumulate(self, round_id: int, update_id: str) -> ec.AccumulatedResult:

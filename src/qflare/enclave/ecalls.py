@@ -159,7 +159,8 @@ class UpdateReceiptResult:
 
     ``norm``: the L2 norm of the update's step from the round's base model. ``ledger_entry``: the
     canonical ``update_accepted`` ledger entry, signed with the enclave's key (envelope updates only;
-    ``docs/ledger.md``, "Signed entries").
+    ``docs/ledger.md``, "Signed entries"). ``dp_epsilon``: the local-DP epsilon the update's metadata
+    reports (``None``: none).
     """
 
     stored_form: str
@@ -172,6 +173,7 @@ class UpdateReceiptResult:
     sealed: Region
     norm: float | None
     ledger_entry: bytes | None
+    dp_epsilon: float | None
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,20 @@ def parse_update_metadata(meta: Mapping[str, str]) -> tuple[int, float | None]:
     return num, loss
 
 
+def parse_dp_epsilon(meta: Mapping[str, str]) -> float | None:
+    """``dp_epsilon`` (optional, finite, >= 0): the local-DP epsilon the device reports it has spent
+    (``qflare.fl.local_dp``; signed with the upload). The server records it; it cannot verify it."""
+    if "dp_epsilon" not in meta:
+        return None
+    try:
+        epsilon = float(meta["dp_epsilon"])
+    except ValueError:
+        raise MalformedPayload("dp_epsilon is not a number", reason="bad_dp_epsilon") from None
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise UpdateRejected("dp_epsilon must be finite and >= 0", reason="bad_dp_epsilon")
+    return epsilon
+
+
 @dataclass(frozen=True)
 class ParsedUpdate:
     """A validated update's tensors and metadata; ``norm`` is its step's L2 norm from the base model."""
@@ -127,6 +141,7 @@ class ParsedUpdate:
     num_examples: int
     train_loss: float | None
     norm: float | None = None
+    dp_epsilon: float | None = None  # the local-DP epsilon the device reports (``parse_dp_epsilon``)
 
 
 def parse_update(
@@ -153,4 +168,4 @@ def parse_update(
         norm = check_update_norm(arrays, max_norm, reference=reference)
     elif max_norm is not None:
         norm = check_update_norm(arrays, max_norm)
-    return ParsedUpdate(arrays=arrays, num_examples=num, train_loss=loss, norm=norm)
+    return ParsedUpdate(arrays=arrays, num_examples=num, train_loss=loss, norm=norm, dp_epsilon=parse_dp_epsilon(meta))

@@ -59,6 +59,7 @@ class ValidatedUpdate:
     ``norm`` is the L2 norm of the update's step from the round's base model, when the backend computed it.
     ``ledger_entry`` is the update's ``update_accepted`` ledger entry when the backend produces and signs
     it itself (the enclave does; ``docs/ledger.md``, "Signed entries"), else ``None``.
+    ``dp_epsilon`` is the local-DP epsilon the update's metadata reports (``None``: no local DP).
     """
 
     round_id: int
@@ -70,6 +71,7 @@ class ValidatedUpdate:
     handle: Any = field(repr=False, compare=False)
     norm: float | None = None
     ledger_entry: bytes | None = field(default=None, repr=False, compare=False)
+    dp_epsilon: float | None = None  # the local-DP epsilon the device reports in its (signed) update
 
 
 @runtime_checkable

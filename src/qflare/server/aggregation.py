@@ -113,6 +113,7 @@ class InProcessAggregator:
             stored=update.data,
             handle=parsed.arrays,
             norm=parsed.norm,
+            dp_epsilon=parsed.dp_epsilon,
         )
 
     def accumulate(self, update: ValidatedUpdate) -> None:

@@ -303,7 +303,7 @@ class EnclaveService:
         parts = parse_stored(v.stored)
         prefix = v.stored[: len(v.stored) - len(envelope)] if parts.envelope == envelope else v.stored
         return ({"num_examples": v.num_examples, "train_loss": v.train_loss, "sha256": v.sha256,
-                 "size_bytes": v.size_bytes, "norm": v.norm, "update_id": handle.update_id,
+                 "size_bytes": v.size_bytes, "norm": v.norm, "update_id": handle.update_id, "dp_epsilon": v.dp_epsilon,
                  "with_envelope": parts.envelope == envelope, "entry": v.ledger_entry is not None},
                 [prefix, handle.request_hash or b"", v.ledger_entry or b""])
 
@@ -470,7 +470,7 @@ class RemoteEnclaveAggregator:
             round_id=round_id, num_examples=int(h["num_examples"]), train_loss=h["train_loss"],
             sha256=str(h["sha256"]), size_bytes=int(h["size_bytes"]), stored=stored,
             handle=EnclaveUpdateHandle(update_id=str(h["update_id"]), request_hash=request_hash or None),
-            norm=h["norm"], ledger_entry=entry if h["entry"] else None,
+            norm=h["norm"], ledger_entry=entry if h["entry"] else None, dp_epsilon=h.get("dp_epsilon"),
         )
 
     def accumulate(self, update: ValidatedUpdate) -> None:

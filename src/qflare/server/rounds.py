@@ -397,6 +397,7 @@ class Orchestrator:
             sha256=update.sha256,
             blob=update.stored,
             size_bytes=update.size_bytes,
+            dp_epsilon=update.dp_epsilon,
             now=self.clock(),
             event=NewEvent("update_accepted", device_id=device_id, round_id=update.round_id,
                            detail=f"{update.sha256} {provenance}".strip()),
@@ -610,6 +611,12 @@ class Orchestrator:
             metrics.update(self.evaluator.evaluate(blob))
         if self.privacy is not None:
             metrics["privacy"] = self.privacy.spend(self.config.rounds.fraction).as_dict()
+        local = {u.device_id: u.dp_epsilon for u in updates if u.dp_epsilon is not None}
+        if local:  # local DP: what each device reports it has spent, signed with its update (not verifiable)
+            metrics["local_dp"] = {"devices": len(local), "epsilon_max": max(local.values()),
+                                   "epsilon_mean": sum(local.values()) / len(local),
+                                   "delta": self.config.training.dp.delta if self.config.training.dp else None,
+                                   "epsilon_per_device": dict(sorted(local.items()))}
         stale = list(self._staleness.pop(rnd.round_id, {}).values())
         if self.asynchronous and stale:  # of the updates this process accepted (not those replayed after a restart)
             metrics["staleness_mean"] = sum(stale) / len(stale)

@@ -147,6 +147,7 @@ class UpdatePublic(_Out):
     sha256: str
     size_bytes: int
     received_at: float
+    dp_epsilon: float | None = None
 
 
 class RoundDetailPublic(_Out):

@@ -601,6 +601,7 @@ class EnclaveRuntime:
             sealed=self._region.put(*stored, side="output"),
             norm=update.norm,
             ledger_entry=entry,
+            dp_epsilon=update.dp_epsilon,
         )
 
     def _unstore(self, data: bytes, round_id: int) -> tuple[str, bytes, Envelope | None]:

@@ -48,6 +48,7 @@ class UpdateRecord:
     sha256: str
     size_bytes: int
     received_at: float
+    dp_epsilon: float | None = None  # the local-DP epsilon the device reported with this update
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def _update(row: Update) -> UpdateRecord:
         sha256=row.sha256,
         size_bytes=row.size_bytes,
         received_at=row.received_at,
+        dp_epsilon=row.dp_epsilon,
     )
 
 

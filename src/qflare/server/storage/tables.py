@@ -53,6 +53,7 @@ class Update(Base):
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
+    dp_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)  # local DP, as the device reports
     # Deferred: listing a round's updates must not read their bytes (1000 x 4 MB at a round's close).
     blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     received_at: Mapped[float] = mapped_column(Float)

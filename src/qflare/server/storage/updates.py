@@ -38,6 +38,7 @@ class UpdateStore(StoreBase):
         size_bytes: int | None = None,
         event: NewEvent | None = None,
         ledger: Sequence[bytes] = (),
+        dp_epsilon: float | None = None,
     ) -> UpdateRecord:
         """Record an accepted update; the (round, device) unique constraint makes duplicates atomic.
 
@@ -58,6 +59,7 @@ class UpdateStore(StoreBase):
                     train_loss=train_loss,
                     sha256=sha256,
                     size_bytes=len(blob) if size_bytes is None else size_bytes,
+                    dp_epsilon=dp_epsilon,
                     blob=blob,
                     received_at=now,
                 )
