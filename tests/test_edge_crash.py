@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from qflare.config import DataConfig
@@ -38,12 +37,12 @@ def _wait_for(what: str, check: object, timeout: float = 240.0) -> None:
 
 
 def _rounds(fed: Federation) -> list[dict]:  # type: ignore[type-arg]
-    with httpx.Client(base_url=fed.url, headers={"Authorization": f"Bearer {fed.admin_token}"}, timeout=30) as c:
+    with fed.admin() as c:
         return list(c.get("/v1/admin/rounds").json())
 
 
 def _round_devices(fed: Federation, round_id: int) -> list[str]:
-    with httpx.Client(base_url=fed.url, headers={"Authorization": f"Bearer {fed.admin_token}"}, timeout=30) as c:
+    with fed.admin() as c:
         doc = c.get(f"/v1/admin/rounds/{round_id}").json()
     return sorted(u["device_id"] for u in doc["updates"])
 

@@ -76,19 +76,22 @@ def find_in_objects(needles: list[bytes], roots: Iterable[object]) -> list[int]:
     return sorted(found)
 
 
-def find_in_memory(needles: list[bytes]) -> list[int]:
-    """Indices of needles found anywhere in this process's writable memory (Linux), except in the
-    needle objects themselves and the scan buffer."""
+def find_in_memory(needles: list[bytes], pid: int | None = None) -> list[int]:
+    """Indices of needles found anywhere in the writable memory (Linux) of process ``pid``, by default this
+    process, except (in this process) in the needle objects themselves and the scan buffer."""
     chunk = bytearray(8 << 20)
     view = memoryview(chunk)
-    ignore = [(id(n), id(n) + sys.getsizeof(n)) for n in needles]
-    buf_addr = np.frombuffer(chunk, dtype=np.uint8).ctypes.data
-    ignore.append((buf_addr, buf_addr + len(chunk)))
+    ignore: list[tuple[int, int]] = []
+    if pid is None:  # addresses of this process: only here do they name the needles and the buffer
+        ignore = [(id(n), id(n) + sys.getsizeof(n)) for n in needles]
+        buf_addr = np.frombuffer(chunk, dtype=np.uint8).ctypes.data
+        ignore.append((buf_addr, buf_addr + len(chunk)))
+    proc = "self" if pid is None else str(pid)
     overlap = max(len(n) for n in needles) - 1
     found: set[int] = set()
-    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    fd = os.open(f"/proc/{proc}/mem", os.O_RDONLY)
     try:
-        for line in Path("/proc/self/maps").read_text().splitlines():
+        for line in Path(f"/proc/{proc}/maps").read_text().splitlines():
             fields = line.split()
             if len(fields) < 5 or not fields[1].startswith("rw") or (len(fields) > 5 and fields[5].startswith("[v")):
                 continue

@@ -21,6 +21,7 @@ from qflare.config import DataConfig, TrainConfig
 from qflare.fl.he import load_secret_context, make_context, write_context_files
 from qflare.sim.net import free_port
 from qflare.sim.runner import SimulationConfig, build_global_config, he_files, start_server
+from tests.enclave.test_isolation import find_in_memory
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/mem")]
@@ -55,33 +56,6 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def scan(pid: int, needles: list[bytes]) -> set[int]:
-    """Indices of needles found in the writable memory of process ``pid``."""
-    found: set[int] = set()
-    chunk = 8 << 20
-    overlap = max(len(n) for n in needles) - 1
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-            fields = line.split()
-            if len(fields) < 5 or not fields[1].startswith("rw") or (len(fields) > 5 and fields[5].startswith("[v")):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            pos = start
-            while pos < end:
-                try:
-                    mem.seek(pos)
-                    data = mem.read(min(chunk, end - pos))
-                except OSError:
-                    break
-                if not data:
-                    break
-                for i, needle in enumerate(needles):
-                    if needle in data:
-                        found.add(i)
-                pos += len(data) - overlap if len(data) > overlap and pos + len(data) < end else len(data)
-    return found
-
-
 def test_the_server_process_never_holds_the_ckks_secret_key(tmp_path: Path) -> None:
     # Prepare: the operator's contexts, a CKKS server (2 devices, 2 rounds of one short epoch)
     run_dir = tmp_path / "run"
@@ -109,7 +83,7 @@ def test_the_server_process_never_holds_the_ckks_secret_key(tmp_path: Path) -> N
         # Assert: no byte window of the secret key anywhere in the server's (or its children's) memory
         pids = process_tree(fed.server.pid)
         try:
-            hits = {pid: scan(pid, needles) for pid in pids}
+            hits = {pid: set(find_in_memory(needles, pid=pid)) for pid in pids}
         except PermissionError:
             pytest.skip("this user may not read the server process's memory (ptrace policy)")
         assert all(not h for h in hits.values()), hits
@@ -130,7 +104,7 @@ def test_the_server_process_never_holds_the_ckks_secret_key(tmp_path: Path) -> N
         stdout=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
-        assert set(range(WINDOWS)) <= scan(holder.pid, needles)
+        assert set(range(WINDOWS)) <= set(find_in_memory(needles, pid=holder.pid))
     finally:
         holder.kill()
         holder.wait()

@@ -470,7 +470,7 @@ class RemoteEnclaveAggregator:
             round_id=round_id, num_examples=int(h["num_examples"]), train_loss=h["train_loss"],
             sha256=str(h["sha256"]), size_bytes=int(h["size_bytes"]), stored=stored,
             handle=EnclaveUpdateHandle(update_id=str(h["update_id"]), request_hash=request_hash or None),
-            norm=h["norm"], ledger_entry=entry if h["entry"] else None, dp_epsilon=h.get("dp_epsilon"),
+            norm=h["norm"], ledger_entry=entry if h["entry"] else None, dp_epsilon=h["dp_epsilon"],
         )
 
     def accumulate(self, update: ValidatedUpdate) -> None:
