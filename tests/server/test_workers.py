@@ -100,6 +100,27 @@ def _post(url: str, key: SigningKey, server_pub, device_id: str, path: str, payl
     return httpx.post(url + path, content=envelope, timeout=60)  # a new connection: any worker
 
 
+def _upload_as_a_device(url: str, key: SigningKey, server_pub, device_id: str, round_id: int,  # type: ignore[no-untyped-def]
+                        blob: bytes, *, attempts: int) -> list[str]:
+    """What a device does (docs/protocol.md 13.3): re-send a fresh envelope when unanswered or answered 5xx;
+    a duplicate_update after an unanswered attempt means the first one was accepted. Returns what each
+    attempt got (``unanswered`` or the status code), the last being the answer."""
+    seen: list[str] = []
+    for _ in range(attempts):
+        try:
+            r = _post(url, key, server_pub, device_id, f"/v1/device/rounds/{round_id}/update", blob, round_id=round_id)
+        except httpx.TransportError:
+            seen.append("unanswered")
+            time.sleep(0.5)
+            continue
+        seen.append(str(r.status_code))
+        if r.status_code >= 500:
+            time.sleep(0.5)
+            continue
+        return seen
+    raise AssertionError(f"{device_id}: no answer after {seen}")
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_workers_accept_200_uploads_in_one_round_none_lost_none_twice(workers: str, pg_url: str) -> None:
@@ -214,28 +235,9 @@ def test_a_worker_killed_mid_upload_loses_nothing_and_counts_nothing_twice(tmp_p
         rid = status["current_round"]["round_id"]
         base, _ = load_arrays(initial_model_blob("digits", 0), ModelSpec.from_model(get_task("digits").build_model()))
 
-        def upload(d: str, i: int) -> list[str]:
-            """What a device does (docs/protocol.md 13.3): re-send a fresh envelope when unanswered; a
-            duplicate_update after an unanswered attempt means the first one was accepted."""
-            blob = dump_arrays(base, {"num_examples": str(i + 1), "train_loss": "0.5"})
-            seen: list[str] = []
-            for _ in range(30):
-                try:
-                    r = _post(url, keys[d], server_pub, d, f"/v1/device/rounds/{rid}/update", blob, round_id=rid)
-                except httpx.TransportError:
-                    seen.append("unanswered")
-                    time.sleep(0.5)
-                    continue
-                if r.status_code >= 500:
-                    seen.append(str(r.status_code))
-                    time.sleep(0.5)
-                    continue
-                seen.append(str(r.status_code))
-                return seen
-            raise AssertionError(f"{d}: no answer after {seen}")
-
         # Execute
-        outcomes = {d: upload(d, i) for i, d in enumerate(keys)}
+        outcomes = {d: _upload_as_a_device(url, keys[d], server_pub, d, rid, attempts=30, blob=dump_arrays(
+            base, {"num_examples": str(i + 1), "train_loss": "0.5"})) for i, d in enumerate(keys)}
 
         # Assert: each device either got 200, or 409 (duplicate) after an unanswered attempt; workers died
         assert all(o[-1] == "200" or (o[-1] == "409" and "unanswered" in o) for o in outcomes.values()), outcomes

@@ -30,7 +30,7 @@ from qflare.server.storage import Repository
 from qflare.server.storage.ledger_store import SqlLogStore
 from qflare.types import NDArrays
 from tests.server.pg import fresh_schema
-from tests.server.test_workers import ADMIN, _post, _serve_workers
+from tests.server.test_workers import ADMIN, _post, _serve_workers, _upload_as_a_device
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -189,27 +189,9 @@ def test_a_worker_killed_mid_upload_with_the_enclave_loses_nothing_and_counts_no
         keys, server_pub = _enroll(url, n)
         rid = _open_round(url, keys, server_pub)
 
-        def upload(d: str, i: int) -> list[str]:
-            """What a device does (docs/protocol.md 13.3): re-send a fresh envelope when unanswered; a
-            duplicate_update after an unanswered attempt means the first one was accepted."""
-            blob = dump_arrays(_arrays(i), {"num_examples": str(i + 1), "train_loss": "0.5"})
-            seen: list[str] = []
-            for _ in range(40):
-                try:
-                    r = _post(url, keys[d], server_pub, d, f"/v1/device/rounds/{rid}/update", blob, round_id=rid)
-                except httpx.TransportError:
-                    seen.append("unanswered")
-                    time.sleep(0.5)
-                    continue
-                seen.append(str(r.status_code))
-                if r.status_code >= 500:
-                    time.sleep(0.5)
-                    continue
-                return seen
-            raise AssertionError(f"{d}: no answer after {seen}")
-
         # Execute
-        outcomes = {d: upload(d, i) for i, d in enumerate(keys)}
+        outcomes = {d: _upload_as_a_device(url, keys[d], server_pub, d, rid, attempts=40, blob=dump_arrays(
+            _arrays(i), {"num_examples": str(i + 1), "train_loss": "0.5"})) for i, d in enumerate(keys)}
 
         # Assert: 200, or 409 only after an unanswered attempt; the model counts each update once
         assert all(o[-1] == "200" or (o[-1] == "409" and "unanswered" in o) for o in outcomes.values()), outcomes
