@@ -127,3 +127,64 @@ def test_a_bad_evaluation_file_is_refused_at_start_naming_the_key(tmp_path: Path
         build_state(config, admin_token=ADMIN)
     assert "evaluation.csv_path" in info.value.message
     assert not (tmp_path / "qflare.db").exists()
+
+
+class _CloseTheRoundAfterCall:
+    """The run's storage, which closes the open round (the last device's upload) right after its ``k``-th read
+    while :func:`services.status` runs: a round closing on another thread between two of the status's reads."""
+
+    def __init__(self, repo: Any, k: int, close: Any) -> None:
+        self._repo, self._k, self._close = repo, k, close
+        self.counting, self.calls, self.closed = False, 0, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._repo, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if self.counting and not self.closed:
+                self.calls += 1
+                if self.calls == self._k:
+                    self.closed, self.counting = True, False
+                    self._close()
+            return result
+
+        return call
+
+
+def test_the_run_status_never_says_finished_with_its_last_round_uncounted(tmp_path: Path) -> None:
+    # Found when tried: `qflare simulate --backend ray` returned `rounds_completed: 0` for a one-round run
+    # that had aggregated, since the status read the count, then the round closed, then it read `finished`.
+    from qflare.server import services
+
+    k = 1
+    while True:
+        # Prepare: a one-round run with two of its three updates in; the third arrives after the k-th read
+        (tmp_path / f"k{k}").mkdir()
+        gen = make_harness(tmp_path / f"k{k}", total=1)
+        h = next(gen)
+        rid = h.open_round()
+        for d in ("edge_0", "edge_1"):
+            assert h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+        real = h.state.repo
+        last = h.update_blob()
+        path = f"/v1/device/rounds/{rid}/update"
+        proxy = _CloseTheRoundAfterCall(real, k, lambda h=h, path=path, last=last: h.post("edge_2", path, last))
+        h.state.repo = h.state.orchestrator.repo = proxy  # type: ignore[assignment]
+
+        # Execute
+        proxy.counting = True
+        status = services.status(h.state)
+        h.state.repo = h.state.orchestrator.repo = real
+        gen.close()
+
+        # Assert: whichever read the close fell after, the snapshot is one moment of the run
+        assert status.finished == (status.rounds_completed >= status.rounds_total), (k, status)
+        assert status.accepted_updates >= 3 * status.rounds_completed, (k, status)
+        assert (status.current_round is None) == status.finished, (k, status)
+        if not proxy.closed:  # k is past the status's last read: every interleaving was tried
+            break
+        k += 1
+    assert k > 3

@@ -225,10 +225,12 @@ class Orchestrator:
     def completed_rounds(self) -> int:
         return self.repo.count_rounds("aggregated")
 
-    def finished(self) -> bool:
+    def finished(self, *, completed: int | None = None) -> bool:
+        """Every round done (``completed``: the count the caller already read, for one consistent snapshot)."""
         # A DP budget that one more round would exceed ends the run: the model stays the last within budget.
         over_budget = self.privacy is not None and self.privacy.would_exceed(self.config.rounds.fraction)
-        return over_budget or self.completed_rounds() >= self.config.rounds.total
+        done = self.completed_rounds() if completed is None else completed
+        return over_budget or done >= self.config.rounds.total
 
     def assignment_for(self, device_id: str) -> Assignment:
         # Under the lock: a round is handed out only once it is open for every reader (stored and

@@ -42,18 +42,23 @@ class Status:
 
 
 def status(state: ServerState) -> Status:
+    """One moment of the run: the rounds are read once, and ``rounds_completed``, ``rounds_failed``,
+    ``finished`` and the current round all come from that read (a round closing on another thread or worker
+    between separate reads had made a finished run report its last round uncounted). Counts read after it
+    (updates, devices) can only be as new or newer."""
     repo, orch, cfg = state.repo, state.orchestrator, state.config
     now = state.clock()
-    current = orch.current_round()
+    rounds = repo.list_rounds()
+    done = [r for r in rounds if r.status == "aggregated"]
+    current = next((r for r in rounds if r.status == "open"), None)
     latest = repo.latest_model()
-    done = [r for r in repo.list_rounds() if r.status == "aggregated"]
     return Status(
         task=cfg.task,
         metric=orch.metric,
         rounds_total=cfg.rounds.total,
-        rounds_completed=orch.completed_rounds(),
-        rounds_failed=repo.count_rounds("failed"),
-        finished=orch.finished(),
+        rounds_completed=len(done),
+        rounds_failed=sum(r.status == "failed" for r in rounds),
+        finished=orch.finished(completed=len(done)),
         current_round=current,
         current_round_updates=len(repo.round_updates(current.round_id)) if current else 0,
         latest_metrics=done[-1].metrics if done else None,
