@@ -80,3 +80,41 @@ def test_a_quarantined_device_still_authenticates_and_waits(tmp_path: Path) -> N
         rid = h.open_round()
         rnd = h.state.repo.get_round(rid)
         assert rnd is not None and "edge_2" not in rnd.selected
+
+
+def test_rounds_go_on_when_quarantine_leaves_fewer_eligible_devices_than_min_devices(tmp_path: Path) -> None:
+    # Found when tried: `qflare simulate` waits for every device (min_devices = clients); once the enclave's
+    # verdicts quarantined an attacker, no round could ever open again ("waiting for 3 active devices").
+    for h in make_harness(tmp_path, total=5, min_devices=3):
+        # Prepare: one of the three devices quarantined after round 1
+        rid = h.open_round()
+        for d in ("edge_0", "edge_1"):
+            assert h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+        assert h.state.orchestrator.reputation.quarantine("edge_2", "test")
+
+        # Execute: round 1 closes at its deadline with its quorum, the devices poll
+        h.clock.advance(61)
+        h.poll_all()
+        h.state.orchestrator.tick()
+        h.state.orchestrator.tick()
+
+        # Assert: round 2 opens with both (never the quarantined one); the wait reason names the eligible count
+        rnd = h.state.orchestrator.current_round()
+        assert rnd is not None and rnd.round_id == 2 and set(rnd.selected) == {"edge_0", "edge_1"}
+        wait = h.post("edge_2", "/v1/device/task").json()
+        assert wait["status"] == "wait"
+
+
+def test_min_devices_still_waits_for_eligible_devices_that_are_not_yet_active(tmp_path: Path) -> None:
+    # Prepare: three eligible devices, only two have polled
+    for h in make_harness(tmp_path, total=5, min_devices=3):
+        for d in ("edge_0", "edge_1"):
+            h.post(d, "/v1/device/heartbeat")
+
+        # Execute
+        h.state.orchestrator.tick()
+
+        # Assert: still waiting for the third eligible device, and the reason says so
+        assert h.state.orchestrator.current_round() is None
+        reason = h.post("edge_0", "/v1/device/task").json()["reason"]
+        assert "waiting for 3 active devices" in reason and "(2 of 3 active)" in reason

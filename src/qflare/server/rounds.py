@@ -278,9 +278,10 @@ class Orchestrator:
         rc = self.config.rounds
         if rnd is None:
             active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
-            if active < rc.min_devices:
-                return (f"waiting for {rc.min_devices} active devices before round {self.repo.last_round_id() + 1}"
-                        f" opens ({active} of {rc.min_devices} active)")
+            needed = self._devices_needed()
+            if active < needed:
+                return (f"waiting for {needed} active devices before round {self.repo.last_round_id() + 1}"
+                        f" opens ({active} of {needed} active)")
             return "waiting for the next round to open"
         if device_id not in rnd.selected and not self.asynchronous:
             return f"not selected for round {rnd.round_id}; waiting for the next round"
@@ -525,13 +526,21 @@ class Orchestrator:
             self._update_seconds.pop(round_id, None)
             self._staleness.pop(round_id, None)
 
+    def _devices_needed(self) -> int:
+        """Active devices a round waits for: ``rounds.min_devices``, but never more than are eligible (enrolled,
+        neither quarantined nor revoked; quarantine would otherwise wedge a fleet sized to ``min_devices``),
+        and never fewer than the quorum a round needs."""
+        rc = self.config.rounds
+        eligible = self.repo.count_devices("active")
+        return min(rc.min_devices, max(rc.min_quorum, eligible))
+
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
             return
         rc = self.config.rounds
         now = self.clock()
         active = self.repo.active_devices(since=now - rc.active_window_seconds)
-        if len(active) < rc.min_devices:
+        if len(active) < self._devices_needed():
             return
         round_id = self.repo.last_round_id() + 1
         k = max(rc.min_quorum, min(len(active), round(rc.fraction * len(active)) or 1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from qflare.errors import AuthenticationError, Conflict, NotFound
@@ -133,6 +133,11 @@ class DeviceStore(StoreBase):
                 return _device(row)
         except IntegrityError:
             raise Conflict(f"device {device_id!r} is already registered", reason="device_exists") from None
+
+    def count_devices(self, status: str) -> int:
+        """How many enrolled devices have ``status`` (``active``: eligible for rounds, whether seen lately or not)."""
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(Device).where(Device.status == status)) or 0)
 
     def active_devices(self, *, since: float) -> list[str]:
         with self._tx() as s:
