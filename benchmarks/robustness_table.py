@@ -9,7 +9,8 @@
 with the task, the rounds and the columns; its goals then compare only the rules that ran).
 
 Every cell is one :func:`qflare.fl.simulation.run_inprocess` run: 20 clients, Dirichlet(0.5) for
-digits (the sensor split for traffic), every client in every round, the task's default local
+digits (the sensor split for traffic), every client in every round (in the default column, the default
+quarantine takes out a client flagged in 3 of the last 5 rounds, as the server does), the task's default local
 training, seed 0, 30 % of the clients malicious (chosen by :func:`qflare.fl.poisoning.choose_malicious`
 from the seed). Colluding attacks see the honest updates of the round. Cells are cached in a JSON
 file (``--cache``) so an interrupted run resumes.
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from qflare.config import ReputationConfig
 from qflare.errors import NonFiniteValues
 from qflare.fl.poisoning import POISONING_KINDS, Poisoner, choose_malicious
 from qflare.fl.simulation import run_inprocess
@@ -36,7 +38,11 @@ from qflare.fl.tasks import get_task
 
 CLIENTS = {"digits": 20, "traffic": 10}  # traffic has 10 sensors: one client each
 FRACTION = 0.3
-FEDAVG, DEFAULT = "fedavg", "bounded-fedavg (default)"
+FEDAVG, DEFAULT = "fedavg", "default (bounded-fedavg + quarantine)"
+_DEFAULT_REPUTATION = ReputationConfig()
+REPUTATION = (_DEFAULT_REPUTATION.threshold, _DEFAULT_REPUTATION.window)
+"""The default configuration's quarantine (``reputation:``, 3 flagged rounds of 5), played in process for the
+default column only: the other columns are each rule alone, every client in every round."""
 
 
 def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -50,6 +56,7 @@ def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (FEDAVG, "fedavg", {}),
         (DEFAULT, "bounded-fedavg", {}),
+        ("bounded-fedavg", "bounded-fedavg", {}),
         ("median", "median", {}),
         ("trimmed-mean b=0.3", "trimmed-mean", {"beta": 0.3}),
         (f"krum f={f}", "krum", {"f": f}),
@@ -70,7 +77,8 @@ def attacks_for(task: str) -> list[str]:
 BEGIN, END = "<!-- robustness-table:{task}:begin -->", "<!-- robustness-table:{task}:end -->"
 
 
-def run_cell(task: str, rule: str, params: dict[str, Any], attack: str | None, rounds: int) -> float:
+def run_cell(task: str, rule: str, params: dict[str, Any], attack: str | None, rounds: int,
+             reputation: tuple[int, int] | None = None) -> float:
     t = get_task(task)
     n = CLIENTS[task]
     malicious: list[int] = []
@@ -83,7 +91,8 @@ def run_cell(task: str, rule: str, params: dict[str, Any], attack: str | None, r
     partition = "dirichlet" if task == "digits" else None
     try:
         history = run_inprocess(t, n, rounds, partition=partition, alpha=0.5, seed=0,
-                                strategy=get_strategy(rule, **params), attack=poisoner, malicious=malicious)
+                                strategy=get_strategy(rule, **params), attack=poisoner, malicious=malicious,
+                                reputation=reputation)
     except NonFiniteValues:
         return float("nan")  # the global model diverged to NaN/Inf: shown as "diverged"
     value = float(history[-1].metrics[t.metric])
@@ -163,7 +172,8 @@ def main() -> int:
             if key in cells:
                 continue
             tic = time.perf_counter()
-            cells[key] = run_cell(args.task, rule, params, None if attack == "clean" else attack, args.rounds)
+            cells[key] = run_cell(args.task, rule, params, None if attack == "clean" else attack, args.rounds,
+                                  reputation=REPUTATION if column == DEFAULT else None)
             ran += 1
             cache.write_text(json.dumps(cells, indent=1))
             print(f"{key}: {cells[key]:.4f} ({time.perf_counter() - tic:.0f} s)", file=sys.stderr, flush=True)

@@ -218,6 +218,56 @@ def test_bounded_fedavg_equals_fedavg_on_honest_rounds() -> None:
         np.testing.assert_allclose(out[k], fedavg(results)[k], rtol=1e-5, atol=1e-6)
 
 
+def _verdicts(base: NDArrays, ups: list[NDArrays], **params: object) -> tuple[int, ...]:
+    acc = get_strategy("bounded-fedavg", **params).accumulator(ModelSpec.from_arrays(base), reference=base)
+    for u in ups:
+        acc.add(u, 100)
+    acc.result()
+    assert acc.last_outcome is not None
+    return acc.last_outcome.flagged
+
+
+def _scaled_step(base: NDArrays, update: NDArrays, factor: float) -> NDArrays:
+    return {k: (base[k] + factor * (update[k].astype(np.float64) - base[k])).astype(np.float32) for k in base}
+
+
+def test_bounded_fedavg_flags_opposed_and_far_steps_but_not_merely_clipped_ones() -> None:
+    # Prepare: 9 honest steps, then one sign-flipped, one 3x the norm (clipped at 2x the median norm, not
+    # 2 x 2x beyond it) and one 10x
+    base, ups = _honest(12, seed=3)
+    attackers = [_scaled_step(base, ups[9], -1.0), _scaled_step(base, ups[10], 3.0), _scaled_step(base, ups[11], 10.0)]
+
+    # Execute
+    flagged = _verdicts(base, ups[:9] + attackers)
+
+    # Assert: the opposed and the far one are verdicts; the 3x one is clipped but not flagged
+    assert flagged == (9, 11)
+    assert _verdicts(base, ups[:9] + attackers, outlier_multiple=1.0) == (9, 10, 11)  # every clipped step
+    assert _verdicts(base, ups) == ()  # an honest round: no verdict
+
+
+def test_opposed_steps_uses_the_cosine_margin_and_ignores_a_zero_direction() -> None:
+    from qflare.fl.robust import OPPOSED_COSINE, opposed_steps
+
+    direction = np.array([1.0, 0.0])
+    angle = np.arccos(OPPOSED_COSINE)  # exactly at the margin: not opposed; a little past it: opposed
+    steps = np.array([[1.0, 1.0], [0.0, 1.0], [np.cos(angle - 0.01), np.sin(angle - 0.01)],
+                      [np.cos(angle + 0.01), np.sin(angle + 0.01)], [-1.0, 0.0]])
+    assert OPPOSED_COSINE < 0
+    assert opposed_steps(steps, direction) == (3, 4)
+    assert opposed_steps(steps, np.zeros(2)) == ()
+    assert opposed_steps(steps, direction, below=0.0) == (2, 3, 4)
+
+
+@pytest.mark.parametrize("value", [0.5, -1, float("nan"), float("inf"), "2"])
+def test_bounded_fedavg_refuses_an_outlier_multiple_below_one_naming_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match="aggregation.outlier_multiple") as info:
+        get_strategy("bounded-fedavg", outlier_multiple=value)
+    assert info.value.reason == "invalid_aggregation_params"
+    with pytest.raises(ValueError, match="outlier_multiple"):
+        AggregationConfig(rule="bounded-fedavg", params={"outlier_multiple": value})
+
+
 def test_bounded_fedavg_needs_the_base_model() -> None:
     base, _ = _honest(2)
     with pytest.raises(AggregationError) as info:

@@ -94,3 +94,22 @@ def test_forecast_figure_ten_sensor_clients_beat_naive(name: str) -> None:
     assert mae < naive["seasonal_mae"]
     # Local training time is a benchmark figure (docs/benchmarks.md), not asserted: a loaded machine varies it.
     assert all(len(m.client_seconds) == 10 and min(m.client_seconds) > 0 for m in history)
+
+
+def test_reputation_in_process_takes_a_flagged_client_out_as_quarantine_does() -> None:
+    from qflare.fl.poisoning import Poisoner
+    from qflare.fl.strategies import get_strategy
+
+    # Prepare: client 0 adds N(0, 1) noise to every step (flagged: far beyond the norm bound); 2 strikes of 3
+    poisoner = Poisoner("gaussian", {}, num_classes=10)
+
+    # Execute
+    history = run_inprocess("digits", 5, 4, partition="iid", seed=0, strategy=get_strategy("bounded-fedavg"),
+                            attack=poisoner, malicious=[0], reputation=(2, 3),
+                            train_config=TrainConfig(epochs=1, batch_size=32, lr=0.05))
+
+    # Assert: flagged in rounds 1 and 2, out from round 3 on (4 clients train); the others never flagged
+    assert [m.flagged for m in history[:2]] == [[0], [0]]
+    assert [m.quarantined for m in history] == [[], [0], [0], [0]]
+    assert [len(m.client_seconds) for m in history] == [5, 5, 4, 4]
+    assert all(m.flagged == [] for m in history[2:])

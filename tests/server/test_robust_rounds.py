@@ -152,3 +152,32 @@ def test_an_update_claiming_more_examples_than_its_enrollment_allows_is_refused(
         bad = h.client.post("/v1/admin/devices", headers={"Authorization": f"Bearer {ADMIN}"}, json={
             "device_id": "edge_4", "public_key": serialize_public_key(key.public_key()).decode(), "max_examples": 0})
         assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("enclave", [False, True], ids=["in-process", "enclave"])
+def test_the_rules_verdicts_reach_reputation_from_the_enclave_too(tmp_path: Path, enclave: bool) -> None:
+    from qflare.config import ReputationConfig
+
+    # Prepare: the default rule; two strikes quarantine. Behind the enclave the host saw no verdict before.
+    for h in make_harness(tmp_path, enclave=enclave, aggregation=AggregationConfig(rule="bounded-fedavg"), total=5):
+        h.state.orchestrator.reputation.config = ReputationConfig(threshold=2, window=5)
+        rounds = []
+
+        # Execute: in two rounds edge_2 sends the honest step sign-flipped (scale 0.9 where peers send 1.1, 1.12),
+        # at an ordinary norm: never clipped, only opposed
+        for _ in range(2):
+            rid = h.open_round()
+            base = h.state.repo.get_round(rid).base_version  # type: ignore[union-attr]
+            for device, scale in (("edge_0", 1.1), ("edge_1", 1.12), ("edge_2", 0.9)):
+                assert _upload(h, rid, device, scale=scale, version=base).status_code == 200
+            rnd = h.state.repo.get_round(rid)
+            assert rnd is not None and rnd.status == "aggregated"
+            rounds.append(rid)
+
+        # Assert: quarantined for the rule's verdicts, by that rule's name; the honest devices untouched
+        assert h.state.repo.get_device("edge_2").status == "quarantined"  # type: ignore[union-attr]
+        reason = h.state.orchestrator.reputation.reason("edge_2") or ""
+        assert "flagged by bounded-fedavg" in reason and f"({rounds[0]}, {rounds[1]})" in reason
+        for d in ("edge_0", "edge_1"):
+            assert h.state.repo.get_device(d).status == "active"  # type: ignore[union-attr]
+            assert h.state.orchestrator.reputation.strike_rounds(d, current_round=rounds[1]) == set()

@@ -149,6 +149,7 @@ class EnclaveAggregator:
         self._rounds: dict[int, _HostRound] = {}
         self._signatures: OrderedDict[int, bytes] = OrderedDict()
         self._entries: OrderedDict[int, bytes | None] = OrderedDict()  # round -> signed aggregate_published
+        self._flagged: OrderedDict[int, list[str]] = OrderedDict()  # round -> devices the rule flagged
         self.clock: Callable[[], float] = time.time
         """The time written into the enclave's signed ledger entries (the server sets its own clock)."""
         # Registrations handed to the enclave (re-sent after a restart), and who signs new ones.
@@ -370,6 +371,9 @@ class EnclaveAggregator:
             self._rounds.pop(round_id).keep(lambda _: False)
             self._signatures[round_id] = done.signature
             self._entries[round_id] = done.ledger_entry
+            self._flagged[round_id] = list(done.flagged)
+            while len(self._flagged) > _KEEP_SIGNATURES:
+                self._flagged.popitem(last=False)
             while len(self._signatures) > _KEEP_SIGNATURES:
                 self._signatures.popitem(last=False)
             while len(self._entries) > _KEEP_SIGNATURES:
@@ -379,6 +383,12 @@ class EnclaveAggregator:
             except EnclaveError:
                 pass  # the stale checkpoint is replaced when the round id is begun again
             return done.model
+
+    def flagged_devices(self, round_id: int) -> list[str]:
+        """Devices whose updates the enclave's rule flagged when ``round_id`` was finalized (once; then
+        forgotten): its verdicts, for reputation. The host only forwards them; it cannot add any."""
+        with self._lock:
+            return self._flagged.pop(round_id, [])
 
     def published_entry(self, round_id: int) -> bytes | None:
         """The enclave-signed ``aggregate_published`` ledger entry of a finalized round (``None`` if it made

@@ -107,6 +107,8 @@ class FinalizedRound:
     total_examples: int
     ledger_entry: bytes | None = None
     """The enclave-signed ``aggregate_published`` entry."""
+    flagged: tuple[str, ...] = ()
+    """Devices whose updates the round's rule flagged (:attr:`qflare.fl.robust.RuleOutcome.flagged`)."""
 
 
 class Enclave:
@@ -463,6 +465,7 @@ class Enclave:
             count=result.count,
             total_examples=result.total_examples,
             ledger_entry=result.ledger_entry,
+            flagged=result.flagged,
         )
 
     def abort_round(self, round_id: int) -> None:

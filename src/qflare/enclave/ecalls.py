@@ -192,14 +192,16 @@ class AccumulatedResult:
 
 @dataclass(frozen=True)
 class FinalizedResult:
-    """The new global model (in the region), the enclave's signature over it, and the round's signed
-    ``aggregate_published`` ledger entry (``None`` when a counted update came without a device id)."""
+    """The new global model (in the region), the enclave's signature over it, the round's signed
+    ``aggregate_published`` ledger entry (``None`` when a counted update came without a device id), and the
+    devices whose updates the rule flagged (its verdicts, for the host's reputation and quarantine)."""
 
     model: Region
     signature: bytes
     count: int
     total_examples: int
     ledger_entry: bytes | None
+    flagged: tuple[str, ...]
 
 
 @dataclass(frozen=True)

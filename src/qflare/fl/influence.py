@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_COUNT_MULTIPLE",
     "DEFAULT_MAX_SHARE",
     "DEFAULT_NORM_MULTIPLE",
+    "DEFAULT_OUTLIER_MULTIPLE",
     "cap_num_examples",
     "cap_round_num_examples",
     "cap_weight_shares",
@@ -48,6 +49,9 @@ DEFAULT_NORM_MULTIPLE = 2.0
 
 DEFAULT_MAX_SHARE = 1.0
 """Default cap on one update's share of a round's weight, as a multiple of ``1 / n`` (1: equal shares)."""
+
+DEFAULT_OUTLIER_MULTIPLE = 2.0
+"""Default verdict threshold of bounded FedAvg: a step over this multiple of its norm bound is flagged (reputation)."""
 
 
 def _sq_norm(array: np.ndarray) -> float:

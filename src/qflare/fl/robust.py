@@ -56,6 +56,8 @@ __all__ = [
     "CONFIG_PREFIX",
     "ROBUST_RULES",
     "ROBUST_RULES_WITH_OUTCOME",
+    "OPPOSED_COSINE",
+    "opposed_steps",
     "RULE_PARAMS",
     "RuleOutcome",
     "Verdict",
@@ -761,6 +763,8 @@ def norm_bound_with_outcome(
     bound: float | None = None,
     median_multiple: float = _DEFAULT_NORM_MULTIPLE,
     weights: Sequence[float] | None = None,
+    flag_beyond: float = 1.0,
+    flag_opposed: bool = False,
 ) -> RuleOutcome:
     """Norm-bounding defence (Sun, Kairouz, Suresh & McMahan 2019, "Can You Really Backdoor FL?").
 
@@ -781,6 +785,11 @@ def norm_bound_with_outcome(
     weights:
         Each update's (non-negative) weight instead of its ``num_examples``, e.g. capped claims
         (:func:`qflare.fl.influence.cap_weight_shares`); not a config key.
+    flag_beyond, flag_opposed:
+        Verdicts for reputation only (the output does not change; not config keys, bounded FedAvg sets
+        them): flag a clipped step only when its norm exceeds ``flag_beyond`` times the bound (default
+        1: every clipped step), and also flag each step that points away from the output step (cosine
+        below :data:`OPPOSED_COSINE`, :func:`opposed_steps`).
 
     Raises
     ------
@@ -812,14 +821,40 @@ def norm_bound_with_outcome(
     for row, factor, weight in zip(steps, factors, shares, strict=True):
         out += row * (factor * weight)
     clipped = tuple(i for i in range(n) if norms[i] > limit)
+    flagged = {i for i in clipped if norms[i] > flag_beyond * limit}
+    if flag_opposed:
+        flagged |= set(opposed_steps(steps, out))
     return RuleOutcome(
         arrays=_finish(layout, out, ref),
         selected=tuple(i for i in range(n) if shares[i] > 0),
         weights=tuple(float(w) for w in shares),
-        flagged=clipped,
+        flagged=tuple(sorted(flagged)),
         clipped=clipped,
         scores=tuple(float(s) for s in norms),
     )
+
+
+OPPOSED_COSINE = -0.1
+"""A step whose cosine to the round's aggregate step is below this is *opposed* (:func:`opposed_steps`)."""
+
+
+def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OPPOSED_COSINE) -> tuple[int, ...]:
+    """Rows of ``steps`` whose cosine to ``direction`` is below ``below`` (none if ``direction`` is zero).
+
+    A verdict, not a filter: with fewer than half the weight hostile, a bounded average keeps the honest
+    direction, and a step against it is what sign flipping, IPM and a sign-flipped inflated claim send.
+    Honest steps on non-IID data can point away in a single round, so the verdict feeds reputation
+    (quarantine after strikes in several rounds, :mod:`qflare.server.reputation`), never one round's sum.
+    The margin below zero: near convergence honest steps are small and their cosines scatter around 0;
+    on 20-round Dirichlet(0.5) digits with 30 % label flippers, a threshold of 0 quarantined four honest
+    devices (final accuracy 75.6 %), -0.1 two (81.7 %), with sign flippers caught either way.
+    """
+    dd = _dot(direction, direction)
+    if not dd > 0.0:
+        return ()
+    direction = direction.astype(steps.dtype, copy=False)
+    scale = below * math.sqrt(dd)
+    return tuple(i for i, row in enumerate(steps) if _dot(row, direction) < scale * math.sqrt(max(_dot(row, row), 0.0)))
 
 
 def fltrust_with_outcome(results: Results, *, root: NDArrays, reference: NDArrays | None = None) -> RuleOutcome:

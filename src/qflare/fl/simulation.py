@@ -59,6 +59,8 @@ class RoundMetrics:
     diverged: int = 0
     local_privacy: dict[str, Any] | None = None
     he: dict[str, Any] | None = None
+    flagged: list[int] = field(default_factory=list)
+    quarantined: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -86,6 +88,7 @@ def run_inprocess(
     malicious: Sequence[int] = (),
     accountant: PrivacyAccountant | None = None,
     he_context: Any = None,
+    reputation: tuple[int, int] | None = None,
 ) -> list[RoundMetrics]:
     """Run ``rounds`` rounds with all ``clients`` taking part in each; return per-round metrics.
 
@@ -124,6 +127,12 @@ def run_inprocess(
         device uploads :func:`~qflare.fl.he.encrypt_update`; a :class:`~qflare.fl.he.HESumAccumulator`
         built from the public context alone sums them; the devices decrypt the sum (FedAvg) and train on
         it next round. Only FedAvg exists under CKKS: ``strategy``, ``attack`` and ``accountant`` are refused.
+    reputation:
+        ``(threshold, window)``: the server's quarantine (:mod:`qflare.server.reputation`, ``reputation:`` in
+        ``global_config.yaml``, on by default with ``(3, 5)``) played in process. A client whose update the
+        rule flags (:attr:`~qflare.fl.robust.RuleOutcome.flagged`) in ``threshold`` of the last ``window``
+        rounds takes no further part, as a quarantined device is no longer selected. ``None`` (default):
+        every client takes part in every round, whatever the rule says.
     """
     if clients < 1 or rounds < 1:
         raise ConfigError("need at least one client and one round", reason="invalid_config")
@@ -148,11 +157,14 @@ def run_inprocess(
     spec = task.model_spec()
     local_dp = _local_dp(config, datasets, seed)
     history: list[RoundMetrics] = []
+    strikes: dict[int, set[int]] = {}
+    quarantined: set[int] = set()
     for r in range(1, rounds + 1):
         if accountant is not None and accountant.would_exceed(1.0):
             break  # stop cleanly: the global model is the one of the last round within budget
-        taking_part = [k for k in range(clients) if local_dp is None or not local_dp[k].would_exceed(
-            num_examples=len(datasets[k]), batch_size=config.batch_size, epochs=config.epochs)]  # type: ignore[arg-type]
+        taking_part = [k for k in range(clients) if k not in quarantined and (local_dp is None or not local_dp[
+            k].would_exceed(num_examples=len(datasets[k]), batch_size=config.batch_size,  # type: ignore[arg-type]
+                            epochs=config.epochs))]
         if not taking_part:
             break  # every device has spent its local budget
         start = time.perf_counter()
@@ -187,8 +199,17 @@ def run_inprocess(
             update_bytes += len(payload)
             arrays, _ = load_arrays(payload, spec)
             accumulator.add(arrays, num_examples)
+        flagged: list[int] = []
         if he_context is None:
             set_arrays(global_model, accumulator.result())
+            outcome = getattr(accumulator, "last_outcome", None)
+            flagged = sorted(plain[i][0] for i in outcome.flagged) if outcome is not None else []
+        if reputation is not None:
+            threshold, window = reputation
+            for k in flagged:
+                strikes.setdefault(k, set()).add(r)
+                if len({x for x in strikes[k] if x > r - window}) >= threshold:
+                    quarantined.add(k)
         metrics = task.evaluate(global_model, test)
         spent = accountant.spend(1.0).as_dict() if accountant is not None else None
         total = sum(n for _, n in losses)
@@ -203,6 +224,8 @@ def run_inprocess(
             diverged=diverged,
             local_privacy=_local_report([local_dp[k] for k in taking_part]) if local_dp is not None else None,
             he=he_report,
+            flagged=flagged,
+            quarantined=sorted(quarantined),
         )
         history.append(round_metrics)
         if on_round is not None:

@@ -328,7 +328,7 @@ class EnclaveService:
                                f"{stored}", reason="round_changed")
             model = self.aggregator.finalize(round_id)
             entry = self.aggregator.published_entry(round_id)
-            return ({"entry": entry is not None},
+            return ({"entry": entry is not None, "flagged": self.aggregator.flagged_devices(round_id)},
                     [model, self.aggregator.model_signature(round_id), entry or b""])
 
 
@@ -410,6 +410,7 @@ class RemoteEnclaveAggregator:
         self._identity: EnclaveIdentity | None = None
         self._signatures: dict[int, bytes] = {}
         self._entries: dict[int, bytes | None] = {}
+        self._flagged: dict[int, list[str]] = {}
 
     def _token(self) -> int:
         return self.lease.token if self.lease is not None else 0
@@ -495,7 +496,12 @@ class RemoteEnclaveAggregator:
         h, (model, signature, entry) = self.enclave._call("finalize", {"round_id": round_id, "token": self._token()})
         self._signatures[round_id] = signature
         self._entries[round_id] = entry if h["entry"] else None
+        self._flagged[round_id] = [str(d) for d in h.get("flagged", [])]
         return model
+
+    def flagged_devices(self, round_id: int) -> list[str]:
+        """The enclave rule's verdicts on the round this worker finalized (once; then forgotten)."""
+        return self._flagged.pop(round_id, [])
 
     def abort_round(self, round_id: int) -> None:
         token = self._token()

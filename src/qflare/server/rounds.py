@@ -601,8 +601,11 @@ class Orchestrator:
         blob = self.backend.finalize(rnd.round_id)
         crash_point("during_aggregation")  # crash tests only (server/faults.py)
         updates = self.repo.round_updates(rnd.round_id)
-        flagged_fn = getattr(self.backend, "flagged_updates", None)  # the rule's outliers (in-process backend)
+        # The rule's verdicts: by update hash in process, by device from the enclave (which counted each once).
+        flagged_fn = getattr(self.backend, "flagged_updates", None)
         flagged = set(flagged_fn(rnd.round_id)) if flagged_fn is not None else set()
+        devices_fn = getattr(self.backend, "flagged_devices", None)
+        flagged_devices = set(devices_fn(rnd.round_id)) if devices_fn is not None else set()
         signature = self.backend.model_signature(rnd.round_id)
         metrics: dict[str, Any] = {
             "num_updates": len(updates),
@@ -660,7 +663,7 @@ class Orchestrator:
         self._seen.pop(rnd.round_id, None)
         self._task_signatures.pop(rnd.round_id, None)
         for u in updates:
-            if u.sha256 in flagged:
+            if u.sha256 in flagged or u.device_id in flagged_devices:
                 self.reputation.strike(u.device_id, rnd.round_id, f"flagged by {self.config.aggregation.rule}")
         if self.ledger is not None:
             self.ledger.drain(self.repo)

@@ -681,6 +681,9 @@ class EnclaveRuntime:
         if state.acc.count == 0:
             raise AggregationError(f"round {call.round_id} has no updates", reason="no_updates")
         model = dump_arrays(state.acc.result(), {"round_id": str(call.round_id)})
+        outcome = getattr(state.acc, "last_outcome", None)  # the rule's verdicts (robust rules only)
+        flagged = tuple(sorted({d for i in (outcome.flagged if outcome is not None else ())
+                                if (d := state.participants[i][0]) is not None}))
         model_sha256 = sha256_hex(model)  # once: the signature, the ledger entry and the chain name it
         signature = self._signer.sign(model_statement(call.round_id, model_sha256), SigningContext.GLOBAL_MODEL)
         entry = self._aggregate_entry(state, model_sha256, call.time_ms)
@@ -699,6 +702,7 @@ class EnclaveRuntime:
             count=state.acc.count,
             total_examples=state.acc.total_examples,
             ledger_entry=entry,
+            flagged=flagged,
         )
 
     def _aggregate_entry(self, state: RoundState, model_sha256: str, time_ms: int) -> bytes | None:

@@ -30,6 +30,7 @@ from qflare.fl.influence import (
     DEFAULT_COUNT_MULTIPLE,
     DEFAULT_MAX_SHARE,
     DEFAULT_NORM_MULTIPLE,
+    DEFAULT_OUTLIER_MULTIPLE,
     cap_round_num_examples,
     cap_weight_shares,
 )
@@ -173,7 +174,7 @@ class NormBound(RobustStrategy):
 
 # -- bounded FedAvg (the default) ---------------------------------------------------------------
 
-_BOUNDED_PARAMS = frozenset({"count_multiple", "max_share", "norm_multiple"})
+_BOUNDED_PARAMS = frozenset({"count_multiple", "max_share", "norm_multiple", "outlier_multiple"})
 
 
 def _positive(params: Mapping[str, object], key: str, default: float) -> float:
@@ -185,12 +186,16 @@ def _positive(params: Mapping[str, object], key: str, default: float) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+_AT_LEAST_ONE_WHY = {"max_share": "1 = equal shares; no share below 1/n can be met",
+                     "outlier_multiple": "1 = flag every clipped step; below 1 would flag steps it does not clip"}
+
+
 def _at_least_one(params: Mapping[str, object], key: str, default: float) -> float:
     value = params.get(key, default)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
     if not ok or not float(value) >= 1:  # type: ignore[arg-type]
-        raise ConfigError(f"aggregation.{key}: must be a finite number >= 1 (1 = equal shares; no share "
-                          f"below 1/n can be met), got {value!r}", reason="invalid_aggregation_params")
+        raise ConfigError(f"aggregation.{key}: must be a finite number >= 1 ({_AT_LEAST_ONE_WHY[key]}), "
+                          f"got {value!r}", reason="invalid_aggregation_params")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -201,10 +206,12 @@ def bounded_fedavg(
     count_multiple: float = DEFAULT_COUNT_MULTIPLE,
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
     max_share: float = DEFAULT_MAX_SHARE,
+    outlier_multiple: float = DEFAULT_OUTLIER_MULTIPLE,
 ) -> NDArrays:
     """FedAvg with each device's influence bounded: the QFLARE default (:func:`bounded_fedavg_with_outcome`)."""
     return bounded_fedavg_with_outcome(
-        results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple, max_share=max_share
+        results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple, max_share=max_share,
+        outlier_multiple=outlier_multiple,
     ).arrays
 
 
@@ -215,6 +222,7 @@ def bounded_fedavg_with_outcome(
     count_multiple: float = DEFAULT_COUNT_MULTIPLE,
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
     max_share: float = DEFAULT_MAX_SHARE,
+    outlier_multiple: float = DEFAULT_OUTLIER_MULTIPLE,
 ) -> RuleOutcome:
     """FedAvg with each device's influence bounded: the QFLARE default.
 
@@ -238,9 +246,15 @@ def bounded_fedavg_with_outcome(
     ``norm_multiple * M``. This bounds the size of the damage per round; it does not make the
     direction honest (30 % sign-flipped steps still pull the model back by up to 30 %).
 
-    The outcome flags every update whose step was clipped or whose claim exceeded the median cap (step
-    1). Lowering a weight to the share cap (step 2) is not a verdict: with ``max_share = 1`` every
-    honest device above the smallest claim is lowered, so it is not flagged (it would feed reputation).
+    The outcome's verdicts (:attr:`RuleOutcome.flagged`, which feed reputation and quarantine) are
+    the updates whose claim exceeded the median cap (step 1), whose step norm exceeded
+    ``outlier_multiple`` times the clip bound (default 2: over 4 x the median step norm), and whose
+    step points away from the aggregate step (cosine below -0.1, :func:`qflare.fl.robust.opposed_steps`:
+    sign flipping and IPM send such steps at any norm). A step clipped by less is clipped but not flagged:
+    on Dirichlet(0.5) digits honest devices cross the bound itself now and then, and flagging them got
+    an honest device quarantined in a clean 20-round run. Lowering a weight to the share cap (step 2)
+    is not a verdict either: with ``max_share = 1`` every honest device above the smallest claim is
+    lowered.
 
     Raises
     ------
@@ -254,7 +268,11 @@ def bounded_fedavg_with_outcome(
     claimed = [int(n) for _, n in results]
     capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
     weights = cap_weight_shares(capped, max_share=max_share)
-    outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights)
+    if not (math.isfinite(outlier_multiple) and outlier_multiple >= 1):
+        raise ConfigError(f"aggregation.outlier_multiple: must be a finite number >= 1, got {outlier_multiple!r}",
+                          reason="invalid_aggregation_params")
+    outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights,
+                                      flag_beyond=outlier_multiple, flag_opposed=True)
     over = {i for i, (c, k) in enumerate(zip(claimed, capped, strict=True)) if k < c}
     return dataclasses.replace(outcome, flagged=tuple(sorted(set(outcome.flagged) | over)))
 
@@ -283,10 +301,12 @@ class BoundedFedAvg(Strategy):
         self.count_multiple = _positive(params, "count_multiple", DEFAULT_COUNT_MULTIPLE)
         self.norm_multiple = _positive(params, "norm_multiple", DEFAULT_NORM_MULTIPLE)
         self.max_share = _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
+        self.outlier_multiple = _at_least_one(params, "outlier_multiple", DEFAULT_OUTLIER_MULTIPLE)
 
     @classmethod
     def check_params(cls, params: Mapping[str, object]) -> None:
-        """Keys ``count_multiple`` and ``norm_multiple`` (finite numbers > 0) and ``max_share`` (>= 1)."""
+        """Keys ``count_multiple`` and ``norm_multiple`` (finite numbers > 0), ``max_share`` and
+        ``outlier_multiple`` (>= 1)."""
         for key in params:
             if key not in _BOUNDED_PARAMS:
                 accepted = ", ".join(sorted(_BOUNDED_PARAMS))
@@ -297,6 +317,7 @@ class BoundedFedAvg(Strategy):
         for key, default in (("count_multiple", DEFAULT_COUNT_MULTIPLE), ("norm_multiple", DEFAULT_NORM_MULTIPLE)):
             _positive(params, key, default)
         _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
+        _at_least_one(params, "outlier_multiple", DEFAULT_OUTLIER_MULTIPLE)
 
     def aggregate(self, results: Results) -> NDArrays:
         """Not available without the base model: use :meth:`accumulator` with ``reference``."""
@@ -311,14 +332,14 @@ class BoundedFedAvg(Strategy):
         def run(results: Results) -> RuleOutcome:
             return bounded_fedavg_with_outcome(
                 results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple,
-                max_share=self.max_share,
+                max_share=self.max_share, outlier_multiple=self.outlier_multiple,
             )
 
         return BufferedAccumulator(spec, outcome_fn=run)
 
     def __repr__(self) -> str:
         return (f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple}, "
-                f"max_share={self.max_share})")
+                f"max_share={self.max_share}, outlier_multiple={self.outlier_multiple})")
 
 
 ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (
