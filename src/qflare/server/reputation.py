@@ -15,8 +15,8 @@ restart and needs no table of its own. A single round's flags are noisy (the coo
 flag honest updates on small models; clipping flags honest outliers under non-IID data), which is why
 one round never quarantines anyone by default.
 
-Only the in-process backend reports flags (``flagged_updates``); behind the enclave only refusals
-count until the enclave returns its rule's verdicts.
+Flags come from both backends: the in-process aggregator names flagged updates by hash
+(``flagged_updates``), the enclave names their devices in its ``finalize`` answer (``flagged_devices``).
 """
 
 from __future__ import annotations

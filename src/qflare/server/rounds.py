@@ -529,10 +529,11 @@ class Orchestrator:
     def _devices_needed(self) -> int:
         """Active devices a round waits for: ``rounds.min_devices``, but never more than are eligible (enrolled,
         neither quarantined nor revoked; quarantine would otherwise wedge a fleet sized to ``min_devices``),
-        and never fewer than the quorum a round needs."""
+        and never fewer than the quorum a round needs (async: the buffer's size)."""
         rc = self.config.rounds
         eligible = self.repo.count_devices("active")
-        return min(rc.min_devices, max(rc.min_quorum, eligible))
+        floor = max(rc.min_quorum, rc.buffer) if self.asynchronous else rc.min_quorum  # one update per device
+        return min(rc.min_devices, max(floor, eligible))
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
