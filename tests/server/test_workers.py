@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -54,6 +55,23 @@ def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str
                    enclave: bool = False, args: tuple[str, ...] = ()) -> Iterator[str]:
     """``qflare server --workers 2`` (with the simulated enclave when ``enclave``); yields its URL."""
     port = _free_port()
+    _write_workers_config(tmp_path, pg_url, devices, enclave=enclave, port=port)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
+    proc = _start_workers(tmp_path, port, log, env=env, args=args)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _write_workers_config(tmp_path: Path, pg_url: str, devices: int, *, enclave: bool, port: int) -> Path:
+    """``tmp_path/global_config.yaml``: one round of ``devices`` (also its quorum); keys, enclave in ``tmp_path``."""
     cfg = GlobalConfig(
         task="digits",
         enclave=EnclaveHostConfig(backend="simulated", work_dir=str(tmp_path / "enclave")) if enclave
@@ -64,7 +82,12 @@ def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str
     )
     cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"enabled": False})})
     dump_yaml(cfg, tmp_path / "global_config.yaml")
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
+    return tmp_path / "global_config.yaml"
+
+
+def _start_workers(tmp_path: Path, port: int, log: IO[bytes], *, env: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """``qflare server --workers 2`` on ``tmp_path/global_config.yaml``, once its ``/healthz`` answers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "qflare", "server", "-c", str(tmp_path / "global_config.yaml"), "--workers", "2",
          "--token-file", str(tmp_path / "token"), *args],
@@ -74,23 +97,18 @@ def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert proc.poll() is None, Path(log.name).read_text()
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
+                    return proc
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def _post(url: str, key: SigningKey, server_pub, device_id: str, path: str, payload: bytes = b"",  # type: ignore[no-untyped-def]

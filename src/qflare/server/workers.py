@@ -7,12 +7,25 @@ others accepted. With ``enclave.backend: none`` each worker aggregates in proces
 supervising process runs one enclave behind an :class:`~qflare.server.enclave_service.EnclaveService`
 and every worker forwards to it (validation by any worker, round control by the owner only, fenced).
 SQLite is single-process: ``--workers`` above 1 is refused there.
+
+The supervising process (uvicorn's parent, and the enclave service's) is the one process nothing here
+replaces: if it dies, each worker's :class:`SupervisorWatch` notices (at once on Linux through
+``PR_SET_PDEATHSIG``, else within :data:`SUPERVISOR_POLL_SECONDS`), logs one line and stops the worker the
+way its supervisor would (SIGTERM: uvicorn's graceful stop), so that the port and the round lease are free
+for a restart. The enclave process reads end-of-file on its channel and exits by itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,11 +40,22 @@ from qflare.server.transport import GuardedH11Protocol
 if TYPE_CHECKING:
     from qflare.server.enclave_service import EnclaveService
 
-__all__ = ["SPEC_ENV", "WorkerH11Protocol", "WorkerSpec", "check_workers", "run_workers", "start_enclave_service",
-           "worker_app"]
+__all__ = ["SPEC_ENV", "SupervisorWatch", "WorkerH11Protocol", "WorkerSpec", "check_workers", "run_workers",
+           "start_enclave_service", "worker_app"]
+
+log = logging.getLogger("qflare.workers")
 
 SPEC_ENV = WORKER_SPEC_ENV
 HEALTHCHECK_SECONDS = 60
+SUPERVISOR_POLL_SECONDS = 1.0
+"""How often a worker checks that its supervising process is still its parent (where no signal says so)."""
+SUPERVISOR_GONE_GRACE_SECONDS = 10.0
+"""How long a worker whose supervisor is gone gives uvicorn's graceful stop before it exits regardless."""
+SUPERVISOR_GONE_EXIT = 69  # EX_UNAVAILABLE: what the worker served through is gone
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+"""Linux sends this to a worker when its supervising process dies (``PR_SET_PDEATHSIG``); it only wakes the
+watch, which checks the parent itself."""
+_PR_SET_PDEATHSIG = 1
 
 
 def check_workers(config: GlobalConfig, workers: int, dialect: str) -> None:
@@ -63,7 +87,8 @@ def run_workers(config: GlobalConfig, *, admin_token: str, workers: int, log_lev
     spec = WorkerSpec(config=config, admin_token=admin_token, log_level=log_level, log_format=log_format,
                       operators_file=str(operators_file.resolve()) if operators_file is not None else None,
                       bench_endpoint=bench_endpoint,
-                      enclave_socket=str(service.socket_path) if service is not None else None)
+                      enclave_socket=str(service.socket_path) if service is not None else None,
+                      supervisor_pid=os.getpid())  # uvicorn's supervisor runs in this process
     os.environ[SPEC_ENV] = spec.to_json()  # read by each worker (spawned: a fresh interpreter)
     try:
         _serve(config, workers=workers, log_level=log_level, log_format=log_format)
@@ -118,12 +143,14 @@ class WorkerSpec:
     bench_endpoint: bool = False
     enclave_socket: str | None = None
     """The supervising process's :class:`~qflare.server.enclave_service.EnclaveService` (with an enclave)."""
+    supervisor_pid: int | None = None
+    """The supervising process (each worker's parent); a worker stops when it is gone."""
 
     def to_json(self) -> str:
         return json.dumps({"config": self.config.model_dump(mode="json"), "admin_token": self.admin_token,
                            "log_level": self.log_level, "log_format": self.log_format,
                            "operators_file": self.operators_file, "bench_endpoint": self.bench_endpoint,
-                           "enclave_socket": self.enclave_socket})
+                           "enclave_socket": self.enclave_socket, "supervisor_pid": self.supervisor_pid})
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
@@ -131,7 +158,87 @@ class WorkerSpec:
         return cls(config=GlobalConfig.model_validate(data["config"]), admin_token=str(data["admin_token"]),
                    log_level=str(data.get("log_level", "info")), log_format=str(data.get("log_format", "text")),
                    operators_file=data.get("operators_file"), bench_endpoint=bool(data.get("bench_endpoint")),
-                   enclave_socket=data.get("enclave_socket"))
+                   enclave_socket=data.get("enclave_socket"),
+                   supervisor_pid=int(data["supervisor_pid"]) if data.get("supervisor_pid") else None)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies; ``False`` where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig), ctypes.c_ulong(0),
+                              ctypes.c_ulong(0), ctypes.c_ulong(0))) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _stop_gracefully() -> None:
+    """What the supervisor does to stop a worker: SIGTERM (uvicorn finishes the requests in flight)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_now() -> None:
+    logging.shutdown()  # flush the lines said so far
+    os._exit(SUPERVISOR_GONE_EXIT)
+
+
+class SupervisorWatch:
+    """Stops this worker when its supervising process is gone (killed, crashed), instead of serving on as an
+    orphan that holds the port and the round lease and answers 503 to every enclave call.
+
+    :meth:`start` (in the worker's main thread, before anything slow) asks Linux for
+    :data:`PARENT_DEATH_SIGNAL` on the supervisor's death and starts a daemon thread that also checks
+    ``os.getppid()`` every ``poll_seconds`` (the portable fallback; it also covers a supervisor that died
+    before the signal was asked for). When the parent is no longer ``supervisor_pid``, the thread logs one
+    line, removes the dead supervisor's enclave socket, and calls ``stop`` (SIGTERM to itself: uvicorn's
+    graceful stop, the path an orderly shutdown takes, after which the worker is terminated by that
+    SIGTERM); if the worker still runs ``grace_seconds`` later, ``exit_now`` (exit status
+    :data:`SUPERVISOR_GONE_EXIT`).
+    """
+
+    def __init__(self, supervisor_pid: int, *, enclave_socket: str | None = None,
+                 poll_seconds: float = SUPERVISOR_POLL_SECONDS, grace_seconds: float = SUPERVISOR_GONE_GRACE_SECONDS,
+                 getppid: Callable[[], int] = os.getppid, stop: Callable[[], None] = _stop_gracefully,
+                 exit_now: Callable[[], None] = _exit_now) -> None:
+        self.supervisor_pid = supervisor_pid
+        self.enclave_socket = enclave_socket
+        self.poll_seconds = poll_seconds
+        self.grace_seconds = grace_seconds
+        self._getppid = getppid
+        self._stop = stop
+        self._exit_now = exit_now
+        self._wake = threading.Event()
+        self.parent_death_signal = False
+        """Whether Linux signals the supervisor's death (else the watch polls only)."""
+
+    def start(self) -> SupervisorWatch:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: the main thread only
+            signal.signal(PARENT_DEATH_SIGNAL, lambda _sig, _frame: self._wake.set())
+            self.parent_death_signal = _set_parent_death_signal(PARENT_DEATH_SIGNAL)
+        threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
+        return self
+
+    def supervisor_alive(self) -> bool:
+        return self._getppid() == self.supervisor_pid
+
+    def _watch(self) -> None:
+        while self.supervisor_alive():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+        log.error("the supervising process (pid %d) is gone (this worker's parent is now pid %d): stopping this "
+                  "worker so that its port and round lease are free for a restart", self.supervisor_pid,
+                  self._getppid())
+        if self.enclave_socket is not None:  # the dead supervisor's: nobody serves it any more
+            for remove, path in ((os.unlink, self.enclave_socket), (os.rmdir, os.path.dirname(self.enclave_socket))):
+                try:
+                    remove(path)
+                except OSError:
+                    pass  # the other worker removed it, or the directory holds something else
+        self._stop()
+        time.sleep(self.grace_seconds)
+        self._exit_now()
 
 
 class WorkerH11Protocol(GuardedH11Protocol):
@@ -155,6 +262,8 @@ def worker_app() -> FastAPI:
     config = spec.config
     # Before the database is opened: Alembic's start-up lines follow the level (shown at debug only).
     configure_logging(spec.log_level, spec.log_format, process_ids=True)
+    # Before anything slow: a worker whose supervisor died while it started stops as well.
+    SupervisorWatch(spec.supervisor_pid or os.getppid(), enclave_socket=spec.enclave_socket).start()
     WorkerH11Protocol.limits = limits_for(config.server)
     repo = Repository(config.server.db_url)
     lease = PostgresLease(repo.engine)
