@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from qflare.errors import AggregationError, NotFound
 from qflare.fl.aggregate import Accumulator
@@ -22,7 +24,18 @@ from qflare.fl.strategies import FedAvg, Strategy
 from qflare.fl.strategies.server_opt import ServerOptStrategy
 from qflare.types import NDArrays
 
-__all__ = ["InProcessAggregator"]
+__all__ = ["InProcessAggregator", "round_being_aggregated"]
+
+_R = TypeVar("_R")
+
+
+def round_being_aggregated(rounds: Mapping[int, _R], round_id: int) -> _R:
+    """``rounds[round_id]``, or the ``unknown_round`` refusal every aggregation backend gives for a round it
+    does not aggregate (never begun, already finalized or aborted)."""
+    state = rounds.get(round_id)
+    if state is None:
+        raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
+    return state
 
 
 @dataclass
@@ -93,10 +106,7 @@ class InProcessAggregator:
             self._rounds[round_id] = _RoundState(spec=spec, acc=acc, base=base)
 
     def _state(self, round_id: int) -> _RoundState:
-        state = self._rounds.get(round_id)
-        if state is None:
-            raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
-        return state
+        return round_being_aggregated(self._rounds, round_id)
 
     def validate(self, round_id: int, update: UpdateInput) -> ValidatedUpdate:
         # In process the gateway has already decrypted the request: only plaintext updates come here.

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qflare.errors import AggregationError, MalformedPayload, NotFound, UpdateRejected
+from qflare.errors import AggregationError, MalformedPayload, UpdateRejected
 from qflare.fl.he import CheckedUpdate, HESumAccumulator, is_ckks_blob, load_public_context
 from qflare.fl.port import PlainUpdate, UpdateInput, ValidatedUpdate
 from qflare.fl.serialize import ModelSpec, sha256_hex
+from qflare.server.aggregation import round_being_aggregated
 
 __all__ = ["HEAggregator"]
 
@@ -66,10 +67,7 @@ class HEAggregator:
             self._rounds[round_id] = _Round(HESumAccumulator(self._public, spec, context=self._ctx))
 
     def _round(self, round_id: int) -> _Round:
-        state = self._rounds.get(round_id)
-        if state is None:
-            raise NotFound(f"round {round_id} is not being aggregated", reason="unknown_round")
-        return state
+        return round_being_aggregated(self._rounds, round_id)
 
     def validate(self, round_id: int, update: UpdateInput) -> ValidatedUpdate:
         if not isinstance(update, PlainUpdate):
