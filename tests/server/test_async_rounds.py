@@ -178,3 +178,36 @@ def test_central_dp_is_refused_with_async_rounds(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="synchronous rounds only"):
         type(cfg).model_validate({**cfg.model_dump(), "aggregation": AggregationConfig(
             privacy=PrivacyConfig(mode="central", noise_multiplier=1.0)).model_dump()})
+
+
+def test_an_upload_racing_its_buffers_close_is_told_round_closed_not_an_enclave_refusal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload read its buffer as open, then the buffer filled and closed before the upload reached the
+    enclave (in the 50-device HTTP run, 14 of 1,000 uploads). The device must hear ``round_closed``, which makes
+    it rebase onto the next buffer; the enclave, asked to re-begin the closed buffer on a base it no longer
+    signs, answered 403 ``base_model_not_signed`` and the device dropped its update."""
+    for h in make_harness(tmp_path, enclave=True, mode="async", buffer=2, max_staleness=1, total=5):
+        # Prepare: edge_2's upload for buffer rid looks the buffer up while it is still open ...
+        rid = h.open_round()
+        assert _upload(h, rid, "edge_0", 0).status_code == 200
+        as_read = h.state.repo.get_round(rid)
+        assert as_read is not None and as_read.status == "open"
+        # ... and edge_1's update closes it (version 1 published) before edge_2's upload goes on.
+        assert _upload(h, rid, "edge_1", 0).status_code == 200
+        stale = [as_read]
+
+        def get_round(round_id: int, real=h.state.repo.get_round, rid=rid, stale=stale):  # type: ignore[no-untyped-def]
+            return stale.pop() if round_id == rid and stale else real(round_id)
+
+        monkeypatch.setattr(h.state.repo, "get_round", get_round)
+        before = h.snapshot()
+
+        # Execute
+        reply = _upload(h, rid, "edge_2", 0)
+
+        # Assert: a late update to the device, nothing else changed, the next buffer still takes updates
+        assert not stale  # the upload did read the stale record
+        assert reply.status_code == 409 and _reason(reply) == "round_closed"
+        assert h.snapshot() == before
+        rid2 = h.state.orchestrator.current_round().round_id  # type: ignore[union-attr]
+        assert _upload(h, rid2, "edge_2", 0).status_code == 200

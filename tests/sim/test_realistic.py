@@ -90,3 +90,35 @@ def test_simulate_with_profiles_reports_each_device(tmp_path: Path) -> None:
     assert summary["rounds_completed"] == 2
     assert [d["device_id"] for d in summary["devices"]] == ["edge_01", "edge_02", "edge_03", "edge_04"]
     assert all("tasks" in d and "slowdown" in d for d in summary["devices"])
+
+
+class QueuedSlot:
+    """A fleet's training slot that the device waits ``wait`` seconds for (others of its process train first)."""
+
+    def __init__(self, clock: list[float], wait: float) -> None:
+        self.clock, self.wait = clock, wait
+
+    def __enter__(self) -> None:
+        self.clock[0] += self.wait
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_hosted_slow_device_multiplies_its_training_not_its_wait_for_the_slot(tmp_path: Path) -> None:
+    # Prepare: a 10x slow device in a fleet; it waits 5 s for the process's training slot, then trains 1 s
+    from qflare.sim.fleet import prepare_node
+
+    clock = [0.0]
+    node = FakeNode(clock)
+    node.local_dp = None  # type: ignore[attr-defined]
+    device = SimulatedDevice(DeviceProfile("d", slowdown=10), seed=0)
+
+    # Execute: the device as qflare.sim.fleet hosts it
+    prepare_node(node, QueuedSlot(clock, wait=5.0), dp_report=tmp_path / "d.dp.json", simulated=device,  # type: ignore[arg-type]
+                 clock=lambda: clock[0], wall=lambda: clock[0])
+    node.train_round({"round_id": 1, "deadline_at": 100})
+
+    # Assert: 5 s waiting + 1 s training + 9 s of simulated slowness (9 x its training, not 9 x the 6 s)
+    assert device.report()["simulated_delay_seconds"] == pytest.approx(9.0)
+    assert clock[0] == pytest.approx(15.0)

@@ -320,6 +320,10 @@ class Orchestrator:
         if self.repo.has_update(round_id, device_id):
             raise DuplicateUpdate(f"device {device_id!r} already sent an update for round {round_id}")
         with self._lock:
+            # The round read above may have closed since (closing holds this lock): re-beginning it in the
+            # backend would start a closed round on a base the enclave no longer signs (403
+            # base_model_not_signed, where the device must hear round_closed and, in async mode, rebase).
+            self._raise_if_closed(round_id)
             self._ensure_round(rnd)
         started = time.perf_counter()
         try:

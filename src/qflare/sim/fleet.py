@@ -19,9 +19,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LOG_FORMAT", "log_per_device", "run_fleet"]
+if TYPE_CHECKING:
+    from qflare.sim.profiles import SimulatedDevice
+
+__all__ = ["LOG_FORMAT", "log_per_device", "prepare_node", "run_fleet"]
 
 log = logging.getLogger("qflare.sim.fleet")
 
@@ -31,7 +34,7 @@ def _run_one(path: Path, gate: FairGate, max_rounds: int | None, results: dict[s
     from qflare.edge.audit import build_auditor
     from qflare.edge.node import EdgeNode, he_context_for, privacy_state_file
     from qflare.edge.setup import build_client, connect
-    from qflare.sim.realistic import attach_simulation, simulated_device_for, write_device_report
+    from qflare.sim.realistic import simulated_device_for, write_device_report
 
     cfg = load_device_config(path)
     try:
@@ -39,13 +42,10 @@ def _run_one(path: Path, gate: FairGate, max_rounds: int | None, results: dict[s
             node = EdgeNode(cfg, client, auditor=build_auditor(cfg, path.parent, client.http),
                             privacy_state=privacy_state_file(cfg, path.parent),
                             he_context=he_context_for(cfg, path.parent))
-            node.train_round = _gated(node.train_round, gate)  # type: ignore[method-assign,assignment]
-            node.train_round = _reporting_dp(node, path.parent / f"{cfg.device_id}.dp.json")  # type: ignore[method-assign,assignment]
             simulated = simulated_device_for(cfg.device_id, seed=cfg.data.seed)  # --device-profiles only
             report = path.parent / f"{cfg.device_id}.sim.json"
-            if simulated is not None:
-                device = simulated
-                attach_simulation(node, device, on_task=lambda: write_device_report(device, report))
+            prepare_node(node, gate, dp_report=path.parent / f"{cfg.device_id}.dp.json", simulated=simulated,
+                         sim_report=report)
             try:
                 stats = node.run(max_rounds=max_rounds)
             finally:
@@ -56,6 +56,28 @@ def _run_one(path: Path, gate: FairGate, max_rounds: int | None, results: dict[s
     except Exception as exc:  # noqa: BLE001 - one device's failure is reported, the others go on
         results[cfg.device_id] = f"{type(exc).__name__}: {exc}"
         log.exception("%s failed", cfg.device_id)
+
+
+def prepare_node(node: Any, gate: FairGate, *, dp_report: Path, simulated: SimulatedDevice | None = None,
+                 sim_report: Path | None = None, **simulation: Any) -> None:
+    """Wrap a hosted device's ``train_round``: one of the process's training slots (``gate``) while it trains,
+    the local-DP report after it, and (``--device-profiles``) the device's simulated behaviour
+    (:func:`qflare.sim.realistic.attach_simulation`, with ``simulation`` passed on)."""
+    from qflare.sim.realistic import attach_simulation, write_device_report
+
+    node.train_round = _reporting_dp(node, dp_report)
+    if simulated is None:
+        node.train_round = _gated(node.train_round, gate)
+        return
+    device = simulated
+
+    def on_task() -> None:
+        if sim_report is not None:
+            write_device_report(device, sim_report)
+
+    # The simulation takes the slot itself: its slowdown multiplies the time spent in the slot, not the wait
+    # for it (a slow device behind 24 others of its process slept 9 x that wait), and it sleeps outside it.
+    attach_simulation(node, device, slot=gate, on_task=on_task, **simulation)
 
 
 class FairGate:

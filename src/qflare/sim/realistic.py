@@ -5,8 +5,9 @@
 hosts virtual devices) with the sleep/skip decisions of its :class:`~qflare.sim.profiles.SimulatedDevice`:
 
 - offline (outside its duty cycle): sleep until the next online window, then train;
-- slowdown x: after training, sleep ``(x - 1) x`` the measured training time (outside the training
-  slot, so a slow device does not hold the host's CPU);
+- slowdown x: after training, sleep ``(x - 1) x`` the measured training time (the time in the hosting
+  process's training slot, not the wait for it; slept outside the slot, so a slow device does not hold
+  the host's CPU);
 - network delay: slept before each upload;
 - drop-out mid-training or mid-upload: nothing is sent; the node sees a
   :class:`SimulatedDropout` (a ``Conflict``, which the node loop logs and counts as a refused update
@@ -21,11 +22,13 @@ summary gathers under ``devices``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +61,14 @@ def simulated_device_for(device_id: str, *, seed: int = 0) -> SimulatedDevice | 
 
 def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[float], None] | None = None,
                       clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                      max_away_seconds: float = 30.0, on_task: Callable[[], None] | None = None) -> None:
+                      max_away_seconds: float = 30.0, on_task: Callable[[], None] | None = None,
+                      slot: AbstractContextManager[Any] | None = None) -> None:
     """SIMULATION ONLY: make ``node`` (an ``EdgeNode``) behave as ``device`` says.
 
     ``on_task`` runs after every task (e.g. to write the device's report: the simulation driver may stop
-    the process as soon as the run is complete, before the node returns).
+    the process as soon as the run is complete, before the node returns). ``slot``: the hosting process's
+    training slot (:class:`qflare.sim.fleet.FairGate`); the device trains inside it, and the slowdown
+    multiplies the time inside only (not the wait for it), slept after leaving it.
     """
     sleep = sleep or node.sleep
     assert sleep is not None
@@ -82,9 +88,10 @@ def attach_simulation(node: Any, device: SimulatedDevice, *, sleep: Callable[[fl
             device.offline_seconds += offline
             sleep(offline)
         outcome = device.next_outcome()
-        tic = clock()
-        update = train_round(task)
-        took = clock() - tic
+        with slot if slot is not None else contextlib.nullcontext():
+            tic = clock()
+            update = train_round(task)
+            took = clock() - tic
         extra = device.training_seconds(took) - took
         if outcome == "drop_training":
             extra /= 2  # on average half-way through
