@@ -134,10 +134,12 @@ class DeviceStore(StoreBase):
         except IntegrityError:
             raise Conflict(f"device {device_id!r} is already registered", reason="device_exists") from None
 
-    def count_devices(self, status: str) -> int:
-        """How many enrolled devices have ``status`` (``active``: eligible for rounds, whether seen lately or not)."""
+    def count_devices(self, status: str | None = None) -> int:
+        """How many enrolled devices have ``status`` (``active``: eligible for rounds, whether seen lately or not;
+        ``None``: all of them)."""
+        q = select(func.count()).select_from(Device)
         with self._tx() as s:
-            return int(s.scalar(select(func.count()).select_from(Device).where(Device.status == status)) or 0)
+            return int(s.scalar(q if status is None else q.where(Device.status == status)) or 0)
 
     def active_devices(self, *, since: float) -> list[str]:
         with self._tx() as s:
