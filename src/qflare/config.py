@@ -58,8 +58,8 @@ class RoundsConfig(_Strict):
 
     total: int = Field(20, ge=1)
     fraction: float = Field(1.0, gt=0, le=1)
-    min_devices: int = Field(2, ge=1, description="active devices needed before a round starts (capped at the "
-                             "enrolled devices neither quarantined nor revoked, never below min_quorum)")
+    min_devices: int = Field(2, ge=1, description="active devices needed before a round starts (less those "
+                             "quarantined or revoked, never below min_quorum)")
     min_quorum: int = Field(2, ge=1, description="updates needed to aggregate at the deadline")
     deadline_seconds: float = Field(120.0, gt=0)
     close_on_quorum: bool = Field(

@@ -118,3 +118,28 @@ def test_min_devices_still_waits_for_eligible_devices_that_are_not_yet_active(tm
         assert h.state.orchestrator.current_round() is None
         reason = h.post("edge_0", "/v1/device/task").json()["reason"]
         assert "waiting for 3 active devices" in reason and "(2 of 3 active)" in reason
+
+
+def test_min_devices_waits_for_devices_not_yet_enrolled_but_not_for_revoked_ones(tmp_path: Path) -> None:
+    from tests.server.conftest import _KEYS
+
+    # Prepare: min_devices 3 with only two devices enrolled so far (a fleet still being enrolled)
+    two = {"edge_0": _KEYS[0], "edge_1": _KEYS[1]}
+    for h in make_harness(tmp_path, keys=two, min_devices=3):
+        # Execute
+        h.poll_all()
+        h.state.orchestrator.tick()
+
+        # Assert: still waiting for the third device, as before
+        assert h.state.orchestrator.current_round() is None
+        assert "(2 of 3 active)" in h.post("edge_0", "/v1/device/task").json()["reason"]
+
+    # A revoked device is taken out like a quarantined one: the other two open the round
+    (tmp_path / "revoked").mkdir()
+    for h in make_harness(tmp_path / "revoked", min_devices=3):
+        assert h.client.post("/v1/admin/devices/edge_2/revoke", headers=AUTH).status_code == 200
+        for d in ("edge_0", "edge_1"):
+            assert h.post(d, "/v1/device/heartbeat").status_code == 200
+        h.state.orchestrator.tick()
+        rnd = h.state.orchestrator.current_round()
+        assert rnd is not None and set(rnd.selected) == {"edge_0", "edge_1"}

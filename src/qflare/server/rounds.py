@@ -531,13 +531,14 @@ class Orchestrator:
             self._staleness.pop(round_id, None)
 
     def _devices_needed(self) -> int:
-        """Active devices a round waits for: ``rounds.min_devices``, but never more than are eligible (enrolled,
-        neither quarantined nor revoked; quarantine would otherwise wedge a fleet sized to ``min_devices``),
-        and never fewer than the quorum a round needs (async: the buffer's size)."""
+        """Active devices a round waits for: ``rounds.min_devices`` less the devices this server took out
+        (quarantined or revoked: otherwise quarantine wedges a fleet sized to ``min_devices``), never fewer
+        than the quorum a round needs (async: the buffer's size). Devices not yet enrolled still count: a
+        fleet that is still being enrolled waits for ``min_devices`` as before."""
         rc = self.config.rounds
-        eligible = self.repo.count_devices("active")
+        excluded = self.repo.count_devices("quarantined") + self.repo.count_devices("revoked")
         floor = max(rc.min_quorum, rc.buffer) if self.asynchronous else rc.min_quorum  # one update per device
-        return min(rc.min_devices, max(floor, eligible))
+        return min(rc.min_devices, max(floor, rc.min_devices - excluded))
 
     def _maybe_open_round(self) -> None:
         if self.current_round() is not None or self.finished():
