@@ -371,14 +371,21 @@ async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -
         await asyncio.sleep(0.25)
 
 
-async def _drive(fleet: _Fleet, server_pid: int) -> float:
+TransportWrapper = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+"""Wraps the devices' HTTP transport (tests inject transport errors with it)."""
+
+
+async def _drive(fleet: _Fleet, server_pid: int, wrap: TransportWrapper | None = None) -> float:
     cfg = fleet.cfg
     n = cfg.devices
     # Idle connections are dropped well before the server's 5 s keep-alive closes them (edge/client.py).
     limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16,
                           keepalive_expiry=KEEPALIVE_SECONDS)
     timeout = httpx.Timeout(cfg.timeout_seconds, connect=60.0)
-    async with httpx.AsyncClient(base_url=fleet.url, limits=limits, timeout=timeout) as client:
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
+    if wrap is not None:
+        transport = wrap(transport)
+    async with httpx.AsyncClient(base_url=fleet.url, transport=transport, timeout=timeout) as client:
         t0 = time.perf_counter()
         devices = asyncio.gather(*(fleet.device(client, i) for i in range(n)), return_exceptions=True)
         watch = asyncio.ensure_future(_watch(fleet, server_pid, devices))
@@ -473,9 +480,11 @@ def _server_log_counts(path: Path) -> dict[str, int]:
     return {name: text.count(mark) for name, mark in _LOG_MARKS.items()}
 
 
-def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None
-             ) -> dict[str, Any]:
-    """Run one load (see the module docstring); returns the figures and the reconciliation."""
+def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None,
+             transport: TransportWrapper | None = None) -> dict[str, Any]:
+    """Run one load (see the module docstring); returns the figures and the reconciliation.
+
+    ``transport`` wraps the devices' HTTP transport (a test's faults)."""
     with tempfile.TemporaryDirectory(prefix="qflare-load-") as tmp, contextlib.ExitStack() as stack:
         run_dir = Path(workdir or tmp)
         db = (stack.enter_context(fresh_schema(cfg.postgres)) if cfg.postgres
@@ -514,7 +523,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         log(f"enrolled in {enroll:.1f} s; {cfg.devices} devices long-polling, {cfg.rounds} rounds")
         cpu0 = tree_cpu_seconds(pid)
         try:
-            drive = asyncio.run(_drive(fleet, pid))
+            drive = asyncio.run(_drive(fleet, pid, transport))
         finally:
             fleet.pool.shutdown()
         cpu = tree_cpu_seconds(pid) - cpu0
