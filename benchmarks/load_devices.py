@@ -37,7 +37,8 @@ def _row(r: dict[str, Any]) -> str:
             f"double {r['double_counted']} unacked {len(r['unacknowledged'])} | p50 {lat['p50']:.2f} s p99 "
             f"{lat['p99']:.2f} s (wait p50 {r['upload_wait_seconds']['p50']:.1f} s p99 "
             f"{r['upload_wait_seconds']['p99']:.1f} s, {r['busy_answers']} busy) | {r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
-            f"{r['server_peak_rss_MiB']:.0f} MiB | errors {r['errors'] or 0} {r['stopped']}")
+            f"{r['server_peak_rss_MiB']:.0f} MiB | loop lag max {r['loop_lag_seconds']['max']:.2f} s | errors "
+            f"{r['errors'] or 0} {r['stopped']}{' ' + str(r['unfinished_devices']) if r['unfinished_devices'] else ''}")
 
 
 def main() -> None:
@@ -55,13 +56,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="qflare server --workers K (needs --postgres)")
     ap.add_argument("--enclave", action="store_true", help="the simulated enclave (one, shared by the workers)")
     ap.add_argument("--task", default="digits-wide", help="digits-wide (4 MB updates) or digits (154 KB)")
+    ap.add_argument("--devices-per-client", type=int, default=LoadConfig.devices_per_client,
+                    help="devices sharing one httpx.AsyncClient (its connection pool costs its size squared)")
     ap.add_argument("--out", type=Path, default=RESULTS / "load_devices.json")
     args = ap.parse_args()
     runs: list[dict[str, Any]] = []
     for n in args.devices:
         cfg = LoadConfig(devices=n, rounds=args.rounds, postgres=args.postgres, long_poll_seconds=args.long_poll,
                          seal_threads=args.seal_threads, download=args.download, max_inflight=args.max_inflight,
-                         max_rss_mib=args.max_rss_mib, workers=args.workers, enclave=args.enclave, task=args.task)
+                         max_rss_mib=args.max_rss_mib, workers=args.workers, enclave=args.enclave, task=args.task,
+                         devices_per_client=args.devices_per_client)
         print(f"--- {n} devices, {args.rounds} rounds", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:

@@ -5,11 +5,15 @@ fresh PostgreSQL schema) runs ``rounds`` rounds of the ``digits-wide`` task (996
 4 MB update) with every one of ``devices`` devices selected. ``workers`` > 1 runs ``qflare server
 --workers K`` (PostgreSQL) instead, ``enclave`` the simulated enclave (one, shared by the workers), and
 ``task`` another task (``digits``: 154 KB updates). The devices are coroutines of this process
-(asyncio, one shared ``httpx.AsyncClient``), each with its own enrolled composite key, speaking the
+(asyncio; an ``httpx.AsyncClient`` per ``devices_per_client`` devices), each with its own enrolled composite
+key, speaking the
 device protocol exactly as :class:`~qflare.edge.client.DeviceClient` does: a heartbeat, then task
 long-polls (``POST /v1/device/task?wait=S``, docs/protocol.md 11.3) until the server says ``train``, an
 upload of a full-size update sealed with a one-time key (:func:`~qflare.crypto.envelope.seal_request`,
-in a small thread pool: the 4 MB hash and AES-GCM), and long-polls again until ``done``.
+in a small thread pool: the 4 MB hash and AES-GCM), and long-polls again until ``done``. A failed request
+is retried as an edge node retries, for as long as the run goes on; a device that fails otherwise stops the
+run at once, and a run stopped by its timeout or the memory watchdog says where each device was waiting
+(``unfinished_devices``); the event loop's lag is measured throughout (``loop_lag_seconds``).
 
 Training is not simulated: a device uploads as soon as its envelope is sealed, so the server sees every
 device's upload at once (the worst case for ingest). What is measured and checked:
@@ -32,8 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
+import ssl
 import statistics
 import tempfile
 import time
@@ -55,6 +61,7 @@ from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import UnencryptedKeyWarning, parse_public_key, serialize_public_key
 from qflare.edge.client import ENVELOPE_MEDIA_TYPE, KEEPALIVE_SECONDS, error_from_response
+from qflare.errors import QFlareError
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.sim.net import free_port
 from qflare.sim.runner import Federation, start_server
@@ -95,6 +102,21 @@ class LoadConfig:
     max_inflight:
         Uploads being sealed or sent at once, all devices together (0: unlimited, every device uploads as
         soon as it is told to train). A limit stands for devices that finish training at different times.
+    devices_per_client:
+        Devices that share one ``httpx.AsyncClient`` (one connection pool, about one connection per
+        device). httpcore's pool walks its connections once per connection (a list of all of them for
+        each idle one) every time a request starts or an answer is read: 2.6 ms per step with 200
+        connections, 15 ms with 500, 62 ms with 1000 on the development machine. One pool for 1000
+        devices needed more event-loop time than there is (about 100 requests a second, two steps
+        each), so every request went out seconds after its connection had been checked for reuse,
+        and the server's 5 s keep-alive closed it under the request: the ``ReadError`` s of the
+        1000-device run. 25 devices a pool: well under a millisecond a step.
+    retry_seconds, max_retry_seconds:
+        A failed request (transport error, 5xx, 429, a plain refusal) is retried after ``retry_seconds``
+        (jittered by -50..+50 %, at least the server's ``Retry-After``), doubled per failure in a row up
+        to ``max_retry_seconds``, as an edge node does, for as long as the run goes on: a device never
+        gives up; a sealed refusal (the server's word) ends the device, and the run stops at once and
+        says which device and why.
     """
 
     devices: int
@@ -112,6 +134,9 @@ class LoadConfig:
     enclave: bool = False
     """The simulated enclave validates and aggregates (one enclave service shared by the workers)."""
     task: str = TASK
+    devices_per_client: int = 25
+    retry_seconds: float = 1.0
+    max_retry_seconds: float = 10.0
 
 
 @dataclass
@@ -144,6 +169,9 @@ class _Stats:
     max_inflight: int = 0
     busy: int = 0  # uploads turned away unread (503 server_busy), each re-sent after its Retry-After
     stopped: str = ""  # why the watchdog stopped the run, if it did
+    where: dict[int, str] = field(default_factory=dict)  # per device: what it is doing or waiting for
+    unfinished: Counter[str] = field(default_factory=Counter)  # where the devices were when the run stopped
+    loop_lag: list[float] = field(default_factory=list)  # the generator's event loop: a 0.25 s sleep's lateness
 
 
 def peak_rss_mib(pid: int | str = "self") -> float:
@@ -249,13 +277,14 @@ class _Fleet:
     async def device(self, client: httpx.AsyncClient, i: int) -> None:
         uploaded: set[int] = set()  # rounds this device's upload was acknowledged in (or refused for good)
         tries: dict[int, int] = {}
-        await self._retrying(lambda: self._call(client, i, "/v1/device/heartbeat"), "heartbeat")
+        await self._retrying(lambda: self._call(client, i, "/v1/device/heartbeat"), "heartbeat", i)
         wait = self.cfg.long_poll_seconds
         path = f"/v1/device/task?wait={wait:g}" if wait > 0 else "/v1/device/task"
         while True:
-            task = json.loads(await self._retrying(lambda: self._call(client, i, path), "task"))
+            task = json.loads(await self._retrying(lambda: self._call(client, i, path), "task", i))
             self.stats.task_polls += 1
             if task["status"] == "done":
+                self.stats.where[i] = "done"
                 return
             if task["status"] == "wait":
                 if task.get("waited") is None:
@@ -269,32 +298,46 @@ class _Fleet:
                 await asyncio.sleep(0.5)
                 continue
             tries[round_id] = tries.get(round_id, 0) + 1
-            if tries[round_id] > 3:  # three uploads (of up to 3 attempts each) failed: give the round up
-                self.stats.errors["round_given_up"] += 1
-                uploaded.add(round_id)
-                continue
+            if tries[round_id] > 1:  # the last upload failed (3 attempts): wait, as an edge node backs off
+                self.stats.where[i] = f"round {round_id}: waiting to upload again (upload {tries[round_id]})"
+                await asyncio.sleep(self._backoff(tries[round_id] - 1))
             if self.cfg.download:
                 model_path = f"/v1/device/model/{int(task['model_version'])}"
-                await self._retrying(lambda p=model_path: self._call(client, i, p), "download")  # type: ignore[misc]
+                await self._retrying(lambda p=model_path: self._call(client, i, p), "download", i)  # type: ignore[misc]
                 self.stats.downloads += 1
             if self.slots is None:
                 done = await self._upload(client, i, round_id, tries[round_id] > 1)
             else:
+                self.stats.where[i] = f"round {round_id}: waiting for an upload slot (--max-inflight)"
                 async with self.slots:
                     done = await self._upload(client, i, round_id, tries[round_id] > 1)
             if done:
                 uploaded.add(round_id)  # else: the next task poll says train again, and the device re-uploads
 
-    async def _retrying(self, fn: Callable[[], Any], what: str) -> bytes:
-        for attempt in range(5):
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row (jittered, doubling, capped; edge/node.py)."""
+        base = min(self.cfg.retry_seconds * 2 ** max(failures - 1, 0), self.cfg.max_retry_seconds)
+        return base * (0.5 + self.rng.random())
+
+    async def _retrying(self, fn: Callable[[], Any], what: str, i: int) -> bytes:
+        """``fn`` until it answers, as an edge node retries: for as long as the run goes on.
+
+        Before, a device gave up after 5 failures in a row: its coroutine raised, unseen until the run's
+        timeout, and the round waited for it (the 1000-device stall, ``docs/benchmarks.md``)."""
+        failures = 0
+        while True:
+            self.stats.where[i] = what
             try:
                 return bytes(await fn())
-            except Exception as exc:  # noqa: BLE001 - counted by reason, retried like an edge node
-                self.stats.errors[f"{what}:{getattr(exc, 'reason', type(exc).__name__)}"] += 1
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(max(1.0 + attempt, self._retry_after(getattr(exc, "retry_after", None))))
-        raise AssertionError("unreachable")
+            except (httpx.TransportError, QFlareError) as exc:
+                reason = str(getattr(exc, "reason", type(exc).__name__))
+                self.stats.errors[f"{what}:{reason}"] += 1
+                if isinstance(exc, QFlareError) and exc.authenticated:
+                    raise  # a sealed refusal is the server's word: final (and a finding: the run stops)
+                failures += 1
+                self.stats.where[i] = f"{what}: waiting to retry after {reason}"
+                await asyncio.sleep(max(self._backoff(failures),
+                                        self._retry_after(getattr(exc, "retry_after", None))))
 
     def _retry_after(self, seconds: float | None) -> float:
         """The server's Retry-After plus up to half of it again (as an edge node waits: spread, never sooner)."""
@@ -309,6 +352,7 @@ class _Fleet:
         attempt = 0
         while attempt < 3:
             attempt += 1
+            self.stats.where[i] = f"round {round_id}: sealing its upload"
             envelope, opener, n, seal_s = await loop.run_in_executor(self.pool, self._build_upload, i, round_id)
             if up is None:
                 up = _Upload(self.device_id(i), round_id, n, len(envelope), seal_s, earlier_failed=earlier_failed)
@@ -319,6 +363,7 @@ class _Fleet:
             up.started = time.perf_counter()
             up.first_started = up.first_started or up.started
             retry_after: float | None = None
+            self.stats.where[i] = f"round {round_id}: uploading"
             try:
                 r = await client.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
             except httpx.TransportError as exc:
@@ -346,6 +391,7 @@ class _Fleet:
                 self.stats.busy += 1
                 up.busy_answers += 1
                 attempt -= 1
+                self.stats.where[i] = f"round {round_id}: turned away busy, waiting its Retry-After"
                 await asyncio.sleep(self._retry_after(retry_after or 1.0))
                 continue
             self.stats.errors[f"upload:{up.status}:{up.reason}"] += 1
@@ -355,42 +401,86 @@ class _Fleet:
                 # A sealed refusal is the server's word: final. A plain one (e.g. stale_timestamp: the upload
                 # waited too long in the server's queue) is a hint, as for an edge node: ask again and re-upload.
                 return up.sealed_refusal
-            await asyncio.sleep(1.0)
+            self.stats.where[i] = f"round {round_id}: waiting to retry its upload after {up.reason or up.status}"
+            await asyncio.sleep(max(self._backoff(attempt), self._retry_after(retry_after)))
         return False
 
 
-async def _watch(fleet: _Fleet, server_pid: int, devices: asyncio.Future[Any]) -> None:
-    """Stop the run (cancel every device) if the server and this process together pass ``max_rss_mib``."""
-    while not devices.done():
+async def _watch(fleet: _Fleet, server_pid: int, devices: list[asyncio.Task[None]],
+                 log: Callable[[str], None]) -> None:
+    """Stop the run (cancel every device) if the server and this process together pass ``max_rss_mib``;
+    measure the event loop's lag (how late a 0.25 s sleep wakes); every 60 s, log where the devices are."""
+    loop = asyncio.get_running_loop()
+    stats, started, said = fleet.stats, loop.time(), loop.time()
+    while True:
         total = tree_rss_mib(server_pid) + rss_mib()
         if total > fleet.cfg.max_rss_mib:
-            fleet.stats.stopped = (f"stopped: server + load generator RSS {total:.0f} MiB > {fleet.cfg.max_rss_mib:.0f}"
-                                   f" MiB with {fleet.stats.inflight} uploads in flight")
-            devices.cancel()
+            stats.stopped = (f"stopped: server + load generator RSS {total:.0f} MiB > {fleet.cfg.max_rss_mib:.0f}"
+                             f" MiB with {stats.inflight} uploads in flight")
+            for t in devices:
+                t.cancel()
             return
+        t0 = loop.time()
         await asyncio.sleep(0.25)
+        stats.loop_lag.append(max(0.0, loop.time() - t0 - 0.25))
+        if loop.time() - said >= 60.0:
+            said = loop.time()
+            acked = sum(1 for u in stats.uploads if u.status == 200)
+            recent = sorted(stats.loop_lag[-240:])
+            log(f"{said - started:.0f} s: {acked} uploads acknowledged, {stats.inflight} in flight; event-loop lag "
+                f"p50 {_percentile(recent, 50):.2f} s max {recent[-1] if recent else 0:.2f} s; devices: "
+                + json.dumps(dict(Counter(_phase(w) for w in stats.where.values()).most_common(6))))
 
 
-async def _drive(fleet: _Fleet, server_pid: int) -> float:
+def _phase(where: str) -> str:
+    """``where`` without its round number (a summary over devices)."""
+    return where.split(": ", 1)[1] if where.startswith("round ") else where
+
+
+TransportWrapper = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+"""Wraps the devices' HTTP transport (tests inject transport errors with it)."""
+
+
+async def _drive(fleet: _Fleet, server_pid: int, wrap: TransportWrapper | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> float:
     cfg = fleet.cfg
-    n = cfg.devices
+    n, stats = cfg.devices, fleet.stats
+    per = max(1, cfg.devices_per_client)  # devices per connection pool: see LoadConfig.devices_per_client
     # Idle connections are dropped well before the server's 5 s keep-alive closes them (edge/client.py).
-    limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16,
+    limits = httpx.Limits(max_connections=per + 4, max_keepalive_connections=per + 4,
                           keepalive_expiry=KEEPALIVE_SECONDS)
     timeout = httpx.Timeout(cfg.timeout_seconds, connect=60.0)
-    async with httpx.AsyncClient(base_url=fleet.url, limits=limits, timeout=timeout) as client:
+    tls = ssl.create_default_context()  # plain http: unused, but each client would load its own CA bundle
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[httpx.AsyncClient] = []
+        for _ in range(math.ceil(n / per)):
+            transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits, verify=tls)
+            if wrap is not None:
+                transport = wrap(transport)
+            clients.append(await stack.enter_async_context(
+                httpx.AsyncClient(base_url=fleet.url, transport=transport, timeout=timeout)))
         t0 = time.perf_counter()
-        devices = asyncio.gather(*(fleet.device(client, i) for i in range(n)), return_exceptions=True)
-        watch = asyncio.ensure_future(_watch(fleet, server_pid, devices))
-        try:
-            results = await asyncio.wait_for(devices, cfg.run_timeout_seconds)
-        except (asyncio.CancelledError, TimeoutError):
-            results = []
-            fleet.stats.stopped = fleet.stats.stopped or f"stopped: not finished after {cfg.run_timeout_seconds:.0f} s"
+        devices = [asyncio.ensure_future(fleet.device(clients[i // per], i)) for i in range(n)]
+        watch = asyncio.ensure_future(_watch(fleet, server_pid, devices, log))
+        # A device that ends with an exception stops the run at once (the round would wait for it).
+        done, pending = await asyncio.wait(devices, timeout=cfg.run_timeout_seconds,
+                                           return_when=asyncio.FIRST_EXCEPTION)
         watch.cancel()
-        for r in results:
-            if isinstance(r, BaseException):
-                fleet.stats.errors[f"device_gave_up:{getattr(r, 'reason', type(r).__name__)}"] += 1
+        failed = [(i, t.exception()) for i, t in enumerate(devices)
+                  if t in done and not t.cancelled() and t.exception() is not None]
+        for _, exc in failed:
+            stats.errors[f"device_failed:{getattr(exc, 'reason', type(exc).__name__)}"] += 1
+        if failed and not stats.stopped:
+            i, exc = failed[0]
+            stats.stopped = (f"stopped: {len(failed)} device(s) failed, the first {_Fleet.device_id(i)}: "
+                             f"{type(exc).__name__}: {exc}")
+        elif pending and not stats.stopped:
+            stats.stopped = f"stopped: not finished after {cfg.run_timeout_seconds:.0f} s"
+        unfinished = [i for i, t in enumerate(devices) if t in pending or t.cancelled()]
+        stats.unfinished.update(_phase(stats.where.get(i, "not started")) for i in unfinished)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*devices, watch, return_exceptions=True)
         return time.perf_counter() - t0
 
 
@@ -460,6 +550,11 @@ def _throughput(stats: _Stats) -> dict[str, Any]:
     }
 
 
+def _lag(stats: _Stats) -> dict[str, float]:
+    lag = sorted(stats.loop_lag)
+    return {"p50": _percentile(lag, 50), "p99": _percentile(lag, 99), "max": lag[-1] if lag else float("nan")}
+
+
 _LOG_MARKS = {"body_timeout": "connection closed: request body not received",
               "client_disconnected": "disconnected during", "traceback": "Traceback"}
 
@@ -473,9 +568,11 @@ def _server_log_counts(path: Path) -> dict[str, int]:
     return {name: text.count(mark) for name, mark in _LOG_MARKS.items()}
 
 
-def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None
-             ) -> dict[str, Any]:
-    """Run one load (see the module docstring); returns the figures and the reconciliation."""
+def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str], None] = lambda s: None,
+             transport: TransportWrapper | None = None) -> dict[str, Any]:
+    """Run one load (see the module docstring); returns the figures and the reconciliation.
+
+    ``transport`` wraps the devices' HTTP transport (a test's faults)."""
     with tempfile.TemporaryDirectory(prefix="qflare-load-") as tmp, contextlib.ExitStack() as stack:
         run_dir = Path(workdir or tmp)
         db = (stack.enter_context(fresh_schema(cfg.postgres)) if cfg.postgres
@@ -514,7 +611,7 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         log(f"enrolled in {enroll:.1f} s; {cfg.devices} devices long-polling, {cfg.rounds} rounds")
         cpu0 = tree_cpu_seconds(pid)
         try:
-            drive = asyncio.run(_drive(fleet, pid))
+            drive = asyncio.run(_drive(fleet, pid, transport, log))
         finally:
             fleet.pool.shutdown()
         cpu = tree_cpu_seconds(pid) - cpu0
@@ -522,7 +619,8 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         server_log = _server_log_counts(run_dir / "logs" / "server.log")
         # The client's figures first: the server may be slow to answer the admin queries below.
         log("client side: " + json.dumps({"devices": cfg.devices, **_throughput(stats), "errors": dict(stats.errors),
-                                          "stopped": stats.stopped, "server_peak_rss_MiB": server_rss,
+                                          "stopped": stats.stopped, "unfinished_devices": dict(stats.unfinished),
+                                          "loop_lag_seconds": _lag(stats), "server_peak_rss_MiB": server_rss,
                                           "loadgen_peak_rss_MiB": peak_rss_mib(), "drive_seconds": drive}))
         # The server may still be busy closing the last round (dropping its stored updates): wait for it.
         admin.timeout = httpx.Timeout(600.0)
@@ -546,6 +644,8 @@ def run_load(cfg: LoadConfig, *, workdir: Path | None = None, log: Callable[[str
         "max_concurrent_uploads": stats.max_inflight,
         "task_polls": stats.task_polls, "held_polls": stats.held_polls, "downloads": stats.downloads,
         "errors": dict(stats.errors), "stopped": stats.stopped, "server_log": server_log,
+        "unfinished_devices": dict(stats.unfinished), "devices_per_client": cfg.devices_per_client,
+        "loop_lag_seconds": _lag(stats),
         "server_peak_rss_MiB": server_rss, "server_cpu_seconds": cpu,
         "loadgen_peak_rss_MiB": peak_rss_mib(),
         "keygen_seconds": keygen, "enroll_seconds": enroll, "drive_seconds": drive, "wall_seconds": wall,
