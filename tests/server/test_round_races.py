@@ -130,12 +130,17 @@ def test_a_bad_evaluation_file_is_refused_at_start_naming_the_key(tmp_path: Path
 
 
 class _CloseTheRoundAfterCall:
-    """The run's storage, which closes the open round (the last device's upload) right after its ``k``-th read
-    while :func:`services.status` runs: a round closing on another thread between two of the status's reads."""
+    """The run's storage, which starts closing the open round (the last device's upload, on another thread)
+    right after its ``k``-th read while :func:`services.status` runs: a round closing between two reads."""
 
     def __init__(self, repo: Any, k: int, close: Any) -> None:
-        self._repo, self._k, self._close = repo, k, close
+        import threading
+
+        self._repo, self._k = repo, k
         self.counting, self.calls, self.closed = False, 0, False
+        # The close runs on its own thread, as a web thread's would; it gets a second to finish (it cannot
+        # while the status holds the round closes off, and then finishes after the status).
+        self.thread = threading.Thread(target=close)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._repo, name)
@@ -148,7 +153,8 @@ class _CloseTheRoundAfterCall:
                 self.calls += 1
                 if self.calls == self._k:
                     self.closed, self.counting = True, False
-                    self._close()
+                    self.thread.start()
+                    self.thread.join(timeout=1.0)
             return result
 
         return call
@@ -177,6 +183,8 @@ def test_the_run_status_never_says_finished_with_its_last_round_uncounted(tmp_pa
         # Execute
         proxy.counting = True
         status = services.status(h.state)
+        if proxy.closed:
+            proxy.thread.join(timeout=30)
         h.state.repo = h.state.orchestrator.repo = real
         gen.close()
 
@@ -188,3 +196,68 @@ def test_the_run_status_never_says_finished_with_its_last_round_uncounted(tmp_pa
             break
         k += 1
     assert k > 3
+
+
+class _BudgetForRounds:
+    """A central-DP accountant whose budget affords exactly ``rounds`` aggregated rounds; asking it runs
+    ``on_ask`` first (the last round closing on another thread at that moment)."""
+
+    def __init__(self, repo: Any, rounds: int, on_ask: Any) -> None:
+        self.repo, self.rounds, self.on_ask = repo, rounds, on_ask
+
+    def would_exceed(self, fraction: float) -> bool:
+        self.on_ask()
+        return bool(self.repo.count_rounds("aggregated") >= self.rounds)
+
+    def spend(self, fraction: float) -> Any:  # the close records what it spent in the round's metrics
+        class Spent:
+            @staticmethod
+            def as_dict() -> dict[str, float]:
+                return {"epsilon": 1.0}
+
+        return Spent()
+
+
+def test_the_run_status_never_says_finished_for_a_dp_budget_spent_by_a_round_it_did_not_count(
+    tmp_path: Path,
+) -> None:
+    # Found when tried (CI, loaded machine): `qflare simulate --dp central` for 2 rounds returned
+    # `rounds_completed: 1`; the status read the rounds, then round 2 closed and spent the budget, then the
+    # status asked whether the budget was spent.
+    import threading
+
+    from qflare.server import services
+
+    for h in make_harness(tmp_path, total=2):
+        # Prepare: round 1 aggregated, round 2 open with two of its three updates
+        rid = h.open_round()
+        for d in ("edge_0", "edge_1", "edge_2"):
+            assert h.post(d, f"/v1/device/rounds/{rid}/update", h.update_blob()).status_code == 200
+        nxt = h.state.orchestrator.current_round()
+        assert nxt is not None
+        for d in ("edge_0", "edge_1"):
+            assert h.post(d, f"/v1/device/rounds/{nxt.round_id}/update", h.update_blob(version=1)).status_code == 200
+        last = h.update_blob(version=1)
+        closer: list[threading.Thread] = []
+
+        path = f"/v1/device/rounds/{nxt.round_id}/update"
+
+        def close_now(h: Harness = h, path: str = path, last: bytes = last,
+                      closer: list[threading.Thread] = closer) -> None:
+            # edge_2's upload closes round 2, on another thread, while the status runs
+            if closer:
+                return
+            t = threading.Thread(target=lambda: h.post("edge_2", path, last))
+            closer.append(t)
+            t.start()
+            t.join(timeout=1.0)  # finishes at once unless the status holds the round closes off
+
+        h.state.orchestrator.privacy = _BudgetForRounds(h.state.repo, 2, close_now)  # type: ignore[assignment]
+
+        # Execute
+        status = services.status(h.state)
+        closer[0].join(timeout=30)
+
+        # Assert: a finished run counts every round that spent its budget; the close itself went through
+        assert not status.finished or status.rounds_completed == 2, status
+        assert h.state.repo.count_rounds("aggregated") == 2

@@ -31,6 +31,27 @@ def test_events_limit_out_of_range_is_422(harness: Harness, limit: str) -> None:
     assert r.json()["error"]["reason"] == "invalid_request"
 
 
+@pytest.mark.parametrize("path", ["/v1/admin/models/{n}/safetensors", "/v1/admin/rounds/{n}"])
+@pytest.mark.parametrize("n", ["9223372036854775808", "-1", "99999999999999999999999"])
+def test_a_model_version_or_round_id_beyond_64_bits_is_422_not_500(harness: Harness, path: str, n: str) -> None:
+    # Found by schemathesis: GET /v1/admin/models/9223372036854775808/safetensors reached SQLite, OverflowError
+    before = harness.snapshot()
+    r = harness.client.get(path.format(n=n), headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["reason"] == "invalid_request"
+    assert harness.client.get(path.format(n="9223372036854775807"), headers=AUTH).status_code == 404
+    assert harness.snapshot() == before
+
+
+def test_a_device_naming_a_model_version_beyond_64_bits_is_refused_not_500(harness: Harness) -> None:
+    rid = harness.open_round()
+    huge = "9223372036854775808"
+    assert harness.post("edge_0", f"/v1/device/model/{huge}").status_code == 422
+    assert harness.post("edge_0", f"/v1/device/rounds/{huge}/update", harness.update_blob(), round_id=rid
+                        ).status_code == 422
+    assert harness.post("edge_0", "/v1/device/model/0").status_code == 200
+
+
 def test_events_limit_in_range(harness: Harness) -> None:
     for limit in ("1", "10000"):
         assert harness.client.get("/v1/admin/events", params={"limit": limit}, headers=AUTH).status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from qflare.errors import AuthenticationError, PermissionDenied
 from qflare.server.openapi import ENVELOPE_MEDIA_TYPE
@@ -24,6 +24,12 @@ async def get_state(request: Request) -> ServerState:
 
 
 State = Annotated[ServerState, Depends(get_state)]
+
+ID_MAX = 2**63 - 1
+"""The largest round id or model version a path may name: the databases' 64-bit signed integer (a larger one
+reached SQLite and answered 500, ``OverflowError``; found by schemathesis)."""
+RoundId = Annotated[int, Path(ge=0, le=ID_MAX, description="a round id")]
+ModelVersion = Annotated[int, Path(ge=0, le=ID_MAX, description="a global model's version")]
 
 
 def rate_limits(request: Request) -> RateLimits:

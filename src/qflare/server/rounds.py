@@ -7,12 +7,13 @@ aggregate) is rebuilt from stored updates on start-up, so a restart mid-round lo
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -221,6 +222,13 @@ class Orchestrator:
     def current_round(self) -> RoundRecord | None:
         rounds = self.repo.open_rounds()
         return rounds[0] if rounds else None
+
+    @contextlib.contextmanager
+    def consistent_view(self) -> Iterator[None]:
+        """Hold off this process's round closes (which take the same lock) while a reader takes several reads
+        that must describe one moment: the rounds, and the privacy budget a close spends."""
+        with self._lock:
+            yield
 
     def completed_rounds(self) -> int:
         return self.repo.count_rounds("aggregated")

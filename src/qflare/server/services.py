@@ -44,12 +44,15 @@ class Status:
 def status(state: ServerState) -> Status:
     """One moment of the run: the rounds are read once, and ``rounds_completed``, ``rounds_failed``,
     ``finished`` and the current round all come from that read (a round closing on another thread or worker
-    between separate reads had made a finished run report its last round uncounted). Counts read after it
-    (updates, devices) can only be as new or newer."""
+    between separate reads had made a finished run report its last round uncounted), under the
+    orchestrator's lock, so that a close in this process cannot spend the DP budget between that read and
+    ``finished`` either. Counts read after it (updates, devices) can only be as new or newer."""
     repo, orch, cfg = state.repo, state.orchestrator, state.config
     now = state.clock()
-    rounds = repo.list_rounds()
-    done = [r for r in rounds if r.status == "aggregated"]
+    with orch.consistent_view():  # a close here would spend DP budget between the rounds read and `finished`
+        rounds = repo.list_rounds()
+        done = [r for r in rounds if r.status == "aggregated"]
+        finished = orch.finished(completed=len(done))
     current = next((r for r in rounds if r.status == "open"), None)
     latest = repo.latest_model()
     return Status(
@@ -58,7 +61,7 @@ def status(state: ServerState) -> Status:
         rounds_total=cfg.rounds.total,
         rounds_completed=len(done),
         rounds_failed=sum(r.status == "failed" for r in rounds),
-        finished=orch.finished(completed=len(done)),
+        finished=finished,
         current_round=current,
         current_round_updates=len(repo.round_updates(current.round_id)) if current else 0,
         latest_metrics=done[-1].metrics if done else None,

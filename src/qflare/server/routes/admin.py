@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from qflare.errors import Conflict, NotFound
 from qflare.server import services
-from qflare.server.deps import Operator, State
+from qflare.server.deps import ModelVersion, Operator, RoundId, State
 from qflare.server.enrollment import enroll_by_operator
 from qflare.server.openapi import error_responses
 from qflare.server.schemas import (
@@ -80,14 +80,14 @@ def list_rounds(state: State, _: Operator) -> list[RoundPublic]:
 
 
 @router.get("/rounds/{round_id}", response_model=RoundDetailPublic)
-def show_round(round_id: int, state: State, _: Operator) -> RoundDetailPublic:
+def show_round(round_id: RoundId, state: State, _: Operator) -> RoundDetailPublic:
     """One round with the updates it accepted."""
     return RoundDetailPublic.model_validate(services.round_detail(state, round_id))
 
 
 @router.get("/models/{version}/safetensors", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def export_model(version: int, state: State, _: Operator) -> Response:
+def export_model(version: ModelVersion, state: State, _: Operator) -> Response:
     """A global model's safetensors bytes; ``X-QFLARE-SHA256`` is their hash as stored at aggregation."""
     m = services.model_bytes(state, version)
     return Response(m.blob, media_type="application/octet-stream",

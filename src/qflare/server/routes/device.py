@@ -24,7 +24,7 @@ from qflare.crypto.envelope import Envelope, parse_envelope
 from qflare.errors import InvalidInput, QFlareError, Unauthenticated
 from qflare.fl.port import PlainUpdate, SealedUpdate
 from qflare.logs import bind_device
-from qflare.server.deps import State, rate_limits
+from qflare.server.deps import ModelVersion, RoundId, State, rate_limits
 from qflare.server.errors import SealedRefusal, error_body
 from qflare.server.gateway import RESPONSE_MEDIA_TYPE, DeviceCall, read_body_limited, request_target
 from qflare.server.openapi import ENVELOPE_BODY, error_responses
@@ -96,7 +96,7 @@ async def authenticated_device(request: Request, state: State) -> DeviceCall:
     return await _authenticate(request, state, update_round=None)
 
 
-async def authenticated_upload(round_id: int, request: Request, state: State) -> DeviceCall:
+async def authenticated_upload(round_id: RoundId, request: Request, state: State) -> DeviceCall:
     """An update upload for ``round_id``, authenticated (its body left sealed for an enclave)."""
     return await _authenticate(request, state, update_round=round_id)
 
@@ -178,14 +178,14 @@ async def task(call: Device, state: State, request: Request) -> Response:
 
 @router.post("/model/{version}", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
              summary="Download a global model (sealed safetensors bytes)")
-async def model(version: int, call: Device, state: State) -> Response:
+async def model(version: ModelVersion, call: Device, state: State) -> Response:
     blob = await _work(state, call, functools.partial(state.orchestrator.load_model, version))
     return Response(call.seal(blob), media_type=RESPONSE_MEDIA_TYPE)
 
 
 @router.post("/rounds/{round_id}/update", responses=_SEALED, openapi_extra=ENVELOPE_BODY,
              summary="Upload an update (sealed JSON: UpdateAccepted)")
-async def upload_update(round_id: int, call: Upload, state: State, request: Request) -> Response:
+async def upload_update(round_id: RoundId, call: Upload, state: State, request: Request) -> Response:
     """``?base_version=N`` (in the signed target): the model version the update was trained on (async rounds)."""
     assert isinstance(call.body, PlainUpdate | SealedUpdate)
     rec = await _work(
