@@ -107,10 +107,9 @@ class LoadConfig:
         device). httpcore's pool walks its connections once per connection (a list of all of them for
         each idle one) every time a request starts or an answer is read: 2.6 ms per step with 200
         connections, 15 ms with 500, 62 ms with 1000 on the development machine. One pool for 1000
-        devices needed more event-loop time than there is (about 100 requests a second, two steps
-        each), so every request went out seconds after its connection had been checked for reuse,
-        and the server's 5 s keep-alive closed it under the request: the ``ReadError`` s of the
-        1000-device run. 25 devices a pool: well under a millisecond a step.
+        devices (about 100 requests a second, two steps each) kept the event loop seconds late (5 s at
+        most, 2.0 updates/s; 2.3 s and 3.6 updates/s with pools of 25: docs/benchmarks.md). 25
+        devices a pool: well under a millisecond a step.
     retry_seconds, max_retry_seconds:
         A failed request (transport error, 5xx, 429, a plain refusal) is retried after ``retry_seconds``
         (jittered by -50..+50 %, at least the server's ``Retry-After``), doubled per failure in a row up
