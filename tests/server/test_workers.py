@@ -61,13 +61,18 @@ def _serve_workers(tmp_path: Path, pg_url: str, devices: int, env: dict[str, str
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_server(proc)
         log.close()
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the workers' graceful stop), then SIGKILL if it still runs 20 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _write_workers_config(tmp_path: Path, pg_url: str, devices: int, *, enclave: bool, port: int) -> Path:

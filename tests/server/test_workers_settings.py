@@ -21,6 +21,7 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, RoundsConfig, ServerC
 from qflare.server.operators import OperatorAccounts
 from qflare.sim.net import free_port
 from tests.server.pg import fresh_schema
+from tests.server.test_workers import _stop_server
 
 ADMIN = "operator-token-for-worker-settings-0123456789"
 PASSWORD = "a worker's operator passphrase"
@@ -60,12 +61,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                     time.sleep(0.3)
                 yield url, log_path
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop_server(proc)
 
 
 @pytest.mark.postgres

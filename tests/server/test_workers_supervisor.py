@@ -22,7 +22,7 @@ from qflare.fl.serialize import dump_arrays
 from qflare.server.workers import SUPERVISOR_GONE_EXIT
 from tests.server.pg import fresh_schema
 from tests.server.test_supervisor_watch import reap, subreaper
-from tests.server.test_workers import _free_port, _post, _start_workers, _write_workers_config
+from tests.server.test_workers import _free_port, _post, _start_workers, _stop_server, _write_workers_config
 from tests.server.test_workers_enclave import _arrays, _check_round, _enroll, _open_round, _wait_aggregated
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -158,12 +158,7 @@ def test_workers_and_enclave_exit_when_the_supervisor_is_killed_and_a_restart_re
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except Exception:  # noqa: BLE001 - kill it instead
-                    proc.kill()
-                    proc.wait()
+                _stop_server(proc)
         _kill_all(spawned)  # before the fix: orphans of the first server
         subreaper(False)
         first_log.close()
