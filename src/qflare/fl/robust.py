@@ -823,7 +823,7 @@ def norm_bound_with_outcome(
     clipped = tuple(i for i in range(n) if norms[i] > limit)
     flagged = {i for i in clipped if norms[i] > flag_beyond * limit}
     if flag_opposed:
-        flagged |= set(opposed_steps(steps, out))
+        flagged |= set(opposed_steps(steps, out, norms=norms))
     return RuleOutcome(
         arrays=_finish(layout, out, ref),
         selected=tuple(i for i in range(n) if shares[i] > 0),
@@ -838,8 +838,10 @@ OPPOSED_COSINE = -0.1
 """A step whose cosine to the round's aggregate step is below this is *opposed* (:func:`opposed_steps`)."""
 
 
-def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OPPOSED_COSINE) -> tuple[int, ...]:
-    """Rows of ``steps`` whose cosine to ``direction`` is below ``below`` (none if ``direction`` is zero).
+def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OPPOSED_COSINE,
+                  norms: np.ndarray | None = None) -> tuple[int, ...]:
+    """Rows of ``steps`` whose cosine to ``direction`` is below ``below`` (none if ``direction`` is zero);
+    ``norms``: the rows' L2 norms, if the caller has them already.
 
     A verdict, not a filter: with fewer than half the weight hostile, a bounded average keeps the honest
     direction, and a step against it is what sign flipping, IPM and a sign-flipped inflated claim send.
@@ -854,7 +856,8 @@ def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OP
         return ()
     direction = direction.astype(steps.dtype, copy=False)
     scale = below * math.sqrt(dd)
-    return tuple(i for i, row in enumerate(steps) if _dot(row, direction) < scale * math.sqrt(max(_dot(row, row), 0.0)))
+    row_norms = norms if norms is not None else np.sqrt(_row_sqnorms(steps))
+    return tuple(i for i, row in enumerate(steps) if _dot(row, direction) < scale * float(row_norms[i]))
 
 
 def fltrust_with_outcome(results: Results, *, root: NDArrays, reference: NDArrays | None = None) -> RuleOutcome:
