@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The tests also exercise the optional extras (Qiskit circuit backend, DP accountant, CKKS, Ray backend); the demo needs none.
 EXTRAS_STAMP := $(VENV)/.extras-stamp
 
-.PHONY: demo test lint typecheck bench clean compose-test fuzz
+.PHONY: demo test lint typecheck bench clean compose-test compose-test-v2 fuzz
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -37,6 +37,10 @@ typecheck: $(STAMP)
 # Slow (image builds, a real Docker daemon; about 15-30 minutes): its own target, not part of `make test`.
 compose-test:
 	bash docker/compose-test.sh
+
+# The same with Compose v2 (`docker compose`, from Debian 13's package, verified; see docs/deploy.md).
+compose-test-v2:
+	COMPOSE_V2=1 LOG=$${LOG:-runs/compose-test-v2.log} bash docker/compose-test.sh
 
 # The fuzzers of make test (tests/fuzz) with a longer budget: examples per parser / per API operation.
 fuzz: $(STAMP)

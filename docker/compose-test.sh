@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make compose-test: the Compose federation tested for real on this machine (docs/deploy.md).
 #
-# 1. installs Debian's docker.io, docker-compose and debootstrap if missing (apt-get);
+# 1. installs Debian's docker.io, docker-compose and debootstrap if missing (apt-get); with COMPOSE_V2=1,
+#    Compose v2 from Debian 13's package, verified (docker/install-compose-v2.sh), runs the same steps;
 # 2. starts dockerd unless one answers, and stops it by its PID at the end;
 # 3. builds a python base image from Debian packages (debootstrap + docker import): no registry is needed;
 # 4. builds the three images with BuildKit, handing pip this machine's configuration (`pip config list`:
@@ -18,6 +19,7 @@ LOG=${LOG:-$ROOT/runs/compose-test.log}
 WORK=${WORK:-/var/tmp/qflare-compose}
 DOCKER=${DOCKER:-/usr/bin/docker}        # Debian's client (a newer client elsewhere in PATH needs buildx)
 COMPOSE=${COMPOSE:-docker-compose}       # Compose 1.29 from Debian; `docker compose` (v2) reads the same file
+COMPOSE_V2=${COMPOSE_V2:-0}              # 1: Compose v2 (docker/install-compose-v2.sh), make compose-test-v2
 BASE_TAG=qflare-base:bookworm
 PROJECT=qflare-ct
 TIMEOUT=${TIMEOUT:-900}
@@ -34,6 +36,12 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+if [ "$COMPOSE_V2" = 1 ]; then   # the `docker compose` plugin, verified from Debian 13, in $WORK only
+  export DOCKER_CONFIG=$WORK/docker-config
+  [ -x "$DOCKER_CONFIG/cli-plugins/docker-compose" ] || bash "$ROOT/docker/install-compose-v2.sh" "$DOCKER_CONFIG"
+  COMPOSE="$DOCKER compose"
 fi
 
 # 2. the daemon

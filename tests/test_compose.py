@@ -4,10 +4,15 @@ witness, and nothing of this machine's pip settings in a published file."""
 
 from __future__ import annotations
 
+import hashlib
+import lzma
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from qflare.config import load_global_config
@@ -60,3 +65,98 @@ def test_no_published_file_names_this_machines_pip_settings() -> None:
         text = path.read_text()
         assert not re.search(r"index-url|trusted-host|/opt/pypi|PIP_CERT", text), path
         assert not [v for v in values if v in text], path
+
+
+# docker/install-compose-v2.sh against a fake Debian mirror (file://, no network): it keeps the plugin only
+# when InRelease verifies against the keyring and each checksum down the chain matches.
+INSTALLER = ROOT / "docker" / "install-compose-v2.sh"
+
+
+def _have(*tools: str) -> bool:
+    return all(shutil.which(t) for t in tools)
+
+
+@pytest.fixture
+def fake_mirror(tmp_path: Path):
+    if not _have("gpg", "gpgv", "dpkg-deb", "dpkg", "xz", "curl", "sha256sum"):
+        pytest.skip("needs gpg, gpgv, dpkg-deb, xz and curl")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["gpg", "--batch", "--quiet", *args], env=env, check=True, capture_output=True, **kw)
+
+    gpg("--passphrase", "", "--quick-gen-key", "mirror@test.invalid", "ed25519", "sign", "never")
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(gpg("--export", "mirror@test.invalid").stdout)
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    mirror = tmp_path / "mirror"
+    pkgroot = tmp_path / "pkg"
+    plugin = pkgroot / "usr/libexec/docker/cli-plugins/docker-compose"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_text("#!/bin/sh\necho 'Docker Compose version v2-fake'\n")
+    (pkgroot / "DEBIAN").mkdir()
+    (pkgroot / "DEBIAN/control").write_text(
+        f"Package: docker-compose\nVersion: 2.0-test\nArchitecture: {arch}\nMaintainer: t <t@test.invalid>\n"
+        "Description: test\n"
+    )
+    deb = mirror / "pool/main/d/docker-compose/docker-compose_2.0-test.deb"
+    deb.parent.mkdir(parents=True)
+    build = ["dpkg-deb", "--build", "--root-owner-group", str(pkgroot), str(deb)]
+    subprocess.run(build, check=True, capture_output=True)
+
+    def publish(*, deb_sum: str | None = None, index_sum: str | None = None, signed: bool = True) -> None:
+        dists = mirror / "dists/trixie"
+        (dists / f"main/binary-{arch}").mkdir(parents=True, exist_ok=True)
+        stanza = (
+            f"Package: docker-compose\nVersion: 2.0-test\nArchitecture: {arch}\n"
+            f"Filename: pool/main/d/docker-compose/{deb.name}\n"
+            f"SHA256: {deb_sum or hashlib.sha256(deb.read_bytes()).hexdigest()}\n\n"
+        )
+        packages = lzma.compress(("Package: other\nVersion: 1\n\n" + stanza).encode(), format=lzma.FORMAT_XZ)
+        (dists / f"main/binary-{arch}/Packages.xz").write_bytes(packages)
+        digest = index_sum or hashlib.sha256(packages).hexdigest()
+        release = (
+            f"Suite: trixie\nMD5Sum:\n 00000000000000000000000000000000 1 main/binary-{arch}/Packages.xz\n"
+            f"SHA256:\n {digest} {len(packages)} main/binary-{arch}/Packages.xz\n"
+        )
+        if signed:
+            (dists / "InRelease").write_bytes(gpg("--clearsign", "--output", "-", input=release.encode()).stdout)
+        else:
+            (dists / "InRelease").write_text(release)
+
+    yield mirror, keyring, publish
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, check=False)
+
+
+def _install(mirror: Path, keyring: Path, dest: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEBIAN_MIRROR": f"file://{mirror}", "DEBIAN_KEYRING": str(keyring)}
+    return subprocess.run(["bash", str(INSTALLER), str(dest)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_compose_v2_is_installed_only_from_a_verified_chain(fake_mirror, tmp_path: Path) -> None:
+    mirror, keyring, publish = fake_mirror
+    publish()
+    done = _install(mirror, keyring, tmp_path / "cfg")
+    assert done.returncode == 0, done.stderr
+    installed = tmp_path / "cfg/cli-plugins/docker-compose"
+    assert os.access(installed, os.X_OK) and "v2-fake" in installed.read_text()
+    assert "signature and checksums verified" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [
+        ({"signed": False}, "does not verify"),
+        ({"index_sum": "0" * 64}, "Packages.xz: SHA-256 mismatch"),
+        ({"deb_sum": "0" * 64}, "SHA-256 mismatch"),
+    ],
+)
+def test_compose_v2_installer_refuses_a_tampered_chain(fake_mirror, tmp_path: Path, tamper: dict, says: str) -> None:
+    mirror, keyring, publish = fake_mirror
+    publish(**tamper)
+    done = _install(mirror, keyring, tmp_path / "cfg")
+    assert done.returncode != 0
+    assert says in done.stderr
+    assert not (tmp_path / "cfg/cli-plugins/docker-compose").exists()
