@@ -253,3 +253,35 @@ def test_streaming_state_is_exact_across_a_checkpoint() -> None:
 
     # Assert: bit for bit (the partial sum travels in the state; a checkpoint does not fold it early)
     np.testing.assert_array_equal(straight.result()["w"], restored.result()["w"])
+
+
+def test_streaming_over_several_chunks_matches_fedavg_and_refuses_a_nan_in_the_last_chunk() -> None:
+    # Prepare: tensors of several _add chunks and a short tail, a float64 tensor as long, 12 updates (a fold)
+    size = 3 * FedAvgAccumulator._CHUNK + 7
+    rng = np.random.default_rng(5)
+    results = [({"w": rng.standard_normal(size).astype(np.float32), "d": rng.standard_normal(size)},
+                int(rng.integers(1, 500))) for _ in range(12)]
+    spec = ModelSpec.from_arrays(results[0][0])
+    acc = FedAvgAccumulator(spec)
+    for arrays, n in results[:9]:
+        acc.add(arrays, n)
+    before = acc.state()
+    poisoned = {"w": results[9][0]["w"].copy(), "d": results[9][0]["d"].copy()}
+    poisoned["w"][-1] = np.nan  # the last value of the last chunk
+
+    # Execute
+    with pytest.raises(NonFiniteValues):
+        acc.add(poisoned, 3)
+    after = acc.state()
+    for arrays, n in results[9:]:
+        acc.add(arrays, n)
+    streamed = acc.result()
+
+    # Assert: the refusal left the state bit for bit; the result is fedavg's within the stated bound
+    assert (after.count, after.total_examples) == (before.count, before.total_examples)
+    for key in before.arrays:
+        np.testing.assert_array_equal(after.arrays[key], before.arrays[key])
+    expected = fedavg(results)
+    np.testing.assert_allclose(streamed["d"], expected["d"], rtol=1e-12, atol=1e-12)
+    bound = _streaming_bound(results, "w", expected["w"])
+    assert np.all(np.abs(streamed["w"].astype(np.float64) - expected["w"]) <= bound)

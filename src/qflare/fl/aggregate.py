@@ -180,8 +180,10 @@ class FedAvgAccumulator(Accumulator):
 
     FOLD = 8
     """float32 updates summed before their partial sum is folded into the float64 running sum."""
-    _CHUNK = 1 << 14
-    """Elements per step of :meth:`_add`: its scratch (64-128 KiB) stays in the CPU's L1/L2 cache."""
+    _CHUNK = 1 << 16
+    """Elements per step of :meth:`_add`: its scratch (256 KiB float32, 512 KiB float64) and the chunks it
+    reads stay in the CPU's L2 cache, and the per-chunk Python overhead is small (64 Ki beat 8-32 Ki and
+    128 Ki in CPU time per update, docs/benchmarks.md "Aggregation")."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
