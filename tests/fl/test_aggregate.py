@@ -285,3 +285,31 @@ def test_streaming_over_several_chunks_matches_fedavg_and_refuses_a_nan_in_the_l
     np.testing.assert_allclose(streamed["d"], expected["d"], rtol=1e-12, atol=1e-12)
     bound = _streaming_bound(results, "w", expected["w"])
     assert np.all(np.abs(streamed["w"].astype(np.float64) - expected["w"]) <= bound)
+
+
+@pytest.mark.parametrize("kind", ["fedavg", "buffered"])
+def test_state_without_copies_is_the_same_state_read_only(kind: str) -> None:
+    # Prepare: a partial sum half full, mixed dtypes
+    rng = np.random.default_rng(3)
+    results = [({"w": rng.standard_normal(300).astype(np.float32), "b": rng.standard_normal(5)},
+                int(rng.integers(1, 50))) for _ in range(5)]
+    spec = ModelSpec.from_arrays(results[0][0])
+    acc = FedAvgAccumulator(spec) if kind == "fedavg" else BufferedAccumulator(spec, fedavg)
+    for arrays, n in results:
+        acc.add(arrays, n)
+
+    # Execute
+    copied, viewed = acc.state(), acc.state(copy=False)
+
+    # Assert: equal state; the views cannot be written; a rebuilt accumulator gives the same result bit for bit
+    assert (viewed.count, viewed.total_examples) == (copied.count, copied.total_examples)
+    assert viewed.weights == copied.weights
+    assert set(viewed.arrays) == set(copied.arrays)
+    for key, value in viewed.arrays.items():
+        np.testing.assert_array_equal(value, copied.arrays[key])
+        assert value.dtype == copied.arrays[key].dtype
+        if value.ndim:
+            assert not value.flags.writeable and copied.arrays[key].flags.writeable
+    rebuilt = (FedAvgAccumulator(spec) if kind == "fedavg" else BufferedAccumulator(spec, fedavg)).from_state(viewed)
+    for name, value in rebuilt.result().items():
+        np.testing.assert_array_equal(value, acc.result()[name])
