@@ -313,3 +313,21 @@ def test_state_without_copies_is_the_same_state_read_only(kind: str) -> None:
     rebuilt = (FedAvgAccumulator(spec) if kind == "fedavg" else BufferedAccumulator(spec, fedavg)).from_state(viewed)
     for name, value in rebuilt.result().items():
         np.testing.assert_array_equal(value, acc.result()[name])
+
+
+def test_a_subclass_that_exports_more_gets_its_export_even_without_copies(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare: a rule built on the streaming sum that adds a tensor of its own to the state
+    class WithExtra(FedAvgAccumulator):
+        def _export(self) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+            arrays, weights = super()._export()
+            return {**arrays, "\x00extra": np.ones(2)}, weights
+
+    acc = WithExtra(ModelSpec.from_arrays(small_arrays))
+    acc.add(small_arrays, 3)
+
+    # Execute
+    viewed = acc.state(copy=False)
+
+    # Assert: its own _export, not the parent's views without the extra tensor
+    assert "\x00extra" in viewed.arrays
+    assert set(viewed.arrays) == set(acc.state().arrays)

@@ -143,7 +143,14 @@ class Accumulator(ABC):
         :meth:`add`, for a caller that serialises them at once (a checkpoint joins them into its plaintext
         anyway, so a copy first would be one more pass over the whole state).
         """
-        return AccumulatorState(self._count, self._total_examples, *(self._export() if copy else self._views()))
+        return AccumulatorState(self._count, self._total_examples,
+                                *(self._views() if not copy and self._views_match_export() else self._export()))
+
+    def _views_match_export(self) -> bool:
+        """Whether the class that defines :meth:`_export` also defines :meth:`_views` (a subclass that
+        exports more than its parent, but not as views, gets its copies)."""
+        definer = next(c for c in type(self).__mro__ if "_export" in c.__dict__)
+        return "_views" in definer.__dict__
 
     def from_state(self, state: AccumulatorState) -> Accumulator:
         """Load ``state`` (made by :meth:`state` of the same kind of accumulator and spec); returns ``self``."""
