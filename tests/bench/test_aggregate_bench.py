@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ def test_the_figures_are_measured_against_a_copy_in_the_same_run() -> None:
     assert figures["copy"]["GB_per_s"] > 0
     for key in ("flower_style_fedavg", "streaming_fedavg_arithmetic", "streaming_fedavg_add_validated"):
         assert figures[key]["x_copy_bandwidth"] > 0
+        assert figures[key]["cpu_seconds_median"] >= 0 and len(figures[key]["runs_seconds"]) == 1
     assert {"median", "trimmed-mean", "krum", "multi-krum"} <= set(figures)
 
 
@@ -50,6 +52,9 @@ def test_the_production_path_is_timed_against_flower_inplace_in_the_same_run() -
     prod = figures["production"]
     assert prod["flower_aggregate_inplace"]["median_s"] > 0 and prod["enclave_validate_accumulate"]["median_s"] > 0
     assert prod["enclave_vs_flower_speed"] > 0 and prod["host_held_MiB_max"] >= 0
+    assert prod["cpu_s_median"]["flower"] >= 0 and prod["cpu_s_median"]["host"] >= 0
+    if Path("/proc/self/stat").exists():  # the enclave process's CPU time is read from /proc
+        assert prod["cpu_s_median"]["enclave"] >= 0
     # the Flower baseline computes FedAvg
     results = make_updates(3, 100)
     got = flower_aggregate_inplace([(flower_bytes(a), n) for a, n in results])

@@ -210,6 +210,33 @@ def test_an_update_over_the_norm_bound_is_refused_without_revealing_its_norm(
     assert err.value.message == "update L2 norm exceeds the enclave's bound"
 
 
+@pytest.mark.parametrize("bad", ["nan_last_value", "norm_over_bound"])
+def test_a_refused_update_leaves_the_round_unchanged(
+    start_aggregator: AggregatorFactory, device_key: SigningKey, spec: ModelSpec, base_model: bytes, bad: str
+) -> None:
+    # Prepare: NaN in the very last value the step norm's pass reads, or a step over the bound
+    backend = start_aggregator(config=EnclaveConfig(max_update_norm=100.0))
+    kem = backend.public_keys().kem
+    backend.begin_round(ROUND, base_model, spec)
+    good = [make_update(seed, num_examples=seed + 1) for seed in range(3)]
+    arrays = make_arrays(7, scale=1000.0 if bad == "norm_over_bound" else 1.0)
+    arrays[list(arrays)[-1]].reshape(-1)[-1] = np.nan if bad == "nan_last_value" else 0.0
+    refused = dump_arrays(arrays, {"num_examples": "9"})
+    backend.accumulate(validate_bytes(backend, ROUND, make_envelope(device_key, kem, good[0], device_id="d-0")))
+
+    # Execute
+    with pytest.raises((NonFiniteValues, UpdateRejected)) as err:
+        validate_bytes(backend, ROUND, make_envelope(device_key, kem, refused, device_id="d-1"))
+    # the refused device may still send a good update, and the round goes on
+    for i in (1, 2):
+        backend.accumulate(validate_bytes(backend, ROUND, make_envelope(device_key, kem, good[i], device_id=f"d-{i}")))
+    model = backend.finalize(ROUND)
+
+    # Assert: the refusal's reason, and the model is the aggregate of the good updates alone, byte for byte
+    assert err.value.reason == ("non_finite" if bad == "nan_last_value" else "norm_exceeded")  # type: ignore[attr-defined]
+    assert model == inprocess_model(base_model, spec, good)
+
+
 def test_envelopes_for_another_round_or_endpoint_are_refused(
     start_aggregator: AggregatorFactory, device_key: SigningKey, spec: ModelSpec, base_model: bytes
 ) -> None:

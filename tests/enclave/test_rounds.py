@@ -75,3 +75,31 @@ def test_held_updates_are_bounded(spec: ModelSpec) -> None:
 
     # Assert: the oldest were dropped (the host then replays their stored copies)
     assert list(state.pending) == [f"{seed:032x}" for seed in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "krum"])
+def test_a_checkpoint_built_from_state_views_has_the_bytes_of_one_from_copies(
+    spec: ModelSpec, rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the streaming sum (partial half full) and a buffering rule
+    from qflare.fl.strategies import get_strategy
+
+    state = RoundState(round_id=5, spec=spec, base_sha256=BASE, base=None,
+                       strategy=get_strategy(rule, **({"f": 1} if rule == "krum" else {})))
+    add_updates(state, range(5))
+    acc_type = type(state.acc)
+    copying = acc_type.state
+
+    # Execute: the checkpoint as it is made (views), then with the accumulator forced to copy first
+    header, plaintext = state.checkpoint()
+    monkeypatch.setattr(acc_type, "state", lambda self, *, copy=True: copying(self, copy=True))
+    copied_header, copied_plaintext = state.checkpoint()
+
+    # Assert: the same bytes, and the live state was not changed by being read
+    assert (header, plaintext) == (copied_header, copied_plaintext)
+    add_updates(state, range(5, 6))
+    restored = RoundState(round_id=5, spec=spec, base_sha256=BASE, base=None, strategy=state.strategy)
+    restored.restore(header, plaintext)
+    add_updates(restored, range(5, 6))
+    for name, expected in state.acc.result().items():
+        assert restored.acc.result()[name].tobytes() == expected.tobytes()

@@ -253,3 +253,81 @@ def test_streaming_state_is_exact_across_a_checkpoint() -> None:
 
     # Assert: bit for bit (the partial sum travels in the state; a checkpoint does not fold it early)
     np.testing.assert_array_equal(straight.result()["w"], restored.result()["w"])
+
+
+def test_streaming_over_several_chunks_matches_fedavg_and_refuses_a_nan_in_the_last_chunk() -> None:
+    # Prepare: tensors of several _add chunks and a short tail, a float64 tensor as long, 12 updates (a fold)
+    size = 3 * FedAvgAccumulator._CHUNK + 7
+    rng = np.random.default_rng(5)
+    results = [({"w": rng.standard_normal(size).astype(np.float32), "d": rng.standard_normal(size)},
+                int(rng.integers(1, 500))) for _ in range(12)]
+    spec = ModelSpec.from_arrays(results[0][0])
+    acc = FedAvgAccumulator(spec)
+    for arrays, n in results[:9]:
+        acc.add(arrays, n)
+    before = acc.state()
+    poisoned = {"w": results[9][0]["w"].copy(), "d": results[9][0]["d"].copy()}
+    poisoned["w"][-1] = np.nan  # the last value of the last chunk
+
+    # Execute
+    with pytest.raises(NonFiniteValues):
+        acc.add(poisoned, 3)
+    after = acc.state()
+    for arrays, n in results[9:]:
+        acc.add(arrays, n)
+    streamed = acc.result()
+
+    # Assert: the refusal left the state bit for bit; the result is fedavg's within the stated bound
+    assert (after.count, after.total_examples) == (before.count, before.total_examples)
+    for key in before.arrays:
+        np.testing.assert_array_equal(after.arrays[key], before.arrays[key])
+    expected = fedavg(results)
+    np.testing.assert_allclose(streamed["d"], expected["d"], rtol=1e-12, atol=1e-12)
+    bound = _streaming_bound(results, "w", expected["w"])
+    assert np.all(np.abs(streamed["w"].astype(np.float64) - expected["w"]) <= bound)
+
+
+@pytest.mark.parametrize("kind", ["fedavg", "buffered"])
+def test_state_without_copies_is_the_same_state_read_only(kind: str) -> None:
+    # Prepare: a partial sum half full, mixed dtypes
+    rng = np.random.default_rng(3)
+    results = [({"w": rng.standard_normal(300).astype(np.float32), "b": rng.standard_normal(5)},
+                int(rng.integers(1, 50))) for _ in range(5)]
+    spec = ModelSpec.from_arrays(results[0][0])
+    acc = FedAvgAccumulator(spec) if kind == "fedavg" else BufferedAccumulator(spec, fedavg)
+    for arrays, n in results:
+        acc.add(arrays, n)
+
+    # Execute
+    copied, viewed = acc.state(), acc.state(copy=False)
+
+    # Assert: equal state; the views cannot be written; a rebuilt accumulator gives the same result bit for bit
+    assert (viewed.count, viewed.total_examples) == (copied.count, copied.total_examples)
+    assert viewed.weights == copied.weights
+    assert set(viewed.arrays) == set(copied.arrays)
+    for key, value in viewed.arrays.items():
+        np.testing.assert_array_equal(value, copied.arrays[key])
+        assert value.dtype == copied.arrays[key].dtype
+        if value.ndim:
+            assert not value.flags.writeable and copied.arrays[key].flags.writeable
+    rebuilt = (FedAvgAccumulator(spec) if kind == "fedavg" else BufferedAccumulator(spec, fedavg)).from_state(viewed)
+    for name, value in rebuilt.result().items():
+        np.testing.assert_array_equal(value, acc.result()[name])
+
+
+def test_a_subclass_that_exports_more_gets_its_export_even_without_copies(small_arrays: dict[str, np.ndarray]) -> None:
+    # Prepare: a rule built on the streaming sum that adds a tensor of its own to the state
+    class WithExtra(FedAvgAccumulator):
+        def _export(self) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+            arrays, weights = super()._export()
+            return {**arrays, "\x00extra": np.ones(2)}, weights
+
+    acc = WithExtra(ModelSpec.from_arrays(small_arrays))
+    acc.add(small_arrays, 3)
+
+    # Execute
+    viewed = acc.state(copy=False)
+
+    # Assert: its own _export, not the parent's views without the extra tensor
+    assert "\x00extra" in viewed.arrays
+    assert set(viewed.arrays) == set(acc.state().arrays)

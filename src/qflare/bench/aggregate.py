@@ -10,8 +10,11 @@ Baselines are measured in the same run, on the same updates:
 
 Throughput is update bytes in per second (n x d x 4 bytes / time). The streaming accumulator is
 timed twice: ``_add`` alone (the arithmetic) and ``add`` (with the spec and finiteness checks every
-update goes through). Times are the best of ``repeat`` calls, and their median is given too. Peak
-memory is tracemalloc's peak (NumPy allocations) during one further, untimed call.
+update goes through). The copy, Flower-style FedAvg and the accumulator alternate, repetition by
+repetition, so machine noise hits them alike; times are the best of ``repeat`` calls, and their
+median is given too, as is the median process CPU time (``x_copy_cpu``: the copy's CPU time over
+the figure's, which a loaded machine disturbs less than wall time). Peak memory is tracemalloc's
+peak (NumPy allocations) during one further, untimed call.
 
 ``production``: the production path (envelope decrypt + parse + validate + accumulate inside the
 simulated enclave) on ``production_clients`` x ``production_params`` against Flower's
@@ -53,11 +56,29 @@ def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         fn()
         runs.append(time.perf_counter() - t0)
+    return min(runs), statistics.median(runs), _peak_MiB(fn)
+
+
+def _peak_MiB(fn: Callable[[], Any]) -> float:
     tracemalloc.start()
     fn()
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return min(runs), statistics.median(runs), peak
+    return peak
+
+
+def _alternating(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and process CPU times of ``repeat`` calls of each, alternating (the order reversed every other
+    repetition)."""
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in fns}
+    order = list(fns)
+    for rep in range(repeat):
+        for name in order if rep % 2 == 0 else order[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            times[name][1].append(time.process_time() - c0)
+            times[name][0].append(time.perf_counter() - t0)
+    return times
 
 
 def _flower_style(results: list[tuple[NDArrays, int]]) -> list[np.ndarray]:
@@ -101,14 +122,21 @@ def run(*, clients: int = 100, params: int = 1_000_000, f: int = 10, repeat: int
 
     figures: dict[str, Any] = {"clients": clients, "params": params, "update_MiB_total": round(nbytes / 2**20, 1),
                                "numpy": np.__version__}
-    copy_s, copy_med, copy_mem = _timed(copy, repeat)
-    figures["copy"] = {"seconds": copy_s, "median_seconds": copy_med, "GB_per_s": gb / copy_s, "peak_MiB": copy_mem}
-    for name, fn in (("flower_style_fedavg", lambda: _flower_style(results)),
-                     ("streaming_fedavg_arithmetic", stream(False)),
-                     ("streaming_fedavg_add_validated", stream(True))):
-        s, med, mem = _timed(fn, repeat)
-        figures[name] = {"seconds": s, "median_seconds": med, "GB_per_s": gb / s, "x_copy_bandwidth": copy_s / s,
-                         "x_copy_bandwidth_median": copy_med / med, "peak_MiB": mem}
+    fns = {"copy": copy, "flower_style_fedavg": lambda: _flower_style(results),
+           "streaming_fedavg_arithmetic": stream(False), "streaming_fedavg_add_validated": stream(True)}
+    copy()  # fault the matrix in before anything is timed
+    times = _alternating(fns, repeat)
+    copy_wall, copy_cpu = times["copy"]
+    copy_s, copy_med, copy_cpu_med = min(copy_wall), statistics.median(copy_wall), statistics.median(copy_cpu)
+    for name, fn in fns.items():
+        wall, cpu = times[name]
+        s, med, cpu_med = min(wall), statistics.median(wall), statistics.median(cpu)
+        figures[name] = {"seconds": s, "median_seconds": med, "cpu_seconds_median": cpu_med, "GB_per_s": gb / s,
+                         "peak_MiB": _peak_MiB(fn), "runs_seconds": wall}
+        if name != "copy":
+            figures[name] |= {"x_copy_bandwidth": copy_s / s, "x_copy_bandwidth_median": copy_med / med,
+                              "x_copy_cpu": copy_cpu_med / cpu_med if cpu_med > 0 else None,
+                              "x_copy_bandwidth_per_repetition": [c / w for c, w in zip(copy_wall, wall, strict=True)]}
     if rules:
         for rule, kw in (("median", {}), ("trimmed-mean", {"beta": 0.1}), ("krum", {"f": f}),
                          ("multi-krum", {"f": f})):

@@ -15,6 +15,9 @@ values in Flower's wire form (one ``np.save`` buffer per tensor, as ``ndarray_to
 few lines (its arithmetic and its deserialisation), it does not import Flower.
 
 The two alternate, repetition by repetition, so machine noise hits both alike; medians are reported.
+CPU time is reported beside wall time (a loaded machine stretches wall time, CPU time much less): the
+enclave process's (``/proc/<pid>/stat``, all its threads) and this process's (the host side, or
+Flower) for the same stretch.
 Both run with the enclave's allocator settings (:func:`~qflare.enclave.trusted.boot.tune_malloc`,
 applied to this process too). Device signatures, nonces and the database are outside both.
 """
@@ -22,6 +25,7 @@ applied to this process too). Device signatures, nonces and the database are out
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -76,6 +80,15 @@ def flower_aggregate_inplace(results: Sequence[tuple[list[bytes], int]]) -> list
     return params
 
 
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _updates(clients: int, params: int, seed: int) -> list[tuple[NDArrays, int]]:
     rng = np.random.default_rng(seed)
     sizes = [params // 2, params // 4, params // 8, params - params // 2 - params // 4 - params // 8]
@@ -100,6 +113,7 @@ def run(*, clients: int = 20, params: int = 10_000_000, repeat: int = 3, seed: i
     enclave_s: list[float] = []
     finalize_s: list[float] = []
     held: list[int] = []
+    cpu: dict[str, list[float]] = {"flower": [], "host": [], "enclave": []}
     with tempfile.TemporaryDirectory(prefix="qflare-bench-production-") as tmp:
         agg = EnclaveAggregator.launch(Path(tmp) / "enclave", inputs="envelope", config=config)
         try:
@@ -109,17 +123,20 @@ def run(*, clients: int = 20, params: int = 10_000_000, repeat: int = 3, seed: i
                          for i, p in enumerate(payloads)]  # fmt: skip
             del payloads
             model = base
+            pid = agg.enclave.pid
             for rep in range(repeat + 1):  # the first repetition warms caches and is dropped
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 flower_aggregate_inplace(flower_in)
-                t_flower = time.perf_counter() - t0
+                t_flower, c_flower = time.perf_counter() - t0, time.process_time() - c0
                 agg.begin_round(_ROUND, model, spec)
                 most = 0
-                t0 = time.perf_counter()
+                e0 = _process_cpu_s(pid)
+                t0, c0 = time.perf_counter(), time.process_time()
                 for env in envelopes:
                     agg.accumulate(agg.validate(_ROUND, SealedUpdate(env)))
                     most = max(most, agg.held_bytes(_ROUND))
-                t_enclave = time.perf_counter() - t0
+                t_enclave, c_host = time.perf_counter() - t0, time.process_time() - c0
+                e1 = _process_cpu_s(pid)
                 t0 = time.perf_counter()
                 model = agg.finalize(_ROUND)
                 t_final = time.perf_counter() - t0
@@ -128,9 +145,16 @@ def run(*, clients: int = 20, params: int = 10_000_000, repeat: int = 3, seed: i
                     enclave_s.append(t_enclave)
                     finalize_s.append(t_final)
                     held.append(most)
+                    cpu["flower"].append(c_flower)
+                    cpu["host"].append(c_host)
+                    if e0 is not None and e1 is not None:
+                        cpu["enclave"].append(e1 - e0)
         finally:
             agg.close()
     flower, inside, final = (statistics.median(s) for s in (flower_s, enclave_s, finalize_s))
+    cpu_med = {k: statistics.median(v) if v else None for k, v in cpu.items()}
+    ours_cpu = None if cpu_med["enclave"] is None else cpu_med["enclave"] + (cpu_med["host"] or 0.0)
+    flower_cpu = cpu_med["flower"]
     return {
         "clients": clients, "params": params, "update_MiB": round(params * 4 / 2**20, 1), "repeat": repeat,
         "malloc_tuned": tuned, "checkpoint_every": config.checkpoint_every, "numpy": np.__version__,
@@ -141,4 +165,7 @@ def run(*, clients: int = 20, params: int = 10_000_000, repeat: int = 3, seed: i
         "enclave_vs_flower_speed": flower / inside,
         "enclave_with_finalize_vs_flower_speed": flower / (inside + final),
         "host_held_MiB_max": round(max(held) / 2**20, 1),
+        # CPU seconds of validate + accumulate (enclave process, all threads; host: this process) and of Flower
+        "cpu_s_median": cpu_med, "cpu_s_runs": cpu,
+        "enclave_plus_host_cpu_vs_flower_cpu": None if ours_cpu is None or not flower_cpu else ours_cpu / flower_cpu,
     }

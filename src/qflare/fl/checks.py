@@ -14,7 +14,7 @@ import numpy as np
 
 from qflare.errors import MalformedPayload, ModelSpecMismatch, UpdateRejected
 from qflare.fl.serialize import load_arrays
-from qflare.fl.spec import ModelSpec
+from qflare.fl.spec import ModelSpec, check_finite
 from qflare.types import NDArrays
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "l2_norm",
     "parse_update",
     "parse_update_metadata",
+    "step_norm_checked",
 ]
 
 MAX_EXAMPLES_PER_UPDATE = 10_000_000
@@ -42,6 +43,21 @@ def l2_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray
     taken in float32 (one rounding per value, relative 2**-24) and squared in float64; a chunk whose
     float32 difference overflows is taken again in float64.
     """
+    return _l2_norm(arrays, reference, reject_non_finite=False)
+
+
+def _l2_norm(
+    arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None, *, reject_non_finite: bool
+) -> float:
+    """:func:`l2_norm`; with ``reject_non_finite`` it is also the NaN/Inf check of ``arrays`` (same pass).
+
+    A NaN or Inf in ``arrays`` makes its chunk's sum of squares non-finite (squares are >= 0, so
+    nothing cancels it, and the reference is finite or itself non-finite), so only such a chunk is
+    looked at again, value by value: a non-finite value raises ``NonFiniteValues`` naming its tensor
+    (the message :func:`~qflare.fl.spec.check_finite` gives), a finite one whose square overflowed
+    counts as before (the norm is then infinite). Real floating tensors only: other inexact dtypes
+    (complex) get the separate check first, in the same tensor order.
+    """
     if reference is not None and set(reference) != set(arrays):
         missing = sorted(set(reference) ^ set(arrays))
         raise ModelSpecMismatch(f"update and reference differ in tensors: {missing}", reason="missing_tensor")
@@ -51,6 +67,9 @@ def l2_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray
     for name, array in arrays.items():
         x = np.asarray(array).reshape(-1)
         r = None if reference is None else np.asarray(reference[name]).reshape(-1)
+        check = reject_non_finite and x.dtype.kind == "f"
+        if reject_non_finite and x.dtype.kind == "c":
+            check_finite({name: array})
         fast = x.dtype == np.float32 and (r is None or r.dtype == np.float32)
         for lo in range(0, x.size, _NORM_CHUNK):
             hi = min(lo + _NORM_CHUNK, x.size)
@@ -69,8 +88,26 @@ def l2_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray
             np.copyto(t, x[lo:hi], casting="unsafe")
             if r is not None:
                 np.subtract(t, r[lo:hi], out=t, casting="unsafe")
-            total += float(np.dot(t, t))
+            part = float(np.dot(t, t))
+            if check and not math.isfinite(part) and not np.isfinite(x[lo:hi]).all():
+                check_finite({name: array})  # raises, counting the tensor's NaN/Inf values
+            total += part
     return math.sqrt(total)
+
+
+def step_norm_checked(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None = None) -> float:
+    """:func:`l2_norm` of ``arrays`` (minus ``reference``) that also refuses NaN/Inf in ``arrays``.
+
+    One pass over the values does both (:func:`parse_update` uses it instead of a separate
+    finiteness pass): the norm is bit for bit the one :func:`l2_norm` gives.
+
+    Raises
+    ------
+    NonFiniteValues
+        reason ``non_finite``, naming the first tensor (in ``arrays`` order) holding NaN or Inf, as
+        :func:`~qflare.fl.spec.check_finite` does.
+    """
+    return _l2_norm(arrays, reference, reject_non_finite=True)
 
 
 def check_update_norm(
@@ -91,7 +128,10 @@ def check_update_norm(
         When given (usually the global model the client started from), the norm of
         ``update - reference`` is checked: that is the size of the client's step.
     """
-    norm = l2_norm(update, reference)
+    return _bound(l2_norm(update, reference), max_norm)
+
+
+def _bound(norm: float, max_norm: float | None) -> float:
     if max_norm is not None and not norm <= max_norm:
         raise UpdateRejected(f"update L2 norm {norm:.6g} exceeds the bound {max_norm:.6g}", reason="norm_exceeded")
     return norm
@@ -160,12 +200,15 @@ def parse_update(
     reference:
         The round's base model; when given, the step's norm is computed (and bounded by ``max_norm``).
     """
-    arrays, meta = load_arrays(payload, spec, copy=False)  # read-only views into payload: no copy
-    num, loss = parse_update_metadata(meta)
+    # Read-only views into payload (no copy); NaN/Inf are refused below, in the norm's pass over the values.
+    arrays, meta = load_arrays(payload, spec, copy=False, check_finite_values=False)
     norm = None
-    if reference is not None:
-        # Bound the change the update makes to the global model, not the size of the weights.
-        norm = check_update_norm(arrays, max_norm, reference=reference)
-    elif max_norm is not None:
-        norm = check_update_norm(arrays, max_norm)
+    if reference is not None or max_norm is not None:
+        # Bound the change the update makes to the global model (with a reference), not the size of the weights.
+        norm = step_norm_checked(arrays, reference)
+    else:
+        check_finite(arrays)
+    num, loss = parse_update_metadata(meta)
+    if norm is not None:
+        _bound(norm, max_norm)
     return ParsedUpdate(arrays=arrays, num_examples=num, train_loss=loss, norm=norm, dp_epsilon=parse_dp_epsilon(meta))

@@ -89,13 +89,16 @@ def _canonical_header(data: bytes) -> bytes:
     return len(raw).to_bytes(8, "little") + raw + data[8 + length :]
 
 
-def load_arrays(data: bytes, spec: ModelSpec | None = None, *, copy: bool = True) -> tuple[NDArrays, dict[str, str]]:
+def load_arrays(
+    data: bytes, spec: ModelSpec | None = None, *, copy: bool = True, check_finite_values: bool = True
+) -> tuple[NDArrays, dict[str, str]]:
     """Parse safetensors bytes into ``(arrays, metadata)``.
 
     Arrays come back in the order of ``spec`` (or of the sender's ``state_dict`` when no spec is
     given): writable copies, or with ``copy=False`` read-only views into ``data`` (zero-copy: they
     keep ``data`` alive; ``data`` must then be ``bytes``, or is copied once). Floating tensors are
-    always checked for NaN/Inf.
+    checked for NaN/Inf unless ``check_finite_values=False``: the caller then checks them itself
+    (:func:`qflare.fl.checks.parse_update` does, in its step norm's pass over the values).
 
     Raises
     ------
@@ -111,8 +114,8 @@ def load_arrays(data: bytes, spec: ModelSpec | None = None, *, copy: bool = True
     names = list(spec) + [n for n in order if n not in spec] if spec is not None else order
     arrays: NDArrays = {name: raw[name] for name in names if name in raw}
     if spec is not None:
-        spec.validate(arrays)
-    else:
+        spec.validate(arrays, check_finite_values=check_finite_values)
+    elif check_finite_values:
         check_finite(arrays)
     return arrays, metadata
 

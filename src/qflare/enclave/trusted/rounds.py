@@ -144,7 +144,7 @@ class RoundState:
         it is float32 (a buffered update, a partial sum), else float64 (raw, so an 8 MB sum costs one
         copy, not a serialiser).
         """
-        st = self.acc.state()
+        st = self.acc.state(copy=False)  # views: joined into the plaintext below, before any other add
         names = list(st.arrays)
         dtypes = [_F32 if st.arrays[n].dtype == np.float32 else _F64 for n in names]
         meta = json.dumps(
