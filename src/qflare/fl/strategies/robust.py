@@ -39,7 +39,9 @@ from qflare.fl.robust import (
     ROBUST_RULES_WITH_OUTCOME,
     RuleOutcome,
     check_rule_params,
+    class_agreement,
     norm_bound_with_outcome,
+    output_layer,
 )
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies.base import Strategy
@@ -174,7 +176,12 @@ class NormBound(RobustStrategy):
 
 # -- bounded FedAvg (the default) ---------------------------------------------------------------
 
-_BOUNDED_PARAMS = frozenset({"count_multiple", "max_share", "norm_multiple", "outlier_multiple"})
+_BOUNDED_PARAMS = frozenset({"count_multiple", "max_share", "min_class_agreement", "norm_multiple",
+                             "outlier_multiple"})
+
+DEFAULT_MIN_CLASS_AGREEMENT = 0.0
+"""Bounded FedAvg's label-flipping verdict: an update whose output layer's mean per-class cosine to the
+round's median rows (:func:`qflare.fl.robust.class_agreement`) is below this is flagged; -1 turns it off."""
 
 
 def _positive(params: Mapping[str, object], key: str, default: float) -> float:
@@ -199,6 +206,15 @@ def _at_least_one(params: Mapping[str, object], key: str, default: float) -> flo
     return float(value)  # type: ignore[arg-type]
 
 
+def _agreement(params: Mapping[str, object]) -> float:
+    value = params.get("min_class_agreement", DEFAULT_MIN_CLASS_AGREEMENT)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not ok or not -1 <= float(value) <= 1:  # type: ignore[arg-type]
+        raise ConfigError(f"aggregation.min_class_agreement: must be a number in [-1, 1] (a mean cosine; -1 = off), "
+                          f"got {value!r}", reason="invalid_aggregation_params")
+    return float(value)  # type: ignore[arg-type]
+
+
 def bounded_fedavg(
     results: Results,
     *,
@@ -207,11 +223,12 @@ def bounded_fedavg(
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
     max_share: float = DEFAULT_MAX_SHARE,
     outlier_multiple: float = DEFAULT_OUTLIER_MULTIPLE,
+    min_class_agreement: float = DEFAULT_MIN_CLASS_AGREEMENT,
 ) -> NDArrays:
     """FedAvg with each device's influence bounded: the QFLARE default (:func:`bounded_fedavg_with_outcome`)."""
     return bounded_fedavg_with_outcome(
         results, reference=reference, count_multiple=count_multiple, norm_multiple=norm_multiple, max_share=max_share,
-        outlier_multiple=outlier_multiple,
+        outlier_multiple=outlier_multiple, min_class_agreement=min_class_agreement,
     ).arrays
 
 
@@ -223,6 +240,8 @@ def bounded_fedavg_with_outcome(
     norm_multiple: float = DEFAULT_NORM_MULTIPLE,
     max_share: float = DEFAULT_MAX_SHARE,
     outlier_multiple: float = DEFAULT_OUTLIER_MULTIPLE,
+    min_class_agreement: float = DEFAULT_MIN_CLASS_AGREEMENT,
+    exclude_flagged: bool = True,
 ) -> RuleOutcome:
     """FedAvg with each device's influence bounded: the QFLARE default.
 
@@ -265,15 +284,47 @@ def bounded_fedavg_with_outcome(
     """
     if not results:
         raise AggregationError("no updates to aggregate", reason="no_updates")
-    claimed = [int(n) for _, n in results]
-    capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
-    weights = cap_weight_shares(capped, max_share=max_share)
     if not (math.isfinite(outlier_multiple) and outlier_multiple >= 1):
         raise ConfigError(f"aggregation.outlier_multiple: must be a finite number >= 1, got {outlier_multiple!r}",
                           reason="invalid_aggregation_params")
+    if not (math.isfinite(min_class_agreement) and -1 <= min_class_agreement <= 1):
+        raise ConfigError(f"aggregation.min_class_agreement: must be a number in [-1, 1] (-1 = off), got "
+                          f"{min_class_agreement!r}", reason="invalid_aggregation_params")
+    first = _bounded_pass(results, reference, count_multiple, norm_multiple, max_share, outlier_multiple,
+                          min_class_agreement)
+    n = len(results)
+    kept = [i for i in range(n) if i not in set(first.flagged)]
+    if not exclude_flagged or not first.flagged or 2 * len(kept) <= n:
+        return first
+    # Second pass over the unflagged updates only: their own median claim, share cap and median step norm.
+    second = _bounded_pass([results[i] for i in kept], reference, count_multiple, norm_multiple, max_share,
+                           outlier_multiple, None)
+    weights = [0.0] * n
+    for j, i in enumerate(kept):
+        weights[i] = second.weights[j]
+    return RuleOutcome(
+        arrays=second.arrays,
+        selected=tuple(kept[j] for j in second.selected),
+        weights=tuple(weights),
+        flagged=first.flagged,
+        clipped=tuple(kept[j] for j in second.clipped),
+        scores=first.scores,
+    )
+
+
+def _bounded_pass(results: Results, reference: NDArrays, count_multiple: float, norm_multiple: float,
+                  max_share: float, outlier_multiple: float, min_class_agreement: float | None) -> RuleOutcome:
+    """Steps 1-3 of :func:`bounded_fedavg_with_outcome` over ``results``, with its verdicts."""
+    claimed = [int(n) for _, n in results]
+    capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
+    weights = cap_weight_shares(capped, max_share=max_share)
     outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights,
                                       flag_beyond=outlier_multiple, flag_opposed=True)
     over = {i for i, (c, k) in enumerate(zip(claimed, capped, strict=True)) if k < c}
+    layer = output_layer(ModelSpec.from_arrays(results[0][0]))
+    if min_class_agreement is not None and min_class_agreement > -1 and layer is not None and len(results) >= 3:
+        agreement = class_agreement(results, reference=reference, layer=layer)
+        over |= {i for i in range(len(results)) if agreement[i] < min_class_agreement}
     return dataclasses.replace(outcome, flagged=tuple(sorted(set(outcome.flagged) | over)))
 
 
@@ -302,6 +353,7 @@ class BoundedFedAvg(Strategy):
         self.norm_multiple = _positive(params, "norm_multiple", DEFAULT_NORM_MULTIPLE)
         self.max_share = _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
         self.outlier_multiple = _at_least_one(params, "outlier_multiple", DEFAULT_OUTLIER_MULTIPLE)
+        self.min_class_agreement = _agreement(params)
 
     @classmethod
     def check_params(cls, params: Mapping[str, object]) -> None:
@@ -318,6 +370,7 @@ class BoundedFedAvg(Strategy):
             _positive(params, key, default)
         _at_least_one(params, "max_share", DEFAULT_MAX_SHARE)
         _at_least_one(params, "outlier_multiple", DEFAULT_OUTLIER_MULTIPLE)
+        _agreement(params)
 
     def aggregate(self, results: Results) -> NDArrays:
         """Not available without the base model: use :meth:`accumulator` with ``reference``."""
@@ -333,13 +386,15 @@ class BoundedFedAvg(Strategy):
             return bounded_fedavg_with_outcome(
                 results, reference=base, count_multiple=self.count_multiple, norm_multiple=self.norm_multiple,
                 max_share=self.max_share, outlier_multiple=self.outlier_multiple,
+                min_class_agreement=self.min_class_agreement,
             )
 
         return BufferedAccumulator(spec, outcome_fn=run)
 
     def __repr__(self) -> str:
         return (f"BoundedFedAvg(count_multiple={self.count_multiple}, norm_multiple={self.norm_multiple}, "
-                f"max_share={self.max_share}, outlier_multiple={self.outlier_multiple})")
+                f"max_share={self.max_share}, outlier_multiple={self.outlier_multiple}, "
+                f"min_class_agreement={self.min_class_agreement})")
 
 
 ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (
