@@ -33,6 +33,7 @@ from qflare.fl.influence import (
     DEFAULT_OUTLIER_MULTIPLE,
     cap_round_num_examples,
     cap_weight_shares,
+    norm_bound_from_median,
 )
 from qflare.fl.robust import (
     ROBUST_RULES,
@@ -290,15 +291,15 @@ def bounded_fedavg_with_outcome(
     if not (math.isfinite(min_class_agreement) and -1 <= min_class_agreement <= 1):
         raise ConfigError(f"aggregation.min_class_agreement: must be a number in [-1, 1] (-1 = off), got "
                           f"{min_class_agreement!r}", reason="invalid_aggregation_params")
-    first = _bounded_pass(results, reference, count_multiple, norm_multiple, max_share, outlier_multiple,
-                          min_class_agreement)
+    first, leave_out = _bounded_pass(results, reference, count_multiple, norm_multiple, max_share, outlier_multiple,
+                                     min_class_agreement)
     n = len(results)
-    kept = [i for i in range(n) if i not in set(first.flagged)]
-    if not exclude_flagged or not first.flagged or 2 * len(kept) <= n:
+    kept = [i for i in range(n) if i not in leave_out]
+    if not exclude_flagged or not leave_out or 2 * len(kept) <= n:
         return first
     # Second pass over the unflagged updates only: their own median claim, share cap and median step norm.
-    second = _bounded_pass([results[i] for i in kept], reference, count_multiple, norm_multiple, max_share,
-                           outlier_multiple, None)
+    second, _ = _bounded_pass([results[i] for i in kept], reference, count_multiple, norm_multiple, max_share,
+                              outlier_multiple, None)
     weights = [0.0] * n
     for j, i in enumerate(kept):
         weights[i] = second.weights[j]
@@ -313,19 +314,25 @@ def bounded_fedavg_with_outcome(
 
 
 def _bounded_pass(results: Results, reference: NDArrays, count_multiple: float, norm_multiple: float,
-                  max_share: float, outlier_multiple: float, min_class_agreement: float | None) -> RuleOutcome:
-    """Steps 1-3 of :func:`bounded_fedavg_with_outcome` over ``results``, with its verdicts."""
+                  max_share: float, outlier_multiple: float, min_class_agreement: float | None
+                  ) -> tuple[RuleOutcome, set[int]]:
+    """Steps 1-3 of :func:`bounded_fedavg_with_outcome` over ``results``: the outcome with every verdict, and
+    the verdicts that leave an update out (all but a far step's: that one is clipped to the bound already)."""
     claimed = [int(n) for _, n in results]
     capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
     weights = cap_weight_shares(capped, max_share=max_share)
+    # flag_beyond=inf: the outcome's flags are the opposed steps only; far steps are told apart below
     outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights,
-                                      flag_beyond=outlier_multiple, flag_opposed=True)
-    over = {i for i, (c, k) in enumerate(zip(claimed, capped, strict=True)) if k < c}
+                                      flag_beyond=math.inf, flag_opposed=True)
+    norms = outcome.scores
+    limit = norm_bound_from_median(list(norms), multiple=norm_multiple)
+    far = {i for i, s in enumerate(norms) if s > limit and s > outlier_multiple * limit}
+    out = set(outcome.flagged) | {i for i, (c, k) in enumerate(zip(claimed, capped, strict=True)) if k < c}
     layer = output_layer(ModelSpec.from_arrays(results[0][0]))
     if min_class_agreement is not None and min_class_agreement > -1 and layer is not None and len(results) >= 3:
         agreement = class_agreement(results, reference=reference, layer=layer)
-        over |= {i for i in range(len(results)) if agreement[i] < min_class_agreement}
-    return dataclasses.replace(outcome, flagged=tuple(sorted(set(outcome.flagged) | over)))
+        out |= {i for i in range(len(results)) if agreement[i] < min_class_agreement}
+    return dataclasses.replace(outcome, flagged=tuple(sorted(out | far))), out
 
 
 class BoundedFedAvg(Strategy):
