@@ -845,13 +845,15 @@ def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OP
     """Rows of ``steps`` whose cosine to ``direction`` is below ``below`` (none if ``direction`` is zero);
     ``norms``: the rows' L2 norms, if the caller has them already.
 
-    A verdict, not a filter: with fewer than half the weight hostile, a bounded average keeps the honest
-    direction, and a step against it is what sign flipping, IPM and a sign-flipped inflated claim send.
-    Honest steps on non-IID data can point away in a single round, so the verdict feeds reputation
-    (quarantine after strikes in several rounds, :mod:`qflare.server.reputation`), never one round's sum.
+    With fewer than half the weight hostile, a bounded average keeps the honest direction, and a step
+    against it is what sign flipping, IPM and a sign-flipped inflated claim send. Honest steps on non-IID
+    data can point away in a single round, so the verdict feeds reputation (quarantine after strikes in
+    several rounds, :mod:`qflare.server.reputation`); bounded FedAvg also leaves such a step out of that
+    round's aggregate, which costs an honest device one round's say, not its place.
     The margin below zero: near convergence honest steps are small and their cosines scatter around 0;
     on 20-round Dirichlet(0.5) digits with 30 % label flippers, a threshold of 0 quarantined four honest
-    devices (final accuracy 75.6 %), -0.1 two (81.7 %), with sign flippers caught either way.
+    devices (final accuracy 75.6 %), -0.1 two (81.7 %), with sign flippers caught either way (both
+    before flagged steps were left out of the aggregate).
     """
     dd = _dot(direction, direction)
     if not dd > 0.0:

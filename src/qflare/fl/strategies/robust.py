@@ -268,18 +268,32 @@ def bounded_fedavg_with_outcome(
 
     The outcome's verdicts (:attr:`RuleOutcome.flagged`, which feed reputation and quarantine) are
     the updates whose claim exceeded the median cap (step 1), whose step norm exceeded
-    ``outlier_multiple`` times the clip bound (default 2: over 4 x the median step norm), and whose
+    ``outlier_multiple`` times the clip bound (default 2: over 4 x the median step norm), whose
     step points away from the aggregate step (cosine below -0.1, :func:`qflare.fl.robust.opposed_steps`:
-    sign flipping and IPM send such steps at any norm). A step clipped by less is clipped but not flagged:
-    on Dirichlet(0.5) digits honest devices cross the bound itself now and then, and flagging them got
-    an honest device quarantined in a clean 20-round run. Lowering a weight to the share cap (step 2)
-    is not a verdict either: with ``max_share = 1`` every honest device above the smallest claim is
-    lowered.
+    sign flipping and IPM send such steps at any norm), and, for a classifier, whose output layer
+    disagrees with the round's class by class (:func:`qflare.fl.robust.class_agreement` below
+    ``min_class_agreement``, default 0; the layer is :func:`qflare.fl.robust.output_layer`, none for a
+    regressor; -1 turns the check off): label flipping sends honest-looking steps whose rows for each
+    class point at another class's features. A step clipped by less than ``outlier_multiple`` is
+    clipped but not flagged: on Dirichlet(0.5) digits honest devices cross the bound itself now and then,
+    and flagging them got an honest device quarantined in a clean 20-round run. Lowering a weight to the
+    share cap (step 2) is not a verdict either: with ``max_share = 1`` every honest device above the
+    smallest claim is lowered.
+
+    Flagged updates are also left out of the round's aggregate (``exclude_flagged``, not a config key):
+    a second pass runs steps 1-3 over the updates that were neither over the claim cap, opposed nor
+    disagreeing, with their own median claim and median step norm, so 30 % sign flippers no longer pull
+    the round back before reputation quarantines them. A far step is not left out (it is clipped to the
+    bound already; leaving such honest steps out got an honest device quarantined in the clean 20-round
+    digits run). The second pass runs only while the updates it keeps are more than half of the round;
+    otherwise the first pass stands (the bound above assumes an honest majority). The verdicts are the
+    first pass's; a left-out update's weight is 0 and its verdict ``"excluded"``.
 
     Raises
     ------
     ConfigError
-        A bad ``count_multiple``, ``norm_multiple`` (not > 0) or ``max_share`` (not >= 1).
+        A bad ``count_multiple``, ``norm_multiple`` (not > 0), ``max_share``, ``outlier_multiple`` (not
+        >= 1) or ``min_class_agreement`` (not in [-1, 1]).
     AggregationError
         No updates, inconsistent tensors, or a total weight of zero.
     """
@@ -347,8 +361,15 @@ class BoundedFedAvg(Strategy):
     max_share:
         Cap on one update's share of the round's weight, as a multiple of ``1 / n`` (default 1.0:
         equal weights; ``>= 1``). Any ``k`` of ``n`` updates then hold at most ``k * max_share / n``.
+    outlier_multiple:
+        A step over this multiple of its norm bound is flagged (default 2.0; ``>= 1``).
+    min_class_agreement:
+        An update whose output layer's mean per-class cosine to the round's median rows is below this
+        is flagged and left out (default 0.0; in [-1, 1], -1 = off; classifiers only).
 
     Keeps every update of the round (memory ``n x model``): the medians need all claims and norms.
+    Flagged updates (but far steps) are left out of the round's aggregate
+    (:func:`bounded_fedavg_with_outcome`).
     """
 
     name = "bounded-fedavg"
@@ -365,7 +386,7 @@ class BoundedFedAvg(Strategy):
     @classmethod
     def check_params(cls, params: Mapping[str, object]) -> None:
         """Keys ``count_multiple`` and ``norm_multiple`` (finite numbers > 0), ``max_share`` and
-        ``outlier_multiple`` (>= 1)."""
+        ``outlier_multiple`` (>= 1), ``min_class_agreement`` (in [-1, 1])."""
         for key in params:
             if key not in _BOUNDED_PARAMS:
                 accepted = ", ".join(sorted(_BOUNDED_PARAMS))
