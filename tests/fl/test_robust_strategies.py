@@ -370,6 +370,31 @@ def test_bounded_fedavg_flags_and_leaves_out_a_label_flipper_by_its_output_layer
     assert honest_only.flagged == ()
 
 
+def test_the_class_check_flags_a_low_outlier_not_a_round_whose_agreement_is_low_as_a_whole() -> None:
+    from qflare.fl.robust import class_agreement
+
+    # Prepare: output rows of pure noise (no class signal, as when colluders shift every coordinate's
+    # median): several agreements fall below 0, none far below the others
+    rng = np.random.default_rng(11)
+    base = {"out.weight": np.zeros((4, 3), np.float32), "out.bias": np.zeros(4, np.float32)}
+    ups = [{"out.weight": rng.normal(size=(4, 3)).astype(np.float32), "out.bias": rng.normal(size=4).astype(np.float32)}
+           for _ in range(9)]
+    results = [(u, 100) for u in ups]
+    scores = class_agreement(results, reference=base, layer=("out.weight", "out.bias"))
+    centre = np.median(scores)
+    low = centre - 2.0 * 1.4826 * np.median(np.abs(scores - centre))
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+    off = bounded_fedavg_with_outcome(results, reference=base, min_class_agreement=-1.0)
+
+    # Assert: below 0 is not enough; the class check adds exactly the scores below both 0 and the low line
+    negative = {i for i in range(9) if scores[i] < 0}
+    expected = {i for i in negative if scores[i] < low}
+    assert len(negative) >= 2 and len(expected) < len(negative)
+    assert set(out.flagged) - set(off.flagged) == expected - set(off.flagged)
+
+
 def test_the_class_check_does_not_apply_to_a_single_output_regressor() -> None:
     # Prepare: the same steps, but the output layer has one row (a regressor): nothing to compare per class
     base, ups = _classifier(7, 2)
