@@ -50,8 +50,8 @@ def capture(attack: str | None, rounds: int) -> tuple[list[dict[str, Any]], set[
 
     mal = {int(i) for i in choose_malicious([str(i) for i in range(N)], 0.3, seed=0)} if attack else set()
     poisoner = Poisoner(attack, {}, num_classes=10) if attack else None
-    run_inprocess(task, N, rounds, partition="dirichlet", alpha=0.5, seed=0, strategy=Capturing(min_class_agreement=-1.0),
-                  attack=poisoner, malicious=sorted(mal), reputation=None)
+    run_inprocess(task, N, rounds, partition="dirichlet", alpha=0.5, seed=0,
+                  strategy=Capturing(min_class_agreement=-1.0), attack=poisoner, malicious=sorted(mal), reputation=None)
     return rec, mal
 
 
