@@ -51,6 +51,8 @@ from qflare.fl.strategies.base import Strategy
 from qflare.types import NDArrays
 
 __all__ = [
+    "CLASS_OUTLIER_MADS",
+    "DEFAULT_MIN_CLASS_AGREEMENT",
     "BoundedFedAvg",
     "Bulyan",
     "CenteredClipping",
