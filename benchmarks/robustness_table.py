@@ -6,7 +6,9 @@
     .venv/bin/python benchmarks/robustness_table.py --rounds 20 --columns bounded-fedavg,fltrust --update-doc
 
 ``--columns`` keeps plain FedAvg and the listed rules only (a table of its own in the doc, marked
-with the task, the rounds and the columns; its goals then compare only the rules that ran).
+with the task, the rounds and the columns; its goals then compare only the rules that ran);
+``bounded-fedavg`` brings both the default configuration's column and the rule alone, ``default``
+the default configuration's column only.
 
 Every cell is one :func:`qflare.fl.simulation.run_inprocess` run: 20 clients, Dirichlet(0.5) for
 digits (the sensor split for traffic), every client in every round (in the default column, the default
@@ -155,10 +157,11 @@ def main() -> int:
     label = args.task
     if args.columns:
         wanted = ["fedavg", *args.columns.split(",")]
-        unknown = set(wanted) - {r for _, r, _ in cols}
+        unknown = set(wanted) - {r for _, r, _ in cols} - {"default"}
         if unknown:
             ap.error(f"--columns: unknown rules {sorted(unknown)}")
-        cols = [c for c in cols if c[1] in wanted]
+        # "default": the default configuration's column alone; "bounded-fedavg": it and the rule alone
+        cols = [c for c in cols if c[1] in wanted or (c[0] == DEFAULT and "default" in wanted)]
         label = f"{args.task}-{args.rounds}r-{'-'.join(wanted[1:])}"
     torch.set_num_threads(1)
     cache = args.cache or Path("runs") / f"robustness-{args.task}-{args.rounds}.json"

@@ -187,11 +187,15 @@ def test_fltrust_beats_thirty_percent_sign_flip_and_ipm_on_digits_where_other_ru
     # Execute
     fltrust = {a: accuracy("fltrust", a, root_task="digits") for a in ("sign-flip", "ipm")}
     default_flip = accuracy("bounded-fedavg", "sign-flip")
+    median_flip = accuracy("median", "sign-flip")
     median_ipm = accuracy("median", "ipm")
 
-    # Assert
-    print(f"fltrust {fltrust}, bounded-fedavg sign-flip {default_flip:.3f}, median ipm {median_ipm:.3f}")
-    assert fltrust["sign-flip"] >= 0.75 and fltrust["sign-flip"] >= default_flip + 0.2
+    # Assert: FLTrust far above the median under both; above bounded FedAvg (which leaves opposed steps
+    # out of the aggregate since its second pass, and so no longer fails by 40 points)
+    print(f"fltrust {fltrust}, bounded-fedavg sign-flip {default_flip:.3f}, median sign-flip {median_flip:.3f}, "
+          f"median ipm {median_ipm:.3f}")
+    assert fltrust["sign-flip"] >= 0.75 and fltrust["sign-flip"] >= median_flip + 0.2
+    assert fltrust["sign-flip"] > default_flip
     assert fltrust["ipm"] >= 0.75 and fltrust["ipm"] >= median_ipm + 0.3
 
 

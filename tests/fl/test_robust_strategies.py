@@ -11,6 +11,7 @@ from qflare.errors import AggregationError, ConfigError
 from qflare.fl.aggregate import BufferedAccumulator, fedavg
 from qflare.fl.spec import ModelSpec
 from qflare.fl.strategies import DEFAULT_STRATEGY, STRATEGIES, FedAvg, get_strategy
+from qflare.fl.strategies.robust import bounded_fedavg_with_outcome
 from qflare.types import NDArrays
 
 ROBUST = ["median", "trimmed-mean", "krum", "multi-krum", "bulyan", "centered-clipping", "norm-bound"]
@@ -81,6 +82,8 @@ def test_too_few_updates_at_close() -> None:
         ("bounded-fedavg", {"norm_multiple": -1}, "aggregation.norm_multiple"),
         ("bounded-fedavg", {"f": 1}, "aggregation.f"),
         ("bounded-fedavg", {"max_share": 0.5}, "aggregation.max_share"),
+        ("bounded-fedavg", {"min_class_agreement": 1.5}, "aggregation.min_class_agreement"),
+        ("bounded-fedavg", {"min_class_agreement": -2}, "aggregation.min_class_agreement"),
         ("fedavg", {"f": 1}, "aggregation.f"),
     ],
 )
@@ -188,9 +191,14 @@ def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
     assert _along(median_cap_only, base, honest) < 0
     assert _along(default, base, honest) > 0.3
     assert acc.last_outcome is not None
-    assert sum(acc.last_outcome.weights[14:]) == pytest.approx(6 / 20)
     assert set(acc.last_outcome.flagged) >= set(range(14, 20))  # the inflated claims are flagged
     assert not set(acc.last_outcome.flagged) & set(range(14))  # equalised honest weights are not
+    assert sum(acc.last_outcome.weights[14:]) == 0  # flagged: left out of the round's aggregate
+    assert acc.last_outcome.verdicts()[14:] == ("excluded",) * 6
+    # verdicts only (the aggregate before the flagged were left out): the 6 hold exactly their 6/20
+    only = bounded_fedavg_with_outcome(results, reference=base, exclude_flagged=False)
+    assert sum(only.weights[14:]) == pytest.approx(6 / 20)
+    assert 0.3 < _along(only.arrays, base, honest) < _along(default, base, honest)
 
 
 @pytest.mark.parametrize("attackers", [1, 3, 6, 9])
@@ -244,6 +252,173 @@ def test_bounded_fedavg_flags_opposed_and_far_steps_but_not_merely_clipped_ones(
     assert flagged == (9, 11)
     assert _verdicts(base, ups[:9] + attackers, outlier_multiple=1.0) == (9, 10, 11)  # every clipped step
     assert _verdicts(base, ups) == ()  # an honest round: no verdict
+
+
+def test_bounded_fedavg_leaves_opposed_steps_out_of_the_rounds_aggregate_and_clips_far_ones() -> None:
+    # Prepare: 9 honest steps, 2 sign-flipped at an ordinary norm (never clipped, only opposed), one 10x
+    base, ups = _honest(12, seed=3)
+    attackers = [_scaled_step(base, ups[9], -1.0), _scaled_step(base, ups[10], -1.0), _scaled_step(base, ups[11], 10.0)]
+    results = [(u, 100) for u in ups[:9] + attackers]
+
+    # Execute
+    both = bounded_fedavg_with_outcome(results, reference=base)
+    without = bounded_fedavg_with_outcome(results[:9] + results[11:], reference=base)
+    only = bounded_fedavg_with_outcome(results, reference=base, exclude_flagged=False)
+
+    # Assert: the aggregate is the rule over the updates without the two opposed ones (their own median norm
+    # and weights); the far step is flagged and clipped, not left out (clipping already bounds it); the
+    # verdicts are those of the first pass, and the left-out hold no weight
+    assert both.flagged == only.flagged == (9, 10, 11)
+    for k in base:
+        np.testing.assert_array_equal(both.arrays[k], without.arrays[k])
+    assert both.selected == (*range(9), 11) and both.weights[9:11] == (0.0, 0.0)
+    assert sum(both.weights) == pytest.approx(1.0)
+    assert both.verdicts()[9:] == ("excluded", "excluded", "clipped")
+    assert only.verdicts()[9:] == ("accepted", "accepted", "clipped")
+    assert both.scores == only.scores  # every update's step norm, the left-out ones' included
+    honest = fedavg(results[:9])
+    assert _dist(both.arrays, honest) < _dist(only.arrays, honest)
+
+
+def test_bounded_fedavg_keeps_every_update_when_half_or_more_are_flagged() -> None:
+    # Prepare: two steps along d, two shorter ones against it: the average still points along d, so the
+    # two against it are opposed, and they are half of the round
+    base = {"w": np.zeros(4, np.float32)}
+    d = np.array([1.0, 0.5, 0.0, 0.0])
+    results = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.6, -0.6)]
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+    only = bounded_fedavg_with_outcome(results, reference=base, exclude_flagged=False)
+
+    # Assert: flagged, but a second pass would rest on half of the updates: the first pass stands
+    assert out.flagged == (2, 3)
+    np.testing.assert_array_equal(out.arrays["w"], only.arrays["w"])
+    np.testing.assert_allclose(out.arrays["w"], 0.2 * d, rtol=1e-6)
+    assert out.selected == (0, 1, 2, 3)
+
+
+def test_output_layer_is_the_last_matrix_with_its_bias_and_none_for_a_regressor() -> None:
+    from qflare.fl.robust import output_layer
+    from qflare.fl.tasks import get_task
+
+    def spec(**shapes: tuple[int, ...]) -> ModelSpec:
+        return ModelSpec.from_arrays({k.replace("_", "."): np.zeros(v, np.float32) for k, v in shapes.items()})
+
+    assert output_layer(get_task("digits").model_spec()) == ("fc2.weight", "fc2.bias")
+    assert output_layer(get_task("traffic").model_spec()) is None  # head.2.weight is (1, 32): one output
+    assert output_layer(spec(a_weight=(4, 3), a_bias=(4,), out_weight=(3, 4))) == ("out.weight", None)
+    assert output_layer(spec(out_weight=(3, 4), out_bias=(4,))) == ("out.weight", None)  # not its bias
+    assert output_layer(spec(w=(5,), b=(5,))) is None
+    ints = ModelSpec.from_arrays({"out.weight": np.zeros((3, 4), np.float32), "steps": np.zeros((2, 2), np.int64)})
+    assert output_layer(ints) == ("out.weight", None)  # integer tensors are not layers
+
+
+def test_class_agreement_hand_computed() -> None:
+    from qflare.fl.robust import class_agreement
+
+    # Prepare: two classes; rows (weights, then the bias as a last column) of three steps from zero
+    base = {"out.weight": np.zeros((2, 1), np.float32), "out.bias": np.zeros(2, np.float32)}
+    def step(rows: list[list[float]]) -> NDArrays:
+        r = np.array(rows, np.float32)
+        return {"out.weight": r[:, :1], "out.bias": r[:, 1]}
+    results = [(step([[1, 0], [0, 1]]), 1), (step([[1, 0], [0, 1]]), 1), (step([[-1, 1], [1, -1]]), 1)]
+
+    # Execute
+    scores = class_agreement(results, reference=base, layer=("out.weight", "out.bias"))
+
+    # Assert: the median rows are [1, 0] and [0, 1]; the third step's rows are each at cosine -1/sqrt(2)
+    np.testing.assert_allclose(scores, [1.0, 1.0, -1 / np.sqrt(2)], rtol=1e-12)
+    zero = class_agreement([(base, 1)] * 3, reference=base, layer=("out.weight", "out.bias"))
+    assert zero.tolist() == [0.0, 0.0, 0.0]  # no step: a zero row counts 0, never NaN
+
+
+def _classifier(n_honest: int, flippers: int, *, classes: int = 4, seed: int = 5) -> tuple[NDArrays, list[NDArrays]]:
+    """Steps of a small classifier: the same hidden step for all; honest output rows move class c towards
+    feature e_c (with noise), flippers' rows towards e_(C-1-c) and away from e_c, as cross-entropy on
+    flipped labels does."""
+    rng = np.random.default_rng(seed)
+    base = {"hidden": rng.normal(size=(6, classes)).astype(np.float32),
+            "out.weight": rng.normal(size=(classes, classes)).astype(np.float32),
+            "out.bias": np.zeros(classes, np.float32)}
+    hidden = rng.normal(size=(6, classes))
+    ups = []
+    for i in range(n_honest + flippers):
+        target = np.eye(classes) if i < n_honest else np.eye(classes)[::-1] - np.eye(classes)
+        rows = 0.1 * (target + 0.2 * rng.normal(size=(classes, classes)))
+        ups.append({"hidden": (base["hidden"] + 0.5 * hidden).astype(np.float32),
+                    "out.weight": (base["out.weight"] + rows).astype(np.float32),
+                    "out.bias": (base["out.bias"] + 0.01 * rng.normal(size=classes)).astype(np.float32)})
+    return base, ups
+
+
+def test_bounded_fedavg_flags_and_leaves_out_a_label_flipper_by_its_output_layer() -> None:
+    # Prepare: 7 honest devices and 2 whose output rows are permuted; their whole steps are not opposed
+    base, ups = _classifier(7, 2)
+    results = [(u, 100) for u in ups]
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+    off = bounded_fedavg_with_outcome(results, reference=base, min_class_agreement=-1.0)
+    honest_only = bounded_fedavg_with_outcome(results[:7], reference=base)
+
+    # Assert: flagged and left out; with the check off nothing is flagged; an honest round flags no one
+    assert out.flagged == (7, 8) and out.verdicts()[7:] == ("excluded", "excluded")
+    assert off.flagged == ()
+    for k in base:
+        np.testing.assert_array_equal(out.arrays[k], honest_only.arrays[k])
+    assert honest_only.flagged == ()
+
+
+def test_the_class_check_flags_a_low_outlier_not_a_round_whose_agreement_is_low_as_a_whole() -> None:
+    from qflare.fl.robust import class_agreement
+
+    # Prepare: output rows of pure noise (no class signal, as when colluders shift every coordinate's
+    # median): several agreements fall below 0, none far below the others
+    rng = np.random.default_rng(11)
+    base = {"out.weight": np.zeros((4, 3), np.float32), "out.bias": np.zeros(4, np.float32)}
+    ups = [{"out.weight": rng.normal(size=(4, 3)).astype(np.float32), "out.bias": rng.normal(size=4).astype(np.float32)}
+           for _ in range(9)]
+    results = [(u, 100) for u in ups]
+    scores = class_agreement(results, reference=base, layer=("out.weight", "out.bias"))
+    centre = np.median(scores)
+    low = centre - 2.0 * 1.4826 * np.median(np.abs(scores - centre))
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+    off = bounded_fedavg_with_outcome(results, reference=base, min_class_agreement=-1.0)
+
+    # Assert: below 0 is not enough; the class check adds exactly the scores below both 0 and the low line
+    negative = {i for i in range(9) if scores[i] < 0}
+    expected = {i for i in negative if scores[i] < low}
+    assert len(negative) >= 2 and len(expected) < len(negative)
+    assert set(out.flagged) - set(off.flagged) == expected - set(off.flagged)
+
+
+def test_the_class_check_does_not_apply_to_a_single_output_regressor() -> None:
+    # Prepare: the same steps, but the output layer has one row (a regressor): nothing to compare per class
+    base, ups = _classifier(7, 2)
+    base = {"hidden": base["hidden"], "head.weight": base["out.weight"][:1], "head.bias": base["out.bias"][:1]}
+    ups = [{"hidden": u["hidden"], "head.weight": u["out.weight"][:1], "head.bias": u["out.bias"][:1]} for u in ups]
+
+    # Execute
+    out = bounded_fedavg_with_outcome([(u, 100) for u in ups], reference=base, min_class_agreement=1.0)
+
+    # Assert: even the strictest threshold flags no one
+    assert out.flagged == ()
+
+
+@pytest.mark.parametrize("value", [1.01, -1.5, float("nan"), "0"])
+def test_bounded_fedavg_refuses_a_class_agreement_outside_minus_one_to_one_naming_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match="aggregation.min_class_agreement") as info:
+        get_strategy("bounded-fedavg", min_class_agreement=value)
+    assert info.value.reason == "invalid_aggregation_params"
+    with pytest.raises(ValueError, match="min_class_agreement"):
+        AggregationConfig(rule="bounded-fedavg", params={"min_class_agreement": value})
+    base, ups = _classifier(3, 0)
+    if isinstance(value, float):
+        with pytest.raises(ConfigError, match="aggregation.min_class_agreement"):
+            bounded_fedavg_with_outcome([(u, 1) for u in ups], reference=base, min_class_agreement=value)
 
 
 def test_opposed_steps_uses_the_cosine_margin_and_ignores_a_zero_direction() -> None:

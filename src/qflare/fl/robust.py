@@ -57,7 +57,9 @@ __all__ = [
     "ROBUST_RULES",
     "ROBUST_RULES_WITH_OUTCOME",
     "OPPOSED_COSINE",
+    "class_agreement",
     "opposed_steps",
+    "output_layer",
     "RULE_PARAMS",
     "RuleOutcome",
     "Verdict",
@@ -843,13 +845,15 @@ def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OP
     """Rows of ``steps`` whose cosine to ``direction`` is below ``below`` (none if ``direction`` is zero);
     ``norms``: the rows' L2 norms, if the caller has them already.
 
-    A verdict, not a filter: with fewer than half the weight hostile, a bounded average keeps the honest
-    direction, and a step against it is what sign flipping, IPM and a sign-flipped inflated claim send.
-    Honest steps on non-IID data can point away in a single round, so the verdict feeds reputation
-    (quarantine after strikes in several rounds, :mod:`qflare.server.reputation`), never one round's sum.
+    With fewer than half the weight hostile, a bounded average keeps the honest direction, and a step
+    against it is what sign flipping, IPM and a sign-flipped inflated claim send. Honest steps on non-IID
+    data can point away in a single round, so the verdict feeds reputation (quarantine after strikes in
+    several rounds, :mod:`qflare.server.reputation`); bounded FedAvg also leaves such a step out of that
+    round's aggregate, which costs an honest device one round's say, not its place.
     The margin below zero: near convergence honest steps are small and their cosines scatter around 0;
     on 20-round Dirichlet(0.5) digits with 30 % label flippers, a threshold of 0 quarantined four honest
-    devices (final accuracy 75.6 %), -0.1 two (81.7 %), with sign flippers caught either way.
+    devices (final accuracy 75.6 %), -0.1 two (81.7 %), with sign flippers caught either way (both
+    before flagged steps were left out of the aggregate).
     """
     dd = _dot(direction, direction)
     if not dd > 0.0:
@@ -858,6 +862,61 @@ def opposed_steps(steps: np.ndarray, direction: np.ndarray, *, below: float = OP
     scale = below * math.sqrt(dd)
     row_norms = norms if norms is not None else np.sqrt(_row_sqnorms(steps))
     return tuple(i for i, row in enumerate(steps) if _dot(row, direction) < scale * float(row_norms[i]))
+
+
+def output_layer(spec: ModelSpec) -> tuple[str, str | None] | None:
+    """The classifier's output layer in ``spec``: ``(weight, bias)`` tensor names, or ``None``.
+
+    The weight is the *last* two-dimensional floating tensor in spec (``state_dict``) order, which is
+    the last ``nn.Linear`` of a model whose output layer is registered last (both QFLARE models; any
+    ``nn.Sequential``); its rows are the classes. Its bias is the tensor right after it when that is a
+    floating vector of as many values. ``None`` when there is no such tensor or it has a single row
+    (a regressor's one output, as the traffic forecaster's ``head.2``: label flipping does not apply).
+    """
+    names = list(spec)
+    for at in range(len(names) - 1, -1, -1):
+        t = spec[names[at]]
+        if len(t.shape) == 2 and np.dtype(t.dtype).kind == "f":
+            if t.shape[0] < 2:
+                return None
+            bias = names[at + 1] if at + 1 < len(names) else None
+            if bias is not None:
+                b = spec[bias]
+                if not (b.shape == (t.shape[0],) and np.dtype(b.dtype).kind == "f"):
+                    bias = None
+            return names[at], bias
+    return None
+
+
+def class_agreement(results: Results, *, reference: NDArrays, layer: tuple[str, str | None]) -> np.ndarray:
+    """Per update, how much its output layer's step agrees with the round's, class by class.
+
+    For every class ``c`` (row of the output layer's weight, with its bias value appended), the cosine
+    between update ``i``'s row step ``x_i[c] - reference[c]`` and the coordinate-wise median of all the
+    updates' row steps; the score is the mean of those cosines over the classes (a zero row counts 0).
+    A device trained on flipped labels moves row ``c`` towards the features of the images it was told
+    are ``c``, which are another class's: its rows disagree with the median rows, whatever its class
+    mix (Tolpegin, Truex, Gursoy & Liu, ESORICS 2020, "Data Poisoning Attacks Against Federated Learning
+    Systems", separate flippers by the output layer's update, there with PCA over one class's rows).
+    An honest device's rows agree at least for the classes it holds. Memory: ``n x`` the output layer.
+    """
+    weight, bias = layer
+    base_w = np.asarray(reference[weight], dtype=np.float64)
+    parts = []
+    for arrays, _ in results:
+        rows = np.asarray(arrays[weight], dtype=np.float64) - base_w
+        if bias is not None:
+            col = np.asarray(arrays[bias], dtype=np.float64) - np.asarray(reference[bias], dtype=np.float64)
+            rows = np.concatenate([rows, col[:, None]], axis=1)
+        parts.append(rows)
+    steps = np.stack(parts)  # n x classes x (inputs + 1)
+    centre = np.median(steps, axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dots = np.einsum("ncd,cd->nc", steps, centre)
+        norms = np.linalg.norm(steps, axis=2) * np.linalg.norm(centre, axis=1)[None, :]
+        cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    cosines = np.nan_to_num(cosines, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.asarray(cosines.mean(axis=1), dtype=np.float64)
 
 
 def fltrust_with_outcome(results: Results, *, root: NDArrays, reference: NDArrays | None = None) -> RuleOutcome:
