@@ -184,8 +184,9 @@ def main() -> int:
     columns = f" --columns {args.columns}" if args.columns else ""
     command = f"`.venv/bin/python benchmarks/robustness_table.py --task {args.task} --rounds {args.rounds}" \
         f"{columns} --update-doc`"
+    cached = len(cols) * (1 + len(attacks_for(args.task))) - ran
     block = f"{text}\n\nGoals (computed by the script):\n\n" + "\n".join(checks) + f"\n\nRegenerate: {command}" \
-        + f" ({ran} cells run in {time.perf_counter() - started:.0f} s, the other {len(cols) * (1 + len(attacks_for(args.task))) - ran} read from" \
+        + f" ({ran} cells run in {time.perf_counter() - started:.0f} s, the other {cached} read from" \
         f" the cache `{cache}`)."
     print(block)
     if args.update_doc:
