@@ -15,7 +15,7 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.envelope import seal_request
 from qflare.crypto.keyfile import serialize_public_key
-from qflare.errors import Conflict
+from qflare.errors import Conflict, EnclaveError
 from qflare.fl.port import SealedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
@@ -151,3 +151,35 @@ def test_finalize_is_refused_until_the_enclave_has_every_stored_update(setup) ->
     for k, w in base.items():
         expected = (5 * w.astype(np.float64) + 15 * (w + 1.0).astype(w.dtype)) / 20
         np.testing.assert_allclose(model[k], expected, rtol=0, atol=1e-6)
+
+
+def test_the_enclave_says_which_stored_updates_it_counts_from_their_heads_alone(setup) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: dev_0's update counted by a worker; dev_1's committed but never counted (its worker died)
+    cfg, repo, service = setup
+    lease = PostgresLease(repo.engine)
+    assert lease.held()
+    owner = RemoteEnclaveAggregator(service.socket_path, lease=lease)
+    base_blob = initial_model_blob("digits", 0)
+    base, _ = load_arrays(base_blob, SPEC)
+    owner.begin_round(1, base_blob, SPEC)
+    repo.open_round(1, base_version=0, selected=["dev_0", "dev_1", "dev_2"], now=time.time(),
+                    deadline_at=time.time() + 60)
+    v0 = owner.validate(1, _update(owner, 0, 1, base, 5))
+    _store(repo, 1, "dev_0", v0)
+    owner.accumulate(v0)
+    v1 = owner.validate(1, _update(owner, 1, 1, _shifted(base, 1.0), 15))
+    _store(repo, 1, "dev_1", v1)
+    heads = repo.update_heads(1, ["dev_0", "dev_1", "dev_2"], size=owner.HEAD_BYTES)
+
+    # Execute / Assert: the heads are a few KB of 150 KB updates, and name only what the enclave counted
+    assert set(heads) == {"dev_0", "dev_1"} and heads["dev_0"] == v0.stored[:owner.HEAD_BYTES]
+    assert owner.counted_devices(1, heads) == {"dev_0"}
+    assert owner.counted_devices(2, heads) == set()  # another round's ids count for nothing
+    # bad heads (truncated, garbage, empty) are not counted: the owner reads and replays those whole
+    assert owner.counted_devices(1, {"dev_0": heads["dev_0"][:12], "dev_1": b"\x00" * 64, "dev_2": b""}) == set()
+    with pytest.raises(EnclaveError) as info:  # the service refuses a malformed question
+        owner.enclave._call("counted", {"round_id": 1, "update_ids": "not a list"})
+    assert info.value.reason == "ecall_refused"
+    assert service.aggregator.counted_updates(1) == 1  # nothing changed in the enclave
+    owner.replay(1, repo.update_blob(1, "dev_1") or b"")
+    assert owner.counted_devices(1, heads) == {"dev_0", "dev_1"}

@@ -511,7 +511,10 @@ def _reconcile(stats: _Stats, admin: httpx.Client) -> dict[str, Any]:
                           "recorded": len(ups), "acknowledged": len(mine),
                           "aggregated_updates": metrics.get("num_updates"),
                           "round_seconds": metrics.get("round_seconds"),
-                          "aggregation_seconds": metrics.get("aggregation_seconds")})
+                          "aggregation_seconds": metrics.get("aggregation_seconds"),
+                          # the owner's reads of updates other workers accepted, and those the enclave spared
+                          "replayed_updates": metrics.get("replayed_updates"),
+                          "replay_skipped_updates": metrics.get("replay_skipped_updates")})
     lost = sorted(f"{d}@{r}" for (d, r) in acked if (d, r) not in recorded)
     unacked = sorted(f"{d}@{r}" for (d, r) in recorded if (d, r) not in acked)
     wrong_hash = sorted(f"{d}@{r}" for (d, r), u in acked.items()
