@@ -13,7 +13,9 @@ Who may do what:
 
 - every worker: attestation, request opening and response sealing, ``validate`` (the service brings
   the device's registration up to date from the database first), ``accumulate`` and ``replay``
-  (idempotent: the enclave counts an update id once), task and checkpoint signatures;
+  (idempotent: the enclave counts an update id once), ``counted`` (which of some update ids, read from
+  stored updates' public headers, the enclave counts: the owner reads back and replays only the
+  others), task and checkpoint signatures;
 - only the round owner (:mod:`qflare.server.lease`): ``begin_round``, ``finalize``, ``abort_round``. Each
   carries the owner's fencing token; the service checks it against ``qflare_round_lease`` and refuses a
   stale one (``stale_round_owner``), so an owner that lost its lease cannot finalize or reset a round.
