@@ -3,6 +3,7 @@ any worker validates and counts, only the fenced round owner begins, aborts and 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.envelope import seal_request
 from qflare.crypto.keyfile import serialize_public_key
+from qflare.enclave.channel import SharedRegion
 from qflare.errors import Conflict, EnclaveError
 from qflare.fl.port import SealedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
@@ -183,3 +185,39 @@ def test_the_enclave_says_which_stored_updates_it_counts_from_their_heads_alone(
     assert service.aggregator.counted_updates(1) == 1  # nothing changed in the enclave
     owner.replay(1, repo.update_blob(1, "dev_1") or b"")
     assert owner.counted_devices(1, heads) == {"dev_0", "dev_1"}
+
+
+def test_concurrent_workers_each_get_their_own_answer_from_the_enclave(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: two workers' connections; the host copies an answer out of the shared region slowly (a
+    # worker thread descheduled on a loaded machine): in the 4-worker run, 2 devices could not open
+    # their task answers (decryption_failed)
+    cfg, repo, service = setup
+    workers = [RemoteEnclaveAggregator(service.socket_path) for _ in range(2)]
+    take = SharedRegion.take
+
+    def slow_take(self, region, *, side):  # type: ignore[no-untyped-def]
+        if side == "output":
+            time.sleep(0.05)
+        return take(self, region, side=side)
+
+    monkeypatch.setattr(SharedRegion, "take", slow_take)
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    sent: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def work(w: int) -> None:
+        for k in range(6):
+            payload = bytes([w + 1]) * (100 + 50 * w + k)
+            envelope, _ = seal_request(_key(w), workers[w].public_keys().kem, device_id=f"dev_{w}", method="POST",
+                                       path="/v1/device/heartbeat", round_id=None, payload=payload, now=time.time())
+            sent[w].append(payload)
+            got[w].append(workers[w].open_request(envelope, allowed_key_sources=["mlkem"]).payload)
+
+    # Execute
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    # Assert: every worker got the payload of its own request back, never the other's
+    assert got == sent

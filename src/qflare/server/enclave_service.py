@@ -193,6 +193,11 @@ class EnclaveService:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path = self.directory / SOCKET_NAME
         self._control = threading.Lock()  # fence check and round control, one at a time
+        # Every call, one at a time, answer copied out included: the enclave client writes each answer to
+        # the same half of the shared region and copies it out after releasing its own lock, so a second
+        # worker's call could overwrite it first (a worker got another device's request payload back;
+        # two devices of the 4-worker load run could not open their answers).
+        self._calls = threading.Lock()
         self._max_token = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -236,6 +241,10 @@ class EnclaveService:
     # -- calls -------------------------------------------------------------------------------------
 
     def dispatch(self, op: str, h: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+        with self._calls:
+            return self._dispatch(op, h, blobs)
+
+    def _dispatch(self, op: str, h: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
         agg = self.aggregator
         if op == "identity":
             ident = agg.identity()
