@@ -3,6 +3,7 @@ any worker validates and counts, only the fenced round owner begins, aborts and 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from qflare.config import EnclaveHostConfig, GlobalConfig, ServerConfig
 from qflare.crypto import SigningKey
 from qflare.crypto.envelope import seal_request
 from qflare.crypto.keyfile import serialize_public_key
-from qflare.errors import Conflict
+from qflare.enclave.channel import SharedRegion
+from qflare.errors import Conflict, EnclaveError
 from qflare.fl.port import SealedUpdate
 from qflare.fl.serialize import ModelSpec, dump_arrays, load_arrays
 from qflare.fl.tasks import get_task
@@ -151,3 +153,71 @@ def test_finalize_is_refused_until_the_enclave_has_every_stored_update(setup) ->
     for k, w in base.items():
         expected = (5 * w.astype(np.float64) + 15 * (w + 1.0).astype(w.dtype)) / 20
         np.testing.assert_allclose(model[k], expected, rtol=0, atol=1e-6)
+
+
+def test_the_enclave_says_which_stored_updates_it_counts_from_their_heads_alone(setup) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: dev_0's update counted by a worker; dev_1's committed but never counted (its worker died)
+    cfg, repo, service = setup
+    lease = PostgresLease(repo.engine)
+    assert lease.held()
+    owner = RemoteEnclaveAggregator(service.socket_path, lease=lease)
+    base_blob = initial_model_blob("digits", 0)
+    base, _ = load_arrays(base_blob, SPEC)
+    owner.begin_round(1, base_blob, SPEC)
+    repo.open_round(1, base_version=0, selected=["dev_0", "dev_1", "dev_2"], now=time.time(),
+                    deadline_at=time.time() + 60)
+    v0 = owner.validate(1, _update(owner, 0, 1, base, 5))
+    _store(repo, 1, "dev_0", v0)
+    owner.accumulate(v0)
+    v1 = owner.validate(1, _update(owner, 1, 1, _shifted(base, 1.0), 15))
+    _store(repo, 1, "dev_1", v1)
+    heads = repo.update_heads(1, ["dev_0", "dev_1", "dev_2"], size=owner.HEAD_BYTES)
+
+    # Execute / Assert: the heads are a few KB of 150 KB updates, and name only what the enclave counted
+    assert set(heads) == {"dev_0", "dev_1"} and heads["dev_0"] == v0.stored[:owner.HEAD_BYTES]
+    assert owner.counted_devices(1, heads) == {"dev_0"}
+    assert owner.counted_devices(2, heads) == set()  # another round's ids count for nothing
+    # bad heads (truncated, garbage, empty) are not counted: the owner reads and replays those whole
+    assert owner.counted_devices(1, {"dev_0": heads["dev_0"][:12], "dev_1": b"\x00" * 64, "dev_2": b""}) == set()
+    with pytest.raises(EnclaveError) as info:  # the service refuses a malformed question
+        owner.enclave._call("counted", {"round_id": 1, "update_ids": "not a list"})
+    assert info.value.reason == "ecall_refused"
+    assert service.aggregator.counted_updates(1) == 1  # nothing changed in the enclave
+    owner.replay(1, repo.update_blob(1, "dev_1") or b"")
+    assert owner.counted_devices(1, heads) == {"dev_0", "dev_1"}
+
+
+def test_concurrent_workers_each_get_their_own_answer_from_the_enclave(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: two workers' connections; the host copies an answer out of the shared region slowly (a
+    # worker thread descheduled on a loaded machine): in the 4-worker run, 2 devices could not open
+    # their task answers (decryption_failed)
+    cfg, repo, service = setup
+    workers = [RemoteEnclaveAggregator(service.socket_path) for _ in range(2)]
+    take = SharedRegion.take
+
+    def slow_take(self, region, *, side):  # type: ignore[no-untyped-def]
+        if side == "output":
+            time.sleep(0.05)
+        return take(self, region, side=side)
+
+    monkeypatch.setattr(SharedRegion, "take", slow_take)
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    sent: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def work(w: int) -> None:
+        for k in range(6):
+            payload = bytes([w + 1]) * (100 + 50 * w + k)
+            envelope, _ = seal_request(_key(w), workers[w].public_keys().kem, device_id=f"dev_{w}", method="POST",
+                                       path="/v1/device/heartbeat", round_id=None, payload=payload, now=time.time())
+            sent[w].append(payload)
+            got[w].append(workers[w].open_request(envelope, allowed_key_sources=["mlkem"]).payload)
+
+    # Execute
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    # Assert: every worker got the payload of its own request back, never the other's
+    assert got == sent

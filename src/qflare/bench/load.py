@@ -61,7 +61,7 @@ from qflare.crypto import SigningKey, XWingPublicKey
 from qflare.crypto.envelope import ResponseOpener, seal_request
 from qflare.crypto.keyfile import UnencryptedKeyWarning, parse_public_key, serialize_public_key
 from qflare.edge.client import ENVELOPE_MEDIA_TYPE, KEEPALIVE_SECONDS, error_from_response
-from qflare.errors import QFlareError
+from qflare.errors import DecryptionFailed, QFlareError
 from qflare.fl.serialize import dump_arrays, load_arrays
 from qflare.sim.net import free_port
 from qflare.sim.runner import Federation, start_server
@@ -271,7 +271,10 @@ class _Fleet:
         r = await client.post(path, content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
         if r.status_code != 200:
             raise error_from_response(r, opener)
-        return bytes(opener.open(r.content))
+        try:
+            return bytes(opener.open(r.content))
+        except DecryptionFailed:  # a 200 this device cannot open: counted apart from the server's refusals
+            raise DecryptionFailed("the sealed answer does not open", reason="answer_does_not_open") from None
 
     async def device(self, client: httpx.AsyncClient, i: int) -> None:
         uploaded: set[int] = set()  # rounds this device's upload was acknowledged in (or refused for good)
@@ -511,7 +514,10 @@ def _reconcile(stats: _Stats, admin: httpx.Client) -> dict[str, Any]:
                           "recorded": len(ups), "acknowledged": len(mine),
                           "aggregated_updates": metrics.get("num_updates"),
                           "round_seconds": metrics.get("round_seconds"),
-                          "aggregation_seconds": metrics.get("aggregation_seconds")})
+                          "aggregation_seconds": metrics.get("aggregation_seconds"),
+                          # the owner's reads of updates other workers accepted, and those the enclave spared
+                          "replayed_updates": metrics.get("replayed_updates"),
+                          "replay_skipped_updates": metrics.get("replay_skipped_updates")})
     lost = sorted(f"{d}@{r}" for (d, r) in acked if (d, r) not in recorded)
     unacked = sorted(f"{d}@{r}" for (d, r) in recorded if (d, r) not in acked)
     wrong_hash = sorted(f"{d}@{r}" for (d, r), u in acked.items()

@@ -13,7 +13,9 @@ Who may do what:
 
 - every worker: attestation, request opening and response sealing, ``validate`` (the service brings
   the device's registration up to date from the database first), ``accumulate`` and ``replay``
-  (idempotent: the enclave counts an update id once), task and checkpoint signatures;
+  (idempotent: the enclave counts an update id once), ``counted`` (which of some update ids, read from
+  stored updates' public headers, the enclave counts: the owner reads back and replays only the
+  others), task and checkpoint signatures;
 - only the round owner (:mod:`qflare.server.lease`): ``begin_round``, ``finalize``, ``abort_round``. Each
   carries the owner's fencing token; the service checks it against ``qflare_round_lease`` and refuses a
   stale one (``stale_round_owner``), so an owner that lost its lease cannot finalize or reset a round.
@@ -43,7 +45,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -191,6 +193,11 @@ class EnclaveService:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path = self.directory / SOCKET_NAME
         self._control = threading.Lock()  # fence check and round control, one at a time
+        # Every call, one at a time, answer copied out included: the enclave client writes each answer to
+        # the same half of the shared region and copies it out after releasing its own lock, so a second
+        # worker's call could overwrite it first (a worker got another device's request payload back;
+        # two devices of the 4-worker load run could not open their answers).
+        self._calls = threading.Lock()
         self._max_token = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +241,10 @@ class EnclaveService:
     # -- calls -------------------------------------------------------------------------------------
 
     def dispatch(self, op: str, h: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+        with self._calls:
+            return self._dispatch(op, h, blobs)
+
+    def _dispatch(self, op: str, h: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
         agg = self.aggregator
         if op == "identity":
             ident = agg.identity()
@@ -277,6 +288,12 @@ class EnclaveService:
             if not agg.is_counted(rid, update_id):  # the owner replays what another worker counted: skip it here,
                 agg.replay(rid, blobs[0])           # not after decrypting 4 MB again inside
             return {}, []
+        if op == "counted":  # which of these update ids the enclave counts in the round (host-readable ids)
+            rid = int(h["round_id"])
+            ids = h.get("update_ids")
+            if not isinstance(ids, list) or not all(isinstance(u, str) for u in ids):
+                raise EnclaveError("counted takes a list of update ids", reason="ecall_refused")
+            return {"counted": [agg.is_counted(rid, u) for u in ids]}, []
         if op == "begin_round":
             return self._begin(int(h["round_id"]), blobs[0], str(h["spec"]), h.get("token"))
         if op == "finalize":
@@ -491,6 +508,31 @@ class RemoteEnclaveAggregator:
 
     def replay(self, round_id: int, stored: bytes) -> None:
         self.enclave._call("replay", {"round_id": round_id}, [bytes(stored)])
+
+    HEAD_BYTES = 4096
+    """Stored bytes that :meth:`counted_devices` needs of an update: its public header (about 200 bytes)."""
+
+    def counted_devices(self, round_id: int, heads: Mapping[str, bytes]) -> set[str]:
+        """The devices whose stored update (by the first :attr:`HEAD_BYTES` of it, ``heads``) the enclave
+        already counts in ``round_id``: the owner need not read those megabytes back to replay them.
+
+        A head that does not parse as a stored update is not counted (the owner replays it whole, and the
+        enclave refuses it if it is not one)."""
+        ids: dict[str, str] = {}
+        for device_id, head in heads.items():
+            try:
+                rid, update_id = stored_update_id(head)
+            except QFlareError:
+                continue
+            if rid == round_id:
+                ids[device_id] = update_id
+        devices = list(ids)
+        counted: set[str] = set()
+        for i in range(0, len(devices), 1000):  # a header of about 40 KB per call
+            chunk = devices[i:i + 1000]
+            h, _ = self.enclave._call("counted", {"round_id": round_id, "update_ids": [ids[d] for d in chunk]})
+            counted.update(d for d, yes in zip(chunk, h["counted"], strict=True) if yes)
+        return counted
 
     def finalize(self, round_id: int) -> bytes:
         h, (model, signature, entry) = self.enclave._call("finalize", {"round_id": round_id, "token": self._token()})

@@ -87,7 +87,7 @@ class UpdateStore(StoreBase):
             return [_update(r) for r in s.scalars(q)]
 
     def iter_update_blobs(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
-        """Yield accepted updates with their bytes one at a time (used to resume after a restart)."""
+        """Yield accepted updates with their bytes, one read from the database at a time."""
         ids = [r for r in self._update_ids(round_id)]
         for update_id in ids:
             with self._tx() as s:
@@ -135,6 +135,18 @@ class UpdateStore(StoreBase):
             q = select(Update.blob).where(Update.round_id == round_id, Update.device_id == device_id)
             blob = s.scalar(q)
             return bytes(blob) if blob is not None else None
+
+    def update_heads(self, round_id: int, device_ids: Sequence[str], *, size: int) -> dict[str, bytes]:
+        """The first ``size`` stored bytes of each of ``device_ids``' updates in ``round_id`` (none for an
+        update whose bytes were dropped): a stored update's public header, read without its megabytes."""
+        heads: dict[str, bytes] = {}
+        with self._tx() as s:
+            for i in range(0, len(device_ids), 500):
+                q = (select(Update.device_id, func.substr(Update.blob, 1, size))
+                     .where(Update.round_id == round_id, Update.device_id.in_(device_ids[i:i + 500]),
+                            Update.blob.is_not(None)))
+                heads.update((d, bytes(h)) for d, h in s.execute(q))
+        return heads
 
     def _update_ids(self, round_id: int) -> list[int]:
         with self._tx() as s:
