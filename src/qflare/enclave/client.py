@@ -294,6 +294,9 @@ class Enclave:
 
     @staticmethod
     def _output(running: RunningEnclave, region: ec.Region) -> bytes:
+        """Copy an answer's bytes out of the shared region. Call it under :attr:`lock`, in the same hold as
+        the call that answered: every answer is written to the same half of the region, so the next call
+        (another thread's) writes over it."""
         return running.region.take(region, side="output")
 
     # -- identity and attestation ---------------------------------------------------------------
@@ -323,25 +326,28 @@ class Enclave:
     ) -> OpenedRequest:
         """Decrypt a small, pre-checked, non-update request envelope; its payload comes back."""
         sources = tuple(sorted(allowed_key_sources))
-        result, running = self._with_input(
-            envelope,
-            lambda r: ec.OpenRequest(envelope=r, allowed_key_sources=sources, extra_secret=extra_secret),
-        )
+        with self.lock:  # the payload is copied out before another call writes its answer over it
+            result, running = self._with_input(
+                envelope,
+                lambda r: ec.OpenRequest(envelope=r, allowed_key_sources=sources, extra_secret=extra_secret),
+            )
+            payload = self._output(running, result.payload)
         return OpenedRequest(
             request_hash=result.request_hash,
             device_id=result.device_id,
             method=result.method,
             path=result.path,
             round_id=result.round_id,
-            payload=self._output(running, result.payload),
+            payload=payload,
         )
 
     def seal_response(self, request_hash: bytes, payload: bytes) -> bytes:
         """Seal the one response to an opened request or validated update envelope."""
-        result, running = self._with_input(
-            payload, lambda r: ec.SealResponse(request_hash=bytes(request_hash), payload=r)
-        )
-        return self._output(running, result.response)
+        with self.lock:
+            result, running = self._with_input(
+                payload, lambda r: ec.SealResponse(request_hash=bytes(request_hash), payload=r)
+            )
+            return self._output(running, result.response)
 
     def sign_task(self, task: RoundTask) -> bytes:
         """The enclave's signature over a round task (the round must be open on that base model)."""
@@ -416,14 +422,15 @@ class Enclave:
         """
         sources = tuple(sorted(allowed_key_sources))
         when = _now_ms() if time_ms is None else time_ms
-        result, running = self._with_input(
-            data,
-            lambda r: ec.ValidateUpdate(
-                round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret,
-                time_ms=when,
-            ),
-        )
-        sealed = self._output(running, result.sealed)
+        with self.lock:
+            result, running = self._with_input(
+                data,
+                lambda r: ec.ValidateUpdate(
+                    round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret,
+                    time_ms=when,
+                ),
+            )
+            sealed = self._output(running, result.sealed)
         if result.stored_form == "envelope":
             stored = b"".join(stored_envelope(sealed, data))
         elif result.stored_form == "sealed":
@@ -458,9 +465,11 @@ class Enclave:
 
         ``time_ms`` (default: now) goes into the round's signed ``aggregate_published`` entry."""
         when = _now_ms() if time_ms is None else time_ms
-        result, running = self._call(lambda _running: ec.Finalize(round_id=round_id, time_ms=when))
+        with self.lock:
+            result, running = self._call(lambda _running: ec.Finalize(round_id=round_id, time_ms=when))
+            model = self._output(running, result.model)
         return FinalizedRound(
-            model=self._output(running, result.model),
+            model=model,
             signature=result.signature,
             count=result.count,
             total_examples=result.total_examples,

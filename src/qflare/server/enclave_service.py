@@ -193,10 +193,10 @@ class EnclaveService:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path = self.directory / SOCKET_NAME
         self._control = threading.Lock()  # fence check and round control, one at a time
-        # Every call, one at a time, answer copied out included: the enclave client writes each answer to
-        # the same half of the shared region and copies it out after releasing its own lock, so a second
-        # worker's call could overwrite it first (a worker got another device's request payload back;
-        # two devices of the 4-worker load run could not open their answers).
+        # Every call, one at a time, answer copied out included: the enclave writes each answer to the
+        # same half of the shared region, so a second worker's call could overwrite it before it was
+        # copied (a worker got another device's request payload back; two devices of the 4-worker load
+        # run could not open their answers). The enclave client now also copies under its own lock.
         self._calls = threading.Lock()
         self._max_token = 0
         self._server: _Server | None = None
