@@ -11,7 +11,7 @@ import pytest
 
 import qflare.server.routes.device as device_routes
 from qflare.server.gateway import TOUCH_INTERVAL_SECONDS
-from tests.server.conftest import Harness
+from tests.server.conftest import ADMIN, Harness
 
 TASK = "/v1/device/task"
 
@@ -101,3 +101,16 @@ def test_every_device_request_is_one_worker_thread_hop(harness: Harness, monkeyp
     reply = harness.post("edge_0", f"/v1/device/rounds/{rid}/update", harness.update_blob())
     assert reply.status_code == 409 and reply.sealed and b"duplicate_update" in reply.raw
     assert len(hops) - before == 1 and harness.snapshot() == snapshot
+
+
+def test_the_status_counts_in_sql_what_it_reports(harness: Harness) -> None:
+    # The status (polled 4/s by qflare simulate) counts the round's updates and the active devices in SQL.
+    rid = harness.open_round()
+    assert harness.post("edge_0", f"/v1/device/rounds/{rid}/update", harness.update_blob()).status_code == 200
+    repo = harness.state.repo
+    window = harness.state.config.rounds.active_window_seconds
+    assert repo.count_updates(rid) == len(repo.round_updates(rid)) == 1 and repo.count_updates(rid + 1) == 0
+    assert repo.count_active_devices(since=harness.clock() - window) == len(
+        repo.active_devices(since=harness.clock() - window)) == len(harness.keys)
+    status = harness.client.get("/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert status["current_round_updates"] == 1 and status["devices_active"] == len(harness.keys)

@@ -285,7 +285,7 @@ class Orchestrator:
     def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
         rc = self.config.rounds
         if rnd is None:
-            active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
+            active = self.repo.count_active_devices(since=self.clock() - rc.active_window_seconds)
             needed = self._devices_needed()
             if active < needed:
                 return (f"waiting for {needed} active devices before round {self.repo.last_round_id() + 1}"
