@@ -300,8 +300,11 @@ def run_system(system: str, python: str, split_file: Path, rounds: int, work: Pa
     out = work / f"{system}-{split_file.stem}.json"
     cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--split", str(split_file),
            "--rounds", str(rounds), "--out", str(out), "--work", str(work / f"{system}-runs")]
+    # RAY_worker_niceness 0: Ray starts its workers (Flower's ClientApps) at nice +15 by default, so on a
+    # busy machine Flower's training starved behind everything else while QFLARE's edges ran at the
+    # script's niceness (2026-12-02: Flower's 10 x 20 took 320 s at load 17-27, 55-65 s before).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0",
-           "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0", "RAY_worker_niceness": "0"}
     log = work / f"{system}-{split_file.stem}.log"
     t0 = time.perf_counter()
     with log.open("wb") as f:

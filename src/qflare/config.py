@@ -311,6 +311,9 @@ class DeviceLedgerConfig(_Strict):
         60.0, ge=0, description="how long the device waits for the log's newest checkpoint to be cosigned "
                                 "(witnesses cosign when they poll) before it refuses it")
     state_file: str | None = Field(None, description="the last verified checkpoint (default: beside the identity key)")
+    audit_interval_seconds: float = Field(
+        60.0, ge=0, description="the longest between two audits while none is due (an accepted update not yet "
+                                "proven included, the first contact, done); 0: audit on every contact")
 
     @model_validator(mode="after")
     def _pinned(self) -> DeviceLedgerConfig:

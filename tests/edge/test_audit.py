@@ -26,11 +26,11 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     yield from make_harness(tmp_path)
 
 
-def _auditor(h: Harness, reader: Any = None, state_file: Path | None = None) -> LedgerAuditor:
+def _auditor(h: Harness, reader: Any = None, state_file: Path | None = None, **kwargs: Any) -> LedgerAuditor:
     ledger = h.state.ledger
     assert ledger is not None
     return LedgerAuditor(reader or HttpLedgerReader(h.client), origin=ledger.origin, log_key=ledger.log_key,
-                         state_file=state_file)
+                         state_file=state_file, **kwargs)
 
 
 def _round(h: Harness) -> list[dict[str, Any]]:
@@ -218,13 +218,87 @@ def test_a_checkpoint_signed_by_another_key_is_refused(harness: Harness, tmp_pat
 
 
 class _WaitingClient:
-    """A device client whose server always says wait (the auditor runs before each task poll)."""
+    """A device client whose server always says wait (the auditor runs after a task poll when a check is due)."""
 
     enclave = None
     attestation_required = False
 
+    def __init__(self) -> None:
+        self.polls = 0
+
     def task(self, wait: float = 0.0) -> dict[str, Any]:
+        self.polls += 1
         return {"status": "wait", "retry_after": 0.0}
+
+
+class _Counting:
+    """A log's read API that counts the requests the auditor makes."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, [0]
+
+    def checkpoint(self) -> bytes | None:
+        self.calls[0] += 1
+        return self.real.checkpoint()  # type: ignore[no-any-return]
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        self.calls[0] += 1
+        return self.real.consistency(first, second)  # type: ignore[no-any-return]
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
+        self.calls[0] += 1
+        return self.real.inclusion(leaf_hash, tree_size)  # type: ignore[no-any-return]
+
+
+def test_a_device_audits_when_it_matters_and_a_quiet_contact_costs_no_request(harness: Harness) -> None:
+    # Prepare: a device that verified the log once (its first contact is due)
+    now = [0.0]
+    reader = _Counting(HttpLedgerReader(harness.client))
+    auditor = _auditor(harness, reader, clock=lambda: now[0], audit_interval_seconds=60.0)
+    receipts = _round(harness)
+    assert auditor.due()
+    auditor.check()
+    client = _WaitingClient()
+    node = EdgeNode(DeviceConfig(device_id="edge_0", identity_key_file="k", server_key_fingerprint="x"),
+                    client, sleep=lambda s: None, auditor=auditor)  # type: ignore[arg-type]
+    before = reader.calls[0]
+
+    # Execute / Assert: contacts with nothing due make no ledger request, even while the log grows
+    for _ in range(5):
+        assert node.step() == "wait"
+    _round(harness)
+    assert node.step() == "wait"
+    assert client.polls == 6 and reader.calls[0] == before and not auditor.due()
+    # An accepted update makes the next contact due: its inclusion, and the new checkpoint's consistency
+    auditor.expect(receipts[0])
+    assert auditor.due()
+    node.step()
+    assert auditor.pending == [] and auditor.verified_updates == 1 and not auditor.due()
+    assert reader.calls[0] - before == 3  # checkpoint, consistency proof, inclusion proof
+    # The interval bounds the time between checks while nothing is due
+    now[0] += 60.0
+    assert auditor.due()
+    node.step()
+    assert reader.calls[0] - before == 4 and not auditor.due()
+
+
+def test_a_fork_shown_between_checks_is_caught_at_the_next_due_check(harness: Harness) -> None:
+    # Prepare: a device verified the log; the server then shows it a forked view
+    now = [0.0]
+    _round(harness)
+    auditor = _auditor(harness, clock=lambda: now[0], audit_interval_seconds=60.0)
+    cp = auditor.check()
+    assert cp is not None
+    auditor.reader = _Serving(HttpLedgerReader(harness.client), _forged(harness, cp.size))
+    node = EdgeNode(DeviceConfig(device_id="edge_0", identity_key_file="k", server_key_fingerprint="x"),
+                    _WaitingClient(), sleep=lambda s: None, auditor=auditor)  # type: ignore[arg-type]
+    assert node.step() == "wait"  # nothing due: not looked at yet
+
+    # Execute / Assert: the check the interval makes due refuses it
+    now[0] += 60.0
+    with pytest.raises(LedgerIntegrityError) as info:
+        node.step()
+    assert info.value.reason == "checkpoint_fork"
 
 
 def test_an_edge_node_pointed_at_a_rolled_back_log_stops_with_a_clear_reason(
@@ -234,9 +308,11 @@ def test_an_edge_node_pointed_at_a_rolled_back_log_stops_with_a_clear_reason(
     _round(harness)
     first = harness.state.ledger.store.read_checkpoints()[0].note  # type: ignore[union-attr]
     _round(harness)
-    auditor = _auditor(harness)
+    now = [0.0]
+    auditor = _auditor(harness, clock=lambda: now[0])
     auditor.check()
     auditor.reader = _Serving(HttpLedgerReader(harness.client), first)
+    now[0] += auditor.audit_interval_seconds  # the next contact is due (an audit interval later)
     cfg = DeviceConfig(device_id="edge_0", identity_key_file="k", server_key_fingerprint="x")
     node = EdgeNode(cfg, _WaitingClient(), sleep=lambda s: None, auditor=auditor)  # type: ignore[arg-type]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qflare.errors import Conflict, DuplicateUpdate, NotFound
+from qflare.errors import Conflict, DuplicateUpdate, NotFound, ReplayDetected
 from qflare.server.storage import Repository
 from tests.server.pg import fresh_schema
 
@@ -136,3 +136,23 @@ def test_a_state_change_and_its_event_commit_together_or_not_at_all(tmp_path: Pa
         assert [e.kind for e in reversed(repo.list_events())] == ["device_enrolled", "device_revoked"]
     finally:
         repo.close()
+
+
+def test_a_request_records_its_nonce_and_last_seen_in_one_transaction(repo: Repository) -> None:
+    # Prepare
+    repo.add_device("edge_01", now=0.0, public_key=b"pk", fingerprint="fp")
+
+    # Execute / Assert: the nonce and last_seen together; within the interval, last_seen is kept
+    repo.record_request("edge_01", "ab" * 16, "k1", expires_at=100.0, seen_at=10.0, seen_interval=2.0)
+    assert repo.get_device("edge_01").last_seen_at == 10.0  # type: ignore[union-attr]
+    repo.record_request("edge_01", "cd" * 16, "k2", expires_at=100.0, seen_at=11.0, seen_interval=2.0)
+    assert repo.get_device("edge_01").last_seen_at == 10.0  # type: ignore[union-attr]
+    # A replayed nonce, or a reused KEM ciphertext under a fresh nonce: refused, and neither is written
+    with pytest.raises(ReplayDetected):
+        repo.record_request("edge_01", "ab" * 16, None, expires_at=100.0, seen_at=20.0, seen_interval=2.0)
+    with pytest.raises(ReplayDetected) as info:
+        repo.record_request("edge_01", "ef" * 16, "k1", expires_at=100.0, seen_at=20.0, seen_interval=2.0)
+    assert info.value.reason == "kem_ciphertext_reused"
+    assert repo.get_device("edge_01").last_seen_at == 10.0 and repo.count_nonces() == 2  # type: ignore[union-attr]
+    repo.record_request("edge_01", "ef" * 16, "k3", expires_at=100.0, seen_at=20.0, seen_interval=2.0)
+    assert repo.get_device("edge_01").last_seen_at == 20.0 and repo.count_nonces() == 3  # type: ignore[union-attr]

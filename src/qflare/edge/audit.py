@@ -9,6 +9,14 @@ older than the last verified one (rollback), another root at the same size or a 
 or a receipt's entry missing from the log raises :class:`~qflare.errors.LedgerIntegrityError`; the
 node logs the reason and stops.
 
+When (:meth:`LedgerAuditor.due`): the device audits when it matters, not on every contact: at its first
+contact (nothing verified yet), after each accepted upload until the checkpoint that covers it has
+been verified (inclusion of its entry, consistency of that checkpoint with the last one verified),
+before it stops (``done``), and when ``audit_interval_seconds`` passed since its last check. A contact
+in between costs no request: the tree it verified last is the one it relies on, and a log that forks
+or is rewritten meanwhile is caught at the next check, since every check proves the new checkpoint
+extends the last verified one.
+
 The last verified checkpoint and the receipts still to check are kept in memory and, when a state
 file is given, persisted there (written to a temporary file and renamed over the old one).
 """
@@ -118,6 +126,8 @@ class LedgerAuditor:
         An optional k-of-n witness policy every checkpoint must meet.
     state_file:
         Where the state survives a restart (``None``: memory only).
+    audit_interval_seconds:
+        The longest a device goes between checks while nothing is due (:meth:`due`); 0: check on every contact.
     witness_wait_seconds:
         How long :meth:`check` waits for the log's newest checkpoint to get the witness quorum: a witness
         cosigns when it polls, so a checkpoint is uncosigned for a while after the log issues it. ``check``
@@ -139,11 +149,14 @@ class LedgerAuditor:
         witnesses: WitnessPolicy | None = None,
         state_file: Path | None = None,
         witness_wait_seconds: float = 0.0,
+        audit_interval_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.reader = reader
         self.witness_wait_seconds = witness_wait_seconds
+        self.audit_interval_seconds = audit_interval_seconds
+        self._checked_at: float | None = None  # when check() last passed (monotonic)
         self._clock, self._sleep = clock, sleep
         self._cosigned_by: list[str] = []
         self.origin = origin
@@ -204,6 +217,13 @@ class LedgerAuditor:
         return self._state.verified_updates
 
     # -- checks ------------------------------------------------------------------------------------
+    def due(self) -> bool:
+        """Whether a contact should :meth:`check`: nothing verified yet, an accepted update not yet proven
+        included, or ``audit_interval_seconds`` passed since the last check (see the module docstring)."""
+        if self._verified is None or self._state.pending or self._checked_at is None:
+            return True
+        return self._clock() - self._checked_at >= self.audit_interval_seconds
+
     def _open(self, note: bytes) -> Checkpoint:
         opened = self.log_key.open(note)  # LedgerIntegrityError: invalid_signature, missing_signature_half, ...
         cp = parse_checkpoint(opened.text, origin=self.origin)
@@ -277,7 +297,9 @@ class LedgerAuditor:
         deadline: float | None = None
         while True:
             try:
-                return self._check_note(self.reader.checkpoint())
+                cp = self._check_note(self.reader.checkpoint())
+                self._checked_at = self._clock()
+                return cp
             except WitnessQuorumError as exc:  # signed by the log key (checked first), not cosigned yet
                 now = self._clock()
                 if deadline is None:
@@ -391,4 +413,5 @@ def build_auditor(cfg: DeviceConfig, base: Path, http: httpx.Client) -> LedgerAu
         cfg.resolve(cfg.identity_key_file, base).with_suffix(".ledger.json")
     return LedgerAuditor(HttpLedgerReader(http), origin=lc.origin, log_key=_log_key(cfg, base),
                          witnesses=_witness_policy(lc.witness_keys, lc.require_witnesses), state_file=state,
-                         witness_wait_seconds=lc.witness_wait_seconds)
+                         witness_wait_seconds=lc.witness_wait_seconds,
+                         audit_interval_seconds=lc.audit_interval_seconds)

@@ -476,12 +476,13 @@ class EdgeNode:
                     raise
                 return None
 
-    def _audit(self) -> Callable[[], None]:
-        """Check the server's ledger (``LedgerAuditor.check``) in a thread while the device trains; the
-        returned function waits for it and raises its ``LedgerIntegrityError`` (rollback, fork, missing
-        update: stop). So auditing costs the round no time, yet no update leaves before the check held."""
+    def _audit(self, *, final: bool = False) -> Callable[[], None]:
+        """Check the server's ledger (``LedgerAuditor.check``) in a thread while the device trains, if a
+        check is due (``LedgerAuditor.due``) or ``final``; the returned function waits for it and raises its
+        ``LedgerIntegrityError`` (rollback, fork, missing update: stop). So auditing costs the round no
+        time, yet no update leaves before a due check held."""
         auditor = self.auditor
-        if auditor is None:
+        if auditor is None or not (final or auditor.due()):
             return lambda: None
         failure: list[BaseException] = []
 
@@ -505,11 +506,12 @@ class EdgeNode:
     def step(self) -> str:
         """One poll: returns the task status seen (``train``, ``wait`` or ``done``).
 
-        The device audits the server's ledger on every contact: while it trains (before its update is
-        sent), and before it waits or finishes."""
+        The device audits the server's ledger when a check is due (``LedgerAuditor.due``: first contact,
+        an accepted update not yet proven included, the audit interval passed) and before it finishes:
+        while it trains (before its update is sent), or before it waits."""
         task = self.client.task(wait=self.config.long_poll_seconds)
         status = str(task.get("status"))
-        audited = self._audit()
+        audited = self._audit(final=status == "done")
         if status == "train":
             self._waiting_for = None
             round_id = int(task["round_id"])

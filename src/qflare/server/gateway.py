@@ -5,14 +5,18 @@ structure and version -> method and raw request target (path and query, as sent)
 signed header -> timestamp window -> composite signature under the device's enrolled key (under a dummy
 key for an unknown device, so that unknown, badly signed and revoked-but-badly-signed requests get one
 answer, ``401 unauthenticated``, in the same time) -> not revoked -> key source allowed -> nonce and
-KEM ciphertext never seen (recorded atomically, both or neither) -> decapsulation and decryption (by the
+KEM ciphertext never seen (recorded atomically, both or neither, with the device's ``last_seen_at`` in
+the same transaction) -> decapsulation and decryption (by the
 :class:`~qflare.server.keys.RequestOpener`, which holds the KEM private key; for an upload behind an
 enclave, later, inside the enclave).
 
+The device's row is read once per request (for its key, status and key source) and handed to the route
+in the :class:`DeviceCall`, so the route's work does not read it again.
+
 A refusal raises a typed error with a reason code and changes no state, with one documented exception:
-a validly signed request's nonce stays used when its decryption then fails. Only the holder of the
-device key can cause that, and recording first is what guarantees that no copy of a request is ever
-decrypted twice.
+a validly signed request's nonce stays used (and its device's ``last_seen_at`` set) when its decryption
+then fails. Only the holder of the device key can cause that, and recording first is what guarantees
+that no copy of a request is ever decrypted twice.
 """
 
 from __future__ import annotations
@@ -97,12 +101,16 @@ or an update still sealed for the enclave. Each consumer accepts exactly the typ
 
 @dataclass(frozen=True)
 class DeviceCall:
-    """An authenticated device request and the sealer for its one response."""
+    """An authenticated device request and the sealer for its one response.
+
+    ``device`` is the device's row as the gateway read it to authenticate the request (the route's work
+    uses it instead of reading it again)."""
 
     device_id: str
     body: DeviceBody
     envelope: Envelope
     sealer: Sealer
+    device: DeviceRecord | None = None
 
     def seal(self, response: bytes) -> bytes:
         return self.sealer.seal(response)
@@ -202,8 +210,14 @@ class DeviceGateway:
         # The insert is the atomic step: of two concurrent copies of one request, exactly one passes; a
         # KEM ciphertext is refused a second time too, even under a fresh nonce (one request, one key).
         kem_id = hashlib.sha256(env.kem_ciphertext).hexdigest() if env.kem_ciphertext else None
+        # last_seen is a liveness hint, written in the nonce's transaction (one commit a request), and
+        # skipped when this process wrote it moments ago.
+        seen = now - self._touched.get(device.device_id, float("-inf")) >= TOUCH_INTERVAL_SECONDS
         self.repo.record_request(device.device_id, env.nonce.hex(), kem_id,
-                                 expires_at=env.timestamp_ms / 1000 + self.window + 1)
+                                 expires_at=env.timestamp_ms / 1000 + self.window + 1,
+                                 seen_at=now if seen else None, seen_interval=TOUCH_INTERVAL_SECONDS)
+        if seen:
+            self._touched[device.device_id] = now
         try:
             extra = self._qkd_key(env)
         except QKDError as exc:
@@ -220,11 +234,10 @@ class DeviceGateway:
         else:
             payload, sealer = self.opener.open(env, allowed_key_sources=sources, extra_secret=extra)
             body = PlainUpdate(payload) if update else OpenedRequest(payload)
-        self._touch(device.device_id, now)
         # The call keeps the envelope's header only: an upload's ciphertext (4 MB) is not held while its
         # update is validated and stored (the body, decrypted or still sealed, is in ``body``).
         header_only = dataclasses.replace(env, body=memoryview(b""), raw=b"") if update else env
-        return DeviceCall(device_id=device.device_id, body=body, envelope=header_only, sealer=sealer)
+        return DeviceCall(device_id=device.device_id, body=body, envelope=header_only, sealer=sealer, device=device)
 
     def _authenticate_signature(self, env: Envelope) -> DeviceRecord:
         """The enrolled device whose key signed ``env``; otherwise one indistinguishable refusal.
@@ -243,12 +256,6 @@ class DeviceGateway:
         if device is None:  # pragma: no cover - a dummy key's signature cannot verify
             raise Unauthenticated(cause="unknown_device")
         return device
-
-    def _touch(self, device_id: str, now: float) -> None:
-        # last_seen is a liveness hint: skip the write when this process wrote it moments ago.
-        if now - self._touched.get(device_id, float("-inf")) >= TOUCH_INTERVAL_SECONDS:
-            self._touched[device_id] = now
-            self.repo.touch_device(device_id, now=now, min_interval=TOUCH_INTERVAL_SECONDS)
 
     def _qkd_key(self, env: Envelope) -> bytes | None:
         if not env.key_ids:

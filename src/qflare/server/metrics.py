@@ -16,10 +16,11 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qflare.server.deps import Operator
 from qflare.server.state import ServerState
@@ -116,6 +117,33 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
+class _CountingMiddleware:
+    """Counts and times every HTTP request by route and status (plain ASGI, as
+    :class:`~qflare.server.request_context.RequestIdMiddleware`). The time is to the end of the answer."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]  # what the server answers if the app raises
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
 def install_metrics(app: FastAPI, state: ServerState) -> ServerMetrics:
     """Add ``GET /metrics`` and the request middleware; wrap the enclave and QKD calls when present."""
     metrics = ServerMetrics(state)
@@ -127,14 +155,7 @@ def install_metrics(app: FastAPI, state: ServerState) -> ServerMetrics:
     if state.gateway.qkd_lookup is not None:
         state.gateway.qkd_lookup = metrics.observe_qkd(state.gateway.qkd_lookup)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_CountingMiddleware, metrics=metrics)
 
     @app.get("/metrics", tags=["meta"], response_class=Response, include_in_schema=True)
     def prometheus(_: Operator) -> Response:

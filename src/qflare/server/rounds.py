@@ -38,7 +38,7 @@ from qflare.server.evaluation import Evaluator
 from qflare.server.faults import crash_point
 from qflare.server.lease import RoundLease, SoleLease
 from qflare.server.reputation import Reputation
-from qflare.server.storage import NewEvent, Repository, RoundRecord, UpdateRecord
+from qflare.server.storage import DeviceRecord, NewEvent, Repository, RoundRecord, UpdateRecord
 from qflare.server.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ class Orchestrator:
     def _wait_reason(self, device_id: str, rnd: RoundRecord | None) -> str:
         rc = self.config.rounds
         if rnd is None:
-            active = len(self.repo.active_devices(since=self.clock() - rc.active_window_seconds))
+            active = self.repo.count_active_devices(since=self.clock() - rc.active_window_seconds)
             needed = self._devices_needed()
             if active < needed:
                 return (f"waiting for {needed} active devices before round {self.repo.last_round_id() + 1}"
@@ -307,13 +307,14 @@ class Orchestrator:
     # -- updates ---------------------------------------------------------------------------------
     def submit_update(
         self, device_id: str, round_id: int, update: UpdateInput, *, provenance: str = "",
-        base_version: int | str | None = None,
+        base_version: int | str | None = None, device: DeviceRecord | None = None,
     ) -> UpdateRecord:
         """Validate, persist and accumulate one update. Raises a QFlareError and changes nothing on refusal.
 
         ``base_version``: the model version the device trained on (the signed ``?base_version=`` of its
         upload). Required in async mode, where it decides the update's staleness; in sync mode, if given,
-        it must be the round's base version."""
+        it must be the round's base version. ``device``: the device's row as the gateway read it for this
+        request (read here if not given)."""
         rnd = self.repo.get_round(round_id)
         if rnd is None:
             raise NotFound(f"round {round_id} does not exist", reason="unknown_round")
@@ -344,7 +345,8 @@ class Orchestrator:
         except InvalidInput as exc:
             self.reputation.strike(device_id, round_id, f"refused {exc.reason}")
             raise
-        device = self.repo.get_device(device_id)
+        if device is None or device.device_id != device_id:
+            device = self.repo.get_device(device_id)
         cap = device.max_examples if device is not None else None
         if cap is not None and validated.num_examples > cap:  # the enclave refuses it itself (its registry)
             self.reputation.strike(device_id, round_id, "refused num_examples_above_cap")

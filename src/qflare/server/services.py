@@ -63,14 +63,14 @@ def status(state: ServerState) -> Status:
         rounds_failed=sum(r.status == "failed" for r in rounds),
         finished=finished,
         current_round=current,
-        current_round_updates=len(repo.round_updates(current.round_id)) if current else 0,
+        current_round_updates=repo.count_updates(current.round_id) if current else 0,
         latest_metrics=done[-1].metrics if done else None,
         latest_model_version=latest.version if latest else None,
         accepted_updates=repo.count_updates(),
         rejected_updates=repo.count_events("update_rejected"),
         rejected_requests=repo.count_events("request_rejected"),
         devices_registered=repo.count_devices(),  # a count: the status is polled (4/s by qflare simulate)
-        devices_active=len(repo.active_devices(since=now - cfg.rounds.active_window_seconds)),
+        devices_active=repo.count_active_devices(since=now - cfg.rounds.active_window_seconds),
     )
 
 

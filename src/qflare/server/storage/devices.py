@@ -141,6 +141,12 @@ class DeviceStore(StoreBase):
         with self._tx() as s:
             return int(s.scalar(q if status is None else q.where(Device.status == status)) or 0)
 
+    def count_active_devices(self, *, since: float) -> int:
+        """How many :meth:`active_devices` there are (a count in SQL: the status is polled)."""
+        q = select(func.count()).select_from(Device).where(Device.status == "active", Device.last_seen_at >= since)
+        with self._tx() as s:
+            return int(s.scalar(q) or 0)
+
     def active_devices(self, *, since: float) -> list[str]:
         with self._tx() as s:
             q = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from qflare.errors import ReplayDetected
@@ -10,7 +10,7 @@ from qflare.server.storage.engine import StoreBase
 from qflare.server.storage.records import (
     KEM_CIPHERTEXT_SCOPE,
 )
-from qflare.server.storage.tables import Nonce
+from qflare.server.storage.tables import Device, Nonce
 
 
 class NonceStore(StoreBase):
@@ -29,8 +29,13 @@ class NonceStore(StoreBase):
         except IntegrityError:
             raise ReplayDetected("this request was seen before") from None
 
-    def record_request(self, device_id: str, nonce: str, kem_ciphertext_id: str | None, *, expires_at: float) -> None:
+    def record_request(self, device_id: str, nonce: str, kem_ciphertext_id: str | None, *, expires_at: float,
+                       seen_at: float | None = None, seen_interval: float = 0.0) -> None:
         """Record a request's nonce and its KEM ciphertext's hash in one transaction: both or neither.
+
+        ``seen_at``: also set the device's ``last_seen_at`` in that transaction (skipped if it was set less
+        than ``seen_interval`` seconds before), so a request costs one commit, not two; a refused copy
+        (replay) rolls it back with the nonce.
 
         Raises ``ReplayDetected``: ``replay`` for a nonce this device used before,
         ``kem_ciphertext_reused`` for a KEM ciphertext seen before (from any device) within the window.
@@ -45,6 +50,10 @@ class NonceStore(StoreBase):
                     except IntegrityError:
                         raise ReplayDetected("this KEM ciphertext was used before: one request, one key",
                                              reason="kem_ciphertext_reused") from None
+                if seen_at is not None:
+                    c.execute(update(Device).where(Device.device_id == device_id).where(
+                        Device.last_seen_at.is_(None) | (Device.last_seen_at < seen_at - seen_interval))
+                        .values(last_seen_at=seen_at))
         except IntegrityError:
             raise ReplayDetected("this request was seen before") from None
 

@@ -153,6 +153,8 @@ class UpdateStore(StoreBase):
             q = select(Update.update_id).where(Update.round_id == round_id).order_by(Update.update_id)
             return list(s.scalars(q))
 
-    def count_updates(self) -> int:
+    def count_updates(self, round_id: int | None = None) -> int:
+        """Accepted updates, of ``round_id`` or of every round (a count in SQL: the status is polled)."""
+        q = select(func.count()).select_from(Update)
         with self._tx() as s:
-            return int(s.scalar(select(func.count()).select_from(Update)) or 0)
+            return int(s.scalar(q if round_id is None else q.where(Update.round_id == round_id)) or 0)
