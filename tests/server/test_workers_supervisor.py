@@ -103,14 +103,17 @@ def test_workers_and_enclave_exit_when_the_supervisor_is_killed_and_a_restart_re
             return _post(url, keys[d], server_pub, d, f"/v1/device/rounds/{rid}/update", blob, round_id=rid)
 
         assert (r := update(0)).status_code == 200, r.text
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:  # the supervising process's children: both workers, the enclave (and multiprocessing's
             children = _children(first.pid)  # resource tracker)
             workers = [p for p, cmd in children.items() if "spawn_main" in cmd]
             enclaves = [p for p, cmd in children.items() if "qflare.enclave.trusted" in cmd]
-            if len(workers) == 2 and len(enclaves) == 1:
+            # /healthz answered by one worker; the other may still be importing (before its watch starts,
+            # on a loaded machine for tens of seconds): wait until both have started
+            started = (tmp_path / "server.log").read_text(errors="replace").count("Application startup complete")
+            if len(workers) == 2 and len(enclaves) == 1 and started >= 2:
                 break
-            assert time.monotonic() < deadline, children
+            assert time.monotonic() < deadline, (children, started)
             time.sleep(0.2)
         spawned = list(children)
 
