@@ -36,7 +36,8 @@ def _row(r: dict[str, Any]) -> str:
             f"{r['acknowledged']:>6}/{r['recorded']:<6} lost {len(r['lost'])} "
             f"double {r['double_counted']} unacked {len(r['unacknowledged'])} | p50 {lat['p50']:.2f} s p99 "
             f"{lat['p99']:.2f} s (wait p50 {r['upload_wait_seconds']['p50']:.1f} s p99 "
-            f"{r['upload_wait_seconds']['p99']:.1f} s, {r['busy_answers']} busy) | {r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
+            f"{r['upload_wait_seconds']['p99']:.1f} s, {r['busy_answers']} busy) | "
+            f"{r['updates_per_s']:.1f} upd/s {r['MB_per_s']:.0f} MB/s | server peak "
             f"{r['server_peak_rss_MiB']:.0f} MiB | loop lag max {r['loop_lag_seconds']['max']:.2f} s | errors "
             f"{r['errors'] or 0} {r['stopped']}{' ' + str(r['unfinished_devices']) if r['unfinished_devices'] else ''}")
 
