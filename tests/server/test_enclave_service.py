@@ -83,6 +83,26 @@ def _store(repo: Repository, rid: int, device: str, v) -> None:  # type: ignore[
                     blob=v.stored, now=time.time())
 
 
+def _owner_with_one_uncounted(setup, selected: list[str]):  # type: ignore[no-untyped-def]
+    """The round owner with round 1 open on ``selected``: dev_0's update (5 examples) stored and counted,
+    dev_1's (15, base + 1.0) stored but never counted (its worker died). Returns repo, service, owner,
+    the base model (blob and arrays) and the two validated updates."""
+    cfg, repo, service = setup
+    lease = PostgresLease(repo.engine)
+    assert lease.held()
+    owner = RemoteEnclaveAggregator(service.socket_path, lease=lease)
+    base_blob = initial_model_blob("digits", 0)
+    base, _ = load_arrays(base_blob, SPEC)
+    owner.begin_round(1, base_blob, SPEC)
+    repo.open_round(1, base_version=0, selected=selected, now=time.time(), deadline_at=time.time() + 60)
+    v0 = owner.validate(1, _update(owner, 0, 1, base, 5))
+    _store(repo, 1, "dev_0", v0)
+    owner.accumulate(v0)
+    v1 = owner.validate(1, _update(owner, 1, 1, _shifted(base, 1.0), 15))
+    _store(repo, 1, "dev_1", v1)
+    return repo, service, owner, base_blob, base, v0, v1
+
+
 def test_followers_cannot_control_rounds_and_a_stale_owner_cannot_finalize(setup) -> None:  # type: ignore[no-untyped-def]
     # Prepare: worker A owns the rounds, worker B follows; round 1 begun by A
     cfg, repo, service = setup
@@ -127,19 +147,7 @@ def test_followers_cannot_control_rounds_and_a_stale_owner_cannot_finalize(setup
 
 def test_finalize_is_refused_until_the_enclave_has_every_stored_update(setup) -> None:  # type: ignore[no-untyped-def]
     # Prepare: the owner counts dev_0; dev_1's update was committed by a worker killed before it counted it
-    cfg, repo, service = setup
-    lease = PostgresLease(repo.engine)
-    assert lease.held()
-    owner = RemoteEnclaveAggregator(service.socket_path, lease=lease)
-    base_blob = initial_model_blob("digits", 0)
-    base, _ = load_arrays(base_blob, SPEC)
-    owner.begin_round(1, base_blob, SPEC)
-    repo.open_round(1, base_version=0, selected=["dev_0", "dev_1"], now=time.time(), deadline_at=time.time() + 60)
-    v0 = owner.validate(1, _update(owner, 0, 1, base, 5))
-    _store(repo, 1, "dev_0", v0)
-    owner.accumulate(v0)
-    v1 = owner.validate(1, _update(owner, 1, 1, _shifted(base, 1.0), 15))
-    _store(repo, 1, "dev_1", v1)
+    repo, service, owner, base_blob, base, v0, v1 = _owner_with_one_uncounted(setup, ["dev_0", "dev_1"])
 
     # Execute / Assert: refused with nothing signed; after the replay from the database it closes with both
     with pytest.raises(Conflict) as info:
@@ -157,20 +165,7 @@ def test_finalize_is_refused_until_the_enclave_has_every_stored_update(setup) ->
 
 def test_the_enclave_says_which_stored_updates_it_counts_from_their_heads_alone(setup) -> None:  # type: ignore[no-untyped-def]
     # Prepare: dev_0's update counted by a worker; dev_1's committed but never counted (its worker died)
-    cfg, repo, service = setup
-    lease = PostgresLease(repo.engine)
-    assert lease.held()
-    owner = RemoteEnclaveAggregator(service.socket_path, lease=lease)
-    base_blob = initial_model_blob("digits", 0)
-    base, _ = load_arrays(base_blob, SPEC)
-    owner.begin_round(1, base_blob, SPEC)
-    repo.open_round(1, base_version=0, selected=["dev_0", "dev_1", "dev_2"], now=time.time(),
-                    deadline_at=time.time() + 60)
-    v0 = owner.validate(1, _update(owner, 0, 1, base, 5))
-    _store(repo, 1, "dev_0", v0)
-    owner.accumulate(v0)
-    v1 = owner.validate(1, _update(owner, 1, 1, _shifted(base, 1.0), 15))
-    _store(repo, 1, "dev_1", v1)
+    repo, service, owner, _, _, v0, _ = _owner_with_one_uncounted(setup, ["dev_0", "dev_1", "dev_2"])
     heads = repo.update_heads(1, ["dev_0", "dev_1", "dev_2"], size=owner.HEAD_BYTES)
 
     # Execute / Assert: the heads are a few KB of 150 KB updates, and name only what the enclave counted
