@@ -142,11 +142,11 @@ def _array_bytes(acc: FedAvgAccumulator) -> int:
 
 
 def _streaming_bound(results: list[tuple[dict[str, np.ndarray], int]], name: str, expected: np.ndarray) -> np.ndarray:
-    """The accumulator's stated tolerance against the float64 ``fedavg``: ``2 * FOLD`` float32 roundings of
+    """The accumulator's stated tolerance against the float64 ``fedavg``: ``FOLD + 1`` float32 roundings of
     the weighted magnitudes, plus one float32 spacing of the result (both round to float32 at the end)."""
     total = sum(n for _, n in results)
     magnitude = sum(np.abs(a[name].astype(np.float64)) * n for a, n in results) / total
-    return 2 * FedAvgAccumulator.FOLD * 2.0**-24 * magnitude + np.spacing(np.abs(expected).astype(np.float32))
+    return (FedAvgAccumulator.FOLD + 1) * 2.0**-24 * magnitude + np.spacing(np.abs(expected).astype(np.float32))
 
 
 @settings(max_examples=60, deadline=None)
@@ -241,7 +241,8 @@ def test_streaming_matches_float64_fedavg_on_many_updates(clients: int) -> None:
 def test_streaming_state_is_exact_across_a_checkpoint() -> None:
     # Prepare
     rng = np.random.default_rng(1)
-    results = [({"w": rng.standard_normal(1000).astype(np.float32)}, int(rng.integers(1, 500))) for _ in range(20)]
+    results = [({"w": rng.standard_normal(1000).astype(np.float32)}, int(rng.integers(1, 500)))
+               for _ in range(2 * FedAvgAccumulator.FOLD + 5)]  # two folds, checkpoints at a full partial sum
     spec = ModelSpec.from_arrays(results[0][0])
     straight, restored = FedAvgAccumulator(spec), FedAvgAccumulator(spec)
 
@@ -255,25 +256,86 @@ def test_streaming_state_is_exact_across_a_checkpoint() -> None:
     np.testing.assert_array_equal(straight.result()["w"], restored.result()["w"])
 
 
-def test_streaming_over_several_chunks_matches_fedavg_and_refuses_a_nan_in_the_last_chunk() -> None:
-    # Prepare: tensors of several _add chunks and a short tail, a float64 tensor as long, 12 updates (a fold)
-    size = 3 * FedAvgAccumulator._CHUNK + 7
-    rng = np.random.default_rng(5)
-    results = [({"w": rng.standard_normal(size).astype(np.float32), "d": rng.standard_normal(size)},
-                int(rng.integers(1, 500))) for _ in range(12)]
+def test_the_stated_bound_is_two_to_the_minus_20() -> None:
+    # The docstring's bound, (FOLD + 1) float32 roundings of the weighted magnitudes, is no looser than the
+    # 2 * 8 * 2**-24 stated when FOLD was 8
+    assert (FedAvgAccumulator.FOLD + 1) * 2.0**-24 <= 2.0**-20
+
+
+@pytest.mark.parametrize("clients", [1, 14, 15, 16, 31, 46])
+def test_streaming_is_float32_groups_folded_in_float64_bit_for_bit(clients: int) -> None:
+    # Prepare: several chunks and a tail, a float64 tensor between two float32 ones
+    fold = FedAvgAccumulator.FOLD
+    size = 2 * FedAvgAccumulator._CHUNK + 11
+    rng = np.random.default_rng(clients)
+    results = [({"a": rng.standard_normal(size).astype(np.float32), "d": rng.standard_normal(3),
+                 "b": (rng.standard_normal(50) * 1e3).astype(np.float32)}, int(rng.integers(1, 1 << 20)))
+               for _ in range(clients)]
     spec = ModelSpec.from_arrays(results[0][0])
     acc = FedAvgAccumulator(spec)
-    for arrays, n in results[:9]:
+
+    # Execute
+    for arrays, n in results:
+        acc.add(arrays, n)
+    streamed = acc.result()
+
+    # Assert: each group of FOLD updates is the float32 recursive sum of fl(n * x), the groups are added in
+    # float64 in order, the last (unfolded) group added at the end: the fused fold changes no bit
+    total = sum(n for _, n in results)
+    for name in ("a", "b"):
+        running = np.zeros(results[0][0][name].size)
+        partial = np.zeros_like(running, dtype=np.float32)
+        for i, (arrays, n) in enumerate(results):
+            if i and i % fold == 0:
+                running = running + partial.astype(np.float64)
+                partial = np.zeros_like(partial)
+            partial = partial + arrays[name].reshape(-1) * np.float32(n)
+        want = ((running + partial.astype(np.float64)) / total).astype(np.float32)
+        np.testing.assert_array_equal(streamed[name].reshape(-1), want)
+
+
+def test_a_weight_not_exact_in_float32_mid_group_folds_and_stays_exact_across_checkpoints() -> None:
+    # Prepare: a weight >= 2**24 (summed in float64) between float32-exact ones, a checkpoint after every add
+    rng = np.random.default_rng(9)
+    weights = [3, 500, (1 << 25) + 1, 7, *range(1, 2 * FedAvgAccumulator.FOLD + 4)]
+    results = [({"w": rng.standard_normal(300).astype(np.float32)}, n) for n in weights]
+    spec = ModelSpec.from_arrays(results[0][0])
+    straight, restored = FedAvgAccumulator(spec), FedAvgAccumulator(spec)
+
+    # Execute
+    for arrays, n in results:
+        straight.add(arrays, n)
+        restored.add(arrays, n)
+        restored = FedAvgAccumulator(spec).from_state(restored.state(copy=False))
+
+    # Assert: bit for bit across checkpoints, and fedavg's within the stated bound
+    np.testing.assert_array_equal(straight.result()["w"], restored.result()["w"])
+    expected = fedavg(results)
+    bound = _streaming_bound(results, "w", expected["w"])
+    assert np.all(np.abs(straight.result()["w"].astype(np.float64) - expected["w"]) <= bound)
+
+
+def test_streaming_over_several_chunks_matches_fedavg_and_refuses_a_nan_in_the_last_chunk() -> None:
+    # Prepare: tensors of several _add chunks and a short tail, a float64 tensor as long, two folds; the
+    # poisoned update comes when the partial sum is full (a good one would fold it first)
+    size = 3 * FedAvgAccumulator._CHUNK + 7
+    fold = FedAvgAccumulator.FOLD
+    rng = np.random.default_rng(5)
+    results = [({"w": rng.standard_normal(size).astype(np.float32), "d": rng.standard_normal(size)},
+                int(rng.integers(1, 500))) for _ in range(2 * fold + 3)]
+    spec = ModelSpec.from_arrays(results[0][0])
+    acc = FedAvgAccumulator(spec)
+    for arrays, n in results[:fold]:
         acc.add(arrays, n)
     before = acc.state()
-    poisoned = {"w": results[9][0]["w"].copy(), "d": results[9][0]["d"].copy()}
+    poisoned = {"w": results[fold][0]["w"].copy(), "d": results[fold][0]["d"].copy()}
     poisoned["w"][-1] = np.nan  # the last value of the last chunk
 
     # Execute
     with pytest.raises(NonFiniteValues):
         acc.add(poisoned, 3)
     after = acc.state()
-    for arrays, n in results[9:]:
+    for arrays, n in results[fold:]:
         acc.add(arrays, n)
     streamed = acc.result()
 
