@@ -12,7 +12,7 @@ import pytest
 
 from qflare.config import DeviceConfig, DeviceLedgerConfig
 from qflare.crypto.secret_access import TOKEN
-from qflare.edge.audit import HttpLedgerReader, LedgerAuditor, build_auditor
+from qflare.edge.audit import AuditBundle, HttpLedgerReader, LedgerAuditor, build_auditor
 from qflare.edge.node import EdgeNode
 from qflare.errors import ConfigError, LedgerIntegrityError
 from qflare.ledger import HybridNoteSigner, MemoryLogStore, TransparencyLog
@@ -360,3 +360,152 @@ def test_with_an_enclave_a_device_pinning_the_written_log_key_audits_the_log(tmp
         assert wrong is not None
         with pytest.raises(LedgerIntegrityError):
             wrong.check()
+
+
+# -- one request per check: /v1/ledger/audit ---------------------------------------------------------
+class _CountingHttp:
+    """The harness's HTTP client, counting requests by path."""
+
+    def __init__(self, http: Any) -> None:
+        self.http, self.paths = http, []  # type: ignore[var-annotated]
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        self.paths.append(path)
+        return self.http.get(path, **kwargs)
+
+
+class _Tampered:
+    """A log's read API whose one-request audit answer is altered by ``change`` (a lying server)."""
+
+    def __init__(self, real: HttpLedgerReader, change: Any) -> None:
+        self.real, self.change = real, change
+
+    def checkpoint(self) -> bytes | None:
+        raise AssertionError("the auditor must use the audit answer, not ask again")
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        raise AssertionError("the auditor must use the audit answer, not ask again")
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
+        raise AssertionError("the auditor must use the audit answer, not ask again")
+
+    def audit(self, first: int, leaves: Any) -> AuditBundle | None:
+        bundle = self.real.audit(first, leaves)
+        assert bundle is not None
+        self.change(bundle)
+        return bundle
+
+
+def _flip(b: bytes) -> bytes:
+    return bytes([b[0] ^ 1]) + b[1:]
+
+
+def test_a_due_check_is_one_request_and_proves_what_the_three_requests_proved(harness: Harness) -> None:
+    # Prepare: a device that verified a first checkpoint and has an accepted update pending
+    http = _CountingHttp(harness.client)
+    auditor = _auditor(harness, HttpLedgerReader(http))  # type: ignore[arg-type]
+    _round(harness)
+    assert auditor.check() is not None
+    receipts = _round(harness)
+    auditor.expect(receipts[1])
+    http.paths.clear()
+
+    # Execute
+    cp = auditor.check()
+
+    # Assert: one request, the consistency from the old size and the inclusion both verified
+    assert http.paths == ["/v1/ledger/audit"]
+    assert cp is not None and auditor.pending == [] and auditor.verified_updates == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        # a consistency proof that does not verify (a fork hidden behind a bigger checkpoint)
+        (lambda b: setattr(b, "consistency_proof", [_flip(b.consistency_proof[0])] + b.consistency_proof[1:]),
+         "inconsistent_checkpoint"),
+        # no consistency proof at all, or one from another size than the device's verified one
+        (lambda b: setattr(b, "first", None), "inconsistent_checkpoint"),
+        (lambda b: setattr(b, "first", (b.first or 0) - 1), "inconsistent_checkpoint"),
+        # the device's entry left out, its inclusion proof altered, or proven at another index
+        (lambda b: b.inclusion_proofs.clear(), "update_not_logged"),
+        (lambda b: b.inclusion_proofs.update({k: (i, [_flip(p[0])] + p[1:]) for k, (i, p) in
+                                              b.inclusion_proofs.items()}), "update_not_logged"),
+        (lambda b: b.inclusion_proofs.update({k: (i + 1, p) for k, (i, p) in b.inclusion_proofs.items()}),
+         "update_not_logged"),
+        # proofs about another tree than the checkpoint's
+        (lambda b: setattr(b, "tree_size", b.tree_size + 1), "inconsistent_checkpoint"),
+        # a checkpoint note whose signature does not verify
+        (lambda b: setattr(b, "note", b.note.replace(b"\n\n", b"\nx\n\n", 1)), None),
+    ],
+)
+def test_a_forged_audit_answer_is_refused_with_a_reason_and_changes_nothing(harness: Harness, tmp_path: Path,
+                                                                           change: Any, reason: str | None) -> None:
+    # Prepare
+    state = tmp_path / "edge.ledger.json"
+    auditor = _auditor(harness, state_file=state)
+    _round(harness)
+    verified = auditor.check()
+    assert verified is not None
+    receipts = _round(harness)
+    auditor.expect(receipts[0])
+    saved, pending = state.read_text(), auditor.pending
+    auditor.reader = _Tampered(HttpLedgerReader(harness.client), change)
+
+    # Execute
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+
+    # Assert: refused, and the device still relies on what it verified before
+    if reason is not None:
+        assert info.value.reason == reason, info.value
+    assert info.value.message
+    assert auditor.verified == verified and auditor.pending == pending and auditor.verified_updates == 0
+    assert state.read_text() == saved
+    # The honest answer still passes afterwards.
+    auditor.reader = HttpLedgerReader(harness.client)
+    assert auditor.check() is not None and auditor.pending == [] and auditor.verified_updates == 1
+
+
+def test_a_rolled_back_checkpoint_in_the_audit_answer_is_refused(harness: Harness) -> None:
+    _round(harness)
+    old = harness.state.ledger.store.read_checkpoints()[0].note  # type: ignore[union-attr]
+    _round(harness)
+    auditor = _auditor(harness)
+    verified = auditor.check()
+    auditor.reader = _Tampered(HttpLedgerReader(harness.client), lambda b: setattr(b, "note", old))
+    with pytest.raises(LedgerIntegrityError) as info:
+        auditor.check()
+    assert info.value.reason == "checkpoint_rollback" and auditor.verified == verified
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"checkpoint": "x"}, {"checkpoint": "x", "tree_size": "y"},
+    {"checkpoint": "x", "tree_size": 3, "consistency": {"first": 1, "second": 4, "proof": []}},
+    {"checkpoint": "x", "tree_size": 3, "consistency": {"first": 1, "second": 3, "proof": ["zz"]}},
+    {"checkpoint": "x", "tree_size": 3, "inclusion": [{"leaf_hash": "00", "leaf_index": 0, "proof": "ab"}]},
+    [],
+])
+def test_a_malformed_audit_answer_is_refused(body: Any) -> None:
+    from qflare.edge.audit import parse_audit_bundle
+
+    with pytest.raises(LedgerIntegrityError) as info:
+        parse_audit_bundle(body)
+    assert info.value.reason == "audit_answer_malformed"
+
+
+def test_against_a_server_without_the_audit_route_the_device_uses_the_three_routes(harness: Harness) -> None:
+    class _Old(_CountingHttp):
+        def get(self, path: str, **kwargs: Any) -> Any:
+            if path == "/v1/ledger/audit":
+                path = "/v1/ledger/no-such-route"
+            return super().get(path, **kwargs)
+
+    http = _Old(harness.client)
+    auditor = _auditor(harness, HttpLedgerReader(http))  # type: ignore[arg-type]
+    _round(harness)
+    assert auditor.check() is not None
+    auditor.expect(_round(harness)[0])
+    http.paths.clear()
+    assert auditor.check() is not None and auditor.verified_updates == 1
+    assert http.paths == ["/ledger/checkpoint", "/v1/ledger/proof/consistency", "/v1/ledger/proof/inclusion"]

@@ -116,6 +116,11 @@ def test_read_api_serves_tiles_entries_and_proofs_that_verify(harness: Harness) 
         ("/v1/ledger/proof/consistency?first=5&second=4", 400),
         ("/v1/ledger/proof/consistency?first=5&second=11", 400),
         ("/v1/ledger/proof/consistency?first=1e3", 400),
+        ("/v1/ledger/audit?first=x", 400),
+        ("/v1/ledger/audit?first=-1", 400),
+        ("/v1/ledger/audit?first=01", 400),
+        ("/v1/ledger/audit?leaf_hash=zz", 400),
+        ("/v1/ledger/audit?" + "&".join(["leaf_hash=" + "00" * 32] * 65), 400),
         ("/ledger/tile/0/000", 404),
         ("/ledger/tile/0/001.p/1", 404),
         ("/ledger/tile/0/000.p/11", 404),
@@ -205,3 +210,39 @@ def test_ledger_verify_url_mirrors_the_served_log_and_names_a_forged_entry(harne
         bad = verify(port)
         assert bad.returncode == 1
         assert f"first bad: entry {ledger.log.size() - 1} (unsigned_entry" in bad.stdout
+
+
+def test_the_audit_route_answers_the_checkpoint_and_the_same_proofs_as_the_three_routes(harness: Harness) -> None:
+    # Prepare: two rounds, so the log has grown past a first checkpoint
+    _round(harness)
+    ledger = harness.state.ledger
+    assert ledger is not None
+    first = ledger.store.latest_checkpoint()
+    assert first is not None
+    _round(harness)
+    c = harness.client
+    size = ledger.store.latest_checkpoint().size  # type: ignore[union-attr]
+    lh = leaf_hash(ledger.store.read_entries(4, 5)[0])
+
+    # Execute
+    r = c.get("/v1/ledger/audit", params=[("first", first.size), ("leaf_hash", lh.hex()),
+                                           ("leaf_hash", "00" * 32)])
+
+    # Assert: what the three routes answer, for the tree of the checkpoint it carries
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["checkpoint"].encode() == c.get("/ledger/checkpoint").content and body["tree_size"] == size
+    cons = c.get(f"/v1/ledger/proof/consistency?first={first.size}&second={size}").json()
+    assert body["consistency"] == {"first": first.size, "second": size, "proof": cons["proof"]}
+    inc = c.get(f"/v1/ledger/proof/inclusion?leaf_hash={lh.hex()}&tree_size={size}").json()
+    assert body["inclusion"] == [{"leaf_hash": lh.hex(), "leaf_index": 4, "proof": inc["proof"]},
+                                 {"leaf_hash": "00" * 32, "leaf_index": None, "proof": []}]
+    # No consistency proof where none is needed: first 0 (nothing verified yet), first = size, first > size
+    for f in (0, size, size + 5):
+        assert c.get(f"/v1/ledger/audit?first={f}").json()["consistency"] is None
+
+
+def test_the_audit_route_without_a_checkpoint_is_404_no_checkpoint(tmp_path: Path) -> None:
+    for h in make_harness(tmp_path, enroll_devices=False):
+        r = h.client.get("/v1/ledger/audit")
+        assert r.status_code == 404 and r.json()["error"]["reason"] == "no_checkpoint"

@@ -47,7 +47,8 @@ from qflare.ledger.entries import UpdateAccepted, decode_event, verify_entry
 from qflare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from qflare.ledger.note import parse_note, parse_verifier_key
 
-__all__ = ["HttpLedgerReader", "LedgerAuditor", "LedgerReader", "build_auditor"]
+__all__ = ["AuditBundle", "HttpLedgerReader", "LedgerAuditor", "LedgerReader", "build_auditor",
+           "parse_audit_bundle"]
 
 log = logging.getLogger("qflare.edge")
 
@@ -66,13 +67,74 @@ class LedgerReader(Protocol):
     def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]: ...
 
 
+@dataclass
+class AuditBundle:
+    """One answer of ``/v1/ledger/audit``: the latest checkpoint note and the proofs a check needs.
+
+    A :class:`LedgerReader` for the one check it was fetched for: :meth:`consistency` and
+    :meth:`inclusion` answer from it and never ask the server; a proof it does not hold (the server
+    answered about another tree, or left a proof out) is refused, not fetched elsewhere.
+    """
+
+    note: bytes | None
+    tree_size: int = 0
+    first: int | None = None  # the consistency proof's first size, None: none given
+    consistency_proof: list[bytes] = field(default_factory=list)
+    inclusion_proofs: dict[bytes, tuple[int, list[bytes]]] = field(default_factory=dict)
+
+    def checkpoint(self) -> bytes | None:
+        return self.note
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        if self.first != first or self.tree_size != second:
+            raise _refuse(f"the log's audit answer holds no consistency proof from {first} to {second} "
+                          f"(it gave {self.first} to {self.tree_size})", "inconsistent_checkpoint")
+        return self.consistency_proof
+
+    def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
+        got = self.inclusion_proofs.get(leaf_hash)
+        if got is None or self.tree_size != tree_size:
+            raise NotFound(f"the log's audit answer proves no leaf {leaf_hash.hex()[:16]}… in the tree of size "
+                           f"{tree_size}", reason="leaf_not_in_tree")
+        return got
+
+
+def _hexes(value: Any) -> list[bytes]:
+    if not isinstance(value, list):
+        raise ValueError("a proof must be a list")
+    return [bytes.fromhex(str(h)) for h in value]
+
+
+def parse_audit_bundle(body: Any) -> AuditBundle:
+    """An :class:`AuditBundle` from ``/v1/ledger/audit``'s JSON; ``audit_answer_malformed`` if it is not one.
+
+    Only the shape is checked here: the note's signatures and every proof are verified by the auditor.
+    """
+    try:
+        bundle = AuditBundle(note=str(body["checkpoint"]).encode("utf-8"), tree_size=int(body["tree_size"]))
+        c = body.get("consistency")
+        if c is not None:
+            if int(c["second"]) != bundle.tree_size:
+                raise ValueError("the consistency proof is not to the checkpoint's size")
+            bundle.first, bundle.consistency_proof = int(c["first"]), _hexes(c["proof"])
+        for item in body.get("inclusion") or []:
+            if item.get("leaf_index") is not None:
+                bundle.inclusion_proofs[bytes.fromhex(str(item["leaf_hash"]))] = (
+                    int(item["leaf_index"]), _hexes(item["proof"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _refuse(f"the log's audit answer is malformed ({exc})", "audit_answer_malformed") from None
+    return bundle
+
+
 class HttpLedgerReader:
-    """:class:`LedgerReader` over the server's read API (``/ledger/checkpoint``, ``/v1/ledger/proof/*``)."""
+    """:class:`LedgerReader` over the server's read API (``/ledger/checkpoint``, ``/v1/ledger/proof/*``),
+    and :meth:`audit` over ``/v1/ledger/audit`` (all of one check in one request)."""
 
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
+        self._bundles = True  # False once the server answered that it has no /v1/ledger/audit
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    def _get(self, path: str, params: Any = None) -> httpx.Response:
         from qflare.edge.client import ServerUnavailable, error_from_response
 
         try:
@@ -98,6 +160,27 @@ class HttpLedgerReader:
     def inclusion(self, leaf_hash: bytes, tree_size: int) -> tuple[int, list[bytes]]:
         body = self._get("/v1/ledger/proof/inclusion", {"leaf_hash": leaf_hash.hex(), "tree_size": tree_size}).json()
         return int(body["leaf_index"]), [bytes.fromhex(h) for h in body["proof"]]
+
+    def audit(self, first: int, leaves: Sequence[bytes]) -> AuditBundle | None:
+        """The latest checkpoint with the consistency proof from ``first`` and the inclusion proofs of
+        ``leaves``, in one request; ``None`` when the server has no such route (then use the three)."""
+        if not self._bundles:
+            return None
+        params: list[tuple[str, str | int]] = [("first", first)] + [("leaf_hash", h.hex()) for h in leaves]
+        try:
+            resp = self._get("/v1/ledger/audit", params)
+        except NotFound as exc:
+            if exc.reason == "no_checkpoint":
+                return AuditBundle(note=None)
+            if exc.reason == "no_ledger":
+                raise
+            self._bundles = False  # an older server: no /v1/ledger/audit
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            raise _refuse("the log's audit answer is not JSON", "audit_answer_malformed") from None
+        return parse_audit_bundle(body)
 
 
 @dataclass
@@ -297,7 +380,7 @@ class LedgerAuditor:
         deadline: float | None = None
         while True:
             try:
-                cp = self._check_note(self.reader.checkpoint())
+                cp = self._check_note(*self._fetch())
                 self._checked_at = self._clock()
                 return cp
             except WitnessQuorumError as exc:  # signed by the log key (checked first), not cosigned yet
@@ -310,7 +393,20 @@ class LedgerAuditor:
                     raise
                 self._sleep(self.WITNESS_POLL_SECONDS)
 
-    def _check_note(self, note: bytes | None) -> Checkpoint | None:
+    def _fetch(self) -> tuple[bytes | None, LedgerReader]:
+        """The latest checkpoint note and the reader to prove things with: with a reader that has
+        ``audit`` (``/v1/ledger/audit``), one request answers the note and the proofs this check needs,
+        else the note alone (the proofs are asked one by one)."""
+        bundle = getattr(self.reader, "audit", None)
+        if bundle is not None:
+            first = self._verified.size if self._verified is not None else 0
+            got = bundle(first, [leaf for _, leaf in self._state.pending])
+            if got is not None:
+                return got.note, got
+        return self.reader.checkpoint(), self.reader
+
+    def _check_note(self, note: bytes | None, reader: LedgerReader | None = None) -> Checkpoint | None:
+        reader = self.reader if reader is None else reader
         old = self._verified
         if note is None:
             if old is not None:
@@ -324,15 +420,15 @@ class LedgerAuditor:
             return old  # same checkpoint as last time: nothing to prove
         cp = self._open(note)
         if old is not None:
-            self._check_extends(old, cp)
-        self._check_receipts(cp)
+            self._check_extends(old, cp, reader)
+        self._check_receipts(cp, reader)
         self._verified, self._state.note = cp, note
         self._save()
         if self.witnesses is not None:
             log.info("ledger: verified checkpoint %d cosigned by %s", cp.size, ", ".join(self._cosigned_by))
         return cp
 
-    def _check_extends(self, old: Checkpoint, cp: Checkpoint) -> None:
+    def _check_extends(self, old: Checkpoint, cp: Checkpoint, reader: LedgerReader) -> None:
         if cp.size < old.size:
             raise _refuse(f"the log was rolled back: checkpoint size {cp.size} is below the size {old.size} "
                           "this device verified", "checkpoint_rollback")
@@ -343,21 +439,21 @@ class LedgerAuditor:
             return
         if old.size == 0:
             return  # the empty tree is a prefix of every tree
-        proof = self.reader.consistency(old.size, cp.size)
+        proof = reader.consistency(old.size, cp.size)
         try:
             verify_consistency(old.size, cp.size, proof, old.root, cp.root)
         except LedgerIntegrityError as exc:
             raise _refuse(f"the log forked: checkpoint {cp.size} does not extend the verified checkpoint "
                           f"{old.size} ({exc.reason})", "inconsistent_checkpoint") from None
 
-    def _check_receipts(self, cp: Checkpoint) -> None:
+    def _check_receipts(self, cp: Checkpoint, reader: LedgerReader) -> None:
         still: list[tuple[int, bytes]] = []
         for index, leaf in self._state.pending:
             if index >= cp.size:
                 still.append((index, leaf))
                 continue
             try:
-                got, proof = self.reader.inclusion(leaf, cp.size)
+                got, proof = reader.inclusion(leaf, cp.size)
                 if got != index:
                     raise _refuse(f"leaf found at {got}", "index_mismatch")
                 verify_inclusion(leaf, index, cp.size, proof, cp.root)

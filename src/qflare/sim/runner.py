@@ -302,7 +302,20 @@ class Federation:
         self.edges[name] = RayFleet.start(cluster, name=name, configs=paths, log_dir=self.run_dir / "logs", env=env,
                                           num_cpus=num_cpus, train_slots=train_slots)
 
+    def save_metrics(self) -> None:
+        """The server's Prometheus metrics (requests by route, enclave calls) into ``server-metrics.txt``
+        of the run directory, best effort: what ``docs/benchmarks.md`` counts requests per device-round from."""
+        if getattr(self.server, "poll", None) is None or self.server.poll() is not None:
+            return  # no server process (tests) or it is gone
+        try:
+            r = self._session().get("/metrics")
+            if r.status_code == 200:
+                (self.run_dir / "server-metrics.txt").write_text(r.text)
+        except (httpx.HTTPError, OSError) as exc:
+            print(f"server metrics not saved: {exc}", file=sys.stderr)
+
     def stop(self) -> None:
+        self.save_metrics()
         if self._status_client is not None:
             self._status_client.close()
             self._status_client = None

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from qflare.errors import InvalidInput, LedgerIntegrityError, MalformedPayload, NotFound
+from qflare.ledger.checkpoint import parse_checkpoint
 from qflare.ledger.entries import decode_event, event_fields
 from qflare.ledger.merkle import leaf_hash
+from qflare.ledger.note import parse_note
 from qflare.ledger.tiles import parse_tile_path
 from qflare.server.deps import State
 from qflare.server.ledger import AuditLog
@@ -27,6 +29,8 @@ _DECIMAL = re.compile(r"(0|[1-9][0-9]{0,18})")
 _HASH = re.compile(r"[0-9a-fA-F]{64}")
 _NOTE_TYPE = "text/plain; charset=utf-8"
 _MAX_COSIGNATURE_BODY = 4096
+MAX_AUDIT_LEAVES = 64
+"""The most leaf hashes one ``/v1/ledger/audit`` request may ask inclusion proofs for."""
 
 
 def _audit(state: ServerState) -> AuditLog:
@@ -171,3 +175,49 @@ def consistency(state: State, first: str | None = None, second: str | None = Non
         roots = audit.log.root(a), audit.log.root(s2)
     return {"first": a, "second": s2, "proof": [p.hex() for p in proof],
             "first_root": roots[0].hex(), "second_root": roots[1].hex()}
+
+
+@router.get("/v1/ledger/audit")
+def audit_bundle(
+    state: State,
+    first: str | None = None,
+    leaf_hash: Annotated[list[str] | None, Query(description=(
+        f"a leaf hash (64 hex digits) to prove included; repeatable, at most {MAX_AUDIT_LEAVES}"))] = None,
+) -> dict[str, Any]:
+    """A device's whole ledger audit in one answer (``docs/ledger.md``, "Devices as auditors"): the latest
+    cosigned checkpoint note (as ``/ledger/checkpoint``), the consistency proof from the tree of size
+    ``first`` (the device's last verified size) to that checkpoint's size (as
+    ``/v1/ledger/proof/consistency``; ``null`` unless ``0 < first < size``), and the inclusion proof of each
+    ``leaf_hash`` in that checkpoint's tree (as ``/v1/ledger/proof/inclusion``; ``leaf_index`` ``null`` for
+    a leaf not in it). All three read under one lock, so they are about the same tree. Nothing here is
+    trusted by the device: it verifies the note's signatures and every proof exactly as with the three
+    separate routes."""
+    audit = _audit(state)
+    a = _int(first, "first") or 0
+    leaves = leaf_hash or []
+    if len(leaves) > MAX_AUDIT_LEAVES:
+        raise InvalidInput(f"at most {MAX_AUDIT_LEAVES} leaf_hash values", reason="too_many_leaves")
+    for h in leaves:
+        if not _HASH.fullmatch(h):
+            raise InvalidInput("leaf_hash must be 64 hex digits", reason="invalid_leaf_hash")
+    with audit.lock:
+        note = audit.cosigned_checkpoint()
+        if note is None:
+            raise NotFound("no checkpoint has been issued yet", reason="no_checkpoint")
+        size = parse_checkpoint(parse_note(note)[0], origin=audit.origin).size
+        consistency: dict[str, Any] | None = None
+        if 0 < a < size:
+            proof = audit.log.consistency_proof(a, size)
+            consistency = {"first": a, "second": size, "proof": [p.hex() for p in proof]}
+        inclusion: list[dict[str, Any]] = []
+        for h in leaves:
+            try:
+                if size == 0:
+                    raise NotFound("the checkpoint's tree is empty", reason="leaf_not_in_tree")
+                index, path = audit.log.prove_inclusion(bytes.fromhex(h), size)
+            except NotFound:
+                inclusion.append({"leaf_hash": h.lower(), "leaf_index": None, "proof": []})
+                continue
+            inclusion.append({"leaf_hash": h.lower(), "leaf_index": index, "proof": [p.hex() for p in path]})
+    return {"checkpoint": note.decode("utf-8"), "tree_size": size, "consistency": consistency,
+            "inclusion": inclusion}
