@@ -281,11 +281,12 @@ def test_bounded_fedavg_leaves_opposed_steps_out_of_the_rounds_aggregate_and_cli
 
 
 def test_bounded_fedavg_keeps_every_update_when_half_or_more_are_flagged() -> None:
-    # Prepare: two steps along d, two shorter ones against it: the average still points along d, so the
+    # Prepare: two steps along d, two shorter ones against it: the average of the others still points
+    # along d for each (0.25 * (1 - 0.6) d for a long one, 0.25 * (2 - 0.3) d for a short one), so the
     # two against it are opposed, and they are half of the round
     base = {"w": np.zeros(4, np.float32)}
     d = np.array([1.0, 0.5, 0.0, 0.0])
-    results = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.6, -0.6)]
+    results = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.3, -0.3)]
 
     # Execute
     out = bounded_fedavg_with_outcome(results, reference=base)
@@ -294,8 +295,14 @@ def test_bounded_fedavg_keeps_every_update_when_half_or_more_are_flagged() -> No
     # Assert: flagged, but a second pass would rest on half of the updates: the first pass stands
     assert out.flagged == (2, 3)
     np.testing.assert_array_equal(out.arrays["w"], only.arrays["w"])
-    np.testing.assert_allclose(out.arrays["w"], 0.2 * d, rtol=1e-6)
+    np.testing.assert_allclose(out.arrays["w"], 0.35 * d, rtol=1e-6)
     assert out.selected == (0, 1, 2, 3)
+    # two against two of nearly the same size (-0.6): each side's others point the other way, every update
+    # is opposed, and nothing is left out either
+    even = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.6, -0.6)]
+    tie = bounded_fedavg_with_outcome(even, reference=base)
+    assert tie.flagged == (0, 1, 2, 3) and tie.selected == (0, 1, 2, 3)
+    np.testing.assert_allclose(tie.arrays["w"], 0.2 * d, rtol=1e-6)
 
 
 def test_output_layer_is_the_last_matrix_with_its_bias_and_none_for_a_regressor() -> None:
@@ -483,3 +490,89 @@ def test_a_finite_step_whose_float32_square_overflows_is_clipped_not_a_round_fai
     # Assert: the round aggregates and the huge step is clipped away or excluded
     honest = fedavg([(u, 100) for u in ups])
     assert _dist(out, honest) <= 2 * min(_dist(u, base) for u in ups), name
+
+
+def test_opposed_to_the_others_hand_computed_leave_one_out() -> None:
+    from qflare.fl.robust import opposed_to_the_others
+
+    # Prepare: three steps along x, one large step against x with a quarter of the weight each. The
+    # aggregate A = 0.25 * (3 - 4) x = -0.25 x points *with* the large step (cosine +1 to it), so the
+    # full-aggregate test would flag the three honest steps and keep the large one; the aggregate of
+    # the others is A - 0.25 s_i: for the large step -0.25 x + 1 x = 0.75 x (cosine -1: opposed); for
+    # an honest step -0.25 x - 0.25 x = -0.5 x (cosine -1: opposed too: half the mass is against it).
+    steps = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-4.0, 0.0]])
+    coefficients = np.full(4, 0.25)
+    aggregate = coefficients @ steps
+    np.testing.assert_allclose(aggregate, [-0.25, 0.0])
+
+    # Execute / Assert
+    assert opposed_to_the_others(steps, aggregate, coefficients) == (0, 1, 2, 3)
+    # clipped to norm 1 (coefficient 0.25 x 1/4): A = 0.5 x; the others of the flipped step: 0.75 x
+    # (cosine -1), of an honest step 0.25 x (cosine +1)
+    clipped = np.array([0.25, 0.25, 0.25, 0.0625])
+    assert opposed_to_the_others(steps, clipped @ steps, clipped) == (3,)
+
+
+def test_opposed_to_the_others_catches_a_large_flipper_the_full_aggregate_misses() -> None:
+    from qflare.fl.robust import opposed_steps, opposed_to_the_others
+
+    # Prepare: the traffic case in small: 7 honest steps around (1, 0) with spread, one flipper at 2x the
+    # norm (its clipped share), against the honest mean and off to one side: -(2, 3)
+    rng = np.random.default_rng(0)
+    honest = np.array([1.0, 0.0]) + 0.3 * rng.normal(size=(7, 2))
+    steps = np.vstack([honest, [[-2.0, -3.0]]])
+    coefficients = np.full(8, 1 / 8)
+    aggregate = coefficients @ steps
+
+    # Execute
+    loo = opposed_to_the_others(steps, aggregate, coefficients)
+
+    # Assert: the flipper's cosine to the full aggregate is above the margin (it pulls the aggregate
+    # to itself); to the others' aggregate it is opposed; no honest step is flagged by either
+    assert 7 not in opposed_steps(steps, aggregate)
+    assert loo == (7,)
+
+
+def test_opposed_to_the_others_degenerate_inputs_do_not_crash_and_flag_nothing() -> None:
+    from qflare.fl.robust import opposed_to_the_others
+
+    one = np.array([[1.0, 2.0]])
+    assert opposed_to_the_others(one, one[0].copy(), np.ones(1)) == ()  # one update: no others
+    zeros = np.zeros((3, 2))
+    assert opposed_to_the_others(zeros, np.zeros(2), np.full(3, 1 / 3)) == ()  # zero steps, zero aggregate
+    mixed = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    coeff = np.full(3, 1 / 3)
+    # zero aggregate: each nonzero step's others are exactly against it (a tie of 1 vs 1); the zero step is
+    # never opposed
+    assert opposed_to_the_others(mixed, coeff @ mixed, coeff) == (1, 2)
+    # every other coefficient zero: the only weighted step has no others; the others are zero-weight rows
+    # compared with it
+    only = np.array([0.0, 1.0, 0.0])
+    assert opposed_to_the_others(mixed, only @ mixed, only) == (2,)
+    # float32 rows, float64 aggregate
+    f32 = np.array([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]], dtype=np.float32)
+    c = np.full(3, 1 / 3)
+    assert opposed_to_the_others(f32, c @ f32.astype(np.float64), c) == (2,)
+
+
+def test_bounded_fedavg_does_not_flag_honest_non_iid_steps() -> None:
+    # Prepare: 10 devices with different data: steps share a component along d and each has its own
+    # component as large (cosine about 0.5 between two of them), norms from 0.5x to 2x
+    rng = np.random.default_rng(7)
+    d = 40
+    base = {"w": np.zeros(d, np.float32)}
+    common = rng.normal(size=d)
+    common /= np.linalg.norm(common)
+    results = []
+    for i in range(10):
+        own = rng.normal(size=d)
+        own /= np.linalg.norm(own)
+        step = (0.5 + 1.5 * i / 9) * (common + own)
+        results.append(({"w": step.astype(np.float32)}, 50 + 10 * i))
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+
+    # Assert: no verdict, nothing left out
+    assert out.flagged == ()
+    assert out.selected == tuple(range(10))
