@@ -180,7 +180,11 @@ def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
     base, honest, _, results = _group_attack(claims, attackers=6, claim=10_000_000)
 
     # Execute
-    median_cap_only = _run("bounded-fedavg", base, results, max_share=1000.0)  # the old rule
+    # the old rule: the median cap alone, every update in the aggregate
+    median_cap_only = bounded_fedavg_with_outcome(results, reference=base, max_share=1000.0,
+                                                  exclude_flagged=False).arrays
+    # the median cap alone with flagged steps left out: the flipped steps are opposed to the median step
+    median_cap_second_pass = _run("bounded-fedavg", base, results, max_share=1000.0)
     default = _run(DEFAULT_STRATEGY, base, results)
     acc = get_strategy(DEFAULT_STRATEGY).accumulator(ModelSpec.from_arrays(base), reference=base)
     for arrays, n in results:
@@ -190,6 +194,7 @@ def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
     # Assert: the old rule reverses the honest step; the default keeps it, and the 6 hold 6/20 of the weight
     assert _along(median_cap_only, base, honest) < 0
     assert _along(default, base, honest) > 0.3
+    assert _along(median_cap_second_pass, base, honest) > 0.3
     assert acc.last_outcome is not None
     assert set(acc.last_outcome.flagged) >= set(range(14, 20))  # the inflated claims are flagged
     assert not set(acc.last_outcome.flagged) & set(range(14))  # equalised honest weights are not
@@ -281,12 +286,11 @@ def test_bounded_fedavg_leaves_opposed_steps_out_of_the_rounds_aggregate_and_cli
 
 
 def test_bounded_fedavg_keeps_every_update_when_half_or_more_are_flagged() -> None:
-    # Prepare: two steps along d, two shorter ones against it: the average of the others still points
-    # along d for each (0.25 * (1 - 0.6) d for a long one, 0.25 * (2 - 0.3) d for a short one), so the
+    # Prepare: two steps along d, two shorter ones against it: the average still points along d, so the
     # two against it are opposed, and they are half of the round
     base = {"w": np.zeros(4, np.float32)}
     d = np.array([1.0, 0.5, 0.0, 0.0])
-    results = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.3, -0.3)]
+    results = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.6, -0.6)]
 
     # Execute
     out = bounded_fedavg_with_outcome(results, reference=base)
@@ -295,14 +299,8 @@ def test_bounded_fedavg_keeps_every_update_when_half_or_more_are_flagged() -> No
     # Assert: flagged, but a second pass would rest on half of the updates: the first pass stands
     assert out.flagged == (2, 3)
     np.testing.assert_array_equal(out.arrays["w"], only.arrays["w"])
-    np.testing.assert_allclose(out.arrays["w"], 0.35 * d, rtol=1e-6)
+    np.testing.assert_allclose(out.arrays["w"], 0.2 * d, rtol=1e-6)
     assert out.selected == (0, 1, 2, 3)
-    # two against two of nearly the same size (-0.6): each side's others point the other way, every update
-    # is opposed, and nothing is left out either
-    even = [({"w": (s * d).astype(np.float32)}, 10) for s in (1.0, 1.0, -0.6, -0.6)]
-    tie = bounded_fedavg_with_outcome(even, reference=base)
-    assert tie.flagged == (0, 1, 2, 3) and tie.selected == (0, 1, 2, 3)
-    np.testing.assert_allclose(tie.arrays["w"], 0.2 * d, rtol=1e-6)
 
 
 def test_output_layer_is_the_last_matrix_with_its_bias_and_none_for_a_regressor() -> None:
@@ -492,67 +490,67 @@ def test_a_finite_step_whose_float32_square_overflows_is_clipped_not_a_round_fai
     assert _dist(out, honest) <= 2 * min(_dist(u, base) for u in ups), name
 
 
-def test_opposed_to_the_others_hand_computed_leave_one_out() -> None:
-    from qflare.fl.robust import opposed_to_the_others
+def test_median_step_hand_computed() -> None:
+    from qflare.fl.robust import median_step
 
-    # Prepare: three steps along x, one large step against x with a quarter of the weight each. The
-    # aggregate A = 0.25 * (3 - 4) x = -0.25 x points *with* the large step (cosine +1 to it), so the
-    # full-aggregate test would flag the three honest steps and keep the large one; the aggregate of
-    # the others is A - 0.25 s_i: for the large step -0.25 x + 1 x = 0.75 x (cosine -1: opposed); for
-    # an honest step -0.25 x - 0.25 x = -0.5 x (cosine -1: opposed too: half the mass is against it).
-    steps = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-4.0, 0.0]])
-    coefficients = np.full(4, 0.25)
-    aggregate = coefficients @ steps
-    np.testing.assert_allclose(aggregate, [-0.25, 0.0])
-
-    # Execute / Assert
-    assert opposed_to_the_others(steps, aggregate, coefficients) == (0, 1, 2, 3)
-    # clipped to norm 1 (coefficient 0.25 x 1/4): A = 0.5 x; the others of the flipped step: 0.75 x
-    # (cosine -1), of an honest step 0.25 x (cosine +1)
-    clipped = np.array([0.25, 0.25, 0.25, 0.0625])
-    assert opposed_to_the_others(steps, clipped @ steps, clipped) == (3,)
+    odd = np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]])
+    np.testing.assert_array_equal(median_step(odd), [2.0, 0.0])
+    even = np.array([[1.0, 0.0], [3.0, 2.0], [100.0, -4.0], [-7.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(median_step(even), [2.0, 0.5])  # the mean of the middle two
+    assert median_step(even).dtype == np.float64
+    np.testing.assert_array_equal(median_step(np.array([[3.0, -1.0]])), [3.0, -1.0])  # one row: itself
+    assert median_step(np.zeros((0, 3))).tolist() == [0.0, 0.0, 0.0]  # no rows
+    assert median_step(np.zeros((2, 0))).shape == (0,)  # no coordinates
 
 
-def test_opposed_to_the_others_catches_a_large_flipper_the_full_aggregate_misses() -> None:
-    from qflare.fl.robust import opposed_steps, opposed_to_the_others
-
-    # Prepare: the traffic case in small: 7 honest steps around (1, 0) with spread, one flipper at 2x the
-    # norm (its clipped share), against the honest mean and off to one side: -(2, 3)
+def _flipper_round() -> tuple[NDArrays, list[tuple[NDArrays, int]]]:
+    # 7 honest steps around (1, 0) with spread, and one sign flipper twice their size and off to one side:
+    # -(2, 3). It pulls the mean to itself; the median it moves by one rank per coordinate.
     rng = np.random.default_rng(0)
     honest = np.array([1.0, 0.0]) + 0.3 * rng.normal(size=(7, 2))
     steps = np.vstack([honest, [[-2.0, -3.0]]])
-    coefficients = np.full(8, 1 / 8)
-    aggregate = coefficients @ steps
+    base = {"w": np.zeros(2, np.float32)}
+    return base, [({"w": row.astype(np.float32)}, 100) for row in steps]
+
+
+def test_the_median_step_catches_a_large_flipper_that_the_aggregate_does_not() -> None:
+    from qflare.fl.robust import median_step, opposed_steps
+
+    # Prepare
+    base, results = _flipper_round()
+    steps = np.stack([u["w"].astype(np.float64) for u, _ in results])
+    mean = steps.mean(axis=0)
 
     # Execute
-    loo = opposed_to_the_others(steps, aggregate, coefficients)
+    against_mean = opposed_steps(steps, mean)
+    against_median = opposed_steps(steps, median_step(steps))
+    out = bounded_fedavg_with_outcome(results, reference=base)
 
-    # Assert: the flipper's cosine to the full aggregate is above the margin (it pulls the aggregate
-    # to itself); to the others' aggregate it is opposed; no honest step is flagged by either
-    assert 7 not in opposed_steps(steps, aggregate)
-    assert loo == (7,)
+    # Assert: against the mean (which holds the flipper's own step) it is not opposed; against the median it
+    # is; bounded FedAvg flags it, leaves it out, and flags no honest step
+    assert 7 not in against_mean
+    assert against_median == (7,)
+    assert out.flagged == (7,)
+    assert out.selected == tuple(range(7)) and out.weights[7] == 0.0
 
 
-def test_opposed_to_the_others_degenerate_inputs_do_not_crash_and_flag_nothing() -> None:
-    from qflare.fl.robust import opposed_to_the_others
-
-    one = np.array([[1.0, 2.0]])
-    assert opposed_to_the_others(one, one[0].copy(), np.ones(1)) == ()  # one update: no others
-    zeros = np.zeros((3, 2))
-    assert opposed_to_the_others(zeros, np.zeros(2), np.full(3, 1 / 3)) == ()  # zero steps, zero aggregate
-    mixed = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
-    coeff = np.full(3, 1 / 3)
-    # zero aggregate: each nonzero step's others are exactly against it (a tie of 1 vs 1); the zero step is
-    # never opposed
-    assert opposed_to_the_others(mixed, coeff @ mixed, coeff) == (1, 2)
-    # every other coefficient zero: the only weighted step has no others; the others are zero-weight rows
-    # compared with it
-    only = np.array([0.0, 1.0, 0.0])
-    assert opposed_to_the_others(mixed, only @ mixed, only) == (2,)
-    # float32 rows, float64 aggregate
-    f32 = np.array([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]], dtype=np.float32)
-    c = np.full(3, 1 / 3)
-    assert opposed_to_the_others(f32, c @ f32.astype(np.float64), c) == (2,)
+def test_the_opposed_verdict_on_degenerate_rounds_does_not_crash_or_flag() -> None:
+    base = {"w": np.zeros(3, np.float32)}
+    one = [({"w": np.array([1.0, -2.0, 0.5], np.float32)}, 10)]
+    # one update: the median is the step itself (cosine 1)
+    assert bounded_fedavg_with_outcome(one, reference=base).flagged == ()
+    # every step zero (each update is the base model): zero median, zero norms
+    zeros = [({"w": np.zeros(3, np.float32)}, 10) for _ in range(4)]
+    out = bounded_fedavg_with_outcome(zeros, reference=base)
+    assert out.flagged == ()
+    np.testing.assert_array_equal(out.arrays["w"], np.zeros(3))
+    # a zero median (two steps against two): nothing to be opposed to
+    d = np.array([1.0, 0.5, 0.0], np.float32)
+    even = [({"w": s * d}, 10) for s in (1.0, 1.0, -1.0, -1.0)]
+    assert bounded_fedavg_with_outcome(even, reference=base).flagged == ()
+    # one zero step among honest ones is not opposed
+    mixed = [({"w": s * d}, 10) for s in (1.0, 0.9, 1.1, 0.0)]
+    assert bounded_fedavg_with_outcome(mixed, reference=base).flagged == ()
 
 
 def test_bounded_fedavg_does_not_flag_honest_non_iid_steps() -> None:
