@@ -849,6 +849,11 @@ def median_step(steps: np.ndarray) -> np.ndarray:
     the round's median norm (clipped there) pulled the aggregate to itself: its cosine to the aggregate
     stayed at +0.03..+0.16 in rounds 4-10 while its cosine to the median step was -0.11..-0.30 in rounds
     5-10, so it was flagged once and kept flipping for 9 rounds.
+
+    Its weakness: many colluders sending the *same* step hold the same rank in every coordinate and pull
+    the median towards it. Under IPM (6 identical small steps of 20) on digits, once the honest steps
+    had spread (round 11 on), the colluders were no longer opposed and honest devices were; quarantine
+    (3 flagged rounds of 5) had removed them by then in the default configuration, not for the rule alone.
     """
     n = steps.shape[0]
     if n == 0 or steps.shape[1] == 0:
