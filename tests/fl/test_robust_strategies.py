@@ -180,7 +180,11 @@ def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
     base, honest, _, results = _group_attack(claims, attackers=6, claim=10_000_000)
 
     # Execute
-    median_cap_only = _run("bounded-fedavg", base, results, max_share=1000.0)  # the old rule
+    # the old rule: the median cap alone, every update in the aggregate
+    median_cap_only = bounded_fedavg_with_outcome(results, reference=base, max_share=1000.0,
+                                                  exclude_flagged=False).arrays
+    # the median cap alone with flagged steps left out: the flipped steps are opposed to the median step
+    median_cap_second_pass = _run("bounded-fedavg", base, results, max_share=1000.0)
     default = _run(DEFAULT_STRATEGY, base, results)
     acc = get_strategy(DEFAULT_STRATEGY).accumulator(ModelSpec.from_arrays(base), reference=base)
     for arrays, n in results:
@@ -190,6 +194,7 @@ def test_thirty_percent_inflaters_cannot_outweigh_the_honest_devices() -> None:
     # Assert: the old rule reverses the honest step; the default keeps it, and the 6 hold 6/20 of the weight
     assert _along(median_cap_only, base, honest) < 0
     assert _along(default, base, honest) > 0.3
+    assert _along(median_cap_second_pass, base, honest) > 0.3
     assert acc.last_outcome is not None
     assert set(acc.last_outcome.flagged) >= set(range(14, 20))  # the inflated claims are flagged
     assert not set(acc.last_outcome.flagged) & set(range(14))  # equalised honest weights are not
@@ -483,3 +488,89 @@ def test_a_finite_step_whose_float32_square_overflows_is_clipped_not_a_round_fai
     # Assert: the round aggregates and the huge step is clipped away or excluded
     honest = fedavg([(u, 100) for u in ups])
     assert _dist(out, honest) <= 2 * min(_dist(u, base) for u in ups), name
+
+
+def test_median_step_hand_computed() -> None:
+    from qflare.fl.robust import median_step
+
+    odd = np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]])
+    np.testing.assert_array_equal(median_step(odd), [2.0, 0.0])
+    even = np.array([[1.0, 0.0], [3.0, 2.0], [100.0, -4.0], [-7.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(median_step(even), [2.0, 0.5])  # the mean of the middle two
+    assert median_step(even).dtype == np.float64
+    np.testing.assert_array_equal(median_step(np.array([[3.0, -1.0]])), [3.0, -1.0])  # one row: itself
+    assert median_step(np.zeros((0, 3))).tolist() == [0.0, 0.0, 0.0]  # no rows
+    assert median_step(np.zeros((2, 0))).shape == (0,)  # no coordinates
+
+
+def _flipper_round() -> tuple[NDArrays, list[tuple[NDArrays, int]]]:
+    # 7 honest steps around (1, 0) with spread, and one sign flipper twice their size and off to one side:
+    # -(2, 3). It pulls the mean to itself; the median it moves by one rank per coordinate.
+    rng = np.random.default_rng(0)
+    honest = np.array([1.0, 0.0]) + 0.3 * rng.normal(size=(7, 2))
+    steps = np.vstack([honest, [[-2.0, -3.0]]])
+    base = {"w": np.zeros(2, np.float32)}
+    return base, [({"w": row.astype(np.float32)}, 100) for row in steps]
+
+
+def test_the_median_step_catches_a_large_flipper_that_the_aggregate_does_not() -> None:
+    from qflare.fl.robust import median_step, opposed_steps
+
+    # Prepare
+    base, results = _flipper_round()
+    steps = np.stack([u["w"].astype(np.float64) for u, _ in results])
+    mean = steps.mean(axis=0)
+
+    # Execute
+    against_mean = opposed_steps(steps, mean)
+    against_median = opposed_steps(steps, median_step(steps))
+    out = bounded_fedavg_with_outcome(results, reference=base)
+
+    # Assert: against the mean (which holds the flipper's own step) it is not opposed; against the median it
+    # is; bounded FedAvg flags it, leaves it out, and flags no honest step
+    assert 7 not in against_mean
+    assert against_median == (7,)
+    assert out.flagged == (7,)
+    assert out.selected == tuple(range(7)) and out.weights[7] == 0.0
+
+
+def test_the_opposed_verdict_on_degenerate_rounds_does_not_crash_or_flag() -> None:
+    base = {"w": np.zeros(3, np.float32)}
+    one = [({"w": np.array([1.0, -2.0, 0.5], np.float32)}, 10)]
+    # one update: the median is the step itself (cosine 1)
+    assert bounded_fedavg_with_outcome(one, reference=base).flagged == ()
+    # every step zero (each update is the base model): zero median, zero norms
+    zeros = [({"w": np.zeros(3, np.float32)}, 10) for _ in range(4)]
+    out = bounded_fedavg_with_outcome(zeros, reference=base)
+    assert out.flagged == ()
+    np.testing.assert_array_equal(out.arrays["w"], np.zeros(3))
+    # a zero median (two steps against two): nothing to be opposed to
+    d = np.array([1.0, 0.5, 0.0], np.float32)
+    even = [({"w": s * d}, 10) for s in (1.0, 1.0, -1.0, -1.0)]
+    assert bounded_fedavg_with_outcome(even, reference=base).flagged == ()
+    # one zero step among honest ones is not opposed
+    mixed = [({"w": s * d}, 10) for s in (1.0, 0.9, 1.1, 0.0)]
+    assert bounded_fedavg_with_outcome(mixed, reference=base).flagged == ()
+
+
+def test_bounded_fedavg_does_not_flag_honest_non_iid_steps() -> None:
+    # Prepare: 10 devices with different data: steps share a component along d and each has its own
+    # component as large (cosine about 0.5 between two of them), norms from 0.5x to 2x
+    rng = np.random.default_rng(7)
+    d = 40
+    base = {"w": np.zeros(d, np.float32)}
+    common = rng.normal(size=d)
+    common /= np.linalg.norm(common)
+    results = []
+    for i in range(10):
+        own = rng.normal(size=d)
+        own /= np.linalg.norm(own)
+        step = (0.5 + 1.5 * i / 9) * (common + own)
+        results.append(({"w": step.astype(np.float32)}, 50 + 10 * i))
+
+    # Execute
+    out = bounded_fedavg_with_outcome(results, reference=base)
+
+    # Assert: no verdict, nothing left out
+    assert out.flagged == ()
+    assert out.selected == tuple(range(10))

@@ -4,8 +4,8 @@ A *strike* is a round in which the device's update was refused by validation (a 
 non-finite value, a wrong shape, an over-cap ``num_examples``) or flagged by the aggregation rule
 (:attr:`qflare.fl.robust.RuleOutcome.flagged`: excluded by Krum, clipped by norm-bound, rarely kept by
 the median, ...; bounded FedAvg, the default, flags a claim over its cap, a step far above the clip bound,
-a step opposed to the aggregate and an output layer that disagrees with the others' classes, not a
-merely clipped step). A device with strikes in ``threshold`` distinct rounds
+a step opposed to the round's median step and an output layer that disagrees with the others' classes,
+not a merely clipped step). A device with strikes in ``threshold`` distinct rounds
 among the last ``window`` rounds (``reputation:`` in ``global_config.yaml``, default 3 of 5) is
 quarantined: its status becomes ``quarantined``, so :meth:`Repository.active_devices` no longer
 offers it for selection; it still authenticates and polls (and is told to wait). The event

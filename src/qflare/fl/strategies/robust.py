@@ -279,8 +279,11 @@ def bounded_fedavg_with_outcome(
     The outcome's verdicts (:attr:`RuleOutcome.flagged`, which feed reputation and quarantine) are
     the updates whose claim exceeded the median cap (step 1), whose step norm exceeded
     ``outlier_multiple`` times the clip bound (default 2: over 4 x the median step norm), whose
-    step points away from the aggregate step (cosine below -0.1, :func:`qflare.fl.robust.opposed_steps`:
-    sign flipping and IPM send such steps at any norm), and, for a classifier, whose output layer
+    step points away from the round's coordinate-wise median step (cosine below -0.1,
+    :func:`qflare.fl.robust.median_step`, :func:`qflare.fl.robust.opposed_steps`: sign flipping and IPM
+    send such steps at any norm; the median, not the aggregate, because a step is part of the aggregate
+    it would be judged against, and with few devices a large flipped step pulls the aggregate to itself),
+    and, for a classifier, whose output layer
     disagrees with the round's class by class (:func:`qflare.fl.robust.class_agreement` below
     ``min_class_agreement``, default 0; the layer is :func:`qflare.fl.robust.output_layer`, none for a
     regressor; -1 turns the check off): label flipping sends honest-looking steps whose rows for each
