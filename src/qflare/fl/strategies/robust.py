@@ -324,9 +324,10 @@ def bounded_fedavg_with_outcome(
     kept = [i for i in range(n) if i not in leave_out]
     if not exclude_flagged or not leave_out or 2 * len(kept) <= n:
         return first
-    # Second pass over the unflagged updates only: their own median claim, share cap and median step norm.
+    # Second pass over the unflagged updates only: their own median claim, share cap and median step norm. Its
+    # verdicts are not used (the round's are the first pass's), so it computes none: no median step, no class check.
     second, _ = _bounded_pass([results[i] for i in kept], reference, count_multiple, norm_multiple, max_share,
-                              outlier_multiple, None)
+                              outlier_multiple, None, verdicts=False)
     weights = [0.0] * n
     for j, i in enumerate(kept):
         weights[i] = second.weights[j]
@@ -341,16 +342,18 @@ def bounded_fedavg_with_outcome(
 
 
 def _bounded_pass(results: Results, reference: NDArrays, count_multiple: float, norm_multiple: float,
-                  max_share: float, outlier_multiple: float, min_class_agreement: float | None
-                  ) -> tuple[RuleOutcome, set[int]]:
+                  max_share: float, outlier_multiple: float, min_class_agreement: float | None,
+                  *, verdicts: bool = True) -> tuple[RuleOutcome, set[int]]:
     """Steps 1-3 of :func:`bounded_fedavg_with_outcome` over ``results``: the outcome with every verdict, and
-    the verdicts that leave an update out (all but a far step's: that one is clipped to the bound already)."""
+    the verdicts that leave an update out (all but a far step's: that one is clipped to the bound already).
+    ``verdicts=False``: the aggregate, weights and clipping only (no opposed check: it costs a coordinate-wise
+    median of the steps)."""
     claimed = [int(n) for _, n in results]
     capped = cap_round_num_examples(claimed, median_multiple=count_multiple)
     weights = cap_weight_shares(capped, max_share=max_share)
     # flag_beyond=inf: the outcome's flags are the opposed steps only; far steps are told apart below
     outcome = norm_bound_with_outcome(results, reference=reference, median_multiple=norm_multiple, weights=weights,
-                                      flag_beyond=math.inf, flag_opposed=True)
+                                      flag_beyond=math.inf, flag_opposed=verdicts)
     norms = outcome.scores
     limit = norm_bound_from_median(list(norms), multiple=norm_multiple)
     far = {i for i, s in enumerate(norms) if s > limit and s > outlier_multiple * limit}

@@ -211,13 +211,13 @@ def audit_bundle(
             consistency = {"first": a, "second": size, "proof": [p.hex() for p in proof]}
         inclusion: list[dict[str, Any]] = []
         for h in leaves:
-            try:
-                if size == 0:
-                    raise NotFound("the checkpoint's tree is empty", reason="leaf_not_in_tree")
-                index, path = audit.log.prove_inclusion(bytes.fromhex(h), size)
-            except NotFound:
-                inclusion.append({"leaf_hash": h.lower(), "leaf_index": None, "proof": []})
-                continue
+            index: int | None = None
+            path: list[bytes] = []
+            if size > 0:  # an empty tree holds no leaf
+                try:
+                    index, path = audit.log.prove_inclusion(bytes.fromhex(h), size)
+                except NotFound:
+                    pass
             inclusion.append({"leaf_hash": h.lower(), "leaf_index": index, "proof": [p.hex() for p in path]})
     return {"checkpoint": note.decode("utf-8"), "tree_size": size, "consistency": consistency,
             "inclusion": inclusion}
