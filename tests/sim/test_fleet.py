@@ -57,3 +57,33 @@ def test_the_simulation_servers_active_window_grows_with_the_devices(tmp_path: P
 def test_simulate_defaults_for_deadline_and_hold_scale_with_the_devices(clients: int, deadline: float,
                                                                          hold: float) -> None:
     assert default_deadline(clients) == deadline and default_long_poll(clients) == hold
+
+
+def test_the_revoked_attacker_does_not_let_round_one_open_before_every_honest_edge(tmp_path: Path) -> None:
+    # Found in CI: `--attackers revoked` enrolls and revokes one more device, and a revoked device lowers what
+    # a round waits for; round 1 opened with 2 of the 3 honest edges (5 of 6 updates over two rounds).
+    from tests.server.conftest import _KEYS, ADMIN, enroll, make_harness
+
+    sim = SimulationConfig(clients=3, attackers=("revoked",))
+    min_devices = build_global_config(sim, tmp_path, 8000).rounds.min_devices
+    assert min_devices == 4
+    honest = {"edge_01": _KEYS[0], "edge_02": _KEYS[1]}
+    for h in make_harness(tmp_path, keys={**honest, "rogue_revoked": _KEYS[2]}, min_devices=min_devices,
+                          min_quorum=2):
+        # Prepare: the rogue device revoked, two honest edges polling, the third not yet enrolled
+        revoke = h.client.post("/v1/admin/devices/rogue_revoked/revoke", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert revoke.status_code == 200
+        del h.keys["rogue_revoked"]
+        h.poll_all()
+        h.state.orchestrator.tick()
+        assert h.state.orchestrator.current_round() is None  # waits for the third honest edge
+
+        # Execute: the third enrolls and polls
+        enroll(h.client, "edge_03", _KEYS[3])
+        h.keys["edge_03"] = _KEYS[3]
+        h.poll_all()
+        h.state.orchestrator.tick()
+
+        # Assert: round 1 selects all three honest edges
+        rnd = h.state.orchestrator.current_round()
+        assert rnd is not None and set(rnd.selected) == {"edge_01", "edge_02", "edge_03"}

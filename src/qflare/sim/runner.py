@@ -393,7 +393,9 @@ def build_global_config(sim: SimulationConfig, run_dir: Path, port: int) -> Glob
             key_dir=str((run_dir / "server-keys").resolve()),
         ),
         rounds=RoundsConfig(
-            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients,
+            # The revoked attacker is one more enrolled device, and a revoked device lowers what a round waits
+            # for (rounds.py _devices_needed): without it, round 1 opens before the last honest edge enrolls.
+            total=sim.rounds, fraction=sim.fraction, min_devices=sim.clients + ("revoked" in sim.attackers),
             min_quorum=min(quorum, sim.clients, sim.buffer if sim.mode == "async" else sim.clients),
             deadline_seconds=sim.deadline_seconds, seed=sim.seed, mode=sim.mode,  # type: ignore[arg-type]
             buffer=sim.buffer, max_staleness=sim.max_staleness, staleness_exponent=sim.staleness_exponent,
