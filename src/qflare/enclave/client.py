@@ -263,7 +263,13 @@ class Enclave:
 
     # -- the one way in -------------------------------------------------------------------------
 
-    def _call(self, make: Callable[[RunningEnclave], ec.Ecall]) -> tuple[Any, RunningEnclave]:
+    def _call(self, make: Callable[[RunningEnclave], ec.Ecall],
+              output: Callable[[Any], ec.Region] | None = None) -> tuple[Any, bytes]:
+        """Make one call; ``output`` names the answer's region whose bytes come back (``b""`` without one).
+
+        The bytes are copied out of the shared region in the same hold of :attr:`lock` as the call:
+        every answer is written to the same half of the region, so the next call (another thread's)
+        writes over it. Doing it here means no caller can forget it."""
         with self.lock:
             if not self._restoring:
                 self._ensure_running()
@@ -284,19 +290,19 @@ class Enclave:
                 raise EnclaveError(
                     f"the enclave process died during {call.name}", reason="enclave_unavailable"
                 ) from None
-            return ec.decode_result(type(call).result, frame), running
+            result = ec.decode_result(type(call).result, frame)
+            return result, self._output(running, output(result)) if output is not None else b""
 
     def _simple(self, call: ec.Ecall) -> Any:
         return self._call(lambda _running: call)[0]
 
-    def _with_input(self, data: bytes, build: Callable[[ec.Region], ec.Ecall]) -> tuple[Any, RunningEnclave]:
-        return self._call(lambda running: build(running.region.put(data, side="input")))
+    def _with_input(self, data: bytes, build: Callable[[ec.Region], ec.Ecall],
+                    output: Callable[[Any], ec.Region] | None = None) -> tuple[Any, bytes]:
+        return self._call(lambda running: build(running.region.put(data, side="input")), output)
 
     @staticmethod
     def _output(running: RunningEnclave, region: ec.Region) -> bytes:
-        """Copy an answer's bytes out of the shared region. Call it under :attr:`lock`, in the same hold as
-        the call that answered: every answer is written to the same half of the region, so the next call
-        (another thread's) writes over it."""
+        """Copy an answer's bytes out of the shared region (:meth:`_call` does, under :attr:`lock`)."""
         return running.region.take(region, side="output")
 
     # -- identity and attestation ---------------------------------------------------------------
@@ -326,12 +332,11 @@ class Enclave:
     ) -> OpenedRequest:
         """Decrypt a small, pre-checked, non-update request envelope; its payload comes back."""
         sources = tuple(sorted(allowed_key_sources))
-        with self.lock:  # the payload is copied out before another call writes its answer over it
-            result, running = self._with_input(
-                envelope,
-                lambda r: ec.OpenRequest(envelope=r, allowed_key_sources=sources, extra_secret=extra_secret),
-            )
-            payload = self._output(running, result.payload)
+        result, payload = self._with_input(
+            envelope,
+            lambda r: ec.OpenRequest(envelope=r, allowed_key_sources=sources, extra_secret=extra_secret),
+            lambda result: result.payload,
+        )
         return OpenedRequest(
             request_hash=result.request_hash,
             device_id=result.device_id,
@@ -343,11 +348,11 @@ class Enclave:
 
     def seal_response(self, request_hash: bytes, payload: bytes) -> bytes:
         """Seal the one response to an opened request or validated update envelope."""
-        with self.lock:
-            result, running = self._with_input(
-                payload, lambda r: ec.SealResponse(request_hash=bytes(request_hash), payload=r)
-            )
-            return self._output(running, result.response)
+        _, sealed = self._with_input(
+            payload, lambda r: ec.SealResponse(request_hash=bytes(request_hash), payload=r),
+            lambda result: result.response,
+        )
+        return sealed
 
     def sign_task(self, task: RoundTask) -> bytes:
         """The enclave's signature over a round task (the round must be open on that base model)."""
@@ -422,15 +427,14 @@ class Enclave:
         """
         sources = tuple(sorted(allowed_key_sources))
         when = _now_ms() if time_ms is None else time_ms
-        with self.lock:
-            result, running = self._with_input(
-                data,
-                lambda r: ec.ValidateUpdate(
-                    round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret,
-                    time_ms=when,
-                ),
-            )
-            sealed = self._output(running, result.sealed)
+        result, sealed = self._with_input(
+            data,
+            lambda r: ec.ValidateUpdate(
+                round_id=round_id, data=r, kind=kind, allowed_key_sources=sources, extra_secret=extra_secret,
+                time_ms=when,
+            ),
+            lambda result: result.sealed,
+        )
         if result.stored_form == "envelope":
             stored = b"".join(stored_envelope(sealed, data))
         elif result.stored_form == "sealed":
@@ -465,9 +469,8 @@ class Enclave:
 
         ``time_ms`` (default: now) goes into the round's signed ``aggregate_published`` entry."""
         when = _now_ms() if time_ms is None else time_ms
-        with self.lock:
-            result, running = self._call(lambda _running: ec.Finalize(round_id=round_id, time_ms=when))
-            model = self._output(running, result.model)
+        result, model = self._call(lambda _running: ec.Finalize(round_id=round_id, time_ms=when),
+                                   lambda result: result.model)
         return FinalizedRound(
             model=model,
             signature=result.signature,
