@@ -50,10 +50,12 @@ default column only: the other columns are each rule alone, every client in ever
 def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(column, rule, params): robust parameters sized for the attackers where the rule allows it.
 
-    FLTrust's root data set is 100 examples of the task's training split (seed 0, the simulation's data
-    seed), held by the aggregator; the malicious clients' data is not excluded from it (as in the paper).
+    FLTrust's root data set (:func:`fltrust_root_examples`) is drawn from the task's training split (seed 0,
+    the simulation's data seed) and held by the aggregator; the malicious clients' data is not excluded
+    from it (as in the paper).
     """
     f = round(FRACTION * n)
+    root = fltrust_root_examples(task, n)
     fb = min(f, (n - 3) // 4)  # Bulyan needs n >= 4f + 3
     return [
         (FEDAVG, "fedavg", {}),
@@ -66,8 +68,20 @@ def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
         (f"bulyan f={fb}", "bulyan", {"f": fb}),
         ("centered-clipping", "centered-clipping", {}),
         ("norm-bound", "norm-bound", {}),
-        ("fltrust", "fltrust", {"root_task": task, "root_examples": 100}),
+        ("fltrust" if root == 100 else f"fltrust root={root}", "fltrust", {"root_task": task, "root_examples": root}),
     ]
+
+
+def fltrust_root_examples(task: str, n: int) -> int:
+    """The paper's 100 root examples, or one client's share of the pooled training split if that is more.
+
+    FLTrust rescales every client step to the root step's norm, so a root set much smaller than a
+    client's data caps how far the model moves per round. Digits: 1,437 / 20 = 71 a client, so 100.
+    Traffic: 8,160 / 10 = 816 a client (one sensor); with 100 (an eighth of a sensor's windows) FLTrust
+    reached 68.9 MAE clean after 10 rounds where FedAvg reached 52.3.
+    """
+    pooled = len(get_task(task).client_dataset(0, 1, partition="iid", seed=0))  # type: ignore[arg-type]
+    return max(100, pooled // n)
 
 
 def attacks_for(task: str) -> list[str]:
