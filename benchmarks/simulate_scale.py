@@ -69,6 +69,7 @@ def run(clients: int, rounds: int, extra: list[str], *, deadline: float = 600.0,
         ) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         runs = keep or Path(tmp)
+        runs.mkdir(parents=True, exist_ok=True)  # --keep-runs DIR need not exist yet
         cmd = [sys.executable, "-m", "qflare", "simulate", "--clients", str(clients), "--rounds", str(rounds),
                "--task", "digits", "--runs-dir", str(runs), "--deadline", str(deadline), "--json", *extra]
         started = time.monotonic()
