@@ -34,6 +34,7 @@ import torch
 from qflare.config import ReputationConfig
 from qflare.errors import NonFiniteValues
 from qflare.fl.poisoning import POISONING_KINDS, Poisoner, choose_malicious
+from qflare.fl.root import DEFAULT_ROOT_EXAMPLES
 from qflare.fl.simulation import run_inprocess
 from qflare.fl.strategies import get_strategy
 from qflare.fl.tasks import get_task
@@ -68,7 +69,9 @@ def rules(n: int, task: str) -> list[tuple[str, str, dict[str, Any]]]:
         (f"bulyan f={fb}", "bulyan", {"f": fb}),
         ("centered-clipping", "centered-clipping", {}),
         ("norm-bound", "norm-bound", {}),
-        ("fltrust" if root == 100 else f"fltrust root={root}", "fltrust", {"root_task": task, "root_examples": root}),
+        # The paper's size keeps the plain column name (and so its cached cells); another size names itself.
+        ("fltrust" if root == DEFAULT_ROOT_EXAMPLES else f"fltrust root={root}", "fltrust",
+         {"root_task": task, "root_examples": root}),
     ]
 
 
@@ -81,7 +84,7 @@ def fltrust_root_examples(task: str, n: int) -> int:
     reached 68.9 MAE clean after 10 rounds where FedAvg reached 52.3.
     """
     pooled = len(get_task(task).client_dataset(0, 1, partition="iid", seed=0))  # type: ignore[arg-type]
-    return max(100, pooled // n)
+    return max(DEFAULT_ROOT_EXAMPLES, pooled // n)
 
 
 def attacks_for(task: str) -> list[str]:
