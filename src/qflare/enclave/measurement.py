@@ -130,6 +130,7 @@ ENCLAVE_MODULES: Final[tuple[str, ...]] = tuple(
             "qflare/enclave/trusted/__main__.py",
             "qflare/enclave/trusted/boot.py",
             "qflare/enclave/trusted/platform.py",
+            "qflare/enclave/trusted/registry_store.py",
             "qflare/enclave/trusted/rounds.py",
             "qflare/enclave/trusted/runtime.py",
             "qflare/enclave/trusted/storage.py",

@@ -198,24 +198,31 @@ class DeviceRegistry:
         self._devices[registration.device_id] = registration
         return True
 
+    def statements(self) -> list[str]:
+        """Every current statement, in device order (what the enclave seals)."""
+        return [r.to_bytes().decode("ascii") for _, r in sorted(self._devices.items())]
+
     def to_bytes(self) -> bytes:
         """The registry as JSON (sealed by the enclave before it reaches the disk)."""
-        return json.dumps(
-            [r.to_bytes().decode("ascii") for _, r in sorted(self._devices.items())], separators=(",", ":")
-        ).encode("ascii")
+        return json.dumps(self.statements(), separators=(",", ":")).encode("ascii")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> DeviceRegistry:
-        """Load :meth:`to_bytes` output (from sealed state, so trusted)."""
-        registry = cls()
-        try:
-            items = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("sealed registry is malformed", reason="bad_registration") from None
+    def from_statements(cls, items: object) -> DeviceRegistry:
+        """Load :meth:`statements` output (from sealed state, so trusted)."""
         if not isinstance(items, list):
             raise InvalidInput("sealed registry is malformed", reason="bad_registration")
+        registry = cls()
         for item in items:
             if not isinstance(item, str):
                 raise InvalidInput("sealed registry is malformed", reason="bad_registration")
             registry.apply(DeviceRegistration.from_bytes(item.encode("ascii")))
         return registry
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceRegistry:
+        """Load :meth:`to_bytes` output (from sealed state, so trusted)."""
+        try:
+            items = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("sealed registry is malformed", reason="bad_registration") from None
+        return cls.from_statements(items)

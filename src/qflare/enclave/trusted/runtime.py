@@ -48,6 +48,7 @@ from qflare.enclave.stored import (
     update_header,
 )
 from qflare.enclave.trusted.platform import Platform, PlatformIdentity
+from qflare.enclave.trusted.registry_store import SealedRegistryStore
 from qflare.enclave.trusted.rounds import CHECKPOINT_PURPOSE, RoundState
 from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
 from qflare.errors import (
@@ -79,7 +80,6 @@ __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
 
 _KEYS_PURPOSE: Final = "enclave-keys"
 _CHAIN_PURPOSE: Final = "model-chain"
-_REGISTRY_PURPOSE: Final = "device-registry"
 _MAX_STATE_FILE: Final = 1 << 34
 _OPTIMIZER_PURPOSE: Final = "server-optimizer"
 
@@ -136,6 +136,7 @@ class EnclaveRuntime:
         self._region = region
         self._sealing = SealingKey(platform.sealing_root(), identity.code_measurement)
         self._tag = identity.code_measurement.hex()[:16]
+        self._registry_store = SealedRegistryStore(self._sealing, state_dir, self._tag)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._kem, self._signer, created = self._load_or_create_keys()
         self._operator = config.operator_verify_key()
@@ -155,7 +156,7 @@ class EnclaveRuntime:
                                            "log_size": 0, "log_root": None, "optimizer": None}
             self._registry = DeviceRegistry()
             self._save_chain()
-            self._save_registry()
+            self._registry_store.save(self._registry)
         else:
             self._chain, self._registry = self._load_state()
         self._public = EnclavePublicKeys(kem=self._kem.public_key(), signing=self._signer.public_key())
@@ -247,28 +248,20 @@ class EnclaveRuntime:
     def _chain_path(self) -> Path:
         return self._state_dir / f"chain-{self._tag}.sealed"
 
-    def _registry_path(self) -> Path:
-        return self._state_dir / f"registry-{self._tag}.sealed"
-
     def _save_chain(self) -> None:
         data = json.dumps(self._chain, sort_keys=True, separators=(",", ":")).encode("ascii")
         write_atomic(self._chain_path(), self._sealing.seal(data, purpose=_CHAIN_PURPOSE))
 
-    def _save_registry(self) -> None:
-        write_atomic(self._registry_path(), self._sealing.seal(self._registry.to_bytes(), purpose=_REGISTRY_PURPOSE))
-
     def _load_state(self) -> tuple[dict[str, Any], DeviceRegistry]:
         chain: dict[str, Any] = {"initial": None, "last": None, "last_round": None, "log_size": 0, "log_root": None,
                                  "optimizer": None}
-        registry = DeviceRegistry()
         chain_blob = read_file(self._chain_path(), max_size=65536)
-        registry_blob = read_file(self._registry_path(), max_size=_MAX_STATE_FILE)
-        if chain_blob is None or registry_blob is None:
+        registry = self._registry_store.load()
+        if chain_blob is None or registry is None:
             self._state_missing = True
-            return chain, registry
+            return chain, DeviceRegistry()
         try:
             _, chain_data = self._sealing.unseal(chain_blob, purpose=_CHAIN_PURPOSE)
-            _, registry_data = self._sealing.unseal(registry_blob, purpose=_REGISTRY_PURPOSE)
         except CryptoError as exc:
             raise EnclaveError(f"sealed enclave state does not open: {exc.message}", reason="unseal_failed") from None
         loaded = json.loads(chain_data)
@@ -276,7 +269,7 @@ class EnclaveRuntime:
             loaded.setdefault("optimizer", None)  # sealed before server optimizer state was kept
         if not isinstance(loaded, dict) or set(loaded) != set(chain):
             raise EnclaveError("sealed model chain is malformed", reason="unseal_failed")
-        return loaded, DeviceRegistry.from_bytes(registry_data)
+        return loaded, registry
 
     def _require_state(self) -> None:
         if self._state_missing:
@@ -292,7 +285,7 @@ class EnclaveRuntime:
         registration = verify_registration(call.statement, call.signature, operator_key=self._operator)
         changed = self._registry.apply(registration)
         if changed:
-            self._save_registry()
+            self._registry_store.append(self._registry, registration)
         return ec.RegistrationResult(
             device_id=registration.device_id, status=registration.status, sequence=registration.sequence,
             changed=changed, devices=len(self._registry),
