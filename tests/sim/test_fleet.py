@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import pytest
 
+from qflare.sim.fleet import log_per_device
 from qflare.sim.runner import (
     SimulationConfig,
     active_window,
@@ -22,6 +25,40 @@ from qflare.sim.runner import (
                           (1, None, 1)])
 def test_edge_processes(clients: int, per_process: int | None, expected: int) -> None:
     assert edge_processes(clients, per_process) == expected
+
+
+def test_each_device_s_log_gets_its_own_threads_lines_only(tmp_path: Path) -> None:
+    # Prepare: three devices, one a prefix of another's name, and a helper thread of one of them
+    configs = [tmp_path / f"{name}.yaml" for name in ("edge_01", "edge_010", "rogue-revoked")]
+    handlers = log_per_device(configs, tmp_path)
+    log = logging.getLogger("qflare.test.fleet")
+    log.setLevel(logging.INFO)
+
+    def say(thread_name: str, text: str) -> None:
+        t = threading.Thread(target=log.info, args=(text,), name=thread_name)
+        t.start()
+        t.join()
+
+    # Execute
+    try:
+        say("edge_01", "one")
+        say("edge_010", "ten")
+        say("edge_01-audit", "one's audit")
+        say("rogue-revoked", "rogue")
+        say("rogue-revoked-audit", "rogue's audit")
+        say("MainThread", "nobody's")
+    finally:
+        for h in handlers:
+            logging.getLogger().removeHandler(h)
+            h.close()
+
+    # Assert
+    def lines(name: str) -> list[str]:
+        return [line.split(": ", 1)[1] for line in (tmp_path / f"{name}.log").read_text().splitlines()]
+
+    assert lines("edge_01") == ["one", "one's audit"]
+    assert lines("edge_010") == ["ten"]
+    assert lines("rogue-revoked") == ["rogue", "rogue's audit"]
 
 
 @pytest.mark.slow

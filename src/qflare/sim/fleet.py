@@ -132,15 +132,40 @@ def _reporting_dp(node: Any, report: Path) -> Callable[[dict[str, Any]], bytes |
     return train
 
 
-class _ThreadFilter(logging.Filter):
-    def __init__(self, thread_name: str) -> None:
-        super().__init__()
-        self.thread_name = thread_name
+class _DeviceLogRouter(logging.Handler):
+    """Writes each record to its device's file, found by its thread's name: the device's own thread, and the
+    helper threads it starts (named ``"<its name>-..."``, e.g. its audit). One dictionary lookup a record,
+    where one handler per device with a filter each cost O(devices) a record (500 filters per line in a
+    500-device Ray actor)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        # The device's own thread, and the helper threads it starts (named "<its name>-...", e.g. its audit).
-        name = record.threadName or ""
-        return name == self.thread_name or name.startswith(self.thread_name + "-")
+    def __init__(self, files: dict[str, logging.Handler]) -> None:
+        super().__init__()
+        self._files = files
+
+    def _target(self, thread_name: str) -> logging.Handler | None:
+        name = thread_name
+        while True:
+            handler = self._files.get(name)
+            if handler is not None:
+                return handler
+            cut = name.rfind("-")
+            if cut <= 0:
+                return None
+            name = name[:cut]
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        target = self._target(record.threadName or "")
+        if target is None:
+            return False
+        return bool(target.handle(record))
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() routes; nothing is emitted here
+        pass
+
+    def close(self) -> None:
+        for handler in self._files.values():
+            handler.close()
+        super().close()
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -149,14 +174,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def log_per_device(configs: Sequence[Path], log_dir: Path) -> list[logging.Handler]:
     """One ``<log_dir>/<device_id>.log`` per device (its thread is named after its config file); returns the
     handlers added to the root logger."""
-    handlers: list[logging.Handler] = []
+    files: dict[str, logging.Handler] = {}
     for path in configs:
         handler = logging.FileHandler(Path(log_dir) / f"{Path(path).stem}.log")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.addFilter(_ThreadFilter(Path(path).stem))
-        logging.getLogger().addHandler(handler)
-        handlers.append(handler)
-    return handlers
+        files[Path(path).stem] = handler
+    router = _DeviceLogRouter(files)
+    logging.getLogger().addHandler(router)
+    return [router]
 
 
 def run_fleet(configs: Sequence[Path], *, train_slots: int = 1, max_rounds: int | None = None) -> dict[str, str]:
