@@ -5,6 +5,7 @@ without the enclave refusing to start from it."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -196,6 +197,34 @@ def test_a_snapshot_sealed_before_the_journal_still_loads(tmp_path: Path, device
     assert set(json.loads(body)) == {"epoch", "devices"}
     assert loaded is not None and loaded.get("dev-1") is not None
     assert again is not None and again.get("dev-2") is not None
+
+
+def test_a_short_journal_write_is_taken_back_and_refused(
+    tmp_path: Path, device_key: SigningKey, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: one record written; the disk then takes only part of the next
+    s, registry = store(tmp_path), DeviceRegistry()
+    s.save(registry)
+    change(s, registry, reg("dev-1", device_key))
+    before = journal(tmp_path).read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))
+
+    # Execute
+    second = reg("dev-2", device_key)
+    registry.apply(second)
+    with pytest.raises(EnclaveError) as refused:
+        s.append(registry, second)
+    monkeypatch.undo()
+    third = reg("dev-3", device_key)
+    change(s, registry, third)
+    loaded = store(tmp_path).load()
+
+    # Assert: the part was taken back, and the next record is readable after the first
+    assert refused.value.reason == "enclave_storage_failed"
+    assert journal(tmp_path).read_bytes().startswith(before)
+    assert loaded is not None and loaded.get("dev-1") is not None and loaded.get("dev-3") is not None
+    assert loaded.get("dev-2") is None
 
 
 def test_no_snapshot_loads_as_none(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Rewriting the whole sealed registry at every change costs O(devices) per enrolment, so registering a
 fleet of n devices cost O(n^2): at 1,000 devices the rewrite was a quarter of the enclave's time in a
 round. Here a change appends one sealed record (O(1)); the snapshot is rewritten only when the journal
-holds more records than the registry has devices (at least :data:`MIN_COMPACT_RECORDS`), which keeps the
+holds as many records as the registry has devices (at least :data:`MIN_COMPACT_RECORDS`), which keeps the
 amortised cost per change O(1) and the journal no longer than the snapshot.
 
 Layout (``tag`` is the enclave's measurement prefix, ``epoch`` 16 random bytes per snapshot)::
@@ -98,9 +98,18 @@ class SealedRegistryStore:
             return
         header = self._epoch + self._records.to_bytes(8, "big")
         sealed = self._sealing.seal(registration.to_bytes(), purpose=_JOURNAL_PURPOSE, header=header)
+        record = _LENGTH.pack(len(sealed)) + sealed
         fd = os.open(self._journal_path(self._epoch), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, _LENGTH.pack(len(sealed)) + sealed)  # one write: a crash leaves a short tail at worst
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, record)  # one write: a crash leaves a short tail at worst
+            except OSError:
+                written = -1
+            if written != len(record):  # a full disk: take the part back, so later records stay aligned
+                os.ftruncate(fd, size)
+                raise EnclaveError("the device registry's journal could not be written (disk full?)",
+                                   reason="enclave_storage_failed")
         finally:
             os.close(fd)
         self._records += 1
