@@ -78,7 +78,7 @@ def test_digits_figure_ten_dirichlet_clients_twenty_rounds() -> None:
     assert history[-1].metrics["accuracy"] >= 0.93
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["traffic", "pollution"])
 def test_forecast_figure_ten_sensor_clients_beat_naive(name: str) -> None:
     # Prepare

@@ -230,7 +230,7 @@ def test_workers_with_the_enclave_share_it_on_postgresql_and_sqlite_stays_refuse
 
 
 @pytest.mark.postgres
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_worker_killed_mid_upload_loses_nothing_and_counts_nothing_twice(tmp_path: Path, pg_url: str) -> None:
     from qflare.ledger.entries import UpdateAccepted, decode_event
     from qflare.server.faults import ENV

@@ -77,7 +77,7 @@ def test_profiles_reach_the_device_through_the_environment(tmp_path: Path, monke
     assert simulated_device_for("edge_01") is None
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_simulate_with_profiles_reports_each_device(tmp_path: Path) -> None:
     from qflare.sim.realistic import run_realistic_simulation
     from qflare.sim.runner import SimulationConfig
