@@ -185,7 +185,8 @@ def test_a_snapshot_sealed_before_the_journal_still_loads(tmp_path: Path, device
     registry.apply(reg("dev-1", device_key))
     sealing = SealingKey(ROOT, MEASUREMENT)
     s = store(tmp_path)
-    s.snapshot_path.write_bytes(sealing.seal(registry.to_bytes(), purpose=SNAPSHOT_PURPOSE))
+    old_layout = json.dumps(registry.statements()).encode("ascii")
+    s.snapshot_path.write_bytes(sealing.seal(old_layout, purpose=SNAPSHOT_PURPOSE))
 
     # Execute
     loaded = s.load()

@@ -202,10 +202,6 @@ class DeviceRegistry:
         """Every current statement, in device order (what the enclave seals)."""
         return [r.to_bytes().decode("ascii") for _, r in sorted(self._devices.items())]
 
-    def to_bytes(self) -> bytes:
-        """The registry as JSON (sealed by the enclave before it reaches the disk)."""
-        return json.dumps(self.statements(), separators=(",", ":")).encode("ascii")
-
     @classmethod
     def from_statements(cls, items: object) -> DeviceRegistry:
         """Load :meth:`statements` output (from sealed state, so trusted)."""
@@ -217,12 +213,3 @@ class DeviceRegistry:
                 raise InvalidInput("sealed registry is malformed", reason="bad_registration")
             registry.apply(DeviceRegistration.from_bytes(item.encode("ascii")))
         return registry
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> DeviceRegistry:
-        """Load :meth:`to_bytes` output (from sealed state, so trusted)."""
-        try:
-            items = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("sealed registry is malformed", reason="bad_registration") from None
-        return cls.from_statements(items)
