@@ -30,7 +30,7 @@ from typing import Final
 
 from qflare.enclave.registry import DeviceRegistration, DeviceRegistry
 from qflare.enclave.sealing import SealingKey
-from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
+from qflare.enclave.trusted.storage import MAX_STATE_FILE, read_file, remove_file, write_atomic
 from qflare.errors import CryptoError, EnclaveError, InvalidInput
 
 __all__ = ["MIN_COMPACT_RECORDS", "SNAPSHOT_PURPOSE", "SealedRegistryStore"]
@@ -41,7 +41,6 @@ MIN_COMPACT_RECORDS: Final = 64
 _EPOCH_SIZE: Final = 16
 _LENGTH: Final = struct.Struct(">I")
 _MAX_RECORD: Final = 1 << 20  # one registration is about 4 KB
-_MAX_FILE: Final = 1 << 34
 
 
 def _unreadable(what: str) -> EnclaveError:
@@ -123,7 +122,7 @@ class SealedRegistryStore:
             ``unseal_failed``: the snapshot or a complete journal record does not open, is out of place
             or does not apply.
         """
-        blob = read_file(self.snapshot_path, max_size=_MAX_FILE)
+        blob = read_file(self.snapshot_path, max_size=MAX_STATE_FILE)
         if blob is None:
             return None
         try:
@@ -161,7 +160,7 @@ class SealedRegistryStore:
     def _replay(self, registry: DeviceRegistry, epoch: bytes) -> tuple[bool, int]:
         """Apply the journal of ``epoch``: ``(complete, records applied)``; not complete when it ends in
         an incomplete record."""
-        data = read_file(self._journal_path(epoch), max_size=_MAX_FILE)
+        data = read_file(self._journal_path(epoch), max_size=MAX_STATE_FILE)
         if data is None:
             return True, 0
         view, pos, count = memoryview(data), 0, 0

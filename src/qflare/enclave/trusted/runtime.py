@@ -50,7 +50,7 @@ from qflare.enclave.stored import (
 from qflare.enclave.trusted.platform import Platform, PlatformIdentity
 from qflare.enclave.trusted.registry_store import SealedRegistryStore
 from qflare.enclave.trusted.rounds import CHECKPOINT_PURPOSE, RoundState
-from qflare.enclave.trusted.storage import read_file, remove_file, write_atomic
+from qflare.enclave.trusted.storage import MAX_STATE_FILE, read_file, remove_file, write_atomic
 from qflare.errors import (
     AggregationError,
     CryptoError,
@@ -80,7 +80,6 @@ __all__ = ["EnclaveRuntime", "RuntimeIdentity"]
 
 _KEYS_PURPOSE: Final = "enclave-keys"
 _CHAIN_PURPOSE: Final = "model-chain"
-_MAX_STATE_FILE: Final = 1 << 34
 _OPTIMIZER_PURPOSE: Final = "server-optimizer"
 
 
@@ -466,7 +465,7 @@ class EnclaveRuntime:
         """
         if self._chain.get("optimizer") != base_sha256:
             return  # the base was not made by a server optimizer step (the first round, or another rule)
-        blob = read_file(self._optimizer_path(base_sha256), max_size=_MAX_STATE_FILE)
+        blob = read_file(self._optimizer_path(base_sha256), max_size=MAX_STATE_FILE)
         if blob is None:
             raise EnclaveError("the server optimizer state of the base model is missing from the state directory",
                                reason="enclave_state_missing")
@@ -509,7 +508,7 @@ class EnclaveRuntime:
     def restore_round(self, call: ec.RestoreRound) -> ec.RoundStatusResult:
         self._collect_checkpoint(wait=True)
         state = self._new_round(call)
-        blob = read_file(self._checkpoint_path(call.round_id), max_size=_MAX_STATE_FILE)
+        blob = read_file(self._checkpoint_path(call.round_id), max_size=MAX_STATE_FILE)
         if blob is not None:
             header, plaintext = self._sealing.unseal(blob, purpose=CHECKPOINT_PURPOSE)
             state.restore(header, plaintext)

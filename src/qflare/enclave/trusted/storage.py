@@ -6,7 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["create_exclusive", "read_file", "remove_file", "write_atomic"]
+__all__ = ["MAX_STATE_FILE", "create_exclusive", "read_file", "remove_file", "write_atomic"]
+
+MAX_STATE_FILE = 1 << 34
+"""The largest sealed state file the enclave reads back (checkpoints, optimizer state, the device registry)."""
 
 
 def write_atomic(path: Path, *parts: bytes, mode: int = 0o600) -> None:
