@@ -52,7 +52,8 @@ def test_the_watch_logs_one_line_removes_the_dead_socket_stops_the_worker_then_f
     sock.write_bytes(b"")
     watch = SupervisorWatch(4242, enclave_socket=str(sock), poll_seconds=0.02, grace_seconds=0.1,
                             getppid=lambda: parent[0], stop=lambda: events.append("stop"),
-                            exit_now=lambda: events.append("exit"))
+                            exit_now=lambda: events.append("exit"),
+                            arm_backstop=lambda seconds: events.append(f"backstop {seconds:g}"))
     starter = threading.Thread(target=watch.start)
     starter.start()
     starter.join()
@@ -63,11 +64,12 @@ def test_the_watch_logs_one_line_removes_the_dead_socket_stops_the_worker_then_f
     with caplog.at_level(logging.ERROR, logger="qflare.workers"):
         parent[0] = 1
         deadline = time.monotonic() + 10
-        while events != ["stop", "exit"]:
+        while events != ["backstop 5.1", "stop", "exit"]:
             assert time.monotonic() < deadline, events
             time.sleep(0.02)
 
-    # Assert: one line saying why; the socket and its directory removed; stopped, then forced out
+    # Assert: the backstop armed first (grace + 5 s); one line saying why; the socket and its directory
+    # removed; stopped, then forced out
     assert not watch.parent_death_signal
     lines = [r.getMessage() for r in caplog.records if r.name == "qflare.workers"]
     assert len(lines) == 1 and "the supervising process (pid 4242) is gone" in lines[0], lines
@@ -124,3 +126,36 @@ def test_linux_signals_the_supervisors_death_and_the_worker_exits_at_once() -> N
             except (ProcessLookupError, ChildProcessError):
                 pass
         subreaper(False)
+
+
+_STUCK_WORKER = """
+import logging, os, signal, sys, threading, time
+from qflare.server.workers import SupervisorWatch
+logging.basicConfig(stream=sys.stderr)
+handler = logging.getLogger().handlers[0]
+
+
+def write_that_never_returns():
+    handler.acquire()
+    time.sleep(600)
+
+
+threading.Thread(target=write_that_never_returns, daemon=True).start()
+time.sleep(0.2)
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a graceful stop that does not stop
+SupervisorWatch(os.getppid() + 1, poll_seconds=0.05, grace_seconds=0.5, backstop_seconds=1.0).start()
+time.sleep(600)
+"""
+
+
+def test_a_worker_whose_threads_are_stuck_still_ends_soon_after_its_supervisor_and_its_log_says_where() -> None:
+    # Prepare + Execute: a worker whose log handler's lock is held for good and whose SIGTERM does nothing,
+    # started with a parent that is not its supervisor (so the watch sees the supervisor gone at once)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _STUCK_WORKER], capture_output=True, text=True, timeout=60)
+
+    # Assert: ended by the backstop (exit status 1) rather than hanging, with every thread's stack on stderr
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Timeout (0:00:01.500000)!" in proc.stderr and "Thread 0x" in proc.stderr, proc.stderr
+    assert "in acquire" in proc.stderr or "_watch" in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 60

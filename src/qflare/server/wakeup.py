@@ -82,6 +82,10 @@ def release_on_exit_signals(wakeup: Wakeup) -> None:
     Uvicorn waits for requests in flight before it stops; held long-polls would delay a Ctrl-C by up to
     their ``wait``. Called from the app's start-up, in the main thread (elsewhere, e.g. under a test
     client's thread, it does nothing).
+
+    The handler runs in the main thread between two bytecodes, perhaps while that thread holds the
+    wake-up's lock (on the event loop, in :meth:`Wakeup.wait`): it hands the close to a short-lived thread,
+    which takes the lock once the interrupted code has let go, and never takes it itself.
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -91,7 +95,7 @@ def release_on_exit_signals(wakeup: Wakeup) -> None:
             continue  # not under a server that handles it
 
         def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
-            wakeup.close()
+            threading.Thread(target=wakeup.close, name="wakeup-close", daemon=True).start()
             previous(signum, frame)
 
         signal.signal(sig, handler)

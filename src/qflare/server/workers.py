@@ -12,12 +12,15 @@ The supervising process (uvicorn's parent, and the enclave service's) is the one
 replaces: if it dies, each worker's :class:`SupervisorWatch` notices (at once on Linux through
 ``PR_SET_PDEATHSIG``, else within :data:`SUPERVISOR_POLL_SECONDS`), logs one line and stops the worker the
 way its supervisor would (SIGTERM: uvicorn's graceful stop), so that the port and the round lease are free
-for a restart. The enclave process reads end-of-file on its channel and exits by itself.
+for a restart; a worker still running after the grace exits regardless, and one stuck past even that is
+ended by faulthandler's watchdog, its threads' stacks in the log. The enclave process reads end-of-file on
+its channel and exits by itself.
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import logging
 import os
@@ -52,6 +55,9 @@ SUPERVISOR_POLL_SECONDS = 1.0
 SUPERVISOR_GONE_GRACE_SECONDS = 10.0
 """How long a worker whose supervisor is gone gives uvicorn's graceful stop before it exits regardless."""
 SUPERVISOR_GONE_EXIT = 69  # EX_UNAVAILABLE: what the worker served through is gone
+SUPERVISOR_GONE_BACKSTOP_SECONDS = 5.0
+"""After the grace, how long the backstop waits before it writes every thread's stack to the log and ends the
+worker (exit status 1) if even the forced exit could not run (a thread stuck holding a lock it needs)."""
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
 """Linux sends this to a worker when its supervising process dies (``PR_SET_PDEATHSIG``); it only wakes the
 watch, which checks the parent itself."""
@@ -180,8 +186,20 @@ def _stop_gracefully() -> None:
 
 
 def _exit_now() -> None:
-    logging.shutdown()  # flush the lines said so far
+    """Flush the log lines said so far (skipping a handler another thread holds: no waiting here) and exit."""
+    for handler in logging.getLogger().handlers:
+        if handler.lock is not None and handler.lock.acquire(timeout=1.0):
+            try:
+                handler.flush()
+            finally:
+                handler.lock.release()
     os._exit(SUPERVISOR_GONE_EXIT)
+
+
+def _arm_backstop(seconds: float) -> None:
+    """faulthandler's watchdog: a C thread that needs neither the GIL nor any lock, so it fires even where
+    every Python thread of the worker is stuck; it writes each thread's stack to stderr, then ``_exit(1)``."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
 
 
 class SupervisorWatch:
@@ -195,17 +213,23 @@ class SupervisorWatch:
     line, removes the dead supervisor's enclave socket, and calls ``stop`` (SIGTERM to itself: uvicorn's
     graceful stop, the path an orderly shutdown takes, after which the worker is terminated by that
     SIGTERM); if the worker still runs ``grace_seconds`` later, ``exit_now`` (exit status
-    :data:`SUPERVISOR_GONE_EXIT`).
+    :data:`SUPERVISOR_GONE_EXIT`). Before any of that (the log line itself waits for the log handler's lock)
+    it arms ``arm_backstop`` for ``backstop_seconds`` after the grace: the worker ends even when a thread
+    stuck on a lock would keep the others from finishing, and its log shows where each thread was.
     """
 
     def __init__(self, supervisor_pid: int, *, enclave_socket: str | None = None,
                  poll_seconds: float = SUPERVISOR_POLL_SECONDS, grace_seconds: float = SUPERVISOR_GONE_GRACE_SECONDS,
+                 backstop_seconds: float = SUPERVISOR_GONE_BACKSTOP_SECONDS,
                  getppid: Callable[[], int] = os.getppid, stop: Callable[[], None] = _stop_gracefully,
-                 exit_now: Callable[[], None] = _exit_now) -> None:
+                 exit_now: Callable[[], None] = _exit_now,
+                 arm_backstop: Callable[[float], None] = _arm_backstop) -> None:
         self.supervisor_pid = supervisor_pid
         self.enclave_socket = enclave_socket
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
+        self.backstop_seconds = backstop_seconds
+        self._arm_backstop = arm_backstop
         self._getppid = getppid
         self._stop = stop
         self._exit_now = exit_now
@@ -227,6 +251,7 @@ class SupervisorWatch:
         while self.supervisor_alive():
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
+        self._arm_backstop(self.grace_seconds + self.backstop_seconds)
         log.error("the supervising process (pid %d) is gone (this worker's parent is now pid %d): stopping this "
                   "worker so that its port and round lease are free for a restart", self.supervisor_pid,
                   self._getppid())
@@ -262,6 +287,7 @@ def worker_app() -> FastAPI:
     config = spec.config
     # Before the database is opened: Alembic's start-up lines follow the level (shown at debug only).
     configure_logging(spec.log_level, spec.log_format, process_ids=True)
+    faulthandler.enable()  # a fatal signal (SIGSEGV, SIGABRT: kill -ABRT) writes each thread's stack to the log
     # Before anything slow: a worker whose supervisor died while it started stops as well.
     SupervisorWatch(spec.supervisor_pid or os.getppid(), enclave_socket=spec.enclave_socket).start()
     WorkerH11Protocol.limits = limits_for(config.server)
