@@ -28,7 +28,8 @@ test: $(EXTRAS_STAMP)
 	sh scripts/ensure-chromium.sh  # Debian's chromium for tests/test_dashboard_browser.py (quiet, idempotent)
 	$(BIN)/python -m pytest -m "not long"
 
-# The long variants (marked `long`: a worker SIGKILLed mid-upload, the forecast figures, device profiles),
+# The long variants (marked `long`: a worker SIGKILLed mid-upload, an edge killed while training, the forecast
+# and FLTrust figures, asynchronous rounds over HTTP, device profiles),
 # kept out of `make test` so that it stays under 25 minutes; .ci/run runs them after it.
 test-long: $(EXTRAS_STAMP)
 	$(BIN)/python -m pytest -m long

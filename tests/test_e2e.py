@@ -142,6 +142,7 @@ def test_simulate_with_the_hybrid_key_source(tmp_path: Path) -> None:
     assert len(details) == 6 and all("key_source=hybrid key_ids=" in d for d in details)
 
 
+@pytest.mark.long
 def test_simulate_traffic_beats_the_naive_forecaster(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "qflare", "simulate", "--clients", "4", "--rounds", "4", "--task", "traffic",

@@ -47,7 +47,7 @@ def _round_devices(fed: Federation, round_id: int) -> list[str]:
     return sorted(u["device_id"] for u in doc["updates"])
 
 
-@pytest.mark.parametrize("kill_at", ["while_training", "after_upload_accepted"])
+@pytest.mark.parametrize("kill_at", [pytest.param("while_training", marks=pytest.mark.long), "after_upload_accepted"])
 def test_an_edge_killed_and_restarted_is_counted_once_and_the_rounds_complete(tmp_path: Path, kill_at: str) -> None:
     # Prepare: three edge processes, a quorum of all three, two rounds, a deadline far away.
     sim = SimulationConfig(task="digits", clients=3, rounds=2, deadline_seconds=300.0, enclave="none",

@@ -170,7 +170,7 @@ def test_the_root_update_is_reproducible_and_checks_the_model() -> None:
     assert info.value.reason == "root_spec_mismatch" and "root_task" in info.value.message
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_fltrust_beats_thirty_percent_sign_flip_and_ipm_on_digits_where_other_rules_fail() -> None:
     # Prepare: the table's setting (20 clients, Dirichlet(0.5), 6 malicious, colluders see the honest
     # updates), 8 rounds to keep the test short

@@ -36,7 +36,7 @@ def test_fair_gate_admits_in_arrival_order() -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_async_run_over_http_learns_with_stale_updates(tmp_path: Path) -> None:
     # Prepare: 6 devices, half of them 4x slower; a model every 4 updates (so every buffer waits for a
     # slow device, and the other slow devices' updates arrive stale), 10 models
