@@ -231,6 +231,18 @@ class _WaitingClient:
         return {"status": "wait", "retry_after": 0.0}
 
 
+class _RoundWaitingClient(_WaitingClient):
+    """Its server says wait, naming the open round the device's update was accepted in (``None``: closed)."""
+
+    def __init__(self, round_id: int | None) -> None:
+        super().__init__()
+        self.round_id = round_id
+
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
+        answer = super().task(wait)
+        return answer if self.round_id is None else {**answer, "round_id": self.round_id}
+
+
 class _Counting:
     """A log's read API that counts the requests the auditor makes."""
 
@@ -280,6 +292,41 @@ def test_a_device_audits_when_it_matters_and_a_quiet_contact_costs_no_request(ha
     assert auditor.due()
     node.step()
     assert reader.calls[0] - before == 4 and not auditor.due()
+
+
+def test_while_its_round_is_open_a_devices_receipt_alone_makes_no_poll_audit_and_the_close_does(
+        harness: Harness) -> None:
+    # Prepare: a device that verified the log, then had its update accepted in a round still open
+    reader = _Counting(HttpLedgerReader(harness.client))
+    _round(harness)
+    auditor = _auditor(harness, reader, clock=lambda: 0.0, audit_interval_seconds=60.0)
+    auditor.check()
+    assert not auditor.due()
+    rid = harness.open_round()
+    d = next(iter(harness.keys))
+    r = harness.post(d, f"/v1/device/rounds/{rid}/update", harness.update_blob(num_examples=10))
+    assert r.status_code == 200, r.text
+    receipt = json.loads(r.content)
+    client = _RoundWaitingClient(rid)
+    node = EdgeNode(DeviceConfig(device_id=d, identity_key_file="k", server_key_fingerprint="x"),
+                    client, sleep=lambda s: None, auditor=auditor)  # type: ignore[arg-type]
+    auditor.expect(receipt)
+    node._open_receipt = (rid, int(receipt["ledger_index"]))  # what the node's upload path records
+    before = reader.calls[0]
+
+    # Execute / Assert: polls that say the round is still open cost no ledger request
+    for _ in range(3):
+        assert node.step() == "wait"
+    assert (reader.calls[0] - before, len(auditor.pending)) == (0, 1)
+    # ... and one naming another round does not defer this receipt's check
+    client.round_id = rid + 1
+    node.step()
+    assert reader.calls[0] > before
+    # A wait that no longer names the round (closed, its checkpoint issued): the receipt is proven included
+    harness.state.ledger.checkpoint()  # type: ignore[union-attr]
+    client.round_id = None
+    node.step()
+    assert auditor.pending == [] and auditor.verified_updates == 1
 
 
 def test_a_fork_shown_between_checks_is_caught_at_the_next_due_check(harness: Harness) -> None:

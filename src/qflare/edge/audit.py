@@ -300,10 +300,13 @@ class LedgerAuditor:
         return self._state.verified_updates
 
     # -- checks ------------------------------------------------------------------------------------
-    def due(self) -> bool:
+    def due(self, *, pending: bool = True) -> bool:
         """Whether a contact should :meth:`check`: nothing verified yet, an accepted update not yet proven
-        included, or ``audit_interval_seconds`` passed since the last check (see the module docstring)."""
-        if self._verified is None or self._state.pending or self._checked_at is None:
+        included, or ``audit_interval_seconds`` passed since the last check (see the module docstring).
+
+        ``pending=False``: not for the pending receipts alone (the device knows the round they were accepted
+        in is still open, so no checkpoint covers them yet: the round-close checkpoint will)."""
+        if self._verified is None or (pending and self._state.pending) or self._checked_at is None:
             return True
         return self._clock() - self._checked_at >= self.audit_interval_seconds
 

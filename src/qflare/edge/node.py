@@ -115,6 +115,7 @@ class EdgeNode:
         self.auditor = auditor  # docs/ledger.md, "Devices as auditors"
         self.stats = NodeStats()
         self._waiting_for: str | None = None  # the last wait reason logged (logged once, not at every poll)
+        self._open_receipt: tuple[int, int] | None = None  # (round, ledger index) of the last accepted upload
         self._deadline_at: float | None = None  # the current round's deadline, server (wall-clock) time
         d = config.data
         self.task = get_task(d.task)
@@ -476,13 +477,24 @@ class EdgeNode:
                     raise
                 return None
 
-    def _audit(self, *, final: bool = False) -> Callable[[], None]:
+    def _audit(self, *, final: bool = False, open_round: int | None = None) -> Callable[[], None]:
         """Check the server's ledger (``LedgerAuditor.check``) in a thread while the device trains, if a
         check is due (``LedgerAuditor.due``) or ``final``; the returned function waits for it and raises its
         ``LedgerIntegrityError`` (rollback, fork, missing update: stop). So auditing costs the round no
-        time, yet no update leaves before a due check held."""
+        time, yet no update leaves before a due check held.
+
+        ``open_round``: a wait answer names the round this device's update was accepted in as still open.
+        If every pending receipt is that update's, no checkpoint can cover it yet (the round's close issues
+        the one that does), so the receipt alone does not make a check due at this poll; the next round's
+        task, the end of the run and the audit interval still do. A server that keeps naming a closed round
+        as open only delays the check to one of those."""
         auditor = self.auditor
-        if auditor is None or not (final or auditor.due()):
+        if auditor is None:
+            return lambda: None
+        receipt = self._open_receipt
+        waiting = (open_round is not None and receipt is not None and receipt[0] == open_round
+                   and all(index == receipt[1] for index, _ in auditor.pending))
+        if not (final or auditor.due(pending=not waiting)):
             return lambda: None
         failure: list[BaseException] = []
 
@@ -511,7 +523,8 @@ class EdgeNode:
         while it trains (before its update is sent), or before it waits."""
         task = self.client.task(wait=self.config.long_poll_seconds)
         status = str(task.get("status"))
-        audited = self._audit(final=status == "done")
+        waits_for = task.get("round_id") if status == "wait" else None
+        audited = self._audit(final=status == "done", open_round=waits_for if isinstance(waits_for, int) else None)
         if status == "train":
             self._waiting_for = None
             round_id = int(task["round_id"])
@@ -537,6 +550,8 @@ class EdgeNode:
                     uploaded = self._last_upload if self._last_upload is not None else update
                     self.auditor.expect(receipt, device_id=self.config.device_id,
                                         update_sha256=hashlib.sha256(uploaded).hexdigest())
+                    index = receipt.get("ledger_index")
+                    self._open_receipt = (round_id, index) if isinstance(index, int) else None
                 log.info("%s: round %d update accepted%s", self.config.device_id, round_id,
                          "" if receipt is not None else " (duplicate_update after an unanswered attempt)")
             except (Conflict, NotFound, InvalidInput) as exc:

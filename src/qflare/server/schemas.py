@@ -74,7 +74,9 @@ class TaskResponse(_Out):
     status: Literal["train", "wait", "done"]
     retry_after: float
     server_time: float
-    round_id: int | None = None
+    round_id: int | None = Field(None, description='with "train": the round to train for; with "wait": the open '
+                                                   "round this device's update was accepted in (it waits for it "
+                                                   "to close)")
     model_version: int | None = None
     model_sha256: str | None = None
     deadline_at: float | None = None
