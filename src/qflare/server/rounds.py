@@ -260,12 +260,12 @@ class Orchestrator:
         # Async: any enrolled device may contribute once to the open buffer (FedBuff: devices train when
         # they can); selection applies to sync rounds.
         chosen = rnd is not None and (self.asynchronous or device_id in rnd.selected)
-        if rnd is None or not chosen:
+        reported = rnd is not None and chosen and self.repo.has_update(rnd.round_id, device_id)
+        if rnd is None or not chosen or reported:
+            # a device whose update is in is told which open round it waits for (it audits once that closed)
             return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),
+                              round_id=rnd.round_id if rnd is not None and reported else None,
                               reason=self._wait_reason(device_id, rnd))
-        if self.repo.has_update(rnd.round_id, device_id):  # the round it waits for names itself: the device
-            return Assignment(status="wait", retry_after=min(2.0, rc.deadline_seconds / 10),  # audits once it
-                              round_id=rnd.round_id, reason=self._wait_reason(device_id, rnd))  # has closed
         model = self.repo.get_model(rnd.base_version)
         if model is None:
             raise NotFound(f"model version {rnd.base_version} is missing", reason="unknown_model_version")

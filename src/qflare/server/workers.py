@@ -186,8 +186,11 @@ def _stop_gracefully() -> None:
 
 
 def _exit_now() -> None:
-    """Flush the log lines said so far (skipping a handler another thread holds: no waiting here) and exit."""
-    for handler in logging.getLogger().handlers:
+    """Flush the log lines said so far (every logger's handlers, as ``logging.shutdown`` would, but skipping
+    one another thread holds: no waiting here) and exit."""
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
         if handler.lock is not None and handler.lock.acquire(timeout=1.0):
             try:
                 handler.flush()
